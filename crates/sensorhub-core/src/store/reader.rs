@@ -1,0 +1,149 @@
+//! Queries, on a small pool of read-only connections.
+//!
+//! Why a hand-written pool: it is a free list of at most [`MAX_IDLE`]
+//! connections behind a mutex, used from `spawn_blocking`. r2d2 and deadpool
+//! would add a reaper thread or an async runtime dependency for no gain here.
+
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{HistoryCursor, HistoryQuery, StoreError, schema::Target};
+use crate::{Reading, SensorStats, StoredReading};
+
+const MAX_IDLE: usize = 16;
+
+#[derive(Debug, Clone)]
+pub(super) struct ReaderPool {
+    inner: Arc<PoolInner>,
+}
+
+#[derive(Debug)]
+struct PoolInner {
+    target: Target,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReaderPool {
+    pub(super) fn new(target: Target) -> Self {
+        ReaderPool {
+            inner: Arc::new(PoolInner {
+                target,
+                idle: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Runs `f` on a pooled connection on the blocking thread pool.
+    pub(super) async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = inner.idle.lock().expect("poisoned").pop();
+            let conn = match pooled {
+                Some(conn) => conn,
+                None => inner.target.open_reader()?,
+            };
+            let result = f(&conn).map_err(|e| StoreError::Read(e.to_string()));
+            let mut idle = inner.idle.lock().expect("poisoned");
+            if idle.len() < MAX_IDLE {
+                idle.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Read(e.to_string()))?
+    }
+}
+
+fn sensor_key(conn: &Connection, sensor_id: &str) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT id FROM sensors WHERE name = ?1")?
+        .query_row([sensor_id], |r| r.get(0))
+        .optional()
+}
+
+fn stored(sensor_id: &str, ts: i64, seq: i64, temperature: f64) -> StoredReading {
+    StoredReading {
+        seq: seq as u64,
+        reading: Reading {
+            sensor_id: sensor_id.to_owned(),
+            temperature,
+            timestamp: ts,
+        },
+    }
+}
+
+pub(super) fn history_page(
+    conn: &Connection,
+    query: &HistoryQuery,
+    cursor: HistoryCursor,
+    page_size: usize,
+) -> rusqlite::Result<Vec<StoredReading>> {
+    let Some(sensor) = sensor_key(conn, &query.sensor_id)? else {
+        return Ok(Vec::new());
+    };
+    // (ts, seq) > (since, 0) is ts >= since, as every seq is at least 1.
+    let (after_ts, after_seq) = cursor
+        .last
+        .map(|(ts, seq)| (ts, seq as i64))
+        .unwrap_or((query.since.unwrap_or(i64::MIN), 0));
+    let mut stmt = conn.prepare_cached(
+        "SELECT ts, seq, temperature FROM readings
+         WHERE sensor = ?1 AND (ts, seq) > (?2, ?3) AND ts < ?4 AND seq <= ?5
+         ORDER BY ts, seq LIMIT ?6",
+    )?;
+    let rows = stmt.query_map(
+        params![
+            sensor,
+            after_ts,
+            after_seq,
+            query.until.unwrap_or(i64::MAX),
+            query.up_to_seq.map_or(i64::MAX, |s| s as i64),
+            page_size as i64
+        ],
+        |r| Ok(stored(&query.sensor_id, r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    rows.collect()
+}
+
+pub(super) fn tail_page(
+    conn: &Connection,
+    sensor_id: &str,
+    after_seq: u64,
+    page_size: usize,
+) -> rusqlite::Result<Vec<StoredReading>> {
+    let Some(sensor) = sensor_key(conn, sensor_id)? else {
+        return Ok(Vec::new());
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT ts, seq, temperature FROM readings WHERE sensor = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![sensor, after_seq as i64, page_size as i64], |r| {
+        Ok(stored(sensor_id, r.get(0)?, r.get(1)?, r.get(2)?))
+    })?;
+    rows.collect()
+}
+
+pub(super) fn stats(conn: &Connection, sensor_id: Option<&str>) -> rusqlite::Result<Vec<SensorStats>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, count, sum, min, max, last, last_ts, rolling_mean, alerts FROM sensors
+         WHERE ?1 IS NULL OR name = ?1 ORDER BY name",
+    )?;
+    let rows = stmt.query_map([sensor_id], |r| {
+        Ok(SensorStats {
+            sensor_id: r.get(0)?,
+            count: r.get::<_, i64>(1)? as u64,
+            sum: r.get(2)?,
+            min: r.get(3)?,
+            max: r.get(4)?,
+            last: r.get(5)?,
+            last_timestamp: r.get(6)?,
+            rolling_mean: r.get(7)?,
+            alerts: r.get::<_, i64>(8)? as u64,
+        })
+    })?;
+    rows.collect()
+}

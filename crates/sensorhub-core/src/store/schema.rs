@@ -1,0 +1,164 @@
+//! The on-disk format: how connections are opened, the pragmas that make
+//! commits durable, and the tables.
+//!
+//! Tables:
+//! - `readings(sensor, ts, seq, temperature)`, clustered on
+//!   `(sensor, ts, seq)` (`WITHOUT ROWID`) so one sensor's history in time
+//!   order is a sequential range scan, plus `readings_by_arrival(sensor, seq)`
+//!   for the live tail (readings after a sequence number).
+//! - `sensors(id, name, …statistics)`: the integer id that keys readings, and
+//!   the running statistics, updated in the same transaction as the readings.
+//! - `meta(key, value)`: `last_seq`, so sequence numbers never repeat, even
+//!   after retention has deleted the newest readings' predecessors.
+
+use std::{fs::File, path::PathBuf, sync::atomic::AtomicU64};
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::{StoreError, StoreLocation};
+
+/// The schema version this build writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+const DB_FILE: &str = "readings.db";
+const LOCK_FILE: &str = "sensorhub.lock";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sensors (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    count INTEGER NOT NULL,
+    sum REAL NOT NULL,
+    min REAL NOT NULL,
+    max REAL NOT NULL,
+    last REAL NOT NULL,
+    last_ts INTEGER NOT NULL,
+    rolling_mean REAL NOT NULL,
+    alerts INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS readings (
+    sensor INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    temperature REAL NOT NULL,
+    PRIMARY KEY (sensor, ts, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS readings_by_arrival ON readings (sensor, seq);
+";
+
+/// Where connections go, and the lock that keeps a second process out.
+#[derive(Debug)]
+pub(super) struct Target {
+    uri: String,
+    /// For messages: the database file, or `memory`.
+    pub(super) display: PathBuf,
+    durable: bool,
+    /// Held for the life of the store: a second process on the same
+    /// directory would hand out the same sequence numbers.
+    _lock: Option<File>,
+}
+
+impl Target {
+    pub(super) fn new(location: &StoreLocation) -> Result<Target, StoreError> {
+        match location {
+            StoreLocation::Directory(dir) => {
+                let open_err = |reason: String| StoreError::Open {
+                    path: dir.clone(),
+                    reason,
+                };
+                std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+                let lock = File::create(dir.join(LOCK_FILE)).map_err(|e| open_err(e.to_string()))?;
+                match lock.try_lock() {
+                    Ok(()) => {}
+                    Err(std::fs::TryLockError::WouldBlock) => {
+                        return Err(StoreError::Locked(dir.clone()));
+                    }
+                    Err(std::fs::TryLockError::Error(e)) => return Err(open_err(e.to_string())),
+                }
+                let path = dir.join(DB_FILE);
+                Ok(Target {
+                    uri: path.to_string_lossy().into_owned(),
+                    display: path,
+                    durable: true,
+                    _lock: Some(lock),
+                })
+            }
+            StoreLocation::Memory => {
+                // A name unique in this process: two in-memory stores (tests)
+                // must not share one database.
+                static NEXT: AtomicU64 = AtomicU64::new(0);
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(Target {
+                    uri: format!("file:/sensorhub-{}-{n}?vfs=memdb", std::process::id()),
+                    display: PathBuf::from("memory"),
+                    durable: false,
+                    _lock: None,
+                })
+            }
+        }
+    }
+
+    /// Opens the writer's connection, creating or checking the schema.
+    pub(super) fn open_writer(&self) -> Result<Connection, StoreError> {
+        let conn = self.open(OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
+        let pragmas = if self.durable {
+            // WAL + synchronous=FULL: every commit fsyncs the WAL, so a
+            // committed transaction survives a crash or power loss.
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;"
+        } else {
+            "PRAGMA journal_mode = MEMORY; PRAGMA synchronous = OFF;"
+        };
+        conn.execute_batch(pragmas).map_err(|e| self.classify(e))?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.classify(e))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Open {
+                path: self.display.clone(),
+                reason: format!(
+                    "it was written by a newer sensorhub (schema {version}, this build knows {SCHEMA_VERSION})"
+                ),
+            });
+        }
+        conn.execute_batch(SCHEMA).map_err(|e| self.classify(e))?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(|e| self.classify(e))?;
+        Ok(conn)
+    }
+
+    /// Opens a read-only connection for queries.
+    pub(super) fn open_reader(&self) -> Result<Connection, StoreError> {
+        let conn = self.open(OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.pragma_update(None, "query_only", true)
+            .map_err(|e| StoreError::Read(e.to_string()))?;
+        Ok(conn)
+    }
+
+    fn open(&self, flags: OpenFlags) -> Result<Connection, StoreError> {
+        let flags = flags | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&self.uri, flags).map_err(|e| self.classify(e))?;
+        // The memdb VFS has no WAL: readers and the writer take turns.
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(|e| self.classify(e))?;
+        Ok(conn)
+    }
+
+    /// Tells a damaged file apart from other failures, so the operator gets
+    /// the right advice.
+    pub(super) fn classify(&self, e: rusqlite::Error) -> StoreError {
+        use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+        match e.sqlite_error_code() {
+            Some(DatabaseCorrupt | NotADatabase) => StoreError::Corrupt {
+                path: self.display.clone(),
+                reason: e.to_string(),
+            },
+            _ => StoreError::Open {
+                path: self.display.clone(),
+                reason: e.to_string(),
+            },
+        }
+    }
+}

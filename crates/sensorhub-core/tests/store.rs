@@ -1,0 +1,191 @@
+//! The store on its own: durability across reopen, paging, the live tail,
+//! statistics, the process lock and damaged files.
+
+use sensorhub_core::{
+    HistoryQuery, Reading, Store, StoreConfig, StoreError,
+    store::{HistoryCursor, StoreLocation},
+};
+
+fn reading(sensor: &str, temperature: f64, timestamp: i64) -> Reading {
+    Reading {
+        sensor_id: sensor.into(),
+        temperature,
+        timestamp,
+    }
+}
+
+fn open(dir: &std::path::Path) -> Store {
+    Store::open(StoreConfig::new(StoreLocation::Directory(dir.to_owned()))).expect("open store")
+}
+
+async fn all_history(store: &Store, query: &HistoryQuery, page: usize) -> Vec<(i64, f64, u64)> {
+    let mut cursor = HistoryCursor::default();
+    let mut out = Vec::new();
+    loop {
+        let rows = store.history_page(query, cursor, page).await.unwrap();
+        if rows.is_empty() {
+            return out;
+        }
+        cursor.advance(&rows);
+        out.extend(rows.iter().map(|r| (r.reading.timestamp, r.reading.temperature, r.seq)));
+    }
+}
+
+fn query(sensor: &str) -> HistoryQuery {
+    HistoryQuery {
+        sensor_id: sensor.into(),
+        since: None,
+        until: None,
+        up_to_seq: None,
+    }
+}
+
+#[tokio::test]
+async fn readings_survive_close_and_reopen_in_time_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // Out of time order, with ties on the timestamp.
+    let receipt = store
+        .append(vec![reading("a", 3.0, 30), reading("a", 1.0, 10), reading("b", 9.0, 5), reading("a", 2.0, 10)])
+        .await
+        .unwrap();
+    assert_eq!((receipt.first_seq, receipt.count), (1, 4));
+    store.close().await.unwrap();
+    drop(store);
+
+    let store = open(dir.path());
+    let got = all_history(&store, &query("a"), 2).await;
+    assert_eq!(got, vec![(10, 1.0, 2), (10, 2.0, 4), (30, 3.0, 1)]);
+    // Sequence numbers continue after a reopen.
+    let receipt = store.append(vec![reading("a", 4.0, 40)]).await.unwrap();
+    assert_eq!(receipt.first_seq, 5);
+    let stats = store.stats(Some("a")).await.unwrap();
+    assert_eq!(stats.len(), 1);
+    assert_eq!((stats[0].count, stats[0].min, stats[0].max, stats[0].last), (4, 1.0, 4.0, 4.0));
+    assert!((stats[0].mean() - 2.5).abs() < 1e-12);
+    assert_eq!(store.stats(None).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn time_range_snapshot_and_unknown_sensor() {
+    let store = Store::open(StoreConfig::new(StoreLocation::Memory)).unwrap();
+    let readings: Vec<_> = (1..=100).map(|i| reading("s", i as f64, i)).collect();
+    store.append(readings).await.unwrap();
+    let q = HistoryQuery {
+        since: Some(10),
+        until: Some(20),
+        ..query("s")
+    };
+    let got: Vec<i64> = all_history(&store, &q, 3).await.into_iter().map(|r| r.0).collect();
+    assert_eq!(got, (10..20).collect::<Vec<_>>());
+    let q = HistoryQuery {
+        up_to_seq: Some(5),
+        ..query("s")
+    };
+    assert_eq!(all_history(&store, &q, 100).await.len(), 5);
+    assert!(all_history(&store, &query("nobody"), 10).await.is_empty());
+}
+
+#[tokio::test]
+async fn tail_follows_commit_order_and_watch_announces_commits() {
+    let store = Store::open(StoreConfig::new(StoreLocation::Memory)).unwrap();
+    let mut committed = store.committed_seq();
+    assert_eq!(*committed.borrow_and_update(), 0);
+    store.append(vec![reading("s", 1.0, 50), reading("x", 0.0, 1)]).await.unwrap();
+    store.append(vec![reading("s", 2.0, 10)]).await.unwrap();
+    assert!(committed.has_changed().unwrap());
+    assert_eq!(*committed.borrow_and_update(), 3);
+    let tail = store.tail_page("s", 1, 10).await.unwrap();
+    assert_eq!(tail.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3]);
+}
+
+#[tokio::test]
+async fn concurrent_writers_share_commits_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50 {
+                store.append(vec![reading(&format!("w{w}"), 20.0, 1 + i)]).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    store.close().await.unwrap();
+    drop(store);
+    let store = open(dir.path());
+    for w in 0..8 {
+        assert_eq!(all_history(&store, &query(&format!("w{w}")), 1000).await.len(), 50);
+    }
+}
+
+#[tokio::test]
+async fn alerts_come_back_with_the_receipt() {
+    let store = Store::open(StoreConfig::new(StoreLocation::Memory)).unwrap();
+    let receipt = store.append(vec![reading("s", 20.0, 1), reading("s", 99.0, 2)]).await.unwrap();
+    assert_eq!(receipt.alerts.len(), 1);
+    assert_eq!(receipt.alerts[0].rule.as_str(), "above_max");
+    assert_eq!(store.stats(Some("s")).await.unwrap()[0].alerts, 1);
+}
+
+#[tokio::test]
+async fn a_second_process_on_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _store = open(dir.path());
+    let err = Store::open(StoreConfig::new(StoreLocation::Directory(dir.path().to_owned()))).unwrap_err();
+    assert!(matches!(err, StoreError::Locked(_)), "{err}");
+    assert!(err.to_string().contains("--data"), "{err}");
+}
+
+#[tokio::test]
+async fn a_damaged_file_is_reported_not_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = vec![0x5a_u8; 8192];
+    std::fs::write(dir.path().join("readings.db"), &garbage).unwrap();
+    let err = Store::open(StoreConfig::new(StoreLocation::Directory(dir.path().to_owned()))).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("damaged"), "{err}");
+    assert_eq!(std::fs::read(dir.path().join("readings.db")).unwrap(), garbage);
+}
+
+#[tokio::test]
+async fn writes_after_close_are_refused() {
+    let store = Store::open(StoreConfig::new(StoreLocation::Memory)).unwrap();
+    store.close().await.unwrap();
+    assert!(matches!(store.append(vec![reading("s", 1.0, 1)]).await, Err(StoreError::Closed)));
+}
+
+#[test]
+fn history_and_tail_queries_use_the_indexes() {
+    // The plan must be an index range search, never a scan plus sort: a
+    // sensor with ten million readings is read page by page.
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = open(dir.path());
+        store.append(vec![reading("s", 1.0, 1)]).await.unwrap();
+        store.close().await.unwrap();
+    });
+    let conn = rusqlite_plan_connection(&dir.path().join("readings.db"));
+    let plan = |sql: &str| -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = stmt.query_map([], |r| r.get::<_, String>(3)).unwrap();
+        rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+    };
+    let history = plan(
+        "SELECT ts, seq, temperature FROM readings WHERE sensor = 1 AND (ts, seq) > (5, 0) AND ts < 9 AND seq <= 100 ORDER BY ts, seq LIMIT 10",
+    );
+    assert!(history.contains("SEARCH readings USING PRIMARY KEY (sensor=? AND"), "{history}");
+    assert!(!history.contains("TEMP B-TREE"), "{history}");
+    let tail = plan("SELECT ts, seq, temperature FROM readings WHERE sensor = 1 AND seq > 5 ORDER BY seq LIMIT 10");
+    assert!(tail.contains("readings_by_arrival (sensor=? AND seq>?)"), "{tail}");
+    assert!(!tail.contains("TEMP B-TREE"), "{tail}");
+}
+
+fn rusqlite_plan_connection(path: &std::path::Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(path).unwrap()
+}
