@@ -202,8 +202,14 @@ mod tests {
     fn bounds_alert_immediately_jump_after_warmup() {
         let rules = AlertRules::default();
         let mut s = SensorStats::new("s");
-        assert_eq!(s.observe(&r(50.0), &rules).unwrap().rule, AlertRule::AboveMax);
-        assert_eq!(s.observe(&r(-31.0), &rules).unwrap().rule, AlertRule::BelowMin);
+        assert_eq!(
+            s.observe(&r(50.0), &rules).unwrap().rule,
+            AlertRule::AboveMax
+        );
+        assert_eq!(
+            s.observe(&r(-31.0), &rules).unwrap().rule,
+            AlertRule::BelowMin
+        );
 
         let mut s = SensorStats::new("s");
         // During warm-up, big swings are not jumps.

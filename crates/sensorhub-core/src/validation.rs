@@ -122,7 +122,8 @@ impl ReadingLimits {
     }
 }
 
-fn check_sensor_id(id: &str) -> Result<(), Violation> {
+/// Checks a sensor id on its own (for queries).
+pub fn check_sensor_id(id: &str) -> Result<(), Violation> {
     let violation = |reason, description: String| Violation {
         field: "sensor_id",
         reason,
@@ -188,13 +189,31 @@ mod tests {
     fn refuses_each_rule_naming_field_and_reason() {
         let cases = [
             (reading("", 20.0, NOW), ("sensor_id", "empty")),
-            (reading(&"x".repeat(129), 20.0, NOW), ("sensor_id", "too_long")),
-            (reading("a\nb", 20.0, NOW), ("sensor_id", "control_character")),
-            (reading("a\u{7f}", 20.0, NOW), ("sensor_id", "control_character")),
+            (
+                reading(&"x".repeat(129), 20.0, NOW),
+                ("sensor_id", "too_long"),
+            ),
+            (
+                reading("a\nb", 20.0, NOW),
+                ("sensor_id", "control_character"),
+            ),
+            (
+                reading("a\u{7f}", 20.0, NOW),
+                ("sensor_id", "control_character"),
+            ),
             (reading("s", f64::NAN, NOW), ("temperature", "not_finite")),
-            (reading("s", f64::INFINITY, NOW), ("temperature", "not_finite")),
-            (reading("s", f64::NEG_INFINITY, NOW), ("temperature", "not_finite")),
-            (reading("s", -273.16, NOW), ("temperature", "below_absolute_zero")),
+            (
+                reading("s", f64::INFINITY, NOW),
+                ("temperature", "not_finite"),
+            ),
+            (
+                reading("s", f64::NEG_INFINITY, NOW),
+                ("temperature", "not_finite"),
+            ),
+            (
+                reading("s", -273.16, NOW),
+                ("temperature", "below_absolute_zero"),
+            ),
             (reading("s", 1e9, NOW), ("temperature", "above_max")),
             (reading("s", 20.0, 0), ("timestamp", "not_positive")),
             (reading("s", 20.0, -5), ("timestamp", "not_positive")),

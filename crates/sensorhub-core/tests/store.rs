@@ -27,7 +27,10 @@ async fn all_history(store: &Store, query: &HistoryQuery, page: usize) -> Vec<(i
             return out;
         }
         cursor.advance(&rows);
-        out.extend(rows.iter().map(|r| (r.reading.timestamp, r.reading.temperature, r.seq)));
+        out.extend(
+            rows.iter()
+                .map(|r| (r.reading.timestamp, r.reading.temperature, r.seq)),
+        );
     }
 }
 
@@ -46,7 +49,12 @@ async fn readings_survive_close_and_reopen_in_time_order() {
     let store = open(dir.path());
     // Out of time order, with ties on the timestamp.
     let receipt = store
-        .append(vec![reading("a", 3.0, 30), reading("a", 1.0, 10), reading("b", 9.0, 5), reading("a", 2.0, 10)])
+        .append(vec![
+            reading("a", 3.0, 30),
+            reading("a", 1.0, 10),
+            reading("b", 9.0, 5),
+            reading("a", 2.0, 10),
+        ])
         .await
         .unwrap();
     assert_eq!((receipt.first_seq, receipt.count), (1, 4));
@@ -61,7 +69,10 @@ async fn readings_survive_close_and_reopen_in_time_order() {
     assert_eq!(receipt.first_seq, 5);
     let stats = store.stats(Some("a")).await.unwrap();
     assert_eq!(stats.len(), 1);
-    assert_eq!((stats[0].count, stats[0].min, stats[0].max, stats[0].last), (4, 1.0, 4.0, 4.0));
+    assert_eq!(
+        (stats[0].count, stats[0].min, stats[0].max, stats[0].last),
+        (4, 1.0, 4.0, 4.0)
+    );
     assert!((stats[0].mean() - 2.5).abs() < 1e-12);
     assert_eq!(store.stats(None).await.unwrap().len(), 2);
 }
@@ -76,7 +87,11 @@ async fn time_range_snapshot_and_unknown_sensor() {
         until: Some(20),
         ..query("s")
     };
-    let got: Vec<i64> = all_history(&store, &q, 3).await.into_iter().map(|r| r.0).collect();
+    let got: Vec<i64> = all_history(&store, &q, 3)
+        .await
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
     assert_eq!(got, (10..20).collect::<Vec<_>>());
     let q = HistoryQuery {
         up_to_seq: Some(5),
@@ -91,7 +106,10 @@ async fn tail_follows_commit_order_and_watch_announces_commits() {
     let store = Store::open(StoreConfig::new(StoreLocation::Memory)).unwrap();
     let mut committed = store.committed_seq();
     assert_eq!(*committed.borrow_and_update(), 0);
-    store.append(vec![reading("s", 1.0, 50), reading("x", 0.0, 1)]).await.unwrap();
+    store
+        .append(vec![reading("s", 1.0, 50), reading("x", 0.0, 1)])
+        .await
+        .unwrap();
     store.append(vec![reading("s", 2.0, 10)]).await.unwrap();
     assert!(committed.has_changed().unwrap());
     assert_eq!(*committed.borrow_and_update(), 3);
@@ -108,7 +126,10 @@ async fn concurrent_writers_share_commits_and_lose_nothing() {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..50 {
-                store.append(vec![reading(&format!("w{w}"), 20.0, 1 + i)]).await.unwrap();
+                store
+                    .append(vec![reading(&format!("w{w}"), 20.0, 1 + i)])
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -119,14 +140,22 @@ async fn concurrent_writers_share_commits_and_lose_nothing() {
     drop(store);
     let store = open(dir.path());
     for w in 0..8 {
-        assert_eq!(all_history(&store, &query(&format!("w{w}")), 1000).await.len(), 50);
+        assert_eq!(
+            all_history(&store, &query(&format!("w{w}")), 1000)
+                .await
+                .len(),
+            50
+        );
     }
 }
 
 #[tokio::test]
 async fn alerts_come_back_with_the_receipt() {
     let store = Store::open(StoreConfig::new(StoreLocation::Memory)).unwrap();
-    let receipt = store.append(vec![reading("s", 20.0, 1), reading("s", 99.0, 2)]).await.unwrap();
+    let receipt = store
+        .append(vec![reading("s", 20.0, 1), reading("s", 99.0, 2)])
+        .await
+        .unwrap();
     assert_eq!(receipt.alerts.len(), 1);
     assert_eq!(receipt.alerts[0].rule.as_str(), "above_max");
     assert_eq!(store.stats(Some("s")).await.unwrap()[0].alerts, 1);
@@ -136,7 +165,10 @@ async fn alerts_come_back_with_the_receipt() {
 async fn a_second_process_on_the_same_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _store = open(dir.path());
-    let err = Store::open(StoreConfig::new(StoreLocation::Directory(dir.path().to_owned()))).unwrap_err();
+    let err = Store::open(StoreConfig::new(StoreLocation::Directory(
+        dir.path().to_owned(),
+    )))
+    .unwrap_err();
     assert!(matches!(err, StoreError::Locked(_)), "{err}");
     assert!(err.to_string().contains("--data"), "{err}");
 }
@@ -146,17 +178,26 @@ async fn a_damaged_file_is_reported_not_truncated() {
     let dir = tempfile::tempdir().unwrap();
     let garbage = vec![0x5a_u8; 8192];
     std::fs::write(dir.path().join("readings.db"), &garbage).unwrap();
-    let err = Store::open(StoreConfig::new(StoreLocation::Directory(dir.path().to_owned()))).unwrap_err();
+    let err = Store::open(StoreConfig::new(StoreLocation::Directory(
+        dir.path().to_owned(),
+    )))
+    .unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
     assert!(err.to_string().contains("damaged"), "{err}");
-    assert_eq!(std::fs::read(dir.path().join("readings.db")).unwrap(), garbage);
+    assert_eq!(
+        std::fs::read(dir.path().join("readings.db")).unwrap(),
+        garbage
+    );
 }
 
 #[tokio::test]
 async fn writes_after_close_are_refused() {
     let store = Store::open(StoreConfig::new(StoreLocation::Memory)).unwrap();
     store.close().await.unwrap();
-    assert!(matches!(store.append(vec![reading("s", 1.0, 1)]).await, Err(StoreError::Closed)));
+    assert!(matches!(
+        store.append(vec![reading("s", 1.0, 1)]).await,
+        Err(StoreError::Closed)
+    ));
 }
 
 #[test]
@@ -179,10 +220,18 @@ fn history_and_tail_queries_use_the_indexes() {
     let history = plan(
         "SELECT ts, seq, temperature FROM readings WHERE sensor = 1 AND (ts, seq) > (5, 0) AND ts < 9 AND seq <= 100 ORDER BY ts, seq LIMIT 10",
     );
-    assert!(history.contains("SEARCH readings USING PRIMARY KEY (sensor=? AND"), "{history}");
+    assert!(
+        history.contains("SEARCH readings USING PRIMARY KEY (sensor=? AND"),
+        "{history}"
+    );
     assert!(!history.contains("TEMP B-TREE"), "{history}");
-    let tail = plan("SELECT ts, seq, temperature FROM readings WHERE sensor = 1 AND seq > 5 ORDER BY seq LIMIT 10");
-    assert!(tail.contains("readings_by_arrival (sensor=? AND seq>?)"), "{tail}");
+    let tail = plan(
+        "SELECT ts, seq, temperature FROM readings WHERE sensor = 1 AND seq > 5 ORDER BY seq LIMIT 10",
+    );
+    assert!(
+        tail.contains("readings_by_arrival (sensor=? AND seq>?)"),
+        "{tail}"
+    );
     assert!(!tail.contains("TEMP B-TREE"), "{tail}");
 }
 

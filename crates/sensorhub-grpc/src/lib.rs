@@ -1,1 +1,26 @@
-//! placeholder
+//! The sensorhub transport: everything between the network and the domain.
+//!
+//! - [`service`]: the SensorService RPCs over the domain's store.
+//! - [`convert`]: wire messages ↔ domain values, domain errors → gRPC statuses.
+//! - [`auth`]: the token check (an interceptor, before any message is read).
+//! - [`tls`] and [`pki`]: loading PEM files; making a CA and certificates.
+//! - [`server`]: assembling and running the server, health, reflection, shutdown.
+//! - [`client`]: connecting with TLS and the token, for the CLI and tests.
+//!
+//! Invariant: the domain crate never sees a tonic or protobuf type; this
+//! crate is the only one that knows both. It knows nothing of the CLI.
+
+pub mod auth;
+pub mod client;
+pub mod convert;
+mod health_http;
+pub mod pki;
+pub mod server;
+pub mod service;
+#[cfg(feature = "test-util")]
+pub mod testing;
+pub mod tls;
+
+pub use client::{ClientConfig, SensorClient, connect};
+pub use server::{RunningServer, ServeError, ServerConfig, start};
+pub use service::ServiceConfig;

@@ -13,7 +13,8 @@
 include!(concat!(env!("OUT_DIR"), "/_.rs"));
 
 /// The encoded `FileDescriptorSet` of `sensor.proto`, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sensor_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/sensor_descriptor.bin"));
 
 /// The fully qualified service name, as health checks and reflection see it.
 pub const SERVICE_NAME: &str = "SensorService";

@@ -127,7 +127,10 @@ pub(super) fn tail_page(
     rows.collect()
 }
 
-pub(super) fn stats(conn: &Connection, sensor_id: Option<&str>) -> rusqlite::Result<Vec<SensorStats>> {
+pub(super) fn stats(
+    conn: &Connection,
+    sensor_id: Option<&str>,
+) -> rusqlite::Result<Vec<SensorStats>> {
     let mut stmt = conn.prepare_cached(
         "SELECT name, count, sum, min, max, last, last_ts, rolling_mean, alerts FROM sensors
          WHERE ?1 IS NULL OR name = ?1 ORDER BY name",

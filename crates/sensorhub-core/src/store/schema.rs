@@ -70,7 +70,8 @@ impl Target {
                     reason,
                 };
                 std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-                let lock = File::create(dir.join(LOCK_FILE)).map_err(|e| open_err(e.to_string()))?;
+                let lock =
+                    File::create(dir.join(LOCK_FILE)).map_err(|e| open_err(e.to_string()))?;
                 match lock.try_lock() {
                     Ok(()) => {}
                     Err(std::fs::TryLockError::WouldBlock) => {

@@ -74,10 +74,18 @@ impl Writer {
                     rolling_mean: row.get(8)?,
                     alerts: row.get::<_, i64>(9)? as u64,
                 };
-                sensors.insert(name, SensorEntry { id: row.get(0)?, stats });
+                sensors.insert(
+                    name,
+                    SensorEntry {
+                        id: row.get(0)?,
+                        stats,
+                    },
+                );
             }
             let meta: Option<i64> = conn
-                .query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| r.get(0))
+                .query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| {
+                    r.get(0)
+                })
                 .ok();
             let max_stored: Option<i64> =
                 conn.query_row("SELECT max(seq) FROM readings", [], |r| r.get(0))?;
@@ -109,7 +117,11 @@ impl Writer {
     }
 
     /// The writer thread's body: runs until `Close` or until every sender is gone.
-    pub(super) fn run(mut self, mut commands: mpsc::Receiver<Command>, committed: watch::Sender<u64>) {
+    pub(super) fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        committed: watch::Sender<u64>,
+    ) {
         self.apply_retention_if_due();
         while let Some(first) = commands.blocking_recv() {
             let mut batch = Vec::new();
@@ -169,19 +181,28 @@ impl Writer {
                         let entry = match touched.get_mut(&reading.sensor_id) {
                             Some(entry) => entry,
                             None => {
-                                let entry = self.sensors.get(&reading.sensor_id).cloned().unwrap_or_else(|| {
-                                    next_sensor_id += 1;
-                                    SensorEntry {
-                                        id: next_sensor_id - 1,
-                                        stats: SensorStats::new(reading.sensor_id.clone()),
-                                    }
-                                });
+                                let entry = self
+                                    .sensors
+                                    .get(&reading.sensor_id)
+                                    .cloned()
+                                    .unwrap_or_else(|| {
+                                        next_sensor_id += 1;
+                                        SensorEntry {
+                                            id: next_sensor_id - 1,
+                                            stats: SensorStats::new(reading.sensor_id.clone()),
+                                        }
+                                    });
                                 touched.entry(reading.sensor_id.clone()).or_insert(entry)
                             }
                         };
                         seq += 1;
                         alerts.extend(entry.stats.observe(reading, &self.rules));
-                        insert.execute(params![entry.id, reading.timestamp, seq as i64, reading.temperature])?;
+                        insert.execute(params![
+                            entry.id,
+                            reading.timestamp,
+                            seq as i64,
+                            reading.temperature
+                        ])?;
                     }
                     receipts.push(WriteReceipt {
                         first_seq: seq + 1 - request.readings.len() as u64,
@@ -212,8 +233,10 @@ impl Writer {
                         s.alerts as i64
                     ])?;
                 }
-                tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?1)")?
-                    .execute([seq as i64])?;
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?1)",
+                )?
+                .execute([seq as i64])?;
             }
             tx.commit()?;
             Ok(receipts)
@@ -246,18 +269,26 @@ impl Writer {
 
     /// Deletes readings older than the retention period, at most once a minute.
     fn apply_retention_if_due(&mut self) {
-        let Some(retention) = self.retention else { return };
-        if self.last_retention.is_some_and(|t| t.elapsed() < RETENTION_EVERY) {
+        let Some(retention) = self.retention else {
+            return;
+        };
+        if self
+            .last_retention
+            .is_some_and(|t| t.elapsed() < RETENTION_EVERY)
+        {
             return;
         }
         self.last_retention = Some(Instant::now());
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         let cutoff = now.saturating_sub(retention).as_secs() as i64;
         let result = (|| -> rusqlite::Result<usize> {
             let tx = self.conn.transaction()?;
             let mut deleted = 0;
             {
-                let mut delete = tx.prepare_cached("DELETE FROM readings WHERE sensor = ?1 AND ts < ?2")?;
+                let mut delete =
+                    tx.prepare_cached("DELETE FROM readings WHERE sensor = ?1 AND ts < ?2")?;
                 for entry in self.sensors.values() {
                     deleted += delete.execute(params![entry.id, cutoff])?;
                 }

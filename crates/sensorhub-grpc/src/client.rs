@@ -1,0 +1,127 @@
+//! Connecting to a sensorhub server: TLS from PEM files, and the token
+//! attached to every call the way the original clients sent it (bare value in
+//! `authorization`).
+
+use std::time::Duration;
+
+use sensorhub_proto::sensor_service_client::SensorServiceClient;
+use tonic::{
+    Request, Status,
+    metadata::{AsciiMetadataValue, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Channel, Endpoint},
+};
+
+use crate::{auth::AUTHORIZATION, tls::ClientTlsFiles};
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `https://host:port` (TLS) or `http://host:port` (plaintext).
+    pub server: String,
+    pub tls: ClientTlsFiles,
+    pub token: Option<String>,
+    pub connect_timeout: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(server: impl Into<String>) -> Self {
+        Self {
+            server: server.into(),
+            tls: ClientTlsFiles::default(),
+            token: None,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A SensorService client that sends the token with every call.
+pub type SensorClient = SensorServiceClient<InterceptedService<Channel, AttachToken>>;
+
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(
+        "`{0}` is not a server URL; use https://HOST:PORT (or http://HOST:PORT for a server started with --insecure)"
+    )]
+    Url(String),
+    #[error("the token cannot be sent as gRPC metadata: use printable ASCII without spaces")]
+    Token,
+    #[error(transparent)]
+    TlsFile(#[from] crate::tls::TlsFileError),
+    #[error("cannot connect to {server}: {source}")]
+    Connect {
+        server: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// Attaches `authorization: <token>` to each request.
+#[derive(Debug, Clone)]
+pub struct AttachToken(Option<AsciiMetadataValue>);
+
+impl Interceptor for AttachToken {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            request.metadata_mut().insert(AUTHORIZATION, token.clone());
+        }
+        Ok(request)
+    }
+}
+
+impl AttachToken {
+    pub fn new(token: Option<&str>) -> Result<Self, ConnectError> {
+        token
+            .map(|t| {
+                let mut value: AsciiMetadataValue =
+                    MetadataValue::try_from(t).map_err(|_| ConnectError::Token)?;
+                // Keeps HPACK from putting the token in its shared table.
+                value.set_sensitive(true);
+                Ok(value)
+            })
+            .transpose()
+            .map(AttachToken)
+    }
+}
+
+/// Builds the endpoint for `config` (TLS when the URL is `https`).
+pub fn endpoint(config: &ClientConfig) -> Result<Endpoint, ConnectError> {
+    let url = &config.server;
+    let mut endpoint = Channel::from_shared(url.clone())
+        .map_err(|_| ConnectError::Url(url.clone()))?
+        .connect_timeout(config.connect_timeout)
+        .tcp_nodelay(true);
+    if url.starts_with("https://") {
+        endpoint =
+            endpoint
+                .tls_config(config.tls.load()?)
+                .map_err(|source| ConnectError::Connect {
+                    server: url.clone(),
+                    source,
+                })?;
+    } else if !url.starts_with("http://") {
+        return Err(ConnectError::Url(url.clone()));
+    }
+    Ok(endpoint)
+}
+
+/// Connects (eagerly, so a wrong address or certificate shows up here).
+pub async fn connect(config: &ClientConfig) -> Result<SensorClient, ConnectError> {
+    let channel = endpoint(config)?
+        .connect()
+        .await
+        .map_err(|source| ConnectError::Connect {
+            server: config.server.clone(),
+            source,
+        })?;
+    Ok(client_for(channel, config.token.as_deref())?)
+}
+
+/// Wraps an existing channel with the token interceptor.
+pub fn client_for(channel: Channel, token: Option<&str>) -> Result<SensorClient, ConnectError> {
+    Ok(SensorServiceClient::with_interceptor(
+        channel,
+        AttachToken::new(token)?,
+    ))
+}

@@ -1,0 +1,205 @@
+//! The mapping between wire messages and domain values, and between domain
+//! errors and gRPC statuses. The only place that knows both sides.
+
+use sensorhub_core::{Alert, Reading, SensorStats, StoreError, Violation};
+use sensorhub_proto as pb;
+use tonic::{Code, Status, metadata::MetadataValue};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// Trailer metadata on a refused stream: how many of its readings were stored.
+pub const STORED_COUNT_METADATA: &str = "sensorhub-stored-count";
+
+pub fn reading_from_wire(m: pb::SensorReading) -> Reading {
+    Reading {
+        sensor_id: m.sensor_id,
+        temperature: m.temperature,
+        timestamp: m.timestamp,
+    }
+}
+
+pub fn reading_to_wire(r: Reading) -> pb::SensorReading {
+    pb::SensorReading {
+        sensor_id: r.sensor_id,
+        temperature: r.temperature,
+        timestamp: r.timestamp,
+    }
+}
+
+pub fn alert_to_wire(a: &Alert, server_time: i64) -> pb::ServerMessage {
+    pb::ServerMessage {
+        message: a.describe(),
+        server_time,
+        kind: pb::ServerMessageKind::Alert as i32,
+        alert: Some(pb::Alert {
+            sensor_id: a.sensor_id.clone(),
+            rule: a.rule.as_str().to_owned(),
+            temperature: a.temperature,
+            timestamp: a.timestamp,
+            rolling_mean: a.rolling_mean,
+            threshold: a.threshold,
+        }),
+    }
+}
+
+pub fn stats_to_wire(s: SensorStats) -> pb::SensorStats {
+    pb::SensorStats {
+        mean: s.mean(),
+        sensor_id: s.sensor_id,
+        count: s.count,
+        min: s.min,
+        max: s.max,
+        last: s.last,
+        last_timestamp: s.last_timestamp,
+        rolling_mean: s.rolling_mean,
+        alerts: s.alerts,
+    }
+}
+
+/// The chat acknowledgement text, formatted as the original Python server
+/// did (`f"Received {temperature}"`): Python's float repr, so `25.0` stays
+/// `25.0`, not Rust's `25`.
+pub fn received_message(temperature: f64) -> String {
+    format!("Received {}", python_float_repr(temperature))
+}
+
+/// `repr(float)` as CPython prints it, for the finite values validation lets through.
+pub fn python_float_repr(x: f64) -> String {
+    let abs = x.abs();
+    if x == 0.0 || (1e-4..1e16).contains(&abs) {
+        let s = format!("{x}");
+        if s.contains('.') { s } else { format!("{s}.0") }
+    } else {
+        // Python switches to exponent notation: 1e-05, 1.5e+16.
+        let s = format!("{x:e}");
+        let (mantissa, exp) = s.split_once('e').expect("exponent notation");
+        let exp: i32 = exp.parse().expect("exponent");
+        format!(
+            "{mantissa}e{}{:02}",
+            if exp < 0 { '-' } else { '+' },
+            exp.abs()
+        )
+    }
+}
+
+/// A refused single reading: `INVALID_ARGUMENT` naming field and rule, with
+/// a `google.rpc.BadRequest` detail for programs.
+pub fn invalid_reading(v: &Violation) -> Status {
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("invalid reading: {v}; nothing was stored"),
+        ErrorDetails::with_bad_request_violation(v.field, v.description.clone()),
+    )
+}
+
+/// A refused query: `INVALID_ARGUMENT` naming the field.
+pub fn invalid_request(field: &'static str, description: String) -> Status {
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("invalid request: {field}: {description}"),
+        ErrorDetails::with_bad_request_violation(field, description),
+    )
+}
+
+/// A refused reading in a stream: which one, why, and exactly what of the
+/// stream was stored (every reading before it; nothing after).
+pub fn invalid_reading_in_stream(v: &Violation, index: u64, stored: u64) -> Status {
+    let mut status = Status::with_error_details(
+        Code::InvalidArgument,
+        format!(
+            "invalid reading #{index} (counting from 0): {v}; the {stored} readings before it were stored, it and everything after it were not"
+        ),
+        ErrorDetails::with_bad_request_violation(
+            format!("stream[{index}].{}", v.field),
+            v.description.clone(),
+        ),
+    );
+    set_stored_count(&mut status, stored);
+    status
+}
+
+/// Attaches how many readings of a stream were stored to a status.
+pub fn set_stored_count(status: &mut Status, stored: u64) {
+    status
+        .metadata_mut()
+        .insert(STORED_COUNT_METADATA, MetadataValue::from(stored));
+}
+
+/// A store failure as the client should see it.
+pub fn store_status(e: &StoreError) -> Status {
+    match e {
+        StoreError::Closed => {
+            Status::unavailable("the server is shutting down; retry against a running server")
+        }
+        other => {
+            tracing::error!(error = %other, "store failure");
+            Status::internal(
+                "the store failed; the call's readings were not acknowledged, retry later",
+            )
+        }
+    }
+}
+
+/// Rewrites statuses tonic produces while decoding a request into the ones
+/// the gRPC spec (and our clients) expect: an over-size message is
+/// `RESOURCE_EXHAUSTED`, not `OUT_OF_RANGE`.
+pub fn decode_status(status: Status, max_message_bytes: usize) -> Status {
+    if status.code() == Code::OutOfRange && status.message().contains("message length too large") {
+        message_too_large(max_message_bytes)
+    } else {
+        status
+    }
+}
+
+pub fn message_too_large(max_message_bytes: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "a message is larger than the server accepts ({max_message_bytes} bytes after decompression); send readings one per message, or stream them"
+    ))
+}
+
+/// The same rewrite for responses tonic answers before a handler runs
+/// (a unary request that failed to decode): there the status travels in the
+/// response headers ("trailers-only").
+pub fn remap_trailers_only_status(headers: &mut http::HeaderMap, max_message_bytes: usize) {
+    let out_of_range = headers
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"11");
+    let too_large = headers.get("grpc-message").is_some_and(|m| {
+        String::from_utf8_lossy(m.as_bytes())
+            .replace("%20", " ")
+            .contains("message length too large")
+    });
+    if out_of_range && too_large {
+        let status = message_too_large(max_message_bytes);
+        headers.insert("grpc-status", http::HeaderValue::from(status.code() as i32));
+        // The gRPC spec percent-encodes only bytes outside printable ASCII, and '%'.
+        let message = status.message().replace('%', "%25");
+        if let Ok(value) = http::HeaderValue::from_str(&message) {
+            headers.insert("grpc-message", value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_print_like_python() {
+        for (x, py) in [
+            (25.0, "25.0"),
+            (21.5, "21.5"),
+            (-0.5, "-0.5"),
+            (0.0, "0.0"),
+            (23.456789, "23.456789"),
+            (0.1 + 0.2, "0.30000000000000004"),
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+            (1e16, "1e+16"),
+            (-273.15, "-273.15"),
+            (1000.0, "1000.0"),
+        ] {
+            assert_eq!(python_float_repr(x), py, "{x}");
+        }
+        assert_eq!(received_message(22.0), "Received 22.0");
+    }
+}

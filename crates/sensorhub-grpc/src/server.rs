@@ -1,0 +1,258 @@
+//! Assembles and runs the gRPC server: TLS, token check, message limits,
+//! health, reflection, the HTTP health listener, and graceful shutdown.
+//!
+//! Shutdown, in order (tonic has no drain deadline of its own, tonic#1820):
+//! 1. health turns `NOT_SERVING`, `/readyz` answers 503, the listener stops
+//!    accepting and open connections get GOAWAY (new calls: `UNAVAILABLE`);
+//!    follow streams end at once with `UNAVAILABLE` (they never end by themselves);
+//! 2. in-flight calls have `shutdown_grace` to finish normally;
+//! 3. then every stream still open is told to stop: it commits what it
+//!    received and ends with `UNAVAILABLE` stating how much was stored;
+//! 4. after a short last wait, remaining connections are dropped;
+//! 5. the store commits what is queued, checkpoints and closes.
+
+use std::{net::SocketAddr, time::Duration};
+
+use sensorhub_core::Store;
+use sensorhub_proto::{
+    FILE_DESCRIPTOR_SET, SERVICE_NAME, sensor_service_server::SensorServiceServer,
+};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    codec::CompressionEncoding, service::interceptor::InterceptedService, transport::Server,
+};
+use tonic_health::ServingStatus;
+
+use crate::{
+    auth::{TokenCheck, TokenSet},
+    convert, health_http,
+    service::{Lifecycle, SensorHub, ServiceConfig},
+    tls::{ServerTlsFiles, TlsFileError},
+};
+
+/// Everything `sensorhub serve` can be told.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// `None`: plaintext. Only ever `None` because the operator said `--insecure`.
+    pub tls: Option<ServerTlsFiles>,
+    /// `None`: every caller accepted. Only ever `None` because the operator said `--no-auth`.
+    pub tokens: Option<TokenSet>,
+    /// The HTTP listener for health (and, later, metrics). `None`: off.
+    pub http: Option<SocketAddr>,
+    pub service: ServiceConfig,
+    pub shutdown_grace: Duration,
+    /// HTTP/2 streams (concurrent calls) per connection.
+    pub max_concurrent_streams: u32,
+    /// Ping idle connections this often; drop them if no answer within `keepalive_timeout`.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// Secure defaults except for TLS and tokens, which the caller must supply.
+    pub fn new(listen: SocketAddr, tls: Option<ServerTlsFiles>, tokens: Option<TokenSet>) -> Self {
+        Self {
+            listen,
+            tls,
+            tokens,
+            http: None,
+            service: ServiceConfig::default(),
+            shutdown_grace: Duration::from_secs(10),
+            max_concurrent_streams: 256,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    TlsFile(#[from] TlsFileError),
+    #[error("the TLS configuration was refused: {0}")]
+    Tls(tonic::transport::Error),
+    #[error("the gRPC server failed: {0}")]
+    Serve(tonic::transport::Error),
+    #[error("reflection could not be set up: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("closing the store failed: {0}")]
+    Store(#[from] sensorhub_core::StoreError),
+}
+
+/// A server that is running; shut it down with [`RunningServer::shutdown`].
+#[derive(Debug)]
+pub struct RunningServer {
+    grpc_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl RunningServer {
+    /// The address the gRPC listener is bound to (useful with port 0).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The address of the HTTP health listener, if any.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// A token that starts the graceful shutdown when cancelled.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Starts the graceful shutdown and waits for it to finish.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        self.stop.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the server has stopped (after someone cancelled [`stop_token`](Self::stop_token)).
+    pub async fn wait(self) -> Result<(), ServeError> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+}
+
+/// Binds the listeners and starts serving. The server owns `store` and
+/// closes it when it stops.
+pub async fn start(config: ServerConfig, store: Store) -> Result<RunningServer, ServeError> {
+    let mut builder = Server::builder()
+        .tcp_nodelay(true)
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout));
+    if let Some(files) = &config.tls {
+        builder = builder.tls_config(files.load()?).map_err(ServeError::Tls)?;
+    }
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let grpc_addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+
+    let life = Lifecycle::default();
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(SERVICE_NAME, ServingStatus::Serving)
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let max_message_bytes = config.service.max_message_bytes;
+    let hub = SensorHub::new(store.clone(), config.service.clone(), life.clone());
+    let sensors = SensorServiceServer::new(hub)
+        .max_decoding_message_size(max_message_bytes)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .send_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Zstd);
+    let sensors = InterceptedService::new(sensors, TokenCheck::new(config.tokens.clone()));
+
+    let router = builder
+        .layer(tower::util::MapResponseLayer::new(
+            move |mut response: http::Response<_>| {
+                convert::remap_trailers_only_status(response.headers_mut(), max_message_bytes);
+                response
+            },
+        ))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(sensors);
+
+    let stop = CancellationToken::new();
+    let (http_addr, http_task) = match config.http {
+        Some(addr) => {
+            let (addr, task) =
+                health_http::start(addr, life.draining.clone(), stop.clone()).await?;
+            (Some(addr), Some(task))
+        }
+        None => (None, None),
+    };
+
+    tracing::info!(
+        grpc = %grpc_addr,
+        http = ?http_addr,
+        tls = config.tls.is_some(),
+        mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        auth = config.tokens.is_some(),
+        "sensorhub serving"
+    );
+
+    let grace = config.shutdown_grace;
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let serve = router.serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                stop.clone().cancelled_owned(),
+            );
+            tokio::pin!(serve);
+            let served = tokio::select! {
+                served = &mut serve => served.map_err(ServeError::Serve),
+                _ = stop.cancelled() => {
+                    tracing::info!(grace = ?grace, "shutting down: draining calls");
+                    health.set_service_status("", ServingStatus::NotServing).await;
+                    health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
+                    life.draining.cancel();
+                    match tokio::time::timeout(grace, &mut serve).await {
+                        Ok(served) => served.map_err(ServeError::Serve),
+                        Err(_) => {
+                            tracing::warn!("grace period over: ending the calls still open");
+                            life.cancelled.cancel();
+                            match tokio::time::timeout(Duration::from_secs(2), &mut serve).await {
+                                Ok(served) => served.map_err(ServeError::Serve),
+                                Err(_) => {
+                                    tracing::warn!("closing connections that are still open");
+                                    Ok(())
+                                }
+                            }
+                        }
+                    }
+                }
+            };
+            life.cancelled.cancel();
+            stop.cancel();
+            if let Some(task) = http_task {
+                let _ = task.await;
+            }
+            let closed = store.close().await;
+            tracing::info!("sensorhub stopped");
+            served?;
+            closed?;
+            Ok(())
+        }
+    });
+
+    Ok(RunningServer {
+        grpc_addr,
+        http_addr,
+        stop,
+        task,
+    })
+}

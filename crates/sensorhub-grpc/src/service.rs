@@ -1,0 +1,510 @@
+//! The SensorService: the five RPCs, on top of the domain's store.
+//!
+//! Each handler turns wire messages into domain readings, validates them,
+//! hands them to the store and acknowledges only what the store has made
+//! durable. Streams are pipelined (several chunks in flight towards the
+//! group commit) but bounded, so a fast client meets backpressure, never an
+//! unbounded buffer.
+
+use std::{
+    collections::VecDeque,
+    pin::Pin,
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use futures_util::{Stream, StreamExt, stream::FuturesOrdered};
+use sensorhub_core::{
+    HistoryQuery, Reading, ReadingLimits, Store, StoreError, StoredReading, WriteReceipt,
+    store::{HistoryCursor, PendingWrite},
+};
+use sensorhub_proto as pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::convert::{
+    alert_to_wire, decode_status, invalid_reading, invalid_reading_in_stream, invalid_request,
+    reading_from_wire, reading_to_wire, received_message, set_stored_count, stats_to_wire,
+    store_status,
+};
+
+/// Tunables of the service.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub limits: ReadingLimits,
+    /// Largest accepted message (after decompression), bytes.
+    pub max_message_bytes: usize,
+    /// Readings of a client stream handed to the store at once.
+    pub ingest_chunk: usize,
+    /// Chunks (client stream) or readings (chat) awaiting their commit at once, per call.
+    pub ingest_in_flight: usize,
+    /// Readings read from the store per page when streaming history.
+    pub page_size: usize,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            limits: ReadingLimits::default(),
+            max_message_bytes: 64 * 1024,
+            ingest_chunk: 4_096,
+            ingest_in_flight: 4,
+            page_size: 4_096,
+        }
+    }
+}
+
+/// How the server tells handlers to wind down.
+#[derive(Debug, Clone, Default)]
+pub struct Lifecycle {
+    /// Shutdown has begun: open-ended streams (follow) end now.
+    pub draining: CancellationToken,
+    /// The grace period is over: every stream ends now, keeping what it stored.
+    pub cancelled: CancellationToken,
+}
+
+/// The SensorService implementation.
+#[derive(Debug, Clone)]
+pub struct SensorHub {
+    store: Store,
+    config: Arc<ServiceConfig>,
+    life: Lifecycle,
+}
+
+impl SensorHub {
+    pub fn new(store: Store, config: ServiceConfig, life: Lifecycle) -> Self {
+        Self {
+            store,
+            config: Arc::new(config),
+            life,
+        }
+    }
+
+    fn check(&self, reading: &Reading) -> Result<(), sensorhub_core::Violation> {
+        self.config.limits.check(reading, unix_now())
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn shutting_down(stored: u64) -> Status {
+    let mut status = Status::unavailable(format!(
+        "the server is shutting down; {stored} readings of this call were stored, send the rest to a running server"
+    ));
+    set_stored_count(&mut status, stored);
+    status
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::sensor_service_server::SensorService for SensorHub {
+    async fn send_single_reading(
+        &self,
+        request: Request<pb::SensorReading>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let reading = reading_from_wire(request.into_inner());
+        self.check(&reading).map_err(|v| invalid_reading(&v))?;
+        let receipt = self
+            .store
+            .append(vec![reading])
+            .await
+            .map_err(|e| store_status(&e))?;
+        Ok(Response::new(pb::Ack {
+            message: "Reading received.".into(),
+            count: receipt.count as u64,
+        }))
+    }
+
+    /// Stores readings chunk by chunk as they arrive. A refused reading ends
+    /// the call with `INVALID_ARGUMENT`; everything before it is committed
+    /// first, and the status says how many readings that was.
+    async fn stream_sensor_readings(
+        &self,
+        request: Request<Streaming<pb::SensorReading>>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let mut inbound = request.into_inner();
+        let mut ingest = Ingest::new(self.store.clone(), self.config.ingest_in_flight);
+        let mut chunk = Vec::with_capacity(self.config.ingest_chunk);
+        let mut index: u64 = 0;
+        let ended_by: Option<Status> = loop {
+            let next = tokio::select! {
+                biased;
+                _ = self.life.cancelled.cancelled() => break Some(Status::unavailable("")),
+                next = inbound.message() => next,
+            };
+            match next {
+                Ok(Some(message)) => {
+                    let reading = reading_from_wire(message);
+                    if let Err(v) = self.check(&reading) {
+                        ingest.push(std::mem::take(&mut chunk)).await?;
+                        let stored = ingest.finish().await?;
+                        return Err(invalid_reading_in_stream(&v, index, stored));
+                    }
+                    index += 1;
+                    chunk.push(reading);
+                    if chunk.len() >= self.config.ingest_chunk {
+                        let full = std::mem::replace(
+                            &mut chunk,
+                            Vec::with_capacity(self.config.ingest_chunk),
+                        );
+                        ingest.push(full).await?;
+                    }
+                }
+                Ok(None) => break None,
+                Err(status) => break Some(decode_status(status, self.config.max_message_bytes)),
+            }
+        };
+        // Whatever ended the stream, what was received and valid is stored.
+        ingest.push(chunk).await?;
+        let stored = ingest.finish().await?;
+        match ended_by {
+            None => Ok(Response::new(pb::Ack {
+                message: "All readings stored.".into(),
+                count: stored,
+            })),
+            Some(status) if status.code() == tonic::Code::Unavailable => Err(shutting_down(stored)),
+            Some(mut status) => {
+                set_stored_count(&mut status, stored);
+                Err(status)
+            }
+        }
+    }
+
+    type GetSensorReadingsStream = BoxStream<pb::SensorReading>;
+
+    async fn get_sensor_readings(
+        &self,
+        request: Request<pb::SensorRequest>,
+    ) -> Result<Response<Self::GetSensorReadingsStream>, Status> {
+        let request = request.into_inner();
+        let query = history_query(&request)?;
+        let (tx, rx) = mpsc::channel::<Result<Vec<StoredReading>, Status>>(2);
+        let reader = HistoryReader {
+            store: self.store.clone(),
+            page_size: self.config.page_size,
+            life: self.life.clone(),
+            limit: (request.limit > 0).then_some(request.limit),
+            follow: request.follow,
+        };
+        tokio::spawn(reader.run(query, tx));
+        let stream = ReceiverStream::new(rx).flat_map(|page| {
+            let items: Vec<Result<pb::SensorReading, Status>> = match page {
+                Ok(page) => page
+                    .into_iter()
+                    .map(|r| Ok(reading_to_wire(r.reading)))
+                    .collect(),
+                Err(status) => vec![Err(status)],
+            };
+            futures_util::stream::iter(items)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type SensorChatStream = BoxStream<pb::ServerMessage>;
+
+    async fn sensor_chat(
+        &self,
+        request: Request<Streaming<pb::SensorReading>>,
+    ) -> Result<Response<Self::SensorChatStream>, Status> {
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(self.clone().chat(inbound, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_sensor_stats(
+        &self,
+        request: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsReply>, Status> {
+        let sensor_id = request.into_inner().sensor_id;
+        let sensor = (!sensor_id.is_empty()).then_some(sensor_id.as_str());
+        let stats = self
+            .store
+            .stats(sensor)
+            .await
+            .map_err(|e| store_status(&e))?;
+        Ok(Response::new(pb::StatsReply {
+            sensors: stats.into_iter().map(stats_to_wire).collect(),
+        }))
+    }
+}
+
+impl SensorHub {
+    /// The chat loop: reads readings, stores each, replies in order once it
+    /// is durable (several may be in flight), followed by any alert it raised.
+    async fn chat(
+        self,
+        mut inbound: Streaming<pb::SensorReading>,
+        tx: mpsc::Sender<Result<pb::ServerMessage, Status>>,
+    ) {
+        let max_in_flight = self.config.ingest_in_flight.max(1) * 16;
+        let mut acks = ChatAcks {
+            in_flight: FuturesOrdered::new(),
+            stored: 0,
+            tx: tx.clone(),
+        };
+        let mut index: u64 = 0;
+        let end: Result<(), Status> = loop {
+            tokio::select! {
+                biased;
+                _ = self.life.cancelled.cancelled() => {
+                    break acks.drain().await.and_then(|()| Err(shutting_down(acks.stored)));
+                }
+                _ = tx.closed() => return,
+                Some(done) = acks.in_flight.next() => {
+                    if let Err(status) = acks.acknowledge(done).await {
+                        break Err(status);
+                    }
+                }
+                next = inbound.message(), if acks.in_flight.len() < max_in_flight => match next {
+                    Ok(Some(message)) => {
+                        let reading = reading_from_wire(message);
+                        if let Err(v) = self.check(&reading) {
+                            // Everything before it is stored: acknowledge it first.
+                            break acks.drain().await.and_then(|()| Err(invalid_reading_in_stream(&v, index, acks.stored)));
+                        }
+                        index += 1;
+                        let temperature = reading.temperature;
+                        match self.store.enqueue(vec![reading]).await {
+                            Ok(pending) => acks.in_flight.push_back(Box::pin(async move { (temperature, pending.committed().await) })),
+                            Err(e) => break Err(store_status(&e)),
+                        }
+                    }
+                    Ok(None) => break acks.drain().await,
+                    Err(status) => {
+                        let mut status = decode_status(status, self.config.max_message_bytes);
+                        break acks.drain().await.and_then(|()| {
+                            set_stored_count(&mut status, acks.stored);
+                            Err(status)
+                        });
+                    }
+                },
+            }
+        };
+        if let Err(status) = end {
+            let _ = tx.send(Err(status)).await;
+        }
+    }
+}
+
+type Commit =
+    Pin<Box<dyn std::future::Future<Output = (f64, Result<WriteReceipt, StoreError>)> + Send>>;
+
+/// The chat replies still owed, in the order the readings arrived.
+struct ChatAcks {
+    in_flight: FuturesOrdered<Commit>,
+    stored: u64,
+    tx: mpsc::Sender<Result<pb::ServerMessage, Status>>,
+}
+
+impl ChatAcks {
+    /// Sends the reply for one committed reading, then its alerts.
+    async fn acknowledge(
+        &mut self,
+        (temperature, result): (f64, Result<WriteReceipt, StoreError>),
+    ) -> Result<(), Status> {
+        let receipt = result.map_err(|e| store_status(&e))?;
+        self.stored += receipt.count as u64;
+        let now = unix_now();
+        let ack = pb::ServerMessage {
+            message: received_message(temperature),
+            server_time: now,
+            kind: pb::ServerMessageKind::Received as i32,
+            alert: None,
+        };
+        let alerts = receipt.alerts.iter().map(|a| alert_to_wire(a, now));
+        for message in std::iter::once(ack).chain(alerts) {
+            // A client that went away needs no more replies; what it sent is stored.
+            let _ = self.tx.send(Ok(message)).await;
+        }
+        Ok(())
+    }
+
+    /// Acknowledges everything still in flight.
+    async fn drain(&mut self) -> Result<(), Status> {
+        while let Some(done) = self.in_flight.next().await {
+            self.acknowledge(done).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A client stream's writes on their way to the group commit: at most
+/// `max_in_flight` chunks queued, the count of what is durable so far.
+struct Ingest {
+    store: Store,
+    in_flight: VecDeque<PendingWrite>,
+    max_in_flight: usize,
+    stored: u64,
+}
+
+impl Ingest {
+    fn new(store: Store, max_in_flight: usize) -> Self {
+        Self {
+            store,
+            in_flight: VecDeque::new(),
+            max_in_flight: max_in_flight.max(1),
+            stored: 0,
+        }
+    }
+
+    fn failed(&self, e: &StoreError) -> Status {
+        let mut status = store_status(e);
+        set_stored_count(&mut status, self.stored);
+        status
+    }
+
+    /// Queues a chunk; waits for the oldest chunk's commit when too many are in flight.
+    async fn push(&mut self, chunk: Vec<Reading>) -> Result<(), Status> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let pending = self
+            .store
+            .enqueue(chunk)
+            .await
+            .map_err(|e| self.failed(&e))?;
+        self.in_flight.push_back(pending);
+        while self.in_flight.len() > self.max_in_flight {
+            self.commit_oldest().await?;
+        }
+        Ok(())
+    }
+
+    async fn commit_oldest(&mut self) -> Result<(), Status> {
+        if let Some(pending) = self.in_flight.pop_front() {
+            let receipt = pending.committed().await.map_err(|e| self.failed(&e))?;
+            self.stored += receipt.count as u64;
+        }
+        Ok(())
+    }
+
+    /// Waits until every queued chunk is durable; returns how many readings are stored.
+    async fn finish(&mut self) -> Result<u64, Status> {
+        while !self.in_flight.is_empty() {
+            self.commit_oldest().await?;
+        }
+        Ok(self.stored)
+    }
+}
+
+/// Checks a `GetSensorReadings` request and turns it into a store query.
+fn history_query(request: &pb::SensorRequest) -> Result<HistoryQuery, Status> {
+    let refuse = invalid_request;
+    sensorhub_core::validation::check_sensor_id(&request.sensor_id)
+        .map_err(|v| refuse(v.field, v.description))?;
+    if request.since < 0 || request.until < 0 {
+        return Err(refuse(
+            "since",
+            "since and until must be Unix seconds, or 0 for no bound".into(),
+        ));
+    }
+    if request.since > 0 && request.until > 0 && request.until <= request.since {
+        return Err(refuse(
+            "until",
+            format!(
+                "must be after since ({}), got {}",
+                request.since, request.until
+            ),
+        ));
+    }
+    Ok(HistoryQuery {
+        sensor_id: request.sensor_id.clone(),
+        since: (request.since > 0).then_some(request.since),
+        until: (request.until > 0).then_some(request.until),
+        up_to_seq: None,
+    })
+}
+
+/// Streams one sensor's history page by page, then (follow) its live tail.
+struct HistoryReader {
+    store: Store,
+    page_size: usize,
+    life: Lifecycle,
+    limit: Option<u64>,
+    follow: bool,
+}
+
+type PageSender = mpsc::Sender<Result<Vec<StoredReading>, Status>>;
+
+impl HistoryReader {
+    async fn run(self, query: HistoryQuery, tx: PageSender) {
+        if let Err(status) = self.stream(query, &tx).await {
+            let _ = tx.send(Err(status)).await;
+        }
+    }
+
+    async fn stream(&self, mut query: HistoryQuery, tx: &PageSender) -> Result<(), Status> {
+        let mut committed = self.store.committed_seq();
+        // Follow: history up to this commit, the tail after it. No gap, no repeat.
+        let snapshot = *committed.borrow_and_update();
+        if self.follow {
+            query.up_to_seq = Some(snapshot);
+        }
+        let mut cursor = HistoryCursor::default();
+        let mut remaining = self.limit.unwrap_or(u64::MAX);
+        while remaining > 0 {
+            let page_size = remaining.min(self.page_size as u64) as usize;
+            let page = tokio::select! {
+                _ = tx.closed() => return Ok(()),
+                page = self.store.history_page(&query, cursor, page_size) => page.map_err(|e| store_status(&e))?,
+            };
+            let full = page.len() == page_size;
+            remaining -= page.len() as u64;
+            cursor.advance(&page);
+            if !page.is_empty() && tx.send(Ok(page)).await.is_err() {
+                return Ok(());
+            }
+            if !full {
+                break;
+            }
+        }
+        if !self.follow {
+            return Ok(());
+        }
+
+        let in_range = |r: &StoredReading| {
+            query.since.is_none_or(|s| r.reading.timestamp >= s)
+                && query.until.is_none_or(|u| r.reading.timestamp < u)
+        };
+        let mut after = snapshot;
+        loop {
+            let page = self
+                .store
+                .tail_page(&query.sensor_id, after, self.page_size)
+                .await
+                .map_err(|e| store_status(&e))?;
+            let full = page.len() == self.page_size;
+            if let Some(last) = page.last() {
+                after = last.seq;
+            }
+            let page: Vec<_> = page.into_iter().filter(in_range).collect();
+            if !page.is_empty() && tx.send(Ok(page)).await.is_err() {
+                return Ok(());
+            }
+            if full {
+                continue;
+            }
+            tokio::select! {
+                biased;
+                _ = self.life.draining.cancelled() => {
+                    return Err(Status::unavailable(
+                        "the server is shutting down; subscribe again to a running server with since set to the last timestamp you received",
+                    ));
+                }
+                _ = tx.closed() => return Ok(()),
+                changed = committed.changed() => if changed.is_err() {
+                    return Err(Status::unavailable("the store closed"));
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Test helpers (feature `test-util`): a real server on an ephemeral port of
+//! 127.0.0.1, with a freshly made CA, TLS, a token and a durable store in a
+//! temporary directory, plus clients configured for it.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use sensorhub_core::{Store, StoreConfig, store::StoreLocation};
+
+use crate::{
+    ClientConfig, RunningServer, SensorClient, ServerConfig,
+    auth::TokenSet,
+    client::ConnectError,
+    pki::{self, BundleFiles},
+    tls::{ClientTlsFiles, ServerTlsFiles},
+};
+
+/// The token every test server accepts.
+pub const TEST_TOKEN: &str = "sensor_token_abc";
+
+/// What to vary from the default (TLS, token, durable store).
+#[derive(Debug, Clone)]
+pub struct TestOptions {
+    pub tls: bool,
+    pub mutual_tls: bool,
+    pub auth: bool,
+    pub memory: bool,
+    pub http: bool,
+    pub tweak: fn(&mut ServerConfig),
+}
+
+impl Default for TestOptions {
+    fn default() -> Self {
+        Self {
+            tls: true,
+            mutual_tls: false,
+            auth: true,
+            memory: false,
+            http: false,
+            tweak: |_| {},
+        }
+    }
+}
+
+/// A running test server and everything needed to talk to it.
+#[derive(Debug)]
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub certs: BundleFiles,
+    pub options: TestOptions,
+    pub addr: SocketAddr,
+    pub http_addr: Option<SocketAddr>,
+    server: Option<RunningServer>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(TestOptions::default()).await
+    }
+
+    pub async fn start_with(options: TestOptions) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let certs = pki::generate(&[])
+            .expect("certificates")
+            .write_to(&dir.path().join("certs"))
+            .expect("write certificates");
+        let mut server = TestServer {
+            dir,
+            certs,
+            options,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_addr: None,
+            server: None,
+        };
+        server.boot().await;
+        server
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The server configuration this test server runs with.
+    pub fn server_config(&self) -> ServerConfig {
+        let o = &self.options;
+        let tls = o.tls.then(|| ServerTlsFiles {
+            cert: self.certs.server_cert.clone(),
+            key: self.certs.server_key.clone(),
+            client_ca: o.mutual_tls.then(|| self.certs.ca_cert.clone()),
+        });
+        let tokens = o.auth.then(|| TokenSet::new([TEST_TOKEN]).expect("token"));
+        let mut config = ServerConfig::new(self.addr, tls, tokens);
+        if o.http {
+            config.http = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        }
+        config.shutdown_grace = Duration::from_secs(2);
+        (o.tweak)(&mut config);
+        config
+    }
+
+    async fn boot(&mut self) {
+        let location = if self.options.memory {
+            StoreLocation::Memory
+        } else {
+            StoreLocation::Directory(self.data_dir())
+        };
+        let store = Store::open(StoreConfig::new(location)).expect("open store");
+        let running = crate::start(self.server_config(), store)
+            .await
+            .expect("start server");
+        // Restarts come back on the same port, so clients keep their URL.
+        self.addr = running.grpc_addr();
+        self.http_addr = running.http_addr();
+        self.server = Some(running);
+    }
+
+    /// Stops the server gracefully (the store is closed), keeping its data.
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.expect("clean shutdown");
+        }
+    }
+
+    /// Stops and starts again on the same data directory and port.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.boot().await;
+    }
+
+    /// The token that cancels the running server (starts graceful shutdown).
+    pub fn stop_token(&self) -> tokio_util::sync::CancellationToken {
+        self.server.as_ref().expect("running").stop_token()
+    }
+
+    pub fn url(&self) -> String {
+        let scheme = if self.options.tls { "https" } else { "http" };
+        format!("{scheme}://localhost:{}", self.addr.port())
+    }
+
+    /// A client configuration that trusts the test CA and sends the token.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new(self.url());
+        config.tls = ClientTlsFiles {
+            ca: Some(self.certs.ca_cert.clone()),
+            cert: self
+                .options
+                .mutual_tls
+                .then(|| self.certs.client_cert.clone()),
+            key: self
+                .options
+                .mutual_tls
+                .then(|| self.certs.client_key.clone()),
+            domain: None,
+        };
+        config.token = Some(TEST_TOKEN.to_owned());
+        config
+    }
+
+    /// A connected client with the right CA and token.
+    pub async fn client(&self) -> SensorClient {
+        self.try_client(self.client_config())
+            .await
+            .expect("connect")
+    }
+
+    pub async fn try_client(&self, config: ClientConfig) -> Result<SensorClient, ConnectError> {
+        crate::connect(&config).await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(server) = &self.server {
+            server.stop_token().cancel();
+        }
+    }
+}

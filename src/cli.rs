@@ -1,0 +1,135 @@
+//! The command line: one subcommand per job. Every `serve` flag can also be
+//! set from a `SENSORHUB_*` environment variable, so containers are
+//! configured by env; client commands read `SENSORHUB_SERVER`,
+//! `SENSORHUB_CA` and `SENSORHUB_TOKEN`.
+
+mod certs;
+mod demo;
+mod readings;
+mod sensor;
+mod serve;
+mod stats;
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+use sensorhub_grpc::{ClientConfig, SensorClient, tls::ClientTlsFiles};
+
+use crate::logging::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(name = "sensorhub", version, about = "Collect, store and analyse temperature readings over gRPC", long_about = None)]
+pub struct Cli {
+    /// Console log format.
+    #[arg(
+        long,
+        global = true,
+        env = "SENSORHUB_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty"
+    )]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Make a CA and server/client certificates signed by it.
+    Certs(certs::CertsArgs),
+    /// Run the gRPC server.
+    Serve(serve::ServeArgs),
+    /// Run a simulated temperature sensor against a server.
+    Sensor(sensor::SensorArgs),
+    /// Print a sensor's stored readings (and follow new ones).
+    Readings(readings::ReadingsArgs),
+    /// Print per-sensor statistics: count, min, max, mean, last, alerts.
+    Stats(stats::StatsArgs),
+    /// Everything at once, no Docker: a server, four sensors and a live summary.
+    Demo(demo::DemoArgs),
+}
+
+impl Command {
+    pub fn default_log_level(&self) -> &'static str {
+        match self {
+            Command::Serve(_) | Command::Sensor(_) => "info",
+            Command::Certs(_) | Command::Readings(_) | Command::Stats(_) | Command::Demo(_) => {
+                "warn"
+            }
+        }
+    }
+
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        match self {
+            Command::Certs(args) => certs::run(args),
+            Command::Serve(args) => serve::run(args).await,
+            Command::Sensor(args) => sensor::run(args).await,
+            Command::Readings(args) => readings::run(args).await,
+            Command::Stats(args) => stats::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
+        }
+    }
+}
+
+/// How client commands reach the server.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectArgs {
+    /// Server URL: https://HOST:PORT, or http://HOST:PORT for a server run with --insecure.
+    #[arg(
+        long,
+        env = "SENSORHUB_SERVER",
+        default_value = "https://localhost:50051"
+    )]
+    pub server: String,
+    /// CA certificate to trust (PEM). Default: the system's roots.
+    #[arg(long, env = "SENSORHUB_CA")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate for servers that require one (mutual TLS).
+    #[arg(long, env = "SENSORHUB_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// Private key of --client-cert.
+    #[arg(long, env = "SENSORHUB_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+    /// Name to verify the server certificate against, if not the URL's host.
+    #[arg(long)]
+    pub tls_server_name: Option<String>,
+    /// Token sent as `authorization` metadata.
+    #[arg(long, env = "SENSORHUB_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl ConnectArgs {
+    pub fn config(&self) -> ClientConfig {
+        ClientConfig {
+            server: self.server.clone(),
+            tls: ClientTlsFiles {
+                ca: self.ca.clone(),
+                cert: self.client_cert.clone(),
+                key: self.client_key.clone(),
+                domain: self.tls_server_name.clone(),
+            },
+            token: self.token.clone(),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    pub async fn connect(&self) -> anyhow::Result<SensorClient> {
+        Ok(sensorhub_grpc::connect(&self.config()).await?)
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

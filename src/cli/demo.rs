@@ -1,0 +1,196 @@
+//! `sensorhub demo`: the whole system in one command, no Docker. A temporary
+//! CA and token, the server on a durable store in a temporary directory,
+//! four simulated sensors (one per RPC kind, as the original architecture
+//! has it), and a summary in the terminal every few seconds.
+
+use std::{io::Write, net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use clap::Args;
+use sensorhub_core::{Store, StoreConfig, store::StoreLocation};
+use sensorhub_grpc::{
+    ClientConfig, ServerConfig,
+    auth::TokenSet,
+    pki,
+    tls::{ClientTlsFiles, ServerTlsFiles},
+};
+use sensorhub_proto::StatsRequest;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::simulator::{self, Counters, Kind, Mode, SensorConfig};
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Stop after this long (e.g. 30s). Default: run until Ctrl-C.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// How often to print the summary.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub every: Duration,
+    /// Longest pause between a sensor's calls.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub interval_max: Duration,
+    /// Keep the temporary directory (certificates, token, data) and print its path.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let dir = tempfile::Builder::new()
+        .prefix("sensorhub-demo-")
+        .tempdir()
+        .context("creating a temporary directory")?;
+    let certs = pki::generate(&[])?.write_to(&dir.path().join("certs"))?;
+    let token = format!("demo-{:032x}", rand::random::<u128>());
+
+    let tls = ServerTlsFiles {
+        cert: certs.server_cert.clone(),
+        key: certs.server_key.clone(),
+        client_ca: None,
+    };
+    let mut server_config = ServerConfig::new(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        Some(tls),
+        Some(TokenSet::new([&token])?),
+    );
+    server_config.http = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    server_config.shutdown_grace = Duration::from_secs(3);
+    let store = Store::open(StoreConfig::new(StoreLocation::Directory(
+        dir.path().join("data"),
+    )))?;
+    let server = sensorhub_grpc::start(server_config, store).await?;
+
+    let url = format!("https://localhost:{}", server.grpc_addr().port());
+    let mut client_config = ClientConfig::new(url.clone());
+    client_config.tls = ClientTlsFiles {
+        ca: Some(certs.ca_cert.clone()),
+        ..Default::default()
+    };
+    client_config.token = Some(token.clone());
+
+    println!("sensorhub demo");
+    println!(
+        "  server   {url}  (TLS, token required; health on http://{})",
+        server
+            .http_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    );
+    println!("  data     {}", dir.path().display());
+    println!(
+        "  try      sensorhub stats --server {url} --ca {} --token {token}",
+        certs.ca_cert.display()
+    );
+    println!(
+        "  four sensors, one per RPC kind; {}",
+        match args.duration {
+            Some(d) => format!("stopping after {}", humantime::format_duration(d)),
+            None => "Ctrl-C to stop".into(),
+        }
+    );
+    println!();
+
+    let stop = CancellationToken::new();
+    let counters = Arc::new(Counters::default());
+    let mut sensors = Vec::new();
+    for (sensor_id, mode, query_sensor) in [
+        ("sensor-unary", Mode::Unary, None),
+        ("sensor-client-stream", Mode::ClientStream, None),
+        ("sensor-chat", Mode::Chat, None),
+        // The server-streaming sensor reads back another's history, as a dashboard would.
+        (
+            "sensor-server-stream",
+            Mode::ServerStream,
+            Some("sensor-unary".to_owned()),
+        ),
+    ] {
+        let client = sensorhub_grpc::connect(&client_config).await?;
+        let config = SensorConfig {
+            sensor_id: sensor_id.into(),
+            mode,
+            interval_max: args.interval_max,
+            batch: 5,
+            count: None,
+            base_temperature: 22.0,
+            spike_probability: 0.03,
+            query_sensor,
+        };
+        sensors.push(tokio::spawn(simulator::run(
+            client,
+            config,
+            counters.clone(),
+            stop.clone(),
+        )));
+    }
+
+    let mut client = sensorhub_grpc::connect(&client_config).await?;
+    let started = Instant::now();
+    let deadline = args.duration.map(|d| started + d);
+    let mut ticker = tokio::time::interval_at(started + args.every, args.every);
+    let signal = super::shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => break,
+            _ = ticker.tick() => print_summary(&mut client, &counters, started.elapsed()).await,
+        }
+    }
+
+    stop.cancel();
+    for sensor in sensors {
+        let _ = sensor.await;
+    }
+    print_summary(&mut client, &counters, started.elapsed()).await;
+    drop(client);
+    server.shutdown().await?;
+    if args.keep {
+        println!("kept {}", dir.keep().display());
+    }
+    println!("demo stopped cleanly");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn print_summary(
+    client: &mut sensorhub_grpc::SensorClient,
+    counters: &Counters,
+    elapsed: Duration,
+) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "── after {}s ──", elapsed.as_secs());
+    let calls: Vec<String> = Kind::ALL
+        .iter()
+        .map(|k| {
+            format!(
+                "{} {} ok / {} failed",
+                k.name(),
+                counters.ok(*k),
+                counters.failed(*k)
+            )
+        })
+        .collect();
+    let _ = writeln!(out, "calls: {}", calls.join(", "));
+    let _ = writeln!(
+        out,
+        "readings stored: {}, read back: {}, chat alerts: {}",
+        counters
+            .readings_sent
+            .load(std::sync::atomic::Ordering::Relaxed),
+        counters
+            .readings_received
+            .load(std::sync::atomic::Ordering::Relaxed),
+        counters
+            .alerts_received
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
+    match client.get_sensor_stats(StatsRequest::default()).await {
+        Ok(reply) => {
+            let _ = super::stats::write_table(&mut out, &reply.into_inner().sensors);
+        }
+        Err(status) => {
+            let _ = writeln!(out, "stats unavailable: {}", status.message());
+        }
+    }
+    let _ = writeln!(out);
+}

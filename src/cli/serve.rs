@@ -1,0 +1,164 @@
+//! `sensorhub serve`: the gRPC server. Refuses to start without TLS unless
+//! `--insecure`, and without tokens unless `--no-auth`.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use sensorhub_core::{AlertRules, ReadingLimits, Store, StoreConfig, store::StoreLocation};
+use sensorhub_grpc::{ServerConfig, auth::TokenSet, tls::ServerTlsFiles};
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address of the gRPC listener.
+    #[arg(long, env = "SENSORHUB_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+    /// Server certificate chain (PEM). Make one with `sensorhub certs`.
+    #[arg(long, env = "SENSORHUB_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, env = "SENSORHUB_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (mutual TLS).
+    #[arg(long, env = "SENSORHUB_CLIENT_CA", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+    /// Serve plaintext. Only for trusted networks.
+    #[arg(long, env = "SENSORHUB_INSECURE", conflicts_with_all = ["tls_cert", "tls_key", "client_ca"])]
+    pub insecure: bool,
+    /// Accepted token (repeatable; in the environment, comma-separated).
+    #[arg(
+        long = "token",
+        env = "SENSORHUB_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub tokens: Vec<String>,
+    /// File with accepted tokens, one per line (# comments allowed).
+    #[arg(long, env = "SENSORHUB_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Accept calls without a token. Only for trusted networks.
+    #[arg(long, env = "SENSORHUB_NO_AUTH", conflicts_with_all = ["tokens", "tokens_file"])]
+    pub no_auth: bool,
+    /// Data directory of the durable store [default: $XDG_DATA_HOME/sensorhub or ~/.local/share/sensorhub].
+    #[arg(long, env = "SENSORHUB_DATA")]
+    pub data: Option<PathBuf>,
+    /// Keep readings in memory only: nothing survives a restart.
+    #[arg(long, env = "SENSORHUB_MEMORY", conflicts_with = "data")]
+    pub memory: bool,
+    /// Delete readings older than this (e.g. 30d). Default: keep everything.
+    #[arg(long, env = "SENSORHUB_RETENTION", value_parser = humantime::parse_duration)]
+    pub retention: Option<Duration>,
+    /// HTTP listener for /healthz and /readyz; `off` to disable.
+    #[arg(long, env = "SENSORHUB_HTTP", default_value = "127.0.0.1:9464")]
+    pub http: String,
+    /// Highest accepted temperature, °C.
+    #[arg(long, env = "SENSORHUB_MAX_TEMPERATURE", default_value_t = ReadingLimits::default().max_temperature)]
+    pub max_temperature: f64,
+    /// How far ahead of the server clock a timestamp may be.
+    #[arg(long, env = "SENSORHUB_MAX_CLOCK_SKEW", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub max_clock_skew: Duration,
+    /// Alert when a reading is above this, °C.
+    #[arg(long, env = "SENSORHUB_ALERT_MAX", default_value_t = AlertRules::default().max, allow_hyphen_values = true)]
+    pub alert_max: f64,
+    /// Alert when a reading is below this, °C.
+    #[arg(long, env = "SENSORHUB_ALERT_MIN", default_value_t = AlertRules::default().min, allow_hyphen_values = true)]
+    pub alert_min: f64,
+    /// Alert when a reading is further than this from the sensor's rolling mean, °C.
+    #[arg(long, env = "SENSORHUB_ALERT_JUMP", default_value_t = AlertRules::default().max_jump)]
+    pub alert_jump: f64,
+    /// Largest accepted message, bytes (after decompression).
+    #[arg(long, env = "SENSORHUB_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_message_bytes: usize,
+    /// Concurrent calls (HTTP/2 streams) per connection.
+    #[arg(long, env = "SENSORHUB_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
+    pub max_concurrent_streams: u32,
+    /// On SIGTERM/Ctrl-C, how long in-flight calls may take to finish.
+    #[arg(long, env = "SENSORHUB_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl ServeArgs {
+    /// The server and store configuration these flags describe, or what to pass instead.
+    pub fn configs(&self) -> anyhow::Result<(ServerConfig, StoreConfig)> {
+        let tls = match (&self.tls_cert, &self.tls_key, self.insecure) {
+            (Some(cert), Some(key), _) => Some(ServerTlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.client_ca.clone(),
+            }),
+            (_, _, true) => None,
+            _ => bail!(
+                "refusing to serve without TLS: pass --tls-cert FILE --tls-key FILE (make them with `sensorhub certs --out DIR`), or --insecure to serve plaintext"
+            ),
+        };
+        let tokens = if self.no_auth {
+            None
+        } else {
+            let mut tokens = self.tokens.clone();
+            if let Some(file) = &self.tokens_file {
+                tokens.extend(TokenSet::read_file(file)?);
+            }
+            if tokens.is_empty() {
+                bail!(
+                    "refusing to serve without tokens: pass --token TOKEN or --tokens-file FILE, or --no-auth to accept every caller"
+                );
+            }
+            Some(TokenSet::new(tokens)?)
+        };
+        let mut config = ServerConfig::new(self.listen, tls, tokens);
+        config.http = match self.http.as_str() {
+            "off" | "" => None,
+            addr => Some(addr.parse().with_context(|| {
+                format!("--http `{addr}` is not an address like 127.0.0.1:9464 (or `off`)")
+            })?),
+        };
+        config.service.limits = ReadingLimits {
+            max_temperature: self.max_temperature,
+            max_future_skew_secs: self.max_clock_skew.as_secs() as i64,
+        };
+        config.service.max_message_bytes = self.max_message_bytes;
+        config.max_concurrent_streams = self.max_concurrent_streams;
+        config.shutdown_grace = self.shutdown_grace;
+
+        let location = if self.memory {
+            StoreLocation::Memory
+        } else {
+            StoreLocation::Directory(
+                self.data
+                    .clone()
+                    .unwrap_or_else(sensorhub_core::store::default_data_dir),
+            )
+        };
+        let mut store = StoreConfig::new(location);
+        store.retention = self.retention;
+        store.alert_rules = AlertRules {
+            max: self.alert_max,
+            min: self.alert_min,
+            max_jump: self.alert_jump,
+            ..AlertRules::default()
+        };
+        Ok((config, store))
+    }
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let (config, store_config) = args.configs()?;
+    if config.tls.is_none() {
+        tracing::warn!(
+            "serving plaintext (--insecure): tokens and readings cross the network unencrypted"
+        );
+    }
+    if config.tokens.is_none() {
+        tracing::warn!("accepting calls without a token (--no-auth)");
+    }
+    let store = Store::open(store_config)?;
+    let server = sensorhub_grpc::start(config, store).await?;
+    let stop = server.stop_token();
+    tokio::spawn(async move {
+        super::shutdown_signal().await;
+        tracing::info!("signal received");
+        stop.cancel();
+    });
+    server.wait().await?;
+    Ok(ExitCode::SUCCESS)
+}

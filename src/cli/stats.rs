@@ -1,0 +1,73 @@
+//! `sensorhub stats`: per-sensor analysis from the server.
+
+use std::{io::Write, process::ExitCode};
+
+use clap::Args;
+use sensorhub_proto::{SensorStats, StatsRequest};
+
+use super::ConnectArgs;
+use crate::time_arg::format_time;
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Only this sensor. Default: every sensor.
+    #[arg(long)]
+    pub sensor_id: Option<String>,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: StatsArgs) -> anyhow::Result<ExitCode> {
+    let mut client = args.connect.connect().await?;
+    let request = StatsRequest {
+        sensor_id: args.sensor_id.unwrap_or_default(),
+    };
+    let sensors = client.get_sensor_stats(request).await?.into_inner().sensors;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        for s in &sensors {
+            writeln!(out, "{}", stats_json(s))?;
+        }
+    } else {
+        write_table(&mut out, &sensors)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stats_json(s: &SensorStats) -> serde_json::Value {
+    serde_json::json!({
+        "sensor_id": s.sensor_id, "count": s.count, "min": s.min, "max": s.max, "mean": s.mean,
+        "last": s.last, "last_timestamp": s.last_timestamp, "rolling_mean": s.rolling_mean, "alerts": s.alerts,
+    })
+}
+
+/// The statistics table, shared with `demo`'s live summary.
+pub fn write_table(out: &mut impl Write, sensors: &[SensorStats]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<24} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}  {}",
+        "SENSOR", "READINGS", "MIN", "MAX", "MEAN", "ROLLING", "LAST", "ALERTS", "LAST SEEN (UTC)"
+    )?;
+    for s in sensors {
+        writeln!(
+            out,
+            "{:<24} {:>9} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7}  {}",
+            s.sensor_id,
+            s.count,
+            s.min,
+            s.max,
+            s.mean,
+            s.rolling_mean,
+            s.last,
+            s.alerts,
+            format_time(s.last_timestamp)
+        )?;
+    }
+    if sensors.is_empty() {
+        writeln!(out, "(no readings yet)")?;
+    }
+    Ok(())
+}
