@@ -48,8 +48,8 @@ fn stats_json(s: &SensorStats) -> serde_json::Value {
 pub fn write_table(out: &mut impl Write, sensors: &[SensorStats]) -> std::io::Result<()> {
     writeln!(
         out,
-        "{:<24} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}  {}",
-        "SENSOR", "READINGS", "MIN", "MAX", "MEAN", "ROLLING", "LAST", "ALERTS", "LAST SEEN (UTC)"
+        "{:<24} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}  LAST SEEN (UTC)",
+        "SENSOR", "READINGS", "MIN", "MAX", "MEAN", "ROLLING", "LAST", "ALERTS"
     )?;
     for s in sensors {
         writeln!(

@@ -115,7 +115,7 @@ pub async fn connect(config: &ClientConfig) -> Result<SensorClient, ConnectError
             server: config.server.clone(),
             source,
         })?;
-    Ok(client_for(channel, config.token.as_deref())?)
+    client_for(channel, config.token.as_deref())
 }
 
 /// Wraps an existing channel with the token interceptor.

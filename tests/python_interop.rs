@@ -1,0 +1,168 @@
+//! Wire compatibility with the ORIGINAL Python clients: runs
+//! `tests/python/interop_client.py` (plain grpcio, stubs generated at run time
+//! from `proto/sensor.proto`, bare token in `authorization`) against a real
+//! TLS test server, then checks through the Rust client what it stored.
+//!
+//! Needs Python 3 with grpcio: `python3 -m pip install -r tests/python/requirements.txt`.
+//! The interpreter is `$SENSORHUB_TEST_PYTHON`, else `python3`.
+//!
+//! The workspace's tokio has no `process` feature, so the child is a
+//! `std::process::Child` polled from the runtime (its pipes are drained on
+//! threads), and killed at the deadline.
+
+use std::{
+    io::Read,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use sensorhub_grpc::testing::TestServer;
+use sensorhub_proto::SensorRequest;
+
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
+const REQUIREMENTS_HINT: &str = "python3 -m pip install -r tests/python/requirements.txt";
+
+fn python() -> String {
+    std::env::var("SENSORHUB_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
+
+fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+struct Finished {
+    status: Option<std::process::ExitStatus>,
+    stdout: String,
+    stderr: String,
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+/// Runs `cmd` to completion or until `timeout` (then kills it; `status` is None).
+async fn run(mut cmd: Command, timeout: Duration) -> Finished {
+    let program = format!("{cmd:?}");
+    let mut child: Child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {program}: {e}\nInstall Python 3 (or set SENSORHUB_TEST_PYTHON) and run: {REQUIREMENTS_HINT}"
+            )
+        });
+    let out = drain(child.stdout.take().expect("stdout"));
+    let err = drain(child.stderr.take().expect("stderr"));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (stdout, stderr) = tokio::task::spawn_blocking(move || {
+        (
+            out.join().unwrap_or_default(),
+            err.join().unwrap_or_default(),
+        )
+    })
+    .await
+    .expect("join pipe readers");
+    Finished {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpcio_client_runs_all_four_rpc_kinds() {
+    let python = python();
+
+    // grpcio missing must fail loudly, never skip.
+    let mut probe = Command::new(&python);
+    probe.args([
+        "-c",
+        "import grpc, grpc_tools.protoc; print(grpc.__version__)",
+    ]);
+    let probe = run(probe, Duration::from_secs(30)).await;
+    assert!(
+        probe.status.is_some_and(|s| s.success()),
+        "Python grpcio is not importable with `{python}` (set SENSORHUB_TEST_PYTHON to choose the interpreter).\n\
+         Install it with: {REQUIREMENTS_HINT}\n--- stderr ---\n{}",
+        probe.stderr
+    );
+
+    let server = TestServer::start().await;
+    let sensor_id = format!("py-interop-{}", std::process::id());
+    let target = format!("localhost:{}", server.addr.port());
+
+    let mut cmd = Command::new(&python);
+    cmd.arg(repo_path("tests/python/interop_client.py"))
+        .args(["--target", &target])
+        .arg("--ca")
+        .arg(&server.certs.ca_cert)
+        .args(["--token", sensorhub_grpc::testing::TEST_TOKEN])
+        .args(["--sensor-id", &sensor_id])
+        .arg("--proto")
+        .arg(repo_path("proto/sensor.proto"))
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let done = run(cmd, SCRIPT_TIMEOUT).await;
+    let report = format!(
+        "--- stdout ---\n{}--- stderr ---\n{}",
+        done.stdout, done.stderr
+    );
+    match done.status {
+        None => {
+            panic!("the Python grpcio client did not finish within {SCRIPT_TIMEOUT:?}\n{report}")
+        }
+        Some(status) => assert!(
+            status.success(),
+            "the Python grpcio client failed ({status})\n{report}"
+        ),
+    }
+    println!("{report}");
+
+    // What the Python client sent is stored, as the Rust client sees it.
+    let mut client = server.client().await;
+    let mut stream = client
+        .get_sensor_readings(SensorRequest {
+            sensor_id: sensor_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("GetSensorReadings")
+        .into_inner();
+    let mut stored = Vec::new();
+    while let Some(reading) = stream.message().await.expect("reading") {
+        stored.push(reading);
+    }
+    let temps: Vec<f64> = stored.iter().map(|r| r.temperature).collect();
+    assert_eq!(
+        temps,
+        [20.5, 19.0, 19.5, 20.0, 20.25, 21.0, 22.0, 21.5, 23.25],
+        "readings stored for {sensor_id}: {stored:?}"
+    );
+    assert!(
+        stored.iter().all(|r| r.sensor_id == sensor_id),
+        "{stored:?}"
+    );
+    assert!(
+        stored.windows(2).all(|w| w[0].timestamp < w[1].timestamp),
+        "not in strictly increasing timestamp order: {stored:?}"
+    );
+}
