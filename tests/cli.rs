@@ -12,11 +12,19 @@ use std::{
 const BIN: &str = env!("CARGO_BIN_EXE_sensorhub");
 
 fn sensorhub(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).env_remove("RUST_LOG").output().expect("run sensorhub")
+    Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run sensorhub")
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
@@ -24,15 +32,40 @@ fn serve_refuses_to_start_insecure_or_open_unless_told_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
-    let out = sensorhub(&["serve", "--listen", "127.0.0.1:0", "--http", "off", "--data", data, "--token", "t"]);
+    let out = sensorhub(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "off",
+        "--data",
+        data,
+        "--token",
+        "t",
+    ]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--tls-cert") && stderr.contains("--insecure"), "{stderr}");
+    assert!(
+        stderr.contains("--tls-cert") && stderr.contains("--insecure"),
+        "{stderr}"
+    );
 
-    let out = sensorhub(&["serve", "--listen", "127.0.0.1:0", "--http", "off", "--data", data, "--insecure"]);
+    let out = sensorhub(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "off",
+        "--data",
+        data,
+        "--insecure",
+    ]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--token") && stderr.contains("--no-auth"), "{stderr}");
+    assert!(
+        stderr.contains("--token") && stderr.contains("--no-auth"),
+        "{stderr}"
+    );
 }
 
 #[cfg(unix)]
@@ -40,10 +73,27 @@ fn serve_refuses_to_start_insecure_or_open_unless_told_by_name() {
 fn certs_writes_a_ca_and_leaves_with_private_keys_0600() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let out = sensorhub(&["certs", "--out", dir.path().to_str().unwrap(), "--name", "sensors.example"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for (file, mode) in [("ca.pem", 0o644), ("server.pem", 0o644), ("server.key", 0o600), ("client.pem", 0o644), ("client.key", 0o600)] {
-        let meta = std::fs::metadata(dir.path().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let out = sensorhub(&[
+        "certs",
+        "--out",
+        dir.path().to_str().unwrap(),
+        "--name",
+        "sensors.example",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (file, mode) in [
+        ("ca.pem", 0o644),
+        ("server.pem", 0o644),
+        ("server.key", 0o600),
+        ("client.pem", 0o644),
+        ("client.key", 0o600),
+    ] {
+        let meta =
+            std::fs::metadata(dir.path().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(meta.permissions().mode() & 0o777, mode, "{file}");
     }
 }
@@ -57,10 +107,20 @@ struct ServeProcess {
 impl ServeProcess {
     fn start(dir: &Path, token: &str) -> ServeProcess {
         let certs = dir.join("certs");
-        assert!(sensorhub(&["certs", "--out", certs.to_str().unwrap()]).status.success());
+        assert!(
+            sensorhub(&["certs", "--out", certs.to_str().unwrap()])
+                .status
+                .success()
+        );
         let (port, http) = (free_port(), free_port());
         let child = Command::new(BIN)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--http", &format!("127.0.0.1:{http}")])
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--http",
+                &format!("127.0.0.1:{http}"),
+            ])
             .arg("--tls-cert")
             .arg(certs.join("server.pem"))
             .arg("--tls-key")
@@ -92,7 +152,12 @@ impl ServeProcess {
     fn client(&self, dir: &Path, token: &str, args: &[&str]) -> Output {
         Command::new(BIN)
             .args(args)
-            .args(["--server", &self.url, "--ca", dir.join("certs/ca.pem").to_str().unwrap()])
+            .args([
+                "--server",
+                &self.url,
+                "--ca",
+                dir.join("certs/ca.pem").to_str().unwrap(),
+            ])
             .env("SENSORHUB_TOKEN", token)
             .output()
             .expect("run client")
@@ -107,16 +172,54 @@ fn serve_sensor_readings_stats_then_sigterm_stops_cleanly() {
     let server = ServeProcess::start(dir.path(), token);
 
     for mode in ["unary", "client-stream", "chat"] {
-        let out = server.client(dir.path(), token, &["sensor", "--mode", mode, "--sensor-id", "cli-1", "--count", "3", "--interval-max", "10ms", "--spike-probability", "0"]);
-        assert!(out.status.success(), "{mode}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = server.client(
+            dir.path(),
+            token,
+            &[
+                "sensor",
+                "--mode",
+                mode,
+                "--sensor-id",
+                "cli-1",
+                "--count",
+                "3",
+                "--interval-max",
+                "10ms",
+                "--spike-probability",
+                "0",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     // 3 unary + 3 × 5 streamed + 3 chat readings.
-    let out = server.client(dir.path(), token, &["readings", "--sensor-id", "cli-1", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let out = server.client(
+        dir.path(),
+        token,
+        &["readings", "--sensor-id", "cli-1", "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 21);
-    let timestamps: Vec<i64> = lines.iter().map(|l| l["timestamp"].as_i64().unwrap()).collect();
-    assert!(timestamps.windows(2).all(|w| w[0] <= w[1]), "time order: {timestamps:?}");
+    let timestamps: Vec<i64> = lines
+        .iter()
+        .map(|l| l["timestamp"].as_i64().unwrap())
+        .collect();
+    assert!(
+        timestamps.windows(2).all(|w| w[0] <= w[1]),
+        "time order: {timestamps:?}"
+    );
     assert!(lines.iter().all(|l| l["sensor_id"] == "cli-1"));
 
     let out = server.client(dir.path(), token, &["stats", "--json"]);
@@ -130,7 +233,13 @@ fn serve_sensor_readings_stats_then_sigterm_stops_cleanly() {
 
     // SIGTERM: graceful stop, exit 0, and the token never reached the logs.
     let pid = server.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let out = server.child.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
@@ -140,9 +249,21 @@ fn serve_sensor_readings_stats_then_sigterm_stops_cleanly() {
 
 #[test]
 fn demo_runs_four_sensors_and_stops_by_itself() {
-    let out = sensorhub(&["demo", "--duration", "4s", "--every", "2s", "--interval-max", "200ms"]);
+    let out = sensorhub(&[
+        "demo",
+        "--duration",
+        "4s",
+        "--every",
+        "2s",
+        "--interval-max",
+        "200ms",
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for sensor in ["sensor-unary", "sensor-client-stream", "sensor-chat"] {
         assert!(stdout.contains(sensor), "{sensor} missing from:\n{stdout}");
     }
@@ -157,6 +278,9 @@ fn demo_runs_four_sensors_and_stops_by_itself() {
         assert!(ok > 0, "no successful {kind} call:\n{stdout}");
     }
     let calls = last.lines().next().unwrap();
-    assert!(calls.split(", ").all(|kind| kind.ends_with("/ 0 failed")), "failures: {calls}");
+    assert!(
+        calls.split(", ").all(|kind| kind.ends_with("/ 0 failed")),
+        "failures: {calls}"
+    );
     assert!(stdout.contains("demo stopped cleanly"));
 }

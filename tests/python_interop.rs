@@ -6,20 +6,16 @@
 //! Needs Python 3 with grpcio: `python3 -m pip install -r tests/python/requirements.txt`.
 //! The interpreter is `$SENSORHUB_TEST_PYTHON`, else `python3`.
 //!
-//! The workspace's tokio has no `process` feature, so the child is a
-//! `std::process::Child` polled from the runtime (its pipes are drained on
-//! threads), and killed at the deadline.
 
 use std::{
-    io::Read,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    thread::JoinHandle,
-    time::{Duration, Instant},
+    process::{Output, Stdio},
+    time::Duration,
 };
 
 use sensorhub_grpc::testing::TestServer;
 use sensorhub_proto::SensorRequest;
+use tokio::process::Command;
 
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
 const REQUIREMENTS_HINT: &str = "python3 -m pip install -r tests/python/requirements.txt";
@@ -32,60 +28,24 @@ fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
-struct Finished {
-    status: Option<std::process::ExitStatus>,
-    stdout: String,
-    stderr: String,
-}
-
-fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = pipe.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
-    })
-}
-
-/// Runs `cmd` to completion or until `timeout` (then kills it; `status` is None).
-async fn run(mut cmd: Command, timeout: Duration) -> Finished {
+/// Runs `cmd` to completion; `None` if it had to be killed at `timeout`.
+async fn run(mut cmd: Command, timeout: Duration) -> Option<Output> {
     let program = format!("{cmd:?}");
-    let mut child: Child = cmd
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {program}: {e}\nInstall Python 3 (or set SENSORHUB_TEST_PYTHON) and run: {REQUIREMENTS_HINT}"
-            )
-        });
-    let out = drain(child.stdout.take().expect("stdout"));
-    let err = drain(child.stderr.take().expect("stderr"));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for child") {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let (stdout, stderr) = tokio::task::spawn_blocking(move || {
-        (
-            out.join().unwrap_or_default(),
-            err.join().unwrap_or_default(),
-        )
-    })
-    .await
-    .expect("join pipe readers");
-    Finished {
-        status,
-        stdout,
-        stderr,
-    }
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}\nInstall Python 3 (or set SENSORHUB_TEST_PYTHON) and run: {REQUIREMENTS_HINT}"));
+    tokio::time::timeout(timeout, child.wait_with_output())
+        .await
+        .ok()
+        .map(|output| output.expect("wait for child"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,10 +60,10 @@ async fn python_grpcio_client_runs_all_four_rpc_kinds() {
     ]);
     let probe = run(probe, Duration::from_secs(30)).await;
     assert!(
-        probe.status.is_some_and(|s| s.success()),
+        probe.as_ref().is_some_and(|p| p.status.success()),
         "Python grpcio is not importable with `{python}` (set SENSORHUB_TEST_PYTHON to choose the interpreter).\n\
          Install it with: {REQUIREMENTS_HINT}\n--- stderr ---\n{}",
-        probe.stderr
+        probe.map(|p| text(&p.stderr)).unwrap_or_default()
     );
 
     let server = TestServer::start().await;
@@ -121,20 +81,19 @@ async fn python_grpcio_client_runs_all_four_rpc_kinds() {
         .arg(repo_path("proto/sensor.proto"))
         .env("PYTHONUNBUFFERED", "1")
         .env("PYTHONDONTWRITEBYTECODE", "1");
-    let done = run(cmd, SCRIPT_TIMEOUT).await;
+    let Some(done) = run(cmd, SCRIPT_TIMEOUT).await else {
+        panic!("the Python grpcio client did not finish within {SCRIPT_TIMEOUT:?}");
+    };
     let report = format!(
         "--- stdout ---\n{}--- stderr ---\n{}",
-        done.stdout, done.stderr
+        text(&done.stdout),
+        text(&done.stderr)
     );
-    match done.status {
-        None => {
-            panic!("the Python grpcio client did not finish within {SCRIPT_TIMEOUT:?}\n{report}")
-        }
-        Some(status) => assert!(
-            status.success(),
-            "the Python grpcio client failed ({status})\n{report}"
-        ),
-    }
+    assert!(
+        done.status.success(),
+        "the Python grpcio client failed ({})\n{report}",
+        done.status
+    );
     println!("{report}");
 
     // What the Python client sent is stored, as the Rust client sees it.

@@ -145,8 +145,7 @@ impl Writer {
                 }
             }
             if !batch.is_empty() {
-                self.commit(batch);
-                committed.send_replace(self.last_seq);
+                self.commit(batch, &committed);
             }
             if let Some(done) = close {
                 self.finish();
@@ -158,8 +157,10 @@ impl Writer {
         self.finish();
     }
 
-    /// One group commit: every request of `batch` in one transaction.
-    fn commit(&mut self, batch: Vec<WriteRequest>) {
+    /// One group commit: every request of `batch` in one transaction. The
+    /// new high-water sequence number is published before any caller hears
+    /// back, so whoever holds a receipt can rely on `committed_seq` covering it.
+    fn commit(&mut self, batch: Vec<WriteRequest>, committed: &watch::Sender<u64>) {
         let started = Instant::now();
         let readings: usize = batch.iter().map(|w| w.readings.len()).sum();
         // Sensors touched by this batch, copied: they replace the originals
@@ -247,6 +248,7 @@ impl Writer {
                 self.sensors.extend(touched);
                 self.next_sensor_id = next_sensor_id;
                 self.last_seq = seq;
+                committed.send_replace(seq);
                 tracing::trace!(
                     calls = batch.len(),
                     readings,

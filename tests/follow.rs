@@ -1,0 +1,223 @@
+//! Live tail: `GetSensorReadings` with `follow` sends the history, then every
+//! reading stored afterwards, each exactly once; shutdown ends it with
+//! `UNAVAILABLE`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sensorhub_grpc::testing::TestServer;
+use sensorhub_proto::{SensorReading, SensorRequest};
+use tonic::{Code, Streaming};
+
+const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+fn reading(sensor_id: &str, temperature: f64, timestamp: i64) -> SensorReading {
+    SensorReading {
+        sensor_id: sensor_id.to_owned(),
+        temperature,
+        timestamp,
+    }
+}
+
+fn follow(sensor_id: &str) -> SensorRequest {
+    SensorRequest {
+        sensor_id: sensor_id.to_owned(),
+        follow: true,
+        ..Default::default()
+    }
+}
+
+async fn next(stream: &mut Streaming<SensorReading>) -> SensorReading {
+    tokio::time::timeout(STEP_TIMEOUT, stream.message())
+        .await
+        .expect("a reading within the timeout")
+        .expect("follow stream healthy")
+        .expect("follow stream still open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_delivers_history_then_new_readings_once() {
+    let server = TestServer::start().await;
+    let mut writer = server.client().await;
+    let mut follower = server.client().await;
+    let t = unix_now() - 600;
+
+    // History, written out of time order.
+    let history = vec![
+        reading("tail", 21.0, t + 2),
+        reading("tail", 20.0, t),
+        reading("tail", 22.0, t + 1),
+    ];
+    for r in &history {
+        writer
+            .send_single_reading(r.clone())
+            .await
+            .expect("write history");
+    }
+
+    let mut stream = follower
+        .get_sensor_readings(follow("tail"))
+        .await
+        .expect("follow")
+        .into_inner();
+    let mut got = Vec::new();
+    for _ in 0..history.len() {
+        got.push(next(&mut stream).await);
+    }
+    let mut sorted = history.clone();
+    sorted.sort_by_key(|r| r.timestamp);
+    assert_eq!(got, sorted, "history first, in time order");
+
+    // Written after the subscription started (its history was already sent).
+    let live = reading("tail", 23.0, t + 3);
+    writer
+        .send_single_reading(live.clone())
+        .await
+        .expect("live write");
+    assert_eq!(next(&mut stream).await, live);
+
+    // Other sensors are not delivered; an older timestamp still is (it is new).
+    writer
+        .send_single_reading(reading("other", 30.0, t + 4))
+        .await
+        .expect("other sensor");
+    let late = reading("tail", 19.0, t - 100);
+    writer
+        .stream_sensor_readings(tokio_stream::iter(vec![
+            late.clone(),
+            reading("tail", 24.0, t + 5),
+        ]))
+        .await
+        .expect("streamed live writes");
+    assert_eq!(
+        next(&mut stream).await,
+        late,
+        "no duplicate of the previous reading, nothing of `other`"
+    );
+    assert_eq!(next(&mut stream).await, reading("tail", 24.0, t + 5));
+
+    // Nothing else is pending: the stream stays open and quiet.
+    let quiet = tokio::time::timeout(Duration::from_millis(300), stream.message()).await;
+    assert!(quiet.is_err(), "unexpected extra message: {quiet:?}");
+}
+
+/// Readings written while the subscription is being set up end up either in
+/// the history or in the tail: each exactly once, none lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_under_concurrent_writes_has_no_gap_and_no_duplicate() {
+    let server = TestServer::start().await;
+    let mut writer = server.client().await;
+    let mut follower = server.client().await;
+    let t = unix_now() - 10_000;
+    let total = 400usize;
+    let sent: Vec<_> = (0..total)
+        .map(|i| reading("race", i as f64 / 10.0, t + i as i64))
+        .collect();
+
+    // The first half is history; the second half races the subscription.
+    for r in &sent[..total / 2] {
+        writer
+            .send_single_reading(r.clone())
+            .await
+            .expect("history write");
+    }
+    let rest = sent[total / 2..].to_vec();
+    let writes = tokio::spawn(async move {
+        for r in rest {
+            writer.send_single_reading(r).await.expect("racing write");
+        }
+    });
+    let mut stream = follower
+        .get_sensor_readings(follow("race"))
+        .await
+        .expect("follow")
+        .into_inner();
+    let mut got = Vec::with_capacity(total);
+    while got.len() < total {
+        got.push(next(&mut stream).await);
+    }
+    writes.await.expect("writer task");
+    // Timestamps increase with arrival, so history-then-tail is the sent order.
+    assert_eq!(got.len(), sent.len());
+    assert!(
+        got == sent,
+        "follow stream lost, repeated or reordered readings"
+    );
+    let quiet = tokio::time::timeout(Duration::from_millis(200), stream.message()).await;
+    assert!(quiet.is_err(), "unexpected extra message: {quiet:?}");
+}
+
+/// `since`/`until` also filter the live tail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_respects_bounds_in_the_tail() {
+    let server = TestServer::start().await;
+    let mut writer = server.client().await;
+    let mut follower = server.client().await;
+    let t = unix_now() - 600;
+    writer
+        .send_single_reading(reading("bounded", 20.0, t + 10))
+        .await
+        .expect("history");
+
+    let request = SensorRequest {
+        since: t + 10,
+        until: t + 20,
+        ..follow("bounded")
+    };
+    let mut stream = follower
+        .get_sensor_readings(request)
+        .await
+        .expect("follow")
+        .into_inner();
+    assert_eq!(next(&mut stream).await, reading("bounded", 20.0, t + 10));
+    writer
+        .send_single_reading(reading("bounded", 21.0, t + 25))
+        .await
+        .expect("after until");
+    writer
+        .send_single_reading(reading("bounded", 22.0, t + 5))
+        .await
+        .expect("before since");
+    writer
+        .send_single_reading(reading("bounded", 23.0, t + 15))
+        .await
+        .expect("in range");
+    assert_eq!(next(&mut stream).await, reading("bounded", 23.0, t + 15));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_ends_with_unavailable_on_shutdown() {
+    let server = TestServer::start().await;
+    let mut writer = server.client().await;
+    let mut follower = server.client().await;
+    let first = reading("stopping", 20.0, unix_now() - 5);
+    writer
+        .send_single_reading(first.clone())
+        .await
+        .expect("write");
+
+    let mut stream = follower
+        .get_sensor_readings(follow("stopping"))
+        .await
+        .expect("follow")
+        .into_inner();
+    assert_eq!(next(&mut stream).await, first);
+
+    server.stop_token().cancel();
+    let end = tokio::time::timeout(STEP_TIMEOUT, stream.message())
+        .await
+        .expect("the follow stream ends promptly on shutdown");
+    let status = end.expect_err("ends with a status, not a clean end of stream");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("shutting down"),
+        "{}",
+        status.message()
+    );
+}

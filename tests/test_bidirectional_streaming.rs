@@ -1,0 +1,201 @@
+//! Bidirectional chat: each reading is stored and answered with
+//! "Received <temperature>" while the client's side is still open; a reading
+//! above the alert maximum also produces an ALERT message.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sensorhub_grpc::{SensorClient, testing::TestServer};
+use sensorhub_proto::{
+    SensorReading, SensorRequest, ServerMessage, ServerMessageKind, StatsRequest,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Streaming};
+use tonic_types::StatusExt;
+
+const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+fn reading(sensor_id: &str, temperature: f64, timestamp: i64) -> SensorReading {
+    SensorReading {
+        sensor_id: sensor_id.to_owned(),
+        temperature,
+        timestamp,
+    }
+}
+
+async fn read_back(client: &mut SensorClient, sensor_id: &str) -> Vec<SensorReading> {
+    tokio::time::timeout(STEP_TIMEOUT, async {
+        let mut stream = client
+            .get_sensor_readings(SensorRequest {
+                sensor_id: sensor_id.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .expect("GetSensorReadings")
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(r) = stream.message().await.expect("history stream") {
+            out.push(r);
+        }
+        out
+    })
+    .await
+    .expect("history read in time")
+}
+
+async fn next_message(replies: &mut Streaming<ServerMessage>) -> ServerMessage {
+    tokio::time::timeout(STEP_TIMEOUT, replies.message())
+        .await
+        .expect("a reply while the client's side is still open")
+        .expect("chat stream healthy")
+        .expect("chat stream still open")
+}
+
+fn assert_received(reply: &ServerMessage, expected_text: &str) {
+    assert_eq!(reply.message, expected_text);
+    assert_eq!(reply.kind, ServerMessageKind::Received as i32, "{reply:?}");
+    assert!(reply.alert.is_none(), "{reply:?}");
+    let now = unix_now();
+    assert!(
+        (reply.server_time - now).abs() <= 5,
+        "server_time {} is not close to now {now}",
+        reply.server_time
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_bidirectional_streaming() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let mut reader = server.client().await;
+    let t = unix_now() - 120;
+
+    let (tx, rx) = mpsc::channel::<SensorReading>(1);
+    let mut replies =
+        tokio::time::timeout(STEP_TIMEOUT, client.sensor_chat(ReceiverStream::new(rx)))
+            .await
+            .expect("chat opened in time")
+            .expect("SensorChat")
+            .into_inner();
+
+    let sent = vec![
+        reading("chat", 22.0, t),
+        reading("chat", 21.5, t + 1),
+        reading("chat", 23.456789, t + 2),
+        reading("chat", 50.0, t + 3),
+        reading("chat", 0.1 + 0.2, t + 4),
+    ];
+    let texts = [
+        "Received 22.0",
+        "Received 21.5",
+        "Received 23.456789",
+        "Received 50.0",
+        "Received 0.30000000000000004",
+    ];
+
+    for (i, (r, text)) in sent.iter().zip(texts).enumerate() {
+        tx.send(r.clone())
+            .await
+            .expect("send while the stream is open");
+        let reply = next_message(&mut replies).await;
+        assert_received(&reply, text);
+
+        // Acknowledged means stored: it already reads back, mid-conversation.
+        let stored = read_back(&mut reader, "chat").await;
+        assert_eq!(stored.len(), i + 1, "after reply {i}");
+        assert!(stored.contains(r), "reading {i} stored before its reply");
+
+        if r.temperature > 45.0 {
+            let alert_msg = next_message(&mut replies).await;
+            assert_eq!(
+                alert_msg.kind,
+                ServerMessageKind::Alert as i32,
+                "{alert_msg:?}"
+            );
+            let alert = alert_msg.alert.as_ref().expect("alert details");
+            assert_eq!(alert.rule, "above_max");
+            assert_eq!(alert.sensor_id, "chat");
+            assert_eq!(alert.temperature, 50.0);
+            assert_eq!(alert.timestamp, r.timestamp);
+            assert_eq!(alert.threshold, 45.0);
+            assert!(alert_msg.message.contains("chat"), "{}", alert_msg.message);
+            assert!((alert_msg.server_time - unix_now()).abs() <= 5);
+        }
+    }
+
+    // Closing our side ends the conversation cleanly, with nothing more owed.
+    drop(tx);
+    let end = tokio::time::timeout(STEP_TIMEOUT, replies.message())
+        .await
+        .expect("stream ends in time");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+
+    assert_eq!(read_back(&mut client, "chat").await, sent);
+    let stats = client
+        .get_sensor_stats(StatsRequest {
+            sensor_id: "chat".into(),
+        })
+        .await
+        .expect("stats")
+        .into_inner()
+        .sensors;
+    assert_eq!(stats.len(), 1);
+    assert_eq!(
+        (stats[0].count, stats[0].alerts, stats[0].max),
+        (5, 1, 50.0)
+    );
+}
+
+/// A refused reading ends the chat with INVALID_ARGUMENT after acknowledging
+/// everything before it; it and nothing after it is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_bidirectional_streaming_refusal() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let t = unix_now() - 60;
+
+    let (tx, rx) = mpsc::channel::<SensorReading>(4);
+    let mut replies = client
+        .sensor_chat(ReceiverStream::new(rx))
+        .await
+        .expect("SensorChat")
+        .into_inner();
+    tx.send(reading("chat-bad", 20.0, t)).await.unwrap();
+    assert_received(&next_message(&mut replies).await, "Received 20.0");
+    tx.send(reading("chat-bad", 20.5, 0)).await.unwrap();
+
+    let status = tokio::time::timeout(STEP_TIMEOUT, replies.message())
+        .await
+        .expect("refusal in time")
+        .expect_err("timestamp 0 is refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("#1") && status.message().contains("timestamp"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(
+        status
+            .metadata()
+            .get("sensorhub-stored-count")
+            .map(|v| v.to_str().unwrap().to_owned()),
+        Some("1".to_owned())
+    );
+    let details = status.get_details_bad_request().expect("BadRequest detail");
+    assert_eq!(details.field_violations[0].field, "stream[1].timestamp");
+    // Sending after the refusal is pointless but must not store anything.
+    let _ = tx.send(reading("chat-bad", 21.0, t + 1)).await;
+    drop(tx);
+
+    assert_eq!(
+        read_back(&mut client, "chat-bad").await,
+        vec![reading("chat-bad", 20.0, t)]
+    );
+}
