@@ -153,6 +153,34 @@ async fn follow_under_concurrent_writes_has_no_gap_and_no_duplicate() {
     assert!(quiet.is_err(), "unexpected extra message: {quiet:?}");
 }
 
+/// Following a sensor that has sent nothing yet: its first readings arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_a_sensor_that_does_not_exist_yet() {
+    let server = TestServer::start().await;
+    let mut writer = server.client().await;
+    let mut follower = server.client().await;
+    let t = unix_now() - 60;
+
+    let mut stream = follower
+        .get_sensor_readings(follow("newborn"))
+        .await
+        .expect("follow")
+        .into_inner();
+    // Whether these land in the (empty) history or in the tail, each arrives once.
+    let first = reading("newborn", 20.0, t);
+    writer
+        .send_single_reading(first.clone())
+        .await
+        .expect("first write");
+    assert_eq!(next(&mut stream).await, first);
+    let second = reading("newborn", 21.0, t + 1);
+    writer
+        .send_single_reading(second.clone())
+        .await
+        .expect("second write");
+    assert_eq!(next(&mut stream).await, second);
+}
+
 /// `since`/`until` also filter the live tail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follow_respects_bounds_in_the_tail() {
@@ -193,7 +221,7 @@ async fn follow_respects_bounds_in_the_tail() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follow_ends_with_unavailable_on_shutdown() {
-    let server = TestServer::start().await;
+    let mut server = TestServer::start().await;
     let mut writer = server.client().await;
     let mut follower = server.client().await;
     let first = reading("stopping", 20.0, unix_now() - 5);
@@ -220,4 +248,13 @@ async fn follow_ends_with_unavailable_on_shutdown() {
         "{}",
         status.message()
     );
+
+    // With the follow stream gone, shutdown does not need the grace period.
+    let started = std::time::Instant::now();
+    tokio::time::timeout(STEP_TIMEOUT, server.stop())
+        .await
+        .expect("the server stops");
+    let took = started.elapsed();
+    // The test server's grace period is 2 s; needing it would mean a call was still open.
+    assert!(took < Duration::from_secs(2), "graceful stop took {took:?}");
 }

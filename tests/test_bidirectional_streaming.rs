@@ -85,22 +85,24 @@ async fn test_bidirectional_streaming() {
             .expect("SensorChat")
             .into_inner();
 
-    let sent = vec![
-        reading("chat", 22.0, t),
-        reading("chat", 21.5, t + 1),
-        reading("chat", 23.456789, t + 2),
-        reading("chat", 50.0, t + 3),
-        reading("chat", 0.1 + 0.2, t + 4),
-    ];
-    let texts = [
-        "Received 22.0",
-        "Received 21.5",
-        "Received 23.456789",
-        "Received 50.0",
-        "Received 0.30000000000000004",
+    // Python's float repr, including the forms Rust prints differently.
+    let sent = [
+        (reading("chat", 22.0, t), "Received 22.0"),
+        (reading("chat", 21.5, t + 1), "Received 21.5"),
+        (reading("chat-repr", -0.5, t), "Received -0.5"),
+        (reading("chat", 23.456789, t + 2), "Received 23.456789"),
+        (reading("chat-repr", 0.0001, t + 1), "Received 0.0001"),
+        (reading("chat", 50.0, t + 3), "Received 50.0"),
+        (reading("chat-repr", 1e-05, t + 2), "Received 1e-05"),
+        (
+            reading("chat", 0.1 + 0.2, t + 4),
+            "Received 0.30000000000000004",
+        ),
+        // (-0.0 is left out: prost, like any proto3 encoder that compares
+        // with `== 0.0`, does not put it on the wire, so the server sees 0.0.)
     ];
 
-    for (i, (r, text)) in sent.iter().zip(texts).enumerate() {
+    for (i, (r, text)) in sent.iter().enumerate() {
         tx.send(r.clone())
             .await
             .expect("send while the stream is open");
@@ -108,9 +110,17 @@ async fn test_bidirectional_streaming() {
         assert_received(&reply, text);
 
         // Acknowledged means stored: it already reads back, mid-conversation.
-        let stored = read_back(&mut reader, "chat").await;
-        assert_eq!(stored.len(), i + 1, "after reply {i}");
-        assert!(stored.contains(r), "reading {i} stored before its reply");
+        let stored = read_back(&mut reader, &r.sensor_id).await;
+        let sent_so_far = sent[..=i]
+            .iter()
+            .filter(|(s, _)| s.sensor_id == r.sensor_id)
+            .count();
+        assert_eq!(stored.len(), sent_so_far, "after reply {i}");
+        assert_eq!(
+            stored.last(),
+            Some(r),
+            "reading {i} stored before its reply"
+        );
 
         if r.temperature > 45.0 {
             let alert_msg = next_message(&mut replies).await;
@@ -137,7 +147,22 @@ async fn test_bidirectional_streaming() {
         .expect("stream ends in time");
     assert!(matches!(end, Ok(None)), "{end:?}");
 
-    assert_eq!(read_back(&mut client, "chat").await, sent);
+    for sensor in ["chat", "chat-repr"] {
+        let want: Vec<_> = sent
+            .iter()
+            .filter(|(r, _)| r.sensor_id == sensor)
+            .map(|(r, _)| r.clone())
+            .collect();
+        let got = read_back(&mut client, sensor).await;
+        assert_eq!(got, want, "{sensor}");
+        // Bit-exact, not just approximately equal.
+        let bits = |v: &[SensorReading]| {
+            v.iter()
+                .map(|r| r.temperature.to_bits())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(bits(&got), bits(&want), "{sensor}");
+    }
     let stats = client
         .get_sensor_stats(StatsRequest {
             sensor_id: "chat".into(),

@@ -328,3 +328,58 @@ async fn validation_over_size_message_is_resource_exhausted() {
         vec![reading("before-huge", 21.0, now)]
     );
 }
+
+/// The limit applies after decompression: a small gzip or zstd message that
+/// inflates past it is refused the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validation_over_size_after_decompression_is_resource_exhausted() {
+    use tonic::codec::CompressionEncoding;
+
+    let server = TestServer::start().await;
+    let now = unix_now();
+    let huge = reading(&"h".repeat(100 * 1024), 20.0, now);
+    for encoding in [CompressionEncoding::Gzip, CompressionEncoding::Zstd] {
+        let mut client = server.client().await.send_compressed(encoding);
+
+        let status = tokio::time::timeout(CALL_TIMEOUT, client.send_single_reading(huge.clone()))
+            .await
+            .expect("in time")
+            .expect_err("inflates past the limit");
+        assert_eq!(
+            status.code(),
+            Code::ResourceExhausted,
+            "{encoding:?} unary: {status:?}"
+        );
+
+        let stream = vec![reading("zipped", 21.0, now), huge.clone()];
+        let status = tokio::time::timeout(
+            CALL_TIMEOUT,
+            client.stream_sensor_readings(tokio_stream::iter(stream)),
+        )
+        .await
+        .expect("in time")
+        .expect_err("inflates past the limit");
+        assert_eq!(
+            status.code(),
+            Code::ResourceExhausted,
+            "{encoding:?} stream: {status:?}"
+        );
+        assert_eq!(
+            stored_count(&status),
+            Some(1),
+            "{encoding:?} stream: {status:?}"
+        );
+
+        // Compressed messages within the limit are fine.
+        let ack = client
+            .send_single_reading(reading("zipped", 22.0, now))
+            .await
+            .expect("compressed unary");
+        assert_eq!(ack.into_inner().count, 1);
+    }
+    let mut client = server.client().await;
+    assert_eq!(
+        stats_total(&mut client).await,
+        vec![("zipped".to_owned(), 4)]
+    );
+}
