@@ -419,8 +419,9 @@ fn run_config(cfg: Config, rep: usize, p: &Params) -> RunOutcome {
         let t = Instant::now();
         if store.compact()? {
             m.insert("compact_secs", t.elapsed().as_secs_f64());
-            let (_, allocated) = dir_size(&dir);
+            let (apparent, allocated) = dir_size(&dir);
             m.insert("w5_compacted_bytes_per_reading", allocated as f64 / p.readings as f64);
+            m.insert("w5_compacted_apparent_bytes_per_reading", apparent as f64 / p.readings as f64);
         }
         notes = store.notes();
         drop(store);
@@ -479,8 +480,8 @@ fn crash_test(cfg: Config, p: &Params) -> String {
         w3_history(store.as_mut(), hot, until, &mut m)?;
         drop(store);
         Ok(format!(
-            "child {:?}; reopen + first page {:.3} s; all {} committed hot-sensor readings present; dir {:.0} MB at crash",
-            out.status,
+            "child killed by signal {:?}; reopen + first page {:.3} s; all {} committed hot-sensor readings present; dir {:.0} MB at crash",
+            std::os::unix::process::ExitStatusExt::signal(&out.status),
             reopen,
             hot,
             size_before as f64 / 1e6

@@ -60,7 +60,7 @@ pub fn environment(p: &Params) -> String {
     let _ = writeln!(
         s,
         "\n- arguments: `{}` -> readings={} small_commits={} reps={} configs={}",
-        args.join(" "),
+        if args.is_empty() { "(none)".to_string() } else { args.join(" ") },
         p.readings,
         p.small_commits,
         p.reps,
