@@ -2,8 +2,7 @@
 //! token (and store nothing); the bare token and `Bearer <token>` both work;
 //! health and reflection need no token.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
+use sensorhub_grpc::testing::{CALL_TIMEOUT, unix_now};
 use sensorhub_grpc::testing::{TEST_TOKEN, TestServer};
 use sensorhub_proto::{
     SensorReading, SensorRequest, ServerMessageKind, StatsRequest,
@@ -18,15 +17,7 @@ use tonic_reflection::pb::v1::{
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
 
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const WRONG_TOKEN: &str = "sensor_token_abd";
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
-}
 
 async fn channel(server: &TestServer) -> Channel {
     sensorhub_grpc::client::endpoint(&server.client_config())

@@ -1,49 +1,13 @@
 //! Durability: everything acknowledged by any ingest kind, and the
 //! statistics, survive a graceful restart on the same data directory.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use sensorhub_grpc::testing::{CALL_TIMEOUT, read_back, reading, unix_now};
 use sensorhub_grpc::{SensorClient, testing::TestServer};
-use sensorhub_proto::{SensorReading, SensorRequest, SensorStats, StatsRequest};
+use sensorhub_proto::{SensorStats, StatsRequest};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
-}
-
-fn reading(sensor_id: &str, temperature: f64, timestamp: i64) -> SensorReading {
-    SensorReading {
-        sensor_id: sensor_id.to_owned(),
-        temperature,
-        timestamp,
-    }
-}
-
-async fn read_back(client: &mut SensorClient, sensor_id: &str) -> Vec<SensorReading> {
-    tokio::time::timeout(CALL_TIMEOUT, async {
-        let mut stream = client
-            .get_sensor_readings(SensorRequest {
-                sensor_id: sensor_id.to_owned(),
-                ..Default::default()
-            })
-            .await
-            .expect("GetSensorReadings")
-            .into_inner();
-        let mut out = Vec::new();
-        while let Some(r) = stream.message().await.expect("history stream") {
-            out.push(r);
-        }
-        out
-    })
-    .await
-    .expect("history read in time")
-}
 
 async fn all_stats(client: &mut SensorClient) -> Vec<SensorStats> {
     client

@@ -2,28 +2,14 @@
 //! reading stored afterwards, each exactly once; shutdown ends it with
 //! `UNAVAILABLE`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sensorhub_grpc::testing::TestServer;
+use sensorhub_grpc::testing::{reading, unix_now};
 use sensorhub_proto::{SensorReading, SensorRequest};
 use tonic::{Code, Streaming};
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
-}
-
-fn reading(sensor_id: &str, temperature: f64, timestamp: i64) -> SensorReading {
-    SensorReading {
-        sensor_id: sensor_id.to_owned(),
-        temperature,
-        timestamp,
-    }
-}
 
 fn follow(sensor_id: &str) -> SensorRequest {
     SensorRequest {

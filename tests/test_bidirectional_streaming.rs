@@ -2,53 +2,17 @@
 //! "Received <temperature>" while the client's side is still open; a reading
 //! above the alert maximum also produces an ALERT message.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use sensorhub_grpc::{SensorClient, testing::TestServer};
-use sensorhub_proto::{
-    SensorReading, SensorRequest, ServerMessage, ServerMessageKind, StatsRequest,
-};
+use sensorhub_grpc::testing::TestServer;
+use sensorhub_grpc::testing::{read_back, reading, unix_now};
+use sensorhub_proto::{SensorReading, ServerMessage, ServerMessageKind, StatsRequest};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Streaming};
 use tonic_types::StatusExt;
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
-}
-
-fn reading(sensor_id: &str, temperature: f64, timestamp: i64) -> SensorReading {
-    SensorReading {
-        sensor_id: sensor_id.to_owned(),
-        temperature,
-        timestamp,
-    }
-}
-
-async fn read_back(client: &mut SensorClient, sensor_id: &str) -> Vec<SensorReading> {
-    tokio::time::timeout(STEP_TIMEOUT, async {
-        let mut stream = client
-            .get_sensor_readings(SensorRequest {
-                sensor_id: sensor_id.to_owned(),
-                ..Default::default()
-            })
-            .await
-            .expect("GetSensorReadings")
-            .into_inner();
-        let mut out = Vec::new();
-        while let Some(r) = stream.message().await.expect("history stream") {
-            out.push(r);
-        }
-        out
-    })
-    .await
-    .expect("history read in time")
-}
 
 async fn next_message(replies: &mut Streaming<ServerMessage>) -> ServerMessage {
     tokio::time::timeout(STEP_TIMEOUT, replies.message())

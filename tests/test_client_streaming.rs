@@ -2,25 +2,15 @@
 //! stream and acknowledges how many; a refused reading ends the call with
 //! `INVALID_ARGUMENT`, after storing exactly the readings before it.
 
-use std::{
-    collections::BTreeMap,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::collections::BTreeMap;
 
+use sensorhub_grpc::testing::{CALL_TIMEOUT, read_back, unix_now};
 use sensorhub_grpc::{SensorClient, testing::TestServer};
-use sensorhub_proto::{Ack, SensorReading, SensorRequest, StatsRequest};
+use sensorhub_proto::{Ack, SensorReading, StatsRequest};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const SENSORS: usize = 5;
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
-}
 
 /// `n` readings over several sensors, timestamps deliberately not in
 /// arrival order and often equal, temperatures all distinct.
@@ -48,26 +38,6 @@ fn expected_by_sensor(sent: &[SensorReading]) -> BTreeMap<String, Vec<SensorRead
         list.sort_by_key(|r| r.timestamp); // stable: ties keep arrival order
     }
     by_sensor
-}
-
-async fn read_back(client: &mut SensorClient, sensor_id: &str) -> Vec<SensorReading> {
-    tokio::time::timeout(CALL_TIMEOUT, async {
-        let mut stream = client
-            .get_sensor_readings(SensorRequest {
-                sensor_id: sensor_id.to_owned(),
-                ..Default::default()
-            })
-            .await
-            .expect("GetSensorReadings")
-            .into_inner();
-        let mut out = Vec::new();
-        while let Some(r) = stream.message().await.expect("history stream") {
-            out.push(r);
-        }
-        out
-    })
-    .await
-    .expect("history read in time")
 }
 
 async fn total_stored(client: &mut SensorClient) -> u64 {

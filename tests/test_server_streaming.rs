@@ -2,8 +2,7 @@
 //! time order, honours since/until/limit, answers an unknown sensor with an
 //! empty stream and refuses malformed queries.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
+use sensorhub_grpc::testing::{CALL_TIMEOUT, reading, unix_now};
 use sensorhub_grpc::{
     SensorClient,
     testing::{TestOptions, TestServer},
@@ -11,23 +10,6 @@ use sensorhub_grpc::{
 use sensorhub_proto::{SensorReading, SensorRequest};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
-
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
-}
-
-fn reading(sensor_id: &str, temperature: f64, timestamp: i64) -> SensorReading {
-    SensorReading {
-        sensor_id: sensor_id.to_owned(),
-        temperature,
-        timestamp,
-    }
-}
 
 async fn query(
     client: &mut SensorClient,

@@ -1,47 +1,9 @@
 //! Unary ingest: `SendSingleReading` acknowledges one stored reading, which
 //! then reads back unchanged and shows up in the statistics.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
+use sensorhub_grpc::testing::{read_back, reading, unix_now};
 use sensorhub_grpc::{SensorClient, testing::TestServer};
-use sensorhub_proto::{Ack, SensorReading, SensorRequest, SensorStats, StatsRequest};
-
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
-}
-
-fn reading(sensor_id: &str, temperature: f64, timestamp: i64) -> SensorReading {
-    SensorReading {
-        sensor_id: sensor_id.to_owned(),
-        temperature,
-        timestamp,
-    }
-}
-
-async fn read_back(client: &mut SensorClient, sensor_id: &str) -> Vec<SensorReading> {
-    tokio::time::timeout(CALL_TIMEOUT, async {
-        let mut stream = client
-            .get_sensor_readings(SensorRequest {
-                sensor_id: sensor_id.to_owned(),
-                ..Default::default()
-            })
-            .await
-            .expect("GetSensorReadings")
-            .into_inner();
-        let mut out = Vec::new();
-        while let Some(r) = stream.message().await.expect("history stream") {
-            out.push(r);
-        }
-        out
-    })
-    .await
-    .expect("history read in time")
-}
+use sensorhub_proto::{Ack, SensorStats, StatsRequest};
 
 async fn stats(client: &mut SensorClient, sensor_id: &str) -> Vec<SensorStats> {
     client

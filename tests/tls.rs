@@ -1,23 +1,13 @@
 //! TLS: only clients that trust the server's CA can call; plaintext clients
 //! cannot; in mutual-TLS mode only clients with a certificate from the CA can.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
+use sensorhub_grpc::testing::{CALL_TIMEOUT, unix_now};
 use sensorhub_grpc::{
     ClientConfig,
     pki::{self, BundleFiles},
     testing::{TEST_TOKEN, TestOptions, TestServer},
 };
 use sensorhub_proto::{SensorReading, StatsRequest};
-
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
-}
 
 /// A CA (and leaves) the server has never heard of.
 fn foreign_bundle(dir: &tempfile::TempDir) -> BundleFiles {

@@ -3,31 +3,13 @@
 //! `google.rpc.BadRequest` detail), stores nothing, and leaves the server
 //! serving. Over-size messages are `RESOURCE_EXHAUSTED`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
+use sensorhub_grpc::testing::{CALL_TIMEOUT, read_back, reading, unix_now};
 use sensorhub_grpc::{SensorClient, testing::TestServer};
-use sensorhub_proto::{SensorReading, SensorRequest, StatsRequest};
+use sensorhub_proto::{SensorReading, StatsRequest};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
-
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
-}
-
-fn reading(sensor_id: &str, temperature: f64, timestamp: i64) -> SensorReading {
-    SensorReading {
-        sensor_id: sensor_id.to_owned(),
-        temperature,
-        timestamp,
-    }
-}
 
 struct Case {
     name: &'static str,
@@ -122,22 +104,6 @@ async fn stats_total(client: &mut SensorClient) -> Vec<(String, u64)> {
         .into_iter()
         .map(|s| (s.sensor_id, s.count))
         .collect()
-}
-
-async fn read_back(client: &mut SensorClient, sensor_id: &str) -> Vec<SensorReading> {
-    let mut stream = client
-        .get_sensor_readings(SensorRequest {
-            sensor_id: sensor_id.to_owned(),
-            ..Default::default()
-        })
-        .await
-        .expect("GetSensorReadings")
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(r) = stream.message().await.expect("history") {
-        out.push(r);
-    }
-    out
 }
 
 fn assert_refusal(status: &Status, case: &Case, detail_field: &str) {

@@ -174,3 +174,51 @@ impl Drop for TestServer {
         }
     }
 }
+
+/// How long a test waits for one call before failing instead of hanging.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The current Unix time in seconds, as readings carry it.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+/// A wire reading.
+pub fn reading(
+    sensor_id: &str,
+    temperature: f64,
+    timestamp: i64,
+) -> sensorhub_proto::SensorReading {
+    sensorhub_proto::SensorReading {
+        sensor_id: sensor_id.to_owned(),
+        temperature,
+        timestamp,
+    }
+}
+
+/// Every stored reading of `sensor_id`, through GetSensorReadings, within [`CALL_TIMEOUT`].
+pub async fn read_back(
+    client: &mut SensorClient,
+    sensor_id: &str,
+) -> Vec<sensorhub_proto::SensorReading> {
+    tokio::time::timeout(CALL_TIMEOUT, async {
+        let mut stream = client
+            .get_sensor_readings(sensorhub_proto::SensorRequest {
+                sensor_id: sensor_id.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .expect("GetSensorReadings")
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(r) = stream.message().await.expect("history stream") {
+            out.push(r);
+        }
+        out
+    })
+    .await
+    .expect("history read in time")
+}
