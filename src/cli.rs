@@ -14,8 +14,14 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use sensorhub_grpc::{ClientConfig, SensorClient, tls::ClientTlsFiles};
+use sensorhub_telemetry::pipeline::{ConsoleFormat, PipelineOptions, SpanRecorder, Telemetry};
 
-use crate::logging::LogFormat;
+/// Console log format (`RUST_LOG` sets the level).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
 
 #[derive(Debug, Parser)]
 #[command(name = "sensorhub", version, about = "Collect, store and analyse temperature readings over gRPC", long_about = None)]
@@ -49,24 +55,44 @@ pub enum Command {
     Demo(demo::DemoArgs),
 }
 
-impl Command {
-    pub fn default_log_level(&self) -> &'static str {
-        match self {
-            Command::Serve(_) | Command::Sensor(_) => "info",
-            Command::Certs(_) | Command::Readings(_) | Command::Stats(_) | Command::Demo(_) => {
-                "warn"
+impl Cli {
+    /// What this command wants from telemetry; the `OTEL_*` environment
+    /// decides the rest (see the README's Observability section).
+    pub fn pipeline_options(&self) -> PipelineOptions {
+        let (service_name, console_level, prometheus_served, recorder) = match &self.command {
+            Command::Serve(args) => ("sensorhub", "info", args.http_enabled(), None),
+            Command::Sensor(_) => ("sensorhub-sensor", "info", false, None),
+            // Server and sensors in one process: one service, and the spans
+            // kept in memory to print a trace tree.
+            Command::Demo(_) => ("sensorhub", "warn", true, Some(SpanRecorder::new())),
+            Command::Certs(_) | Command::Readings(_) | Command::Stats(_) => {
+                ("sensorhub-sensor", "warn", false, None)
             }
+        };
+        PipelineOptions {
+            service_name,
+            service_version: env!("CARGO_PKG_VERSION"),
+            console: match self.log_format {
+                LogFormat::Pretty => ConsoleFormat::Pretty,
+                LogFormat::Json => ConsoleFormat::Json,
+            },
+            console_level,
+            export_level: "info",
+            prometheus_served,
+            recorder,
         }
     }
+}
 
-    pub async fn run(self) -> anyhow::Result<ExitCode> {
+impl Command {
+    pub async fn run(self, telemetry: &Telemetry) -> anyhow::Result<ExitCode> {
         match self {
             Command::Certs(args) => certs::run(args),
-            Command::Serve(args) => serve::run(args).await,
+            Command::Serve(args) => serve::run(args, telemetry).await,
             Command::Sensor(args) => sensor::run(args).await,
             Command::Readings(args) => readings::run(args).await,
             Command::Stats(args) => stats::run(args).await,
-            Command::Demo(args) => demo::run(args).await,
+            Command::Demo(args) => demo::run(args, telemetry).await,
         }
     }
 }

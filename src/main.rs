@@ -2,18 +2,23 @@
 //! certificates and the all-in-one demo. See `sensorhub --help`.
 //!
 //! Invariant: this crate is glue. It parses arguments and wires the
-//! transport and domain crates together; no RPC or storage logic lives here.
+//! transport, domain and telemetry crates together; no RPC, storage or
+//! exporter logic lives here.
 
 mod cli;
-mod logging;
 mod simulator;
 mod time_arg;
 
-use clap::Parser;
+use std::{process::ExitCode, time::Duration};
 
-fn main() -> std::process::ExitCode {
+use clap::Parser;
+use sensorhub_telemetry::pipeline::Telemetry;
+
+/// How long shutdown waits for the last telemetry to be exported.
+const TELEMETRY_FLUSH: Duration = Duration::from_secs(5);
+
+fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    logging::init(cli.log_format, cli.command.default_log_level());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -21,14 +26,30 @@ fn main() -> std::process::ExitCode {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli.command.run()) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+    let code = runtime.block_on(async move {
+        // Inside the runtime: the OTLP/gRPC exporter needs one.
+        let telemetry = match Telemetry::init(cli.pipeline_options()) {
+            Ok(telemetry) => telemetry,
+            Err(e) => {
+                eprintln!("error: telemetry: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let outcome = cli.command.run(&telemetry).await;
+        telemetry.shutdown(TELEMETRY_FLUSH).await;
+        match outcome {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
         }
-    }
+    });
+    // A telemetry flush abandoned after its timeout (a black-holed collector)
+    // may still occupy a blocking thread: do not wait for it.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    code
 }

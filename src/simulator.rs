@@ -19,6 +19,7 @@ use sensorhub_proto::{SensorReading, SensorRequest, ServerMessageKind};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::time_arg::unix_now;
 
@@ -168,27 +169,38 @@ pub async fn run(
             temperature: walk.next(&mut rng),
             timestamp: unix_now(),
         };
-        let result = match kind {
-            Kind::Unary => unary(&mut client, reading(), &counters).await,
-            Kind::ClientStream => {
-                let batch: Vec<_> = (0..config.batch.max(1)).map(|_| reading()).collect();
-                client_stream(&mut client, batch, &counters).await
-            }
-            Kind::ServerStream => {
-                let sensor = config
-                    .query_sensor
-                    .clone()
-                    .unwrap_or_else(|| config.sensor_id.clone());
-                server_stream(&mut client, sensor, &counters).await
-            }
-            Kind::Chat => {
-                let result = chat_once(&mut client, &mut chat, reading(), &counters).await;
-                if result.is_err() || config.mode == Mode::Random {
-                    chat = None;
+        // One span per cycle: the RPC's client span is its child, the
+        // server's span a grandchild, all in one trace.
+        let cycle = tracing::info_span!(
+            "sensor cycle",
+            sensor.id = %config.sensor_id,
+            sensorhub.rpc.kind = kind.name()
+        );
+        let result = async {
+            match kind {
+                Kind::Unary => unary(&mut client, reading(), &counters).await,
+                Kind::ClientStream => {
+                    let batch: Vec<_> = (0..config.batch.max(1)).map(|_| reading()).collect();
+                    client_stream(&mut client, batch, &counters).await
                 }
-                result
+                Kind::ServerStream => {
+                    let sensor = config
+                        .query_sensor
+                        .clone()
+                        .unwrap_or_else(|| config.sensor_id.clone());
+                    server_stream(&mut client, sensor, &counters).await
+                }
+                Kind::Chat => {
+                    let result = chat_once(&mut client, &mut chat, reading(), &counters).await;
+                    if result.is_err() || config.mode == Mode::Random {
+                        chat = None;
+                    }
+                    result
+                }
             }
-        };
+        }
+        .instrument(cycle)
+        .await;
         counters.record(kind, result.is_ok());
         if let Err(status) = result {
             failures += 1;

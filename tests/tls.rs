@@ -52,7 +52,8 @@ async fn try_call_lazy(config: &ClientConfig) -> Result<(), String> {
     let channel = sensorhub_grpc::client::endpoint(config)
         .map_err(|e| format!("endpoint: {e}"))?
         .connect_lazy();
-    let mut client = sensorhub_grpc::client::client_for(channel, Some(TEST_TOKEN)).expect("client");
+    let mut client = sensorhub_grpc::client::client_for(channel, &config.server, Some(TEST_TOKEN))
+        .expect("client");
     let call = client.get_sensor_stats(StatsRequest::default());
     match tokio::time::timeout(CALL_TIMEOUT, call)
         .await

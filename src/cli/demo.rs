@@ -1,9 +1,13 @@
 //! `sensorhub demo`: the whole system in one command, no Docker. A temporary
 //! CA and token, the server on a durable store in a temporary directory,
 //! four simulated sensors (one per RPC kind, as the original architecture
-//! has it), and a summary in the terminal every few seconds.
+//! has it), and a summary in the terminal every few seconds: the stored
+//! statistics, the server's RPC metrics (the same series `/metrics` serves)
+//! and, at the end, one complete trace as a tree.
 
-use std::{io::Write, net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap, io::Write, net::SocketAddr, process::ExitCode, sync::Arc, time::Duration,
+};
 
 use anyhow::Context;
 use clap::Args;
@@ -15,6 +19,7 @@ use sensorhub_grpc::{
     tls::{ClientTlsFiles, ServerTlsFiles},
 };
 use sensorhub_proto::StatsRequest;
+use sensorhub_telemetry::pipeline::Telemetry;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -36,7 +41,7 @@ pub struct DemoArgs {
     pub keep: bool,
 }
 
-pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: DemoArgs, telemetry: &Telemetry) -> anyhow::Result<ExitCode> {
     let dir = tempfile::Builder::new()
         .prefix("sensorhub-demo-")
         .tempdir()
@@ -56,6 +61,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     );
     server_config.http = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     server_config.shutdown_grace = Duration::from_secs(3);
+    server_config.metrics = telemetry.prometheus().map(super::serve::metrics_endpoint);
     let store = Store::open(StoreConfig::new(StoreLocation::Directory(
         dir.path().join("data"),
     )))?;
@@ -71,7 +77,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     println!("sensorhub demo");
     println!(
-        "  server   {url}  (TLS, token required; health on http://{})",
+        "  server   {url}  (TLS, token required; health and /metrics on http://{})",
         server
             .http_addr()
             .map(|a| a.to_string())
@@ -134,7 +140,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         tokio::select! {
             _ = &mut signal => break,
             _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => break,
-            _ = ticker.tick() => print_summary(&mut client, &counters, started.elapsed()).await,
+            _ = ticker.tick() => print_summary(&mut client, &counters, started.elapsed(), telemetry).await,
         }
     }
 
@@ -142,7 +148,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     for sensor in sensors {
         let _ = sensor.await;
     }
-    print_summary(&mut client, &counters, started.elapsed()).await;
+    print_summary(&mut client, &counters, started.elapsed(), telemetry).await;
+    match telemetry.recorder().and_then(|r| r.render_complete_trace()) {
+        Some(tree) => {
+            println!("one complete trace (client span → server span → internal spans):\n{tree}")
+        }
+        None if telemetry.recorder().is_none() => {
+            println!("tracing is off (OTEL_SDK_DISABLED or OTEL_TRACES_SAMPLER)")
+        }
+        None => println!("no complete trace recorded yet: run the demo a little longer"),
+    }
     drop(client);
     server.shutdown().await?;
     if args.keep {
@@ -156,6 +171,7 @@ async fn print_summary(
     client: &mut sensorhub_grpc::SensorClient,
     counters: &Counters,
     elapsed: Duration,
+    telemetry: &Telemetry,
 ) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "── after {}s ──", elapsed.as_secs());
@@ -192,5 +208,63 @@ async fn print_summary(
             let _ = writeln!(out, "stats unavailable: {}", status.message());
         }
     }
+    if let Some(prometheus) = telemetry.prometheus() {
+        let _ = write_rpc_metrics(&mut out, &prometheus.render());
+    }
     let _ = writeln!(out);
+}
+
+/// The server's calls per method and status, with their mean latency, read
+/// from the A66 histogram `grpc_server_call_duration_seconds` in the
+/// Prometheus text (the series a dashboard would query).
+fn write_rpc_metrics(out: &mut impl Write, prometheus_text: &str) -> std::io::Result<()> {
+    let mut rows: BTreeMap<(String, String), (f64, f64)> = BTreeMap::new();
+    for line in prometheus_text.lines() {
+        let (series, is_count) =
+            if let Some(rest) = line.strip_prefix("grpc_server_call_duration_seconds_count{") {
+                (rest, true)
+            } else if let Some(rest) = line.strip_prefix("grpc_server_call_duration_seconds_sum{") {
+                (rest, false)
+            } else {
+                continue;
+            };
+        let Some((labels, value)) = series.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix("=\""))
+                .map(|v| v.trim_end_matches('"').to_owned())
+                .unwrap_or_default()
+        };
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let entry = rows
+            .entry((label("grpc_method"), label("grpc_status")))
+            .or_default();
+        if is_count {
+            entry.0 = value;
+        } else {
+            entry.1 = value;
+        }
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "server RPCs (grpc.server.call.duration):")?;
+    writeln!(
+        out,
+        "  {:<38} {:<18} {:>8} {:>10}",
+        "method", "status", "calls", "mean ms"
+    )?;
+    for ((method, status), (count, sum)) in rows {
+        let mean_ms = if count > 0.0 { sum / count * 1e3 } else { 0.0 };
+        writeln!(
+            out,
+            "  {method:<38} {status:<18} {count:>8} {mean_ms:>10.2}"
+        )?;
+    }
+    Ok(())
 }

@@ -6,7 +6,8 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context, bail};
 use clap::Args;
 use sensorhub_core::{AlertRules, ReadingLimits, Store, StoreConfig, store::StoreLocation};
-use sensorhub_grpc::{ServerConfig, auth::TokenSet, tls::ServerTlsFiles};
+use sensorhub_grpc::{MetricsEndpoint, ServerConfig, auth::TokenSet, tls::ServerTlsFiles};
+use sensorhub_telemetry::pipeline::{PROMETHEUS_CONTENT_TYPE, PrometheusText, Telemetry};
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -48,9 +49,12 @@ pub struct ServeArgs {
     /// Delete readings older than this (e.g. 30d). Default: keep everything.
     #[arg(long, env = "SENSORHUB_RETENTION", value_parser = humantime::parse_duration)]
     pub retention: Option<Duration>,
-    /// HTTP listener for /healthz and /readyz; `off` to disable.
+    /// HTTP listener for /healthz, /readyz and /metrics (Prometheus); `off` to disable.
     #[arg(long, env = "SENSORHUB_HTTP", default_value = "127.0.0.1:9464")]
     pub http: String,
+    /// Sensors whose last temperature is exported as a gauge (the first ones seen).
+    #[arg(long, env = "SENSORHUB_MAX_TRACKED_SENSORS", default_value_t = 1_000)]
+    pub max_tracked_sensors: usize,
     /// Highest accepted temperature, °C.
     #[arg(long, env = "SENSORHUB_MAX_TEMPERATURE", default_value_t = ReadingLimits::default().max_temperature)]
     pub max_temperature: f64,
@@ -78,6 +82,11 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// Whether `--http` asks for a listener (then it also serves `/metrics`).
+    pub fn http_enabled(&self) -> bool {
+        !matches!(self.http.as_str(), "off" | "")
+    }
+
     /// The server and store configuration these flags describe, or what to pass instead.
     pub fn configs(&self) -> anyhow::Result<(ServerConfig, StoreConfig)> {
         let tls = match (&self.tls_cert, &self.tls_key, self.insecure) {
@@ -131,6 +140,7 @@ impl ServeArgs {
         };
         let mut store = StoreConfig::new(location);
         store.retention = self.retention;
+        store.max_tracked_sensors = self.max_tracked_sensors;
         store.alert_rules = AlertRules {
             max: self.alert_max,
             min: self.alert_min,
@@ -141,8 +151,9 @@ impl ServeArgs {
     }
 }
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let (config, store_config) = args.configs()?;
+pub async fn run(args: ServeArgs, telemetry: &Telemetry) -> anyhow::Result<ExitCode> {
+    let (mut config, store_config) = args.configs()?;
+    config.metrics = telemetry.prometheus().map(metrics_endpoint);
     if config.tls.is_none() {
         tracing::warn!(
             "serving plaintext (--insecure): tokens and readings cross the network unencrypted"
@@ -161,4 +172,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     });
     server.wait().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `/metrics` on the HTTP listener, rendered by the telemetry pipeline.
+pub fn metrics_endpoint(prometheus: PrometheusText) -> MetricsEndpoint {
+    MetricsEndpoint {
+        render: std::sync::Arc::new(move || prometheus.render()),
+        content_type: PROMETHEUS_CONTENT_TYPE,
+    }
 }

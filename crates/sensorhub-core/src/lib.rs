@@ -10,7 +10,8 @@
 //!
 //! Invariant: nothing here knows about gRPC, protobuf, HTTP or telemetry
 //! exporters. Callers hand in domain values and get domain errors back; the
-//! transport crate maps them to statuses. Instrumentation is `tracing` only.
+//! transport crate maps them to statuses. Instrumentation is `tracing` and
+//! the OpenTelemetry metrics API only; where the data goes is decided by the binary.
 
 pub mod analysis;
 pub mod reading;

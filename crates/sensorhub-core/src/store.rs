@@ -19,6 +19,7 @@
 //! `--memory` uses the same code on SQLite's in-process `memdb` VFS: nothing
 //! touches the disk and nothing survives the process, as in the original.
 
+mod metrics;
 mod reader;
 mod schema;
 mod writer;
@@ -58,6 +59,8 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// Writes (calls, not readings) that may wait for the writer before callers block.
     pub queue_depth: usize,
+    /// Sensors whose last temperature is exported as a gauge (the first ones seen).
+    pub max_tracked_sensors: usize,
 }
 
 impl StoreConfig {
@@ -68,6 +71,7 @@ impl StoreConfig {
             retention: None,
             max_batch: 65_536,
             queue_depth: 1_024,
+            max_tracked_sensors: 1_000,
         }
     }
 }

@@ -12,6 +12,9 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
+use sensorhub_telemetry::rpc::{GrpcClientLayer, GrpcClientService};
+use tower::Layer as _;
+
 use crate::{auth::AUTHORIZATION, tls::ClientTlsFiles};
 
 /// Where and how to connect.
@@ -35,8 +38,12 @@ impl ClientConfig {
     }
 }
 
+/// A channel whose calls are traced and measured (client spans, A66 client
+/// metrics, `traceparent` sent to the server).
+pub type ObservedChannel = GrpcClientService<Channel>;
+
 /// A SensorService client that sends the token with every call.
-pub type SensorClient = SensorServiceClient<InterceptedService<Channel, AttachToken>>;
+pub type SensorClient = SensorServiceClient<InterceptedService<ObservedChannel, AttachToken>>;
 
 /// Why a connection could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -115,13 +122,18 @@ pub async fn connect(config: &ClientConfig) -> Result<SensorClient, ConnectError
             server: config.server.clone(),
             source,
         })?;
-    client_for(channel, config.token.as_deref())
+    client_for(channel, &config.server, config.token.as_deref())
 }
 
-/// Wraps an existing channel with the token interceptor.
-pub fn client_for(channel: Channel, token: Option<&str>) -> Result<SensorClient, ConnectError> {
+/// Wraps an existing channel to `server` with telemetry and the token interceptor.
+pub fn client_for(
+    channel: Channel,
+    server: &str,
+    token: Option<&str>,
+) -> Result<SensorClient, ConnectError> {
+    let observed = GrpcClientLayer::new(server).layer(channel);
     Ok(SensorServiceClient::with_interceptor(
-        channel,
+        observed,
         AttachToken::new(token)?,
     ))
 }

@@ -1,6 +1,7 @@
 //! The sensorhub transport: everything between the network and the domain.
 //!
-//! - [`service`]: the SensorService RPCs over the domain's store.
+//! - [`service`]: the SensorService RPCs over the domain's store; `service_metrics`:
+//!   what it measures (readings stored and refused, active streams).
 //! - [`convert`]: wire messages ↔ domain values, domain errors → gRPC statuses.
 //! - [`auth`]: the token check (an interceptor, before any message is read).
 //! - [`tls`] and [`pki`]: loading PEM files; making a CA and certificates.
@@ -13,14 +14,16 @@
 pub mod auth;
 pub mod client;
 pub mod convert;
-mod health_http;
+pub mod health_http;
 pub mod pki;
 pub mod server;
 pub mod service;
+mod service_metrics;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod tls;
 
 pub use client::{ClientConfig, SensorClient, connect};
+pub use health_http::MetricsEndpoint;
 pub use server::{RunningServer, ServeError, ServerConfig, start};
 pub use service::ServiceConfig;

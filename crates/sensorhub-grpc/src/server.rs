@@ -17,6 +17,7 @@ use sensorhub_core::Store;
 use sensorhub_proto::{
     FILE_DESCRIPTOR_SET, SERVICE_NAME, sensor_service_server::SensorServiceServer,
 };
+use sensorhub_telemetry::rpc::GrpcServerLayer;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -27,7 +28,8 @@ use tonic_health::ServingStatus;
 
 use crate::{
     auth::{TokenCheck, TokenSet},
-    convert, health_http,
+    convert,
+    health_http::{self, MetricsEndpoint},
     service::{Lifecycle, SensorHub, ServiceConfig},
     tls::{ServerTlsFiles, TlsFileError},
 };
@@ -40,8 +42,10 @@ pub struct ServerConfig {
     pub tls: Option<ServerTlsFiles>,
     /// `None`: every caller accepted. Only ever `None` because the operator said `--no-auth`.
     pub tokens: Option<TokenSet>,
-    /// The HTTP listener for health (and, later, metrics). `None`: off.
+    /// The HTTP listener for health and metrics. `None`: off.
     pub http: Option<SocketAddr>,
+    /// What `/metrics` on the HTTP listener serves. `None`: no `/metrics`.
+    pub metrics: Option<MetricsEndpoint>,
     pub service: ServiceConfig,
     pub shutdown_grace: Duration,
     /// HTTP/2 streams (concurrent calls) per connection.
@@ -59,6 +63,7 @@ impl ServerConfig {
             tls,
             tokens,
             http: None,
+            metrics: None,
             service: ServiceConfig::default(),
             shutdown_grace: Duration::from_secs(10),
             max_concurrent_streams: 256,
@@ -174,6 +179,9 @@ pub async fn start(config: ServerConfig, store: Store) -> Result<RunningServer, 
     let sensors = InterceptedService::new(sensors, TokenCheck::new(config.tokens.clone()));
 
     let router = builder
+        // Outermost: it sees every call, also those refused by the token
+        // check, and the final status after the remapping below.
+        .layer(GrpcServerLayer::new(registered_methods()))
         .layer(tower::util::MapResponseLayer::new(
             move |mut response: http::Response<_>| {
                 convert::remap_trailers_only_status(response.headers_mut(), max_message_bytes);
@@ -188,8 +196,13 @@ pub async fn start(config: ServerConfig, store: Store) -> Result<RunningServer, 
     let stop = CancellationToken::new();
     let (http_addr, http_task) = match config.http {
         Some(addr) => {
-            let (addr, task) =
-                health_http::start(addr, life.draining.clone(), stop.clone()).await?;
+            let (addr, task) = health_http::start(
+                addr,
+                life.draining.clone(),
+                stop.clone(),
+                config.metrics.clone(),
+            )
+            .await?;
             (Some(addr), Some(task))
         }
         None => (None, None),
@@ -255,4 +268,54 @@ pub async fn start(config: ServerConfig, store: Store) -> Result<RunningServer, 
         stop,
         task,
     })
+}
+
+/// Every method this server registers, as `package.Service/Method`: the
+/// SensorService's from its descriptor set, then health and reflection.
+/// Telemetry records any other path as `other`.
+fn registered_methods() -> Vec<String> {
+    use prost::Message as _;
+    let mut methods = vec![
+        "grpc.health.v1.Health/Check".to_owned(),
+        "grpc.health.v1.Health/Watch".to_owned(),
+        "grpc.reflection.v1.ServerReflection/ServerReflectionInfo".to_owned(),
+        "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo".to_owned(),
+    ];
+    let files = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET)
+        .expect("the descriptor set compiled into sensorhub-proto decodes");
+    for file in &files.file {
+        let package = file.package();
+        for service in &file.service {
+            let service_path = if package.is_empty() {
+                service.name().to_owned()
+            } else {
+                format!("{package}.{}", service.name())
+            };
+            for method in &service.method {
+                methods.push(format!("{service_path}/{}", method.name()));
+            }
+        }
+    }
+    methods
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn registered_methods_are_the_wire_paths() {
+        let methods = super::registered_methods();
+        for expected in [
+            "SensorService/SendSingleReading",
+            "SensorService/StreamSensorReadings",
+            "SensorService/GetSensorReadings",
+            "SensorService/SensorChat",
+            "SensorService/GetSensorStats",
+            "grpc.health.v1.Health/Check",
+        ] {
+            assert!(
+                methods.iter().any(|m| m == expected),
+                "{expected} in {methods:?}"
+            );
+        }
+    }
 }

@@ -14,6 +14,7 @@ use std::{
 };
 
 use futures_util::{Stream, StreamExt, stream::FuturesOrdered};
+use opentelemetry::context::FutureExt as _;
 use sensorhub_core::{
     HistoryQuery, Reading, ReadingLimits, Store, StoreError, StoredReading, WriteReceipt,
     store::{HistoryCursor, PendingWrite},
@@ -23,12 +24,14 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 
 use crate::convert::{
     alert_to_wire, decode_status, invalid_reading, invalid_reading_in_stream, invalid_request,
     reading_from_wire, reading_to_wire, received_message, set_stored_count, stats_to_wire,
     store_status,
 };
+use crate::service_metrics::{RpcKind, ServiceMetrics};
 
 /// Tunables of the service.
 #[derive(Debug, Clone)]
@@ -71,6 +74,7 @@ pub struct SensorHub {
     store: Store,
     config: Arc<ServiceConfig>,
     life: Lifecycle,
+    metrics: ServiceMetrics,
 }
 
 impl SensorHub {
@@ -79,11 +83,16 @@ impl SensorHub {
             store,
             config: Arc::new(config),
             life,
+            metrics: ServiceMetrics::new(),
         }
     }
 
     fn check(&self, reading: &Reading) -> Result<(), sensorhub_core::Violation> {
-        self.config.limits.check(reading, unix_now())
+        let checked = self.config.limits.check(reading, unix_now());
+        if let Err(violation) = &checked {
+            self.metrics.refused(violation);
+        }
+        checked
     }
 }
 
@@ -115,8 +124,10 @@ impl pb::sensor_service_server::SensorService for SensorHub {
         let receipt = self
             .store
             .append(vec![reading])
+            .instrument(commit_span(1))
             .await
             .map_err(|e| store_status(&e))?;
+        self.metrics.stored(RpcKind::Unary, receipt.count as u64);
         Ok(Response::new(pb::Ack {
             message: "Reading received.".into(),
             count: receipt.count as u64,
@@ -131,7 +142,12 @@ impl pb::sensor_service_server::SensorService for SensorHub {
         request: Request<Streaming<pb::SensorReading>>,
     ) -> Result<Response<pb::Ack>, Status> {
         let mut inbound = request.into_inner();
-        let mut ingest = Ingest::new(self.store.clone(), self.config.ingest_in_flight);
+        let _active = self.metrics.stream(RpcKind::ClientStream);
+        let mut ingest = Ingest::new(
+            self.store.clone(),
+            self.config.ingest_in_flight,
+            self.metrics.clone(),
+        );
         let mut chunk = Vec::with_capacity(self.config.ingest_chunk);
         let mut index: u64 = 0;
         let ended_by: Option<Status> = loop {
@@ -188,13 +204,16 @@ impl pb::sensor_service_server::SensorService for SensorHub {
         let query = history_query(&request)?;
         let (tx, rx) = mpsc::channel::<Result<Vec<StoredReading>, Status>>(2);
         let reader = HistoryReader {
+            _active: self.metrics.stream(RpcKind::ServerStream),
             store: self.store.clone(),
             page_size: self.config.page_size,
             life: self.life.clone(),
             limit: (request.limit > 0).then_some(request.limit),
             follow: request.follow,
         };
-        tokio::spawn(reader.run(query, tx));
+        // The reader works in its own task: it carries the call's context,
+        // so its spans and logs belong to the call's trace.
+        tokio::spawn(reader.run(query, tx).with_current_context());
         let stream = ReceiverStream::new(rx).flat_map(|page| {
             let items: Vec<Result<pb::SensorReading, Status>> = match page {
                 Ok(page) => page
@@ -216,7 +235,7 @@ impl pb::sensor_service_server::SensorService for SensorHub {
     ) -> Result<Response<Self::SensorChatStream>, Status> {
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(self.clone().chat(inbound, tx));
+        tokio::spawn(self.clone().chat(inbound, tx).with_current_context());
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -246,10 +265,12 @@ impl SensorHub {
         tx: mpsc::Sender<Result<pb::ServerMessage, Status>>,
     ) {
         let max_in_flight = self.config.ingest_in_flight.max(1) * 16;
+        let _active = self.metrics.stream(RpcKind::Chat);
         let mut acks = ChatAcks {
             in_flight: FuturesOrdered::new(),
             stored: 0,
             tx: tx.clone(),
+            metrics: self.metrics.clone(),
         };
         let mut index: u64 = 0;
         let end: Result<(), Status> = loop {
@@ -303,6 +324,7 @@ struct ChatAcks {
     in_flight: FuturesOrdered<Commit>,
     stored: u64,
     tx: mpsc::Sender<Result<pb::ServerMessage, Status>>,
+    metrics: ServiceMetrics,
 }
 
 impl ChatAcks {
@@ -313,6 +335,7 @@ impl ChatAcks {
     ) -> Result<(), Status> {
         let receipt = result.map_err(|e| store_status(&e))?;
         self.stored += receipt.count as u64;
+        self.metrics.stored(RpcKind::Chat, receipt.count as u64);
         let now = unix_now();
         let ack = pb::ServerMessage {
             message: received_message(temperature),
@@ -341,18 +364,21 @@ impl ChatAcks {
 /// `max_in_flight` chunks queued, the count of what is durable so far.
 struct Ingest {
     store: Store,
-    in_flight: VecDeque<PendingWrite>,
+    /// Queued writes and their sizes, oldest first.
+    in_flight: VecDeque<(PendingWrite, usize)>,
     max_in_flight: usize,
     stored: u64,
+    metrics: ServiceMetrics,
 }
 
 impl Ingest {
-    fn new(store: Store, max_in_flight: usize) -> Self {
+    fn new(store: Store, max_in_flight: usize, metrics: ServiceMetrics) -> Self {
         Self {
             store,
             in_flight: VecDeque::new(),
             max_in_flight: max_in_flight.max(1),
             stored: 0,
+            metrics,
         }
     }
 
@@ -367,12 +393,13 @@ impl Ingest {
         if chunk.is_empty() {
             return Ok(());
         }
+        let readings = chunk.len();
         let pending = self
             .store
             .enqueue(chunk)
             .await
             .map_err(|e| self.failed(&e))?;
-        self.in_flight.push_back(pending);
+        self.in_flight.push_back((pending, readings));
         while self.in_flight.len() > self.max_in_flight {
             self.commit_oldest().await?;
         }
@@ -380,9 +407,15 @@ impl Ingest {
     }
 
     async fn commit_oldest(&mut self) -> Result<(), Status> {
-        if let Some(pending) = self.in_flight.pop_front() {
-            let receipt = pending.committed().await.map_err(|e| self.failed(&e))?;
+        if let Some((pending, readings)) = self.in_flight.pop_front() {
+            let receipt = pending
+                .committed()
+                .instrument(commit_span(readings))
+                .await
+                .map_err(|e| self.failed(&e))?;
             self.stored += receipt.count as u64;
+            self.metrics
+                .stored(RpcKind::ClientStream, receipt.count as u64);
         }
         Ok(())
     }
@@ -426,6 +459,8 @@ fn history_query(request: &pb::SensorRequest) -> Result<HistoryQuery, Status> {
 
 /// Streams one sensor's history page by page, then (follow) its live tail.
 struct HistoryReader {
+    /// Counts the call in `sensorhub.streams.active` while the reader runs.
+    _active: crate::service_metrics::ActiveStream,
     store: Store,
     page_size: usize,
     life: Lifecycle,
@@ -455,7 +490,7 @@ impl HistoryReader {
             let page_size = remaining.min(self.page_size as u64) as usize;
             let page = tokio::select! {
                 _ = tx.closed() => return Ok(()),
-                page = self.store.history_page(&query, cursor, page_size) => page.map_err(|e| store_status(&e))?,
+                page = self.store.history_page(&query, cursor, page_size).instrument(select_span(page_size)) => page.map_err(|e| store_status(&e))?,
             };
             let full = page.len() == page_size;
             remaining -= page.len() as u64;
@@ -507,4 +542,30 @@ impl HistoryReader {
             }
         }
     }
+}
+
+/// The span of one wait for a durable commit (per call or per chunk, never
+/// per reading), with the database semantic conventions. Analysis (stats
+/// and alerts) runs inside the same transaction, so its time is in here too.
+fn commit_span(readings: usize) -> tracing::Span {
+    tracing::info_span!(
+        "INSERT readings",
+        otel.kind = "client",
+        db.system.name = "sqlite",
+        db.operation.name = "INSERT",
+        db.collection.name = "readings",
+        db.operation.batch.size = readings as u64,
+    )
+}
+
+/// The span of one history page read (per page of up to `page_size` readings).
+fn select_span(page_size: usize) -> tracing::Span {
+    tracing::info_span!(
+        "SELECT readings",
+        otel.kind = "client",
+        db.system.name = "sqlite",
+        db.operation.name = "SELECT",
+        db.collection.name = "readings",
+        db.query.page_size = page_size as u64,
+    )
 }

@@ -15,7 +15,7 @@ use std::{
 use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{StoreConfig, StoreError, WriteReceipt, schema::Target};
+use super::{StoreConfig, StoreError, WriteReceipt, metrics::StoreMetrics, schema::Target};
 use crate::{AlertRules, Reading, SensorStats};
 
 /// How often retention runs, at most.
@@ -48,6 +48,7 @@ pub(super) struct Writer {
     retention: Option<Duration>,
     max_batch: usize,
     last_retention: Option<Instant>,
+    metrics: StoreMetrics,
 }
 
 impl Writer {
@@ -111,6 +112,7 @@ impl Writer {
                 retention: config.retention,
                 max_batch: config.max_batch.max(1),
                 last_retention: None,
+                metrics: StoreMetrics::new(config.max_tracked_sensors),
             },
             last_seq,
         ))
@@ -245,16 +247,18 @@ impl Writer {
 
         match result {
             Ok(receipts) => {
+                self.metrics.committed(
+                    started.elapsed(),
+                    readings,
+                    receipts.iter().flat_map(|r| r.alerts.iter()),
+                    touched
+                        .iter()
+                        .map(|(name, e)| (name.as_str(), e.stats.last)),
+                );
                 self.sensors.extend(touched);
                 self.next_sensor_id = next_sensor_id;
                 self.last_seq = seq;
                 committed.send_replace(seq);
-                tracing::trace!(
-                    calls = batch.len(),
-                    readings,
-                    elapsed_us = started.elapsed().as_micros() as u64,
-                    "group commit"
-                );
                 for (request, receipt) in batch.into_iter().zip(receipts) {
                     let _ = request.reply.send(Ok(receipt));
                 }

@@ -1,0 +1,113 @@
+//! What the SensorService measures about its own work, through the
+//! OpenTelemetry metrics API (per call or per chunk, never per reading on
+//! the hot path). The RPC-level metrics (A66, semconv) come from the
+//! telemetry layer; these add what only the service knows:
+//!
+//! - `sensorhub.readings.stored` ({reading}) by `sensorhub.rpc.kind`
+//!   (`unary`, `client_stream`, `chat`): readings acknowledged as durable;
+//! - `sensorhub.readings.refused` ({reading}) by `sensorhub.refusal.reason`
+//!   (`temperature.not_finite`, …: a fixed set from the validation rules);
+//! - `sensorhub.streams.active` ({stream}) by `sensorhub.rpc.kind`
+//!   (`client_stream`, `server_stream`, `chat`).
+
+use opentelemetry::{
+    KeyValue, global,
+    metrics::{Counter, UpDownCounter},
+};
+use sensorhub_core::Violation;
+
+/// The kinds of call that store or stream readings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RpcKind {
+    Unary,
+    ClientStream,
+    ServerStream,
+    Chat,
+}
+
+impl RpcKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            RpcKind::Unary => "unary",
+            RpcKind::ClientStream => "client_stream",
+            RpcKind::ServerStream => "server_stream",
+            RpcKind::Chat => "chat",
+        }
+    }
+
+    fn attribute(self) -> [KeyValue; 1] {
+        [KeyValue::new("sensorhub.rpc.kind", self.as_str())]
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ServiceMetrics {
+    stored: Counter<u64>,
+    refused: Counter<u64>,
+    active: UpDownCounter<i64>,
+}
+
+impl ServiceMetrics {
+    pub(crate) fn new() -> Self {
+        let meter = global::meter("sensorhub-grpc");
+        Self {
+            stored: meter
+                .u64_counter("sensorhub.readings.stored")
+                .with_unit("{reading}")
+                .with_description("Readings stored durably and acknowledged")
+                .build(),
+            refused: meter
+                .u64_counter("sensorhub.readings.refused")
+                .with_unit("{reading}")
+                .with_description("Readings refused by validation")
+                .build(),
+            active: meter
+                .i64_up_down_counter("sensorhub.streams.active")
+                .with_unit("{stream}")
+                .with_description("Streaming calls in progress")
+                .build(),
+        }
+    }
+
+    pub(crate) fn stored(&self, kind: RpcKind, readings: u64) {
+        if readings > 0 {
+            self.stored.add(readings, &kind.attribute());
+        }
+    }
+
+    /// Counts a refusal and logs it (inside the call's span, so the log
+    /// record carries the call's trace id).
+    pub(crate) fn refused(&self, violation: &Violation) {
+        let reason = format!("{}.{}", violation.field, violation.reason);
+        tracing::info!(
+            field = violation.field,
+            reason = violation.reason,
+            "reading refused: {}",
+            violation.description
+        );
+        self.refused
+            .add(1, &[KeyValue::new("sensorhub.refusal.reason", reason)]);
+    }
+
+    /// Counts a stream as active until the guard is dropped.
+    pub(crate) fn stream(&self, kind: RpcKind) -> ActiveStream {
+        self.active.add(1, &kind.attribute());
+        ActiveStream {
+            active: self.active.clone(),
+            kind,
+        }
+    }
+}
+
+/// Keeps `sensorhub.streams.active` up while alive.
+#[derive(Debug)]
+pub(crate) struct ActiveStream {
+    active: UpDownCounter<i64>,
+    kind: RpcKind,
+}
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        self.active.add(-1, &self.kind.attribute());
+    }
+}

@@ -1,0 +1,427 @@
+//! The one place where telemetry is wired: SDK providers, exporters chosen
+//! from the standard `OTEL_*` environment, the `tracing` bridges (spans and
+//! log records, both carrying trace ids), console output, the Prometheus
+//! text renderer, and a shutdown that flushes all three signals within a
+//! bounded time.
+//!
+//! Invariant: the only module that names an exporter. Domain and transport
+//! code emit through `tracing` and the global OpenTelemetry API; with
+//! `OTEL_SDK_DISABLED=true` those calls are no-ops.
+
+mod accounting;
+pub mod settings;
+mod span_tree;
+
+use std::time::Duration;
+
+use opentelemetry::{
+    KeyValue, global, propagation::TextMapCompositePropagator, trace::TracerProvider as _,
+};
+use opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::{
+    Resource,
+    logs::SdkLoggerProvider,
+    metrics::{PeriodicReader, SdkMeterProvider},
+    propagation::{BaggagePropagator, TraceContextPropagator},
+    resource::{EnvResourceDetector, TelemetryResourceDetector},
+    trace::{self as sdktrace, SdkTracerProvider},
+};
+use tracing_subscriber::{
+    EnvFilter, Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+};
+
+pub use accounting::TARGET as EXPORT_WARNING_TARGET;
+pub use settings::{Exporter, Protocol, Settings, SettingsError};
+pub use span_tree::SpanRecorder;
+
+/// Console log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleFormat {
+    Pretty,
+    Json,
+}
+
+/// What the application decides; everything else comes from the environment.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// `service.name` unless `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` say otherwise.
+    pub service_name: &'static str,
+    pub service_version: &'static str,
+    pub console: ConsoleFormat,
+    /// Console level when `RUST_LOG` is not set (`info`, `warn`).
+    pub console_level: &'static str,
+    /// Level of the `tracing` events exported as OTLP log records.
+    pub export_level: &'static str,
+    /// Whether an HTTP listener will serve `/metrics` (then `prometheus` is
+    /// the default metrics exporter).
+    pub prometheus_served: bool,
+    /// Keep finished spans in memory too (the demo prints a trace tree).
+    pub recorder: Option<SpanRecorder>,
+}
+
+/// Why telemetry could not start. Each names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error("cannot build the OTLP {signal} exporter: {source}")]
+    Exporter {
+        signal: &'static str,
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+    #[error("cannot build the Prometheus exporter: {0}")]
+    Prometheus(String),
+    #[error("a global `tracing` subscriber is already installed: {0}")]
+    Subscriber(String),
+}
+
+/// The running pipeline. Keep it alive; call [`Telemetry::shutdown`] last.
+#[derive(Debug)]
+pub struct Telemetry {
+    settings: Settings,
+    tracer: Option<SdkTracerProvider>,
+    meter: Option<SdkMeterProvider>,
+    logger: Option<SdkLoggerProvider>,
+    prometheus: Option<PrometheusText>,
+    recorder: Option<SpanRecorder>,
+}
+
+/// Renders the current metrics in the Prometheus text format, for `/metrics`.
+#[derive(Debug, Clone)]
+pub struct PrometheusText {
+    registry: prometheus::Registry,
+}
+
+impl PrometheusText {
+    pub fn render(&self) -> String {
+        use prometheus::Encoder as _;
+        let mut out = Vec::new();
+        match prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            Ok(()) => String::from_utf8_lossy(&out).into_owned(),
+            Err(e) => format!("# metrics could not be encoded: {e}\n"),
+        }
+    }
+}
+
+/// The content type of [`PrometheusText::render`].
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+impl Telemetry {
+    /// Reads the environment, builds the providers, installs them and the
+    /// `tracing` subscriber globally. Call it once, inside a Tokio runtime
+    /// (the gRPC exporter needs one).
+    pub fn init(options: PipelineOptions) -> Result<Telemetry, PipelineError> {
+        let settings = Settings::from_env(options.prometheus_served)?;
+        Self::init_with(settings, options)
+    }
+
+    /// [`Telemetry::init`] with settings already read.
+    pub fn init_with(
+        settings: Settings,
+        options: PipelineOptions,
+    ) -> Result<Telemetry, PipelineError> {
+        let enabled = !settings.disabled;
+        let resource = resource(&settings, &options);
+
+        // Metrics first: the export accounting counts into them.
+        let mut prometheus = None;
+        let meter = if enabled && (!settings.metrics.is_empty()) {
+            let mut builder = SdkMeterProvider::builder().with_resource(resource.clone());
+            for exporter in &settings.metrics {
+                builder = match exporter {
+                    Exporter::Prometheus => {
+                        let registry = prometheus::Registry::new();
+                        let reader = opentelemetry_prometheus::exporter()
+                            .with_registry(registry.clone())
+                            .build()
+                            .map_err(|e| PipelineError::Prometheus(e.to_string()))?;
+                        prometheus = Some(PrometheusText { registry });
+                        builder.with_reader(reader)
+                    }
+                    Exporter::Otlp => {
+                        let exporter = otlp_metrics(settings.metrics_protocol)?;
+                        builder.with_reader(
+                            PeriodicReader::builder(exporter)
+                                .with_interval(settings.metric_export_interval)
+                                .build(),
+                        )
+                    }
+                    Exporter::Console => builder.with_reader(
+                        PeriodicReader::builder(opentelemetry_stdout::MetricExporter::default())
+                            .with_interval(settings.metric_export_interval)
+                            .build(),
+                    ),
+                };
+            }
+            let provider = builder.build();
+            global::set_meter_provider(provider.clone());
+            Some(provider)
+        } else {
+            None
+        };
+
+        let tracer = if enabled && (!settings.traces.is_empty() || options.recorder.is_some()) {
+            let mut builder = SdkTracerProvider::builder()
+                .with_resource(resource.clone())
+                .with_sampler(sampler(&settings));
+            let account =
+                accounting::ExportAccount::new("traces", "otel.sdk.exporter.span.exported");
+            for exporter in &settings.traces {
+                builder = match exporter {
+                    Exporter::Otlp => builder.with_batch_exporter(accounting::Accounted {
+                        inner: otlp_spans(settings.traces_protocol)?,
+                        account: account.clone(),
+                    }),
+                    Exporter::Console => {
+                        builder.with_batch_exporter(opentelemetry_stdout::SpanExporter::default())
+                    }
+                    Exporter::Prometheus => builder,
+                };
+            }
+            if let Some(recorder) = &options.recorder {
+                builder = builder.with_simple_exporter(recorder.clone());
+            }
+            let provider = builder.build();
+            global::set_tracer_provider(provider.clone());
+            Some(provider)
+        } else {
+            None
+        };
+
+        let logger = if enabled && !settings.logs.is_empty() {
+            let mut builder = SdkLoggerProvider::builder().with_resource(resource);
+            let account = accounting::ExportAccount::new("logs", "otel.sdk.exporter.log.exported");
+            for exporter in &settings.logs {
+                builder = match exporter {
+                    Exporter::Otlp => builder.with_batch_exporter(accounting::Accounted {
+                        inner: otlp_logs(settings.logs_protocol)?,
+                        account: account.clone(),
+                    }),
+                    Exporter::Console => {
+                        builder.with_batch_exporter(opentelemetry_stdout::LogExporter::default())
+                    }
+                    Exporter::Prometheus => builder,
+                };
+            }
+            Some(builder.build())
+        } else {
+            None
+        };
+
+        if enabled && !settings.propagators.is_empty() {
+            let mut propagators: Vec<
+                Box<dyn opentelemetry::propagation::TextMapPropagator + Send + Sync>,
+            > = Vec::new();
+            for propagator in &settings.propagators {
+                match propagator {
+                    settings::Propagator::TraceContext => {
+                        propagators.push(Box::new(TraceContextPropagator::new()))
+                    }
+                    settings::Propagator::Baggage => {
+                        propagators.push(Box::new(BaggagePropagator::new()))
+                    }
+                }
+            }
+            global::set_text_map_propagator(TextMapCompositePropagator::new(propagators));
+        }
+
+        install_subscriber(&options, tracer.as_ref(), logger.as_ref())?;
+        Ok(Telemetry {
+            settings,
+            recorder: options.recorder.filter(|_| tracer.is_some()),
+            tracer,
+            meter,
+            logger,
+            prometheus,
+        })
+    }
+
+    /// The `/metrics` renderer, when metrics go to Prometheus.
+    pub fn prometheus(&self) -> Option<PrometheusText> {
+        self.prometheus.clone()
+    }
+
+    /// The in-memory span recorder, if one was asked for and tracing is on.
+    pub fn recorder(&self) -> Option<&SpanRecorder> {
+        self.recorder.as_ref()
+    }
+
+    /// What the environment said.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Exports what is buffered and stops the exporters, giving up after
+    /// `timeout` (a dead collector must not hold the process).
+    pub async fn shutdown(self, timeout: Duration) {
+        let Telemetry {
+            tracer,
+            meter,
+            logger,
+            ..
+        } = self;
+        if tracer.is_none() && meter.is_none() && logger.is_none() {
+            return;
+        }
+        // The providers' shutdown blocks: keep it off the async workers.
+        let flush = tokio::task::spawn_blocking(move || {
+            if let Some(tracer) = tracer {
+                let _ = tracer.shutdown_with_timeout(timeout);
+            }
+            if let Some(logger) = logger {
+                let _ = logger.shutdown_with_timeout(timeout);
+            }
+            if let Some(meter) = meter {
+                let _ = meter.shutdown_with_timeout(timeout);
+            }
+        });
+        if tokio::time::timeout(timeout, flush).await.is_err() {
+            tracing::warn!(
+                target: accounting::TARGET,
+                ?timeout,
+                "telemetry was not flushed in time; exiting without it"
+            );
+        }
+    }
+}
+
+fn otlp_spans(protocol: Protocol) -> Result<opentelemetry_otlp::SpanExporter, PipelineError> {
+    let builder = opentelemetry_otlp::SpanExporter::builder();
+    match protocol {
+        Protocol::Grpc => builder.with_tonic().build(),
+        Protocol::HttpProtobuf => builder
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .build(),
+    }
+    .map_err(|source| PipelineError::Exporter {
+        signal: "traces",
+        source,
+    })
+}
+
+fn otlp_metrics(protocol: Protocol) -> Result<opentelemetry_otlp::MetricExporter, PipelineError> {
+    let builder = opentelemetry_otlp::MetricExporter::builder();
+    match protocol {
+        Protocol::Grpc => builder.with_tonic().build(),
+        Protocol::HttpProtobuf => builder
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .build(),
+    }
+    .map_err(|source| PipelineError::Exporter {
+        signal: "metrics",
+        source,
+    })
+}
+
+fn otlp_logs(protocol: Protocol) -> Result<opentelemetry_otlp::LogExporter, PipelineError> {
+    let builder = opentelemetry_otlp::LogExporter::builder();
+    match protocol {
+        Protocol::Grpc => builder.with_tonic().build(),
+        Protocol::HttpProtobuf => builder
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .build(),
+    }
+    .map_err(|source| PipelineError::Exporter {
+        signal: "logs",
+        source,
+    })
+}
+
+fn sampler(settings: &Settings) -> sdktrace::Sampler {
+    use sdktrace::Sampler;
+    use settings::Sampler as S;
+    match settings.sampler {
+        S::AlwaysOn => Sampler::AlwaysOn,
+        S::AlwaysOff => Sampler::AlwaysOff,
+        S::TraceIdRatio(r) => Sampler::TraceIdRatioBased(r),
+        S::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        S::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        S::ParentBasedTraceIdRatio(r) => {
+            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r)))
+        }
+    }
+}
+
+/// Defaults first, then `OTEL_RESOURCE_ATTRIBUTES`, then `OTEL_SERVICE_NAME`
+/// (the spec's precedence).
+fn resource(settings: &Settings, options: &PipelineOptions) -> Resource {
+    let mut defaults = vec![
+        KeyValue::new("service.name", options.service_name),
+        KeyValue::new("service.version", options.service_version),
+        KeyValue::new("process.pid", i64::from(std::process::id())),
+        KeyValue::new("process.runtime.name", "rust"),
+        KeyValue::new("os.type", std::env::consts::OS),
+        KeyValue::new("host.arch", std::env::consts::ARCH),
+    ];
+    if let Some(host) = host_name() {
+        defaults.push(KeyValue::new("host.name", host));
+    }
+    if let Some(exe) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+    {
+        defaults.push(KeyValue::new("process.executable.name", exe));
+    }
+    let mut builder = Resource::builder_empty()
+        .with_attributes(defaults)
+        .with_detector(Box::new(TelemetryResourceDetector))
+        .with_detector(Box::new(EnvResourceDetector::new()));
+    if let Some(name) = &settings.service_name {
+        builder = builder.with_service_name(name.clone());
+    }
+    builder.build()
+}
+
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|s| !s.is_empty())
+}
+
+/// Crates whose own events must never reach the OTLP log exporter: the
+/// exporter's transport would log about its own exports, forever.
+const NEVER_EXPORTED: &str = "h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,reqwest=off,rustls=off,opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off,opentelemetry_http=off";
+
+fn install_subscriber(
+    options: &PipelineOptions,
+    tracer: Option<&SdkTracerProvider>,
+    logger: Option<&SdkLoggerProvider>,
+) -> Result<(), PipelineError> {
+    let console_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "{},h2=warn,hyper=warn,tower=warn,rustls=warn,opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off",
+            options.console_level
+        ))
+    });
+    let console = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let console = match options.console {
+        ConsoleFormat::Pretty => console.compact().boxed(),
+        ConsoleFormat::Json => console.json().flatten_event(true).boxed(),
+    }
+    .with_filter(console_filter);
+
+    let spans = tracer.map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("sensorhub"))
+            .with_filter(EnvFilter::new(format!("info,{NEVER_EXPORTED}")))
+    });
+    let logs = logger.map(|provider| {
+        OpenTelemetryTracingBridge::new(provider).with_filter(EnvFilter::new(format!(
+            "{},{NEVER_EXPORTED},{}=off",
+            options.export_level,
+            accounting::TARGET
+        )))
+    });
+    tracing_subscriber::registry()
+        .with(console)
+        .with(spans)
+        .with(logs)
+        .try_init()
+        .map_err(|e| PipelineError::Subscriber(e.to_string()))
+}

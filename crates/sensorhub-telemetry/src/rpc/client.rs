@@ -1,0 +1,332 @@
+//! The client layer: a client span per call whose context travels to the
+//! server in `traceparent`, and the A66 client metrics (one attempt per call:
+//! tonic does not retry).
+//!
+//! Invariant: like the server layer, it knows gRPC and the OpenTelemetry API only.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context as TaskContext, Poll},
+    time::Instant,
+};
+
+use http::{Request, Response};
+use opentelemetry::{
+    Context, KeyValue, Value, global,
+    metrics::{Counter, Histogram},
+    trace::{SpanKind, Status, TraceContextExt, Tracer},
+};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use super::{
+    body::{CANCELLED, CallEnd, CountedBody, ObservedBody, status_of_error},
+    conventions::{a66, grpc_status, semconv, status_from_http, status_name},
+    frames::Tally,
+    instrumentation_scope,
+    propagation::HeaderInjector,
+};
+
+/// Instruments the calls made through a tonic `Channel`.
+#[derive(Clone, Debug)]
+pub struct GrpcClientLayer {
+    shared: Arc<ClientShared>,
+}
+
+impl GrpcClientLayer {
+    /// `target`: the server as the channel was given it (`https://host:port`),
+    /// recorded as A66's `grpc.target` and semconv's `server.address`/`server.port`.
+    pub fn new(target: &str) -> Self {
+        let scope = instrumentation_scope();
+        let meter = global::meter_with_scope(scope.clone());
+        let uri: Option<http::Uri> = target.parse().ok();
+        let host = uri.as_ref().and_then(|u| u.host().map(str::to_owned));
+        let port = uri.as_ref().and_then(|u| {
+            u.port_u16().or(match u.scheme_str() {
+                Some("https") => Some(443),
+                Some("http") => Some(80),
+                _ => None,
+            })
+        });
+        let size = |name: &'static str, description: &'static str| {
+            meter
+                .u64_histogram(name)
+                .with_unit("By")
+                .with_description(description)
+                .with_boundaries(a66::SIZE_BUCKETS.to_vec())
+                .build()
+        };
+        let latency = |name: &'static str, description: &'static str| {
+            meter
+                .f64_histogram(name)
+                .with_unit("s")
+                .with_description(description)
+                .with_boundaries(a66::LATENCY_BUCKETS.to_vec())
+                .build()
+        };
+        Self {
+            shared: Arc::new(ClientShared {
+                target: Value::from(Arc::<str>::from(target)),
+                host,
+                port,
+                tracer: global::tracer_with_scope(scope),
+                started: meter
+                    .u64_counter(a66::CLIENT_ATTEMPT_STARTED)
+                    .with_unit("{attempt}")
+                    .with_description("Number of call attempts started by the client")
+                    .build(),
+                attempt_duration: latency(
+                    a66::CLIENT_ATTEMPT_DURATION,
+                    "Time from the start of an attempt to its status",
+                ),
+                call_duration: latency(
+                    a66::CLIENT_CALL_DURATION,
+                    "Time from the start of a call to its status, as the application sees it",
+                ),
+                sent: size(
+                    a66::CLIENT_SENT_SIZE,
+                    "Compressed payload bytes the client sent in one attempt",
+                ),
+                rcvd: size(
+                    a66::CLIENT_RCVD_SIZE,
+                    "Compressed payload bytes the client received in one attempt",
+                ),
+                semconv_duration: meter
+                    .f64_histogram(semconv::CLIENT_CALL_DURATION)
+                    .with_unit("s")
+                    .with_description("Duration of client calls (RPC semantic conventions)")
+                    .with_boundaries(semconv::DURATION_BUCKETS.to_vec())
+                    .build(),
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for GrpcClientLayer {
+    type Service = GrpcClientService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcClientService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+struct ClientShared {
+    target: Value,
+    host: Option<String>,
+    port: Option<u16>,
+    tracer: global::BoxedTracer,
+    started: Counter<u64>,
+    attempt_duration: Histogram<f64>,
+    call_duration: Histogram<f64>,
+    sent: Histogram<u64>,
+    rcvd: Histogram<u64>,
+    semconv_duration: Histogram<f64>,
+}
+
+impl std::fmt::Debug for ClientShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientShared")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The service [`GrpcClientLayer`] wraps around a channel.
+#[derive(Clone, Debug)]
+pub struct GrpcClientService<S> {
+    inner: S,
+    shared: Arc<ClientShared>,
+}
+
+impl<S, ResBody> Service<Request<tonic::body::Body>> for GrpcClientService<S>
+where
+    S: Service<Request<tonic::body::Body>, Response = Response<ResBody>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<ObservedBody<ResBody, ClientCall>>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = ClientFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: Request<tonic::body::Body>) -> Self::Future {
+        let start = Instant::now();
+        let shared = &self.shared;
+        let method: Value = Value::from(request.uri().path().trim_start_matches('/').to_owned());
+
+        let mut attributes = Vec::with_capacity(4);
+        attributes.push(KeyValue::new(semconv::RPC_SYSTEM_NAME, "grpc"));
+        attributes.push(KeyValue::new(semconv::RPC_METHOD, method.clone()));
+        if let Some(host) = &shared.host {
+            attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, host.clone()));
+        }
+        if let Some(port) = shared.port {
+            attributes.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
+        }
+        let parent = Context::current();
+        let span = shared
+            .tracer
+            .span_builder(method.as_str().into_owned())
+            .with_kind(SpanKind::Client)
+            .with_attributes(attributes)
+            .start_with_context(&shared.tracer, &parent);
+        let otel = parent.with_span(span);
+        global::get_text_map_propagator(|propagator| {
+            propagator.inject_context(&otel, &mut HeaderInjector(request.headers_mut()))
+        });
+
+        shared.started.add(
+            1,
+            &[
+                KeyValue::new(a66::METHOD, method.clone()),
+                KeyValue::new(a66::TARGET, shared.target.clone()),
+            ],
+        );
+        let sent = Arc::new(Tally::default());
+        let request =
+            request.map(|body| tonic::body::Body::new(CountedBody::new(body, sent.clone())));
+        ClientFuture {
+            inner: self.inner.call(request),
+            call: Some(ClientCall {
+                shared: shared.clone(),
+                start,
+                method,
+                otel,
+                sent,
+            }),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`GrpcClientService`].
+    pub struct ClientFuture<F> {
+        #[pin]
+        inner: F,
+        call: Option<ClientCall>,
+    }
+
+    impl<F> PinnedDrop for ClientFuture<F> {
+        // Dropped before the response head arrived: the caller gave up.
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(call) = this.project().call.take() {
+                call.finish(CANCELLED, (0, 0));
+            }
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for ClientFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, ResBody, E> Future for ClientFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Output = Result<
+        Response<ObservedBody<ResBody, ClientCall>>,
+        Box<dyn std::error::Error + Send + Sync>,
+    >;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = match this.inner.poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(response) => response,
+        };
+        let call = this.call.take().expect("polled after completion");
+        Poll::Ready(match response {
+            Ok(response) => {
+                let ended = if response.status() != http::StatusCode::OK {
+                    Some(status_from_http(response.status()))
+                } else {
+                    grpc_status(response.headers())
+                };
+                let call = match ended {
+                    Some(status) => {
+                        call.finish(status, (0, 0));
+                        None
+                    }
+                    None => Some(call),
+                };
+                Ok(response.map(|body| ObservedBody::new(body, call, None)))
+            }
+            Err(error) => {
+                let error = error.into();
+                call.finish(status_of_error(&*error), (0, 0));
+                Err(error)
+            }
+        })
+    }
+}
+
+/// One call in flight on the client; ends when the response trailers arrive.
+#[derive(Debug)]
+pub struct ClientCall {
+    shared: Arc<ClientShared>,
+    start: Instant,
+    method: Value,
+    otel: Context,
+    sent: Arc<Tally>,
+}
+
+impl CallEnd for ClientCall {
+    fn finish(self, status: i32, (received_messages, received_bytes): (u64, u64)) {
+        let elapsed = self.start.elapsed().as_secs_f64();
+        let (sent_messages, sent_bytes) = self.sent.get();
+        let name = status_name(status);
+        let shared = &self.shared;
+
+        let a66 = [
+            KeyValue::new(a66::METHOD, self.method.clone()),
+            KeyValue::new(a66::TARGET, shared.target.clone()),
+            KeyValue::new(a66::STATUS, name),
+        ];
+        shared.attempt_duration.record(elapsed, &a66);
+        shared.call_duration.record(elapsed, &a66);
+        shared.sent.record(sent_bytes, &a66);
+        shared.rcvd.record(received_bytes, &a66);
+
+        let failed = status != 0;
+        let mut semconv = Vec::with_capacity(4);
+        semconv.push(KeyValue::new(semconv::RPC_SYSTEM_NAME, "grpc"));
+        semconv.push(KeyValue::new(semconv::RPC_METHOD, self.method.clone()));
+        semconv.push(KeyValue::new(semconv::RPC_RESPONSE_STATUS_CODE, name));
+        if failed {
+            semconv.push(KeyValue::new(semconv::ERROR_TYPE, name));
+        }
+        shared.semconv_duration.record(elapsed, &semconv);
+
+        let span = self.otel.span();
+        span.set_attribute(KeyValue::new(semconv::RPC_RESPONSE_STATUS_CODE, name));
+        span.set_attribute(KeyValue::new(
+            semconv::REQUEST_MESSAGES,
+            sent_messages as i64,
+        ));
+        span.set_attribute(KeyValue::new(semconv::REQUEST_BYTES, sent_bytes as i64));
+        span.set_attribute(KeyValue::new(
+            semconv::RESPONSE_MESSAGES,
+            received_messages as i64,
+        ));
+        span.set_attribute(KeyValue::new(
+            semconv::RESPONSE_BYTES,
+            received_bytes as i64,
+        ));
+        if failed {
+            span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, name));
+            span.set_status(Status::error(name));
+        }
+        span.end();
+    }
+}

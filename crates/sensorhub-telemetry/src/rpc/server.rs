@@ -1,0 +1,342 @@
+//! The server layer: one span and one set of A66 + semconv measurements per
+//! call, from the first request header to the trailers.
+//!
+//! Invariant: knows gRPC over HTTP/2 and OpenTelemetry's API, nothing of any
+//! particular service; the SDK and exporters are wired elsewhere
+//! ([`crate::pipeline`]), so with no SDK installed every record is a no-op.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context as TaskContext, Poll},
+    time::Instant,
+};
+
+use http::{Request, Response};
+use opentelemetry::{
+    Context, KeyValue, Value, global,
+    metrics::{Counter, Histogram},
+    trace::{FutureExt as _, SpanKind, Status, TraceContextExt, Tracer},
+};
+use pin_project_lite::pin_project;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tower::{Layer, Service};
+
+use super::{
+    body::{CANCELLED, CallEnd, CountedBody, ObservedBody, UNKNOWN},
+    conventions::{a66, grpc_status, is_server_error, semconv, status_from_http, status_name},
+    frames::Tally,
+    instrumentation_scope,
+    propagation::HeaderExtractor,
+};
+
+/// Instruments the calls of a tonic server. Put it outermost
+/// (`Server::builder().layer(..)`), so it sees every call, also the ones an
+/// interceptor refuses.
+#[derive(Clone, Debug)]
+pub struct GrpcServerLayer {
+    shared: Arc<ServerShared>,
+}
+
+impl GrpcServerLayer {
+    /// `methods`: the full paths the server registers, without the leading
+    /// slash (`SensorService/SendSingleReading`); any other path is recorded
+    /// as `other` (A66) and `_OTHER` (semconv), so a scanner cannot blow up
+    /// the metrics' cardinality.
+    pub fn new<M: Into<String>>(methods: impl IntoIterator<Item = M>) -> Self {
+        let scope = instrumentation_scope();
+        let meter = global::meter_with_scope(scope.clone());
+        let methods = methods
+            .into_iter()
+            .map(|m| {
+                let m: String = m.into();
+                let value = Value::from(Arc::<str>::from(m.as_str()));
+                (m, value)
+            })
+            .collect();
+        Self {
+            shared: Arc::new(ServerShared {
+                methods,
+                tracer: global::tracer_with_scope(scope),
+                started: meter
+                    .u64_counter(a66::SERVER_CALL_STARTED)
+                    .with_unit("{call}")
+                    .with_description("Number of calls started on the server")
+                    .build(),
+                duration: meter
+                    .f64_histogram(a66::SERVER_CALL_DURATION)
+                    .with_unit("s")
+                    .with_description(
+                        "Time from the first request header to the trailers being sent",
+                    )
+                    .with_boundaries(a66::LATENCY_BUCKETS.to_vec())
+                    .build(),
+                sent: meter
+                    .u64_histogram(a66::SERVER_SENT_SIZE)
+                    .with_unit("By")
+                    .with_description("Compressed payload bytes the server sent in one call")
+                    .with_boundaries(a66::SIZE_BUCKETS.to_vec())
+                    .build(),
+                rcvd: meter
+                    .u64_histogram(a66::SERVER_RCVD_SIZE)
+                    .with_unit("By")
+                    .with_description("Compressed payload bytes the server received in one call")
+                    .with_boundaries(a66::SIZE_BUCKETS.to_vec())
+                    .build(),
+                semconv_duration: meter
+                    .f64_histogram(semconv::SERVER_CALL_DURATION)
+                    .with_unit("s")
+                    .with_description("Duration of server calls (RPC semantic conventions)")
+                    .with_boundaries(semconv::DURATION_BUCKETS.to_vec())
+                    .build(),
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for GrpcServerLayer {
+    type Service = GrpcServerService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcServerService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+struct ServerShared {
+    methods: HashMap<String, Value>,
+    tracer: global::BoxedTracer,
+    started: Counter<u64>,
+    duration: Histogram<f64>,
+    sent: Histogram<u64>,
+    rcvd: Histogram<u64>,
+    semconv_duration: Histogram<f64>,
+}
+
+impl std::fmt::Debug for ServerShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerShared")
+            .field("methods", &self.methods.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The service [`GrpcServerLayer`] wraps around a server.
+#[derive(Clone, Debug)]
+pub struct GrpcServerService<S> {
+    inner: S,
+    shared: Arc<ServerShared>,
+}
+
+impl<S, ResBody> Service<Request<tonic::body::Body>> for GrpcServerService<S>
+where
+    S: Service<Request<tonic::body::Body>, Response = Response<ResBody>>,
+{
+    type Response = Response<ObservedBody<ResBody, ServerCall>>;
+    type Error = S::Error;
+    type Future = ServerFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<tonic::body::Body>) -> Self::Future {
+        let start = Instant::now();
+        let shared = &self.shared;
+        let path = request.uri().path().trim_start_matches('/');
+        let known = shared.methods.get(path).cloned();
+        let a66_method = known.clone().unwrap_or(Value::from(a66::OTHER_METHOD));
+        let semconv_method = known.clone().unwrap_or(Value::from(semconv::OTHER_METHOD));
+
+        let parent = global::get_text_map_propagator(|propagator| {
+            propagator.extract(&HeaderExtractor(request.headers()))
+        });
+        let mut attributes = Vec::with_capacity(7);
+        attributes.push(KeyValue::new(semconv::RPC_SYSTEM_NAME, "grpc"));
+        attributes.push(KeyValue::new(semconv::RPC_METHOD, semconv_method.clone()));
+        if known.is_none() {
+            let original: String = path.chars().take(128).collect();
+            attributes.push(KeyValue::new(semconv::RPC_METHOD_ORIGINAL, original));
+        }
+        if let Some(host) = request.uri().host() {
+            attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, host.to_owned()));
+        }
+        if let Some(port) = request.uri().port_u16() {
+            attributes.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
+        }
+        if let Some(peer) = peer_address(&request) {
+            attributes.push(KeyValue::new(
+                semconv::NETWORK_PEER_ADDRESS,
+                peer.ip().to_string(),
+            ));
+            attributes.push(KeyValue::new(
+                semconv::NETWORK_PEER_PORT,
+                i64::from(peer.port()),
+            ));
+        }
+        let span = shared
+            .tracer
+            .span_builder(semconv_method.as_str().into_owned())
+            .with_kind(SpanKind::Server)
+            .with_attributes(attributes)
+            .start_with_context(&shared.tracer, &parent);
+        let otel = parent.with_span(span);
+
+        shared
+            .started
+            .add(1, &[KeyValue::new(a66::METHOD, a66_method.clone())]);
+        let received = Arc::new(Tally::default());
+        let request =
+            request.map(|body| tonic::body::Body::new(CountedBody::new(body, received.clone())));
+        let inner = {
+            let _attached = otel.clone().attach();
+            self.inner.call(request)
+        };
+        ServerFuture {
+            inner: inner.with_context(otel.clone()),
+            call: Some(ServerCall {
+                shared: shared.clone(),
+                start,
+                a66_method,
+                semconv_method,
+                otel: otel.clone(),
+                received,
+            }),
+            otel: Some(otel),
+        }
+    }
+}
+
+fn peer_address<B>(request: &Request<B>) -> Option<SocketAddr> {
+    let extensions = request.extensions();
+    if let Some(info) = extensions.get::<TcpConnectInfo>() {
+        return info.remote_addr();
+    }
+    extensions
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|info| info.get_ref().remote_addr())
+}
+
+pin_project! {
+    /// The response future of [`GrpcServerService`].
+    pub struct ServerFuture<F> {
+        #[pin]
+        inner: opentelemetry::context::WithContext<F>,
+        call: Option<ServerCall>,
+        otel: Option<Context>,
+    }
+
+    impl<F> PinnedDrop for ServerFuture<F> {
+        // Dropped before the handler answered: the connection went away.
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(call) = this.project().call.take() {
+                call.finish(CANCELLED, (0, 0));
+            }
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for ServerFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, ResBody, E> Future for ServerFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = Result<Response<ObservedBody<ResBody, ServerCall>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = match this.inner.poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(response) => response,
+        };
+        let call = this.call.take().expect("polled after completion");
+        Poll::Ready(match response {
+            Ok(response) => {
+                let ended = if response.status() != http::StatusCode::OK {
+                    Some(status_from_http(response.status()))
+                } else {
+                    // Trailers-only: the status is in the head and the body is empty.
+                    grpc_status(response.headers())
+                };
+                let (call, otel) = match ended {
+                    Some(status) => {
+                        call.finish(status, (0, 0));
+                        (None, None)
+                    }
+                    None => (Some(call), this.otel.take()),
+                };
+                Ok(response.map(|body| ObservedBody::new(body, call, otel)))
+            }
+            Err(error) => {
+                call.finish(UNKNOWN, (0, 0));
+                Err(error)
+            }
+        })
+    }
+}
+
+/// One call in flight on the server; ends when its trailers pass.
+#[derive(Debug)]
+pub struct ServerCall {
+    shared: Arc<ServerShared>,
+    start: Instant,
+    a66_method: Value,
+    semconv_method: Value,
+    otel: Context,
+    received: Arc<Tally>,
+}
+
+impl CallEnd for ServerCall {
+    fn finish(self, status: i32, (sent_messages, sent_bytes): (u64, u64)) {
+        let elapsed = self.start.elapsed().as_secs_f64();
+        let (received_messages, received_bytes) = self.received.get();
+        let name = status_name(status);
+        let shared = &self.shared;
+
+        let a66 = [
+            KeyValue::new(a66::METHOD, self.a66_method),
+            KeyValue::new(a66::STATUS, name),
+        ];
+        shared.duration.record(elapsed, &a66);
+        shared.sent.record(sent_bytes, &a66);
+        shared.rcvd.record(received_bytes, &a66);
+
+        let failed = is_server_error(status);
+        let mut semconv = Vec::with_capacity(4);
+        semconv.push(KeyValue::new(semconv::RPC_SYSTEM_NAME, "grpc"));
+        semconv.push(KeyValue::new(semconv::RPC_METHOD, self.semconv_method));
+        semconv.push(KeyValue::new(semconv::RPC_RESPONSE_STATUS_CODE, name));
+        if failed {
+            semconv.push(KeyValue::new(semconv::ERROR_TYPE, name));
+        }
+        shared.semconv_duration.record(elapsed, &semconv);
+
+        let span = self.otel.span();
+        span.set_attribute(KeyValue::new(semconv::RPC_RESPONSE_STATUS_CODE, name));
+        span.set_attribute(KeyValue::new(
+            semconv::REQUEST_MESSAGES,
+            received_messages as i64,
+        ));
+        span.set_attribute(KeyValue::new(semconv::REQUEST_BYTES, received_bytes as i64));
+        span.set_attribute(KeyValue::new(
+            semconv::RESPONSE_MESSAGES,
+            sent_messages as i64,
+        ));
+        span.set_attribute(KeyValue::new(semconv::RESPONSE_BYTES, sent_bytes as i64));
+        if failed {
+            span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, name));
+            span.set_status(Status::error(name));
+        }
+        span.end();
+    }
+}

@@ -1,0 +1,377 @@
+//! `/metrics` on the HTTP listener of `sensorhub serve`, the pull side of its
+//! telemetry: with no `OTEL_*` settings the metrics exporter is Prometheus,
+//! and this is the only place those metrics can be seen.
+//!
+//! - After unary calls (and one refused for a wrong token), the page is
+//!   Prometheus text with the gRPC A66 series: the call-duration histogram
+//!   per method and status, with the A66 bucket boundaries as `le` labels
+//!   (printed as plain decimals: `0.0001`, `0.65`, `100`), and the
+//!   started-calls counter. The token never leaks into a label.
+//! - `OTEL_SDK_DISABLED=true` removes `/metrics` (404), not the listener:
+//!   `/healthz` still answers.
+//! - A real Prometheus (the Debian `prometheus` binary) scrapes the page and
+//!   answers a PromQL query with the calls made: the text is not only
+//!   well-formed to our eyes but accepted by the consumer it is written for.
+//!   Without the binary that test is skipped, unless
+//!   `SENSORHUB_REQUIRE_PROMETHEUS=1` (as in CI), where it fails instead.
+
+#[path = "support/spawned_server.rs"]
+mod spawned_server;
+
+use std::{
+    fs::File,
+    io::{Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use sensorhub_grpc::{
+    ClientConfig, SensorClient,
+    testing::{reading, unix_now},
+};
+use spawned_server::{SpawnedServer, free_port, http_get};
+
+const TOKEN: &str = "prometheus-test-token-c41e";
+const WRONG_TOKEN: &str = "wrong-token-77b0";
+const METHOD: &str = "SensorService/SendSingleReading";
+const DURATION_COUNT: &str = "grpc_server_call_duration_seconds_count";
+
+/// The server, killed if the test fails before it is terminated cleanly
+/// (`SpawnedServer` alone would outlive a panicking test).
+struct Server(Option<SpawnedServer>);
+
+impl Server {
+    fn start(data: &Path, env: &[(&str, String)]) -> Server {
+        Server(Some(SpawnedServer::start(data, TOKEN, env)))
+    }
+
+    fn get(&self) -> &SpawnedServer {
+        self.0.as_ref().expect("running")
+    }
+
+    /// SIGTERM: the server must exit cleanly and promptly.
+    fn stop(mut self) {
+        let server = self.0.take().expect("running");
+        let (out, _) = server.terminate(Duration::from_secs(15));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(server) = &mut self.0 {
+            let _ = server.child.kill();
+            let _ = server.child.wait();
+        }
+    }
+}
+
+/// A child process killed (and reaped) when dropped, whatever happened.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn client(url: &str, token: &str) -> SensorClient {
+    let mut config = ClientConfig::new(url);
+    config.token = Some(token.to_owned());
+    sensorhub_grpc::connect(&config).await.expect("connect")
+}
+
+/// `calls` accepted SendSingleReading calls.
+async fn send_readings(url: &str, sensor: &str, calls: usize) {
+    let mut client = client(url, TOKEN).await;
+    for i in 0..calls {
+        client
+            .send_single_reading(reading(sensor, 20.0 + i as f64, unix_now()))
+            .await
+            .expect("SendSingleReading");
+    }
+}
+
+/// One HTTP/1.0 GET (so never a chunked body): status, headers (names in
+/// lower case), body.
+fn get_with_headers(port: u16, path: &str) -> (u16, Vec<(String, String)>, String) {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(tcp, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).expect("read the response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("headers and body");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+/// Percent-encodes a query-string value: everything but unreserved characters.
+fn url_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() * 3);
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// The lines of a Prometheus text page for `name` (exactly: `name{` or `name `)
+/// whose labels include every one of `labels` (`key="value"`).
+fn series<'a>(page: &'a str, name: &str, labels: &[&str]) -> Vec<&'a str> {
+    page.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .collect()
+}
+
+/// The sample value at the end of a text-format line.
+fn value(line: &str) -> f64 {
+    line.rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no value in {line:?}"))
+}
+
+/// The `le` label of a histogram bucket line.
+fn le(line: &str) -> &str {
+    let start = line.find("le=\"").expect("an le label") + 4;
+    let len = line[start..].find('"').expect("closing quote");
+    &line[start..start + len]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_endpoint_serves_the_a66_series_after_traffic() {
+    const CALLS: usize = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let url = server.get().url();
+    let http = server.get().http;
+
+    send_readings(&url, "prom-1", CALLS).await;
+    let refused = client(&url, WRONG_TOKEN)
+        .await
+        .send_single_reading(reading("prom-1", 20.0, unix_now()))
+        .await
+        .expect_err("a wrong token is refused");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+
+    // A call is recorded as it ends, which may be a moment after the client
+    // has its answer: scrape until all four calls are counted.
+    let method = format!("grpc_method=\"{METHOD}\"");
+    let ok = [method.as_str(), "grpc_status=\"OK\""];
+    let refused = [method.as_str(), "grpc_status=\"UNAUTHENTICATED\""];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (status, headers, page) = loop {
+        let (status, headers, page) = get_with_headers(http, "/metrics");
+        let counted = |labels: &[&str]| {
+            series(&page, DURATION_COUNT, labels)
+                .first()
+                .map(|l| value(l))
+        };
+        if status == 200 && counted(&ok) == Some(CALLS as f64) && counted(&refused) == Some(1.0) {
+            break (status, headers, page);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "four calls never showed on /metrics ({status}):\n{page}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status, 200);
+
+    let content_type = headers
+        .iter()
+        .find(|(k, _)| k == "content-type")
+        .map(|(_, v)| v.as_str())
+        .expect("a content type");
+    assert!(
+        content_type.starts_with("text/plain") && content_type.contains("version=0.0.4"),
+        "not the Prometheus text format: {content_type}"
+    );
+    assert!(page.contains("# TYPE grpc_server_call_duration_seconds histogram"));
+    assert!(page.contains("# TYPE grpc_server_call_started_total counter"));
+
+    // The A66 duration histogram, per method and status.
+    let buckets = series(&page, "grpc_server_call_duration_seconds_bucket", &ok);
+    assert!(!buckets.is_empty(), "no OK buckets:\n{page}");
+    assert!(
+        !series(&page, "grpc_server_call_duration_seconds_bucket", &refused).is_empty(),
+        "no UNAUTHENTICATED buckets:\n{page}"
+    );
+    let bounds: Vec<&str> = buckets.iter().map(|l| le(l)).collect();
+    for bound in ["0.0001", "0.005", "0.65", "100", "+Inf"] {
+        assert!(
+            bounds.contains(&bound),
+            "le=\"{bound}\" missing from {bounds:?}"
+        );
+    }
+    let inf = buckets.iter().find(|l| le(l) == "+Inf").unwrap();
+    assert_eq!(value(inf), CALLS as f64, "{inf}");
+
+    // Started calls: the refused one is counted too.
+    let started = series(&page, "grpc_server_call_started_total", &[&method]);
+    assert_eq!(started.len(), 1, "{page}");
+    assert!(value(started[0]) >= CALLS as f64, "{}", started[0]);
+
+    assert!(!page.contains(TOKEN), "the token leaked into /metrics");
+    assert!(
+        !page.contains(WRONG_TOKEN),
+        "a presented token leaked into /metrics"
+    );
+    server.stop();
+
+    // With the SDK off there is nothing to render: no /metrics, but the
+    // listener and its health endpoint stay.
+    let off = Server::start(
+        &dir.path().join("data-off"),
+        &[("OTEL_SDK_DISABLED", "true".to_owned())],
+    );
+    send_readings(&off.get().url(), "prom-off", 1).await;
+    let (status, body) = http_get(off.get().http, "/metrics");
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = http_get(off.get().http, "/healthz");
+    assert_eq!(status, 200, "{body}");
+    off.stop();
+}
+
+/// The `prometheus` binary, or None when the test may be skipped.
+fn prometheus_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("SENSORHUB_TEST_PROMETHEUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/prometheus"));
+    if path.is_file() {
+        return Some(path);
+    }
+    if std::env::var("SENSORHUB_REQUIRE_PROMETHEUS").as_deref() == Ok("1") {
+        panic!(
+            "no Prometheus at {} and SENSORHUB_REQUIRE_PROMETHEUS=1: \
+             apt-get install prometheus (or set SENSORHUB_TEST_PROMETHEUS)",
+            path.display()
+        );
+    }
+    None
+}
+
+/// GET /api/v1/query: the `data.result` array.
+fn query(port: u16, promql: &str) -> Vec<serde_json::Value> {
+    let (status, _, body) =
+        get_with_headers(port, &format!("/api/v1/query?query={}", url_encode(promql)));
+    assert_eq!(status, 200, "{promql}: {body}");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(json["status"], "success", "{body}");
+    json["data"]["result"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no data.result in {body}"))
+        .clone()
+}
+
+/// The number in an instant-vector element: `{"metric": {..}, "value": [t, "3"]}`.
+fn sample(element: &serde_json::Value) -> f64 {
+    element["value"][1]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no value in {element}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_prometheus_scrapes_the_server() {
+    const CALLS: usize = 5;
+    let Some(binary) = prometheus_binary() else {
+        eprintln!(
+            "skipped: no Prometheus binary (apt-get install prometheus, \
+             or set SENSORHUB_TEST_PROMETHEUS)"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+             scrape_configs:\n  - job_name: sensorhub\n    metrics_path: /metrics\n    \
+             static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+            server.get().http
+        ),
+    )
+    .unwrap();
+    let web = free_port();
+    let log = dir.path().join("prometheus.log");
+    let mut prometheus = KillOnDrop(
+        Command::new(&binary)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display())),
+    );
+    let log_tail = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    };
+
+    send_readings(&server.get().url(), "prom-scraped", CALLS).await;
+
+    let promql = format!("{DURATION_COUNT}{{grpc_method=\"{METHOD}\",grpc_status=\"OK\"}}");
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(60);
+    loop {
+        if let Some(exit) = prometheus.0.try_wait().unwrap() {
+            panic!("prometheus exited ({exit}):\n{}", log_tail());
+        }
+        let ready = TcpStream::connect(("127.0.0.1", web)).is_ok()
+            && get_with_headers(web, "/-/ready").0 == 200;
+        if ready
+            && query(web, &promql)
+                .iter()
+                .any(|e| sample(e) >= CALLS as f64)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never saw {CALLS} calls; last answer {:?}\n{}",
+            ready.then(|| query(web, &promql)),
+            log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("Prometheus saw the calls after {:?}", started.elapsed());
+
+    let up = query(web, "up{job=\"sensorhub\"}");
+    assert_eq!(up.len(), 1, "{up:?}");
+    assert_eq!(sample(&up[0]), 1.0, "{up:?}");
+
+    drop(prometheus);
+    server.stop();
+}
