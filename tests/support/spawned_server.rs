@@ -23,7 +23,8 @@ pub fn free_port() -> u16 {
 
 /// A running `sensorhub serve --insecure` with a token, its gRPC and HTTP ports.
 pub struct SpawnedServer {
-    pub child: Child,
+    /// `None` once [`SpawnedServer::terminate`] took it.
+    child: Option<Child>,
     pub grpc: u16,
     pub http: u16,
 }
@@ -57,7 +58,11 @@ impl SpawnedServer {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn sensorhub serve");
-        let server = SpawnedServer { child, grpc, http };
+        let server = SpawnedServer {
+            child: Some(child),
+            grpc,
+            http,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", grpc)).is_err() {
             assert!(Instant::now() < deadline, "the server did not start");
@@ -72,8 +77,9 @@ impl SpawnedServer {
 
     /// SIGTERM, then waits (at most `limit`) for the exit: the output and how long it took.
     pub fn terminate(mut self, limit: Duration) -> (Output, Duration) {
+        let mut child = self.child.take().expect("running");
         let started = Instant::now();
-        let pid = self.child.id().to_string();
+        let pid = child.id().to_string();
         assert!(
             Command::new("kill")
                 .args(["-TERM", &pid])
@@ -81,15 +87,25 @@ impl SpawnedServer {
                 .unwrap()
                 .success()
         );
-        while self.child.try_wait().unwrap().is_none() {
+        while child.try_wait().unwrap().is_none() {
             if started.elapsed() > limit {
-                let _ = self.child.kill();
+                let _ = child.kill();
                 panic!("the server did not exit within {limit:?} of SIGTERM");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         let elapsed = started.elapsed();
-        (self.child.wait_with_output().unwrap(), elapsed)
+        (child.wait_with_output().unwrap(), elapsed)
+    }
+}
+
+/// A test that fails half-way must not leave a server running.
+impl Drop for SpawnedServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
