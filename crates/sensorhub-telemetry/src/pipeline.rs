@@ -31,7 +31,6 @@ use tracing_subscriber::{
     EnvFilter, Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _,
 };
 
-pub use accounting::TARGET as EXPORT_WARNING_TARGET;
 pub use settings::{Exporter, Protocol, Settings, SettingsError};
 pub use span_tree::SpanRecorder;
 
@@ -79,7 +78,6 @@ pub enum PipelineError {
 /// The running pipeline. Keep it alive; call [`Telemetry::shutdown`] last.
 #[derive(Debug)]
 pub struct Telemetry {
-    settings: Settings,
     tracer: Option<SdkTracerProvider>,
     meter: Option<SdkMeterProvider>,
     logger: Option<SdkLoggerProvider>,
@@ -106,6 +104,26 @@ impl PrometheusText {
 
 /// The content type of [`PrometheusText::render`].
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Builds an OTLP exporter for one signal over the chosen protocol. The
+/// three exporter builders share no trait, hence a macro rather than a
+/// generic function.
+macro_rules! otlp_exporter {
+    ($exporter:ty, $signal:literal, $protocol:expr) => {{
+        let builder = <$exporter>::builder();
+        match $protocol {
+            Protocol::Grpc => builder.with_tonic().build(),
+            Protocol::HttpProtobuf => builder
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .build(),
+        }
+        .map_err(|source| PipelineError::Exporter {
+            signal: $signal,
+            source,
+        })
+    }};
+}
 
 impl Telemetry {
     /// Reads the environment, builds the providers, installs them and the
@@ -140,7 +158,11 @@ impl Telemetry {
                         builder.with_reader(reader)
                     }
                     Exporter::Otlp => {
-                        let exporter = otlp_metrics(settings.metrics_protocol)?;
+                        let exporter = otlp_exporter!(
+                            opentelemetry_otlp::MetricExporter,
+                            "metrics",
+                            settings.metrics_protocol
+                        )?;
                         builder.with_reader(
                             PeriodicReader::builder(exporter)
                                 .with_interval(settings.metric_export_interval)
@@ -170,7 +192,11 @@ impl Telemetry {
             for exporter in &settings.traces {
                 builder = match exporter {
                     Exporter::Otlp => builder.with_batch_exporter(accounting::Accounted {
-                        inner: otlp_spans(settings.traces_protocol)?,
+                        inner: otlp_exporter!(
+                            opentelemetry_otlp::SpanExporter,
+                            "traces",
+                            settings.traces_protocol
+                        )?,
                         account: account.clone(),
                     }),
                     Exporter::Console => {
@@ -195,7 +221,11 @@ impl Telemetry {
             for exporter in &settings.logs {
                 builder = match exporter {
                     Exporter::Otlp => builder.with_batch_exporter(accounting::Accounted {
-                        inner: otlp_logs(settings.logs_protocol)?,
+                        inner: otlp_exporter!(
+                            opentelemetry_otlp::LogExporter,
+                            "logs",
+                            settings.logs_protocol
+                        )?,
                         account: account.clone(),
                     }),
                     Exporter::Console => {
@@ -228,7 +258,6 @@ impl Telemetry {
 
         install_subscriber(&options, tracer.as_ref(), logger.as_ref())?;
         Ok(Telemetry {
-            settings,
             recorder: options.recorder.filter(|_| tracer.is_some()),
             tracer,
             meter,
@@ -245,11 +274,6 @@ impl Telemetry {
     /// The in-memory span recorder, if one was asked for and tracing is on.
     pub fn recorder(&self) -> Option<&SpanRecorder> {
         self.recorder.as_ref()
-    }
-
-    /// What the environment said.
-    pub fn settings(&self) -> &Settings {
-        &self.settings
     }
 
     /// Exports what is buffered and stops the exporters, giving up after
@@ -284,51 +308,6 @@ impl Telemetry {
             );
         }
     }
-}
-
-fn otlp_spans(protocol: Protocol) -> Result<opentelemetry_otlp::SpanExporter, PipelineError> {
-    let builder = opentelemetry_otlp::SpanExporter::builder();
-    match protocol {
-        Protocol::Grpc => builder.with_tonic().build(),
-        Protocol::HttpProtobuf => builder
-            .with_http()
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .build(),
-    }
-    .map_err(|source| PipelineError::Exporter {
-        signal: "traces",
-        source,
-    })
-}
-
-fn otlp_metrics(protocol: Protocol) -> Result<opentelemetry_otlp::MetricExporter, PipelineError> {
-    let builder = opentelemetry_otlp::MetricExporter::builder();
-    match protocol {
-        Protocol::Grpc => builder.with_tonic().build(),
-        Protocol::HttpProtobuf => builder
-            .with_http()
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .build(),
-    }
-    .map_err(|source| PipelineError::Exporter {
-        signal: "metrics",
-        source,
-    })
-}
-
-fn otlp_logs(protocol: Protocol) -> Result<opentelemetry_otlp::LogExporter, PipelineError> {
-    let builder = opentelemetry_otlp::LogExporter::builder();
-    match protocol {
-        Protocol::Grpc => builder.with_tonic().build(),
-        Protocol::HttpProtobuf => builder
-            .with_http()
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .build(),
-    }
-    .map_err(|source| PipelineError::Exporter {
-        signal: "logs",
-        source,
-    })
 }
 
 fn sampler(settings: &Settings) -> sdktrace::Sampler {

@@ -9,6 +9,7 @@ mod body;
 mod client;
 pub mod conventions;
 mod frames;
+mod outcome;
 mod propagation;
 mod server;
 

@@ -16,16 +16,17 @@ use http::{Request, Response};
 use opentelemetry::{
     Context, KeyValue, Value, global,
     metrics::{Counter, Histogram},
-    trace::{SpanKind, Status, TraceContextExt, Tracer},
+    trace::{SpanKind, TraceContextExt, Tracer},
 };
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::{
     body::{CANCELLED, CallEnd, CountedBody, ObservedBody, status_of_error},
-    conventions::{a66, grpc_status, semconv, status_from_http, status_name},
+    conventions::{a66, semconv, status_name},
     frames::Tally,
     instrumentation_scope,
+    outcome::{end_span, latency_histogram, semconv_attributes, size_histogram, status_in_head},
     propagation::HeaderInjector,
 };
 
@@ -50,22 +51,6 @@ impl GrpcClientLayer {
                 _ => None,
             })
         });
-        let size = |name: &'static str, description: &'static str| {
-            meter
-                .u64_histogram(name)
-                .with_unit("By")
-                .with_description(description)
-                .with_boundaries(a66::SIZE_BUCKETS.to_vec())
-                .build()
-        };
-        let latency = |name: &'static str, description: &'static str| {
-            meter
-                .f64_histogram(name)
-                .with_unit("s")
-                .with_description(description)
-                .with_boundaries(a66::LATENCY_BUCKETS.to_vec())
-                .build()
-        };
         Self {
             shared: Arc::new(ClientShared {
                 target: Value::from(Arc::<str>::from(target)),
@@ -77,28 +62,34 @@ impl GrpcClientLayer {
                     .with_unit("{attempt}")
                     .with_description("Number of call attempts started by the client")
                     .build(),
-                attempt_duration: latency(
+                attempt_duration: latency_histogram(
+                    &meter,
                     a66::CLIENT_ATTEMPT_DURATION,
                     "Time from the start of an attempt to its status",
+                    a66::LATENCY_BUCKETS,
                 ),
-                call_duration: latency(
+                call_duration: latency_histogram(
+                    &meter,
                     a66::CLIENT_CALL_DURATION,
                     "Time from the start of a call to its status, as the application sees it",
+                    a66::LATENCY_BUCKETS,
                 ),
-                sent: size(
+                sent: size_histogram(
+                    &meter,
                     a66::CLIENT_SENT_SIZE,
                     "Compressed payload bytes the client sent in one attempt",
                 ),
-                rcvd: size(
+                rcvd: size_histogram(
+                    &meter,
                     a66::CLIENT_RCVD_SIZE,
                     "Compressed payload bytes the client received in one attempt",
                 ),
-                semconv_duration: meter
-                    .f64_histogram(semconv::CLIENT_CALL_DURATION)
-                    .with_unit("s")
-                    .with_description("Duration of client calls (RPC semantic conventions)")
-                    .with_boundaries(semconv::DURATION_BUCKETS.to_vec())
-                    .build(),
+                semconv_duration: latency_histogram(
+                    &meter,
+                    semconv::CLIENT_CALL_DURATION,
+                    "Duration of client calls (RPC semantic conventions)",
+                    semconv::DURATION_BUCKETS,
+                ),
             }),
         }
     }
@@ -248,12 +239,7 @@ where
         let call = this.call.take().expect("polled after completion");
         Poll::Ready(match response {
             Ok(response) => {
-                let ended = if response.status() != http::StatusCode::OK {
-                    Some(status_from_http(response.status()))
-                } else {
-                    grpc_status(response.headers())
-                };
-                let call = match ended {
+                let call = match status_in_head(&response) {
                     Some(status) => {
                         call.finish(status, (0, 0));
                         None
@@ -299,34 +285,15 @@ impl CallEnd for ClientCall {
         shared.rcvd.record(received_bytes, &a66);
 
         let failed = status != 0;
-        let mut semconv = Vec::with_capacity(4);
-        semconv.push(KeyValue::new(semconv::RPC_SYSTEM_NAME, "grpc"));
-        semconv.push(KeyValue::new(semconv::RPC_METHOD, self.method.clone()));
-        semconv.push(KeyValue::new(semconv::RPC_RESPONSE_STATUS_CODE, name));
-        if failed {
-            semconv.push(KeyValue::new(semconv::ERROR_TYPE, name));
-        }
-        shared.semconv_duration.record(elapsed, &semconv);
-
-        let span = self.otel.span();
-        span.set_attribute(KeyValue::new(semconv::RPC_RESPONSE_STATUS_CODE, name));
-        span.set_attribute(KeyValue::new(
-            semconv::REQUEST_MESSAGES,
-            sent_messages as i64,
-        ));
-        span.set_attribute(KeyValue::new(semconv::REQUEST_BYTES, sent_bytes as i64));
-        span.set_attribute(KeyValue::new(
-            semconv::RESPONSE_MESSAGES,
-            received_messages as i64,
-        ));
-        span.set_attribute(KeyValue::new(
-            semconv::RESPONSE_BYTES,
-            received_bytes as i64,
-        ));
-        if failed {
-            span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, name));
-            span.set_status(Status::error(name));
-        }
-        span.end();
+        shared
+            .semconv_duration
+            .record(elapsed, &semconv_attributes(self.method, name, failed));
+        end_span(
+            &self.otel,
+            name,
+            failed,
+            (sent_messages, sent_bytes),
+            (received_messages, received_bytes),
+        );
     }
 }

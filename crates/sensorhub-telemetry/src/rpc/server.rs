@@ -19,7 +19,7 @@ use http::{Request, Response};
 use opentelemetry::{
     Context, KeyValue, Value, global,
     metrics::{Counter, Histogram},
-    trace::{FutureExt as _, SpanKind, Status, TraceContextExt, Tracer},
+    trace::{FutureExt as _, SpanKind, TraceContextExt, Tracer},
 };
 use pin_project_lite::pin_project;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -27,9 +27,10 @@ use tower::{Layer, Service};
 
 use super::{
     body::{CANCELLED, CallEnd, CountedBody, ObservedBody, UNKNOWN},
-    conventions::{a66, grpc_status, is_server_error, semconv, status_from_http, status_name},
+    conventions::{a66, is_server_error, semconv, status_name},
     frames::Tally,
     instrumentation_scope,
+    outcome::{end_span, latency_histogram, semconv_attributes, size_histogram, status_in_head},
     propagation::HeaderExtractor,
 };
 
@@ -66,32 +67,28 @@ impl GrpcServerLayer {
                     .with_unit("{call}")
                     .with_description("Number of calls started on the server")
                     .build(),
-                duration: meter
-                    .f64_histogram(a66::SERVER_CALL_DURATION)
-                    .with_unit("s")
-                    .with_description(
-                        "Time from the first request header to the trailers being sent",
-                    )
-                    .with_boundaries(a66::LATENCY_BUCKETS.to_vec())
-                    .build(),
-                sent: meter
-                    .u64_histogram(a66::SERVER_SENT_SIZE)
-                    .with_unit("By")
-                    .with_description("Compressed payload bytes the server sent in one call")
-                    .with_boundaries(a66::SIZE_BUCKETS.to_vec())
-                    .build(),
-                rcvd: meter
-                    .u64_histogram(a66::SERVER_RCVD_SIZE)
-                    .with_unit("By")
-                    .with_description("Compressed payload bytes the server received in one call")
-                    .with_boundaries(a66::SIZE_BUCKETS.to_vec())
-                    .build(),
-                semconv_duration: meter
-                    .f64_histogram(semconv::SERVER_CALL_DURATION)
-                    .with_unit("s")
-                    .with_description("Duration of server calls (RPC semantic conventions)")
-                    .with_boundaries(semconv::DURATION_BUCKETS.to_vec())
-                    .build(),
+                duration: latency_histogram(
+                    &meter,
+                    a66::SERVER_CALL_DURATION,
+                    "Time from the first request header to the trailers being sent",
+                    a66::LATENCY_BUCKETS,
+                ),
+                sent: size_histogram(
+                    &meter,
+                    a66::SERVER_SENT_SIZE,
+                    "Compressed payload bytes the server sent in one call",
+                ),
+                rcvd: size_histogram(
+                    &meter,
+                    a66::SERVER_RCVD_SIZE,
+                    "Compressed payload bytes the server received in one call",
+                ),
+                semconv_duration: latency_histogram(
+                    &meter,
+                    semconv::SERVER_CALL_DURATION,
+                    "Duration of server calls (RPC semantic conventions)",
+                    semconv::DURATION_BUCKETS,
+                ),
             }),
         }
     }
@@ -204,10 +201,9 @@ where
                 start,
                 a66_method,
                 semconv_method,
-                otel: otel.clone(),
+                otel,
                 received,
             }),
-            otel: Some(otel),
         }
     }
 }
@@ -228,7 +224,6 @@ pin_project! {
         #[pin]
         inner: opentelemetry::context::WithContext<F>,
         call: Option<ServerCall>,
-        otel: Option<Context>,
     }
 
     impl<F> PinnedDrop for ServerFuture<F> {
@@ -262,18 +257,15 @@ where
         let call = this.call.take().expect("polled after completion");
         Poll::Ready(match response {
             Ok(response) => {
-                let ended = if response.status() != http::StatusCode::OK {
-                    Some(status_from_http(response.status()))
-                } else {
-                    // Trailers-only: the status is in the head and the body is empty.
-                    grpc_status(response.headers())
-                };
-                let (call, otel) = match ended {
+                let (call, otel) = match status_in_head(&response) {
                     Some(status) => {
                         call.finish(status, (0, 0));
                         (None, None)
                     }
-                    None => (Some(call), this.otel.take()),
+                    None => {
+                        let otel = call.otel.clone();
+                        (Some(call), Some(otel))
+                    }
                 };
                 Ok(response.map(|body| ObservedBody::new(body, call, otel)))
             }
@@ -299,7 +291,7 @@ pub struct ServerCall {
 impl CallEnd for ServerCall {
     fn finish(self, status: i32, (sent_messages, sent_bytes): (u64, u64)) {
         let elapsed = self.start.elapsed().as_secs_f64();
-        let (received_messages, received_bytes) = self.received.get();
+        let received = self.received.get();
         let name = status_name(status);
         let shared = &self.shared;
 
@@ -309,34 +301,19 @@ impl CallEnd for ServerCall {
         ];
         shared.duration.record(elapsed, &a66);
         shared.sent.record(sent_bytes, &a66);
-        shared.rcvd.record(received_bytes, &a66);
+        shared.rcvd.record(received.1, &a66);
 
         let failed = is_server_error(status);
-        let mut semconv = Vec::with_capacity(4);
-        semconv.push(KeyValue::new(semconv::RPC_SYSTEM_NAME, "grpc"));
-        semconv.push(KeyValue::new(semconv::RPC_METHOD, self.semconv_method));
-        semconv.push(KeyValue::new(semconv::RPC_RESPONSE_STATUS_CODE, name));
-        if failed {
-            semconv.push(KeyValue::new(semconv::ERROR_TYPE, name));
-        }
-        shared.semconv_duration.record(elapsed, &semconv);
-
-        let span = self.otel.span();
-        span.set_attribute(KeyValue::new(semconv::RPC_RESPONSE_STATUS_CODE, name));
-        span.set_attribute(KeyValue::new(
-            semconv::REQUEST_MESSAGES,
-            received_messages as i64,
-        ));
-        span.set_attribute(KeyValue::new(semconv::REQUEST_BYTES, received_bytes as i64));
-        span.set_attribute(KeyValue::new(
-            semconv::RESPONSE_MESSAGES,
-            sent_messages as i64,
-        ));
-        span.set_attribute(KeyValue::new(semconv::RESPONSE_BYTES, sent_bytes as i64));
-        if failed {
-            span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, name));
-            span.set_status(Status::error(name));
-        }
-        span.end();
+        shared.semconv_duration.record(
+            elapsed,
+            &semconv_attributes(self.semconv_method, name, failed),
+        );
+        end_span(
+            &self.otel,
+            name,
+            failed,
+            received,
+            (sent_messages, sent_bytes),
+        );
     }
 }
