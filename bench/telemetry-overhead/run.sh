@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
-# Telemetry overhead: unary SendSingleReading throughput with full telemetry
-# (spans + metrics + logs exported over OTLP/gRPC to a real receiver, and
-# Prometheus /metrics) against the same server with OTEL_SDK_DISABLED=true.
-# Runs alternate A B A B ... on the same machine; prints medians and the ratio.
+# Telemetry overhead: unary SendSingleReading throughput and server CPU per
+# call, for four setups of the same server, alternating A B C D A B C D ...
+# on the same machine; prints medians and ratios against "off".
+#
+#   on      full telemetry: every call traced, spans + metrics + logs exported
+#           over OTLP/gRPC to a real receiver, and Prometheus /metrics
+#   sampled the same, traces sampled at 10 % (parentbased_traceidratio)
+#   metrics the embedded default: no OTLP endpoint, Prometheus /metrics only
+#   off     OTEL_SDK_DISABLED=true
+#
+# Server CPU per call (user + system time of the server process over the run,
+# divided by the calls) is the steadier figure on a shared machine: it does
+# not move when another process takes a core.
 #
 #   bench/telemetry-overhead/run.sh [reps=5] [requests=100000]
 #
@@ -47,6 +56,8 @@ run_one() { # $1 = label, $2.. = env
   local pid=$!
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
   local out
+  local t0
+  t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
   out=$(h2load -n "$requests" -c 4 -m 32 -d "$work/body.bin" \
       -H 'content-type: application/grpc' -H 'te: trailers' -H "authorization: $token" \
       "http://127.0.0.1:$port/SensorService/SendSingleReading")
@@ -54,24 +65,33 @@ run_one() { # $1 = label, $2.. = env
   local ok
   ok=$(curl -s "http://127.0.0.1:$http/metrics" 2>/dev/null \
       | awk '/^grpc_server_call_started_total\{.*SendSingleReading/{print $2}' || true)
+  local ticks
+  ticks=$(( $(awk '{print $14 + $15}' "/proc/$pid/stat") - t0 ))
   kill -TERM $pid; wait $pid || true
   local rps
   rps=$(awk '/^finished in/{gsub(",","",$4); print $4}' <<<"$out")
-  echo "$label $rps ${ok:-n/a}"
+  # CPU ticks are 1/100 s: microseconds per call.
+  local cpu_us
+  cpu_us=$(python3 -c "print(f'{$ticks * 10000 / $requests:.1f}')")
+  echo "$label $rps $cpu_us ${ok:-n/a}"
 }
 
 results=$work/results
 for i in $(seq "$reps"); do
   run_one on OTEL_EXPORTER_OTLP_ENDPOINT="$otlp" OTEL_METRIC_EXPORT_INTERVAL=5000 | tee -a "$results"
+  run_one sampled OTEL_EXPORTER_OTLP_ENDPOINT="$otlp" OTEL_METRIC_EXPORT_INTERVAL=5000 \
+      OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.1 | tee -a "$results"
+  run_one metrics | tee -a "$results"
   run_one off OTEL_SDK_DISABLED=true | tee -a "$results"
 done
 python3 - "$results" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
-on = [float(r[1]) for r in rows if r[0] == "on"]
-off = [float(r[1]) for r in rows if r[0] == "off"]
-mo, mf = statistics.median(on), statistics.median(off)
-print(f"telemetry on : median {mo:,.0f} req/s  {sorted(on)}")
-print(f"telemetry off: median {mf:,.0f} req/s  {sorted(off)}")
-print(f"on/off ratio : {mo/mf:.3f}  (overhead {100*(1-mo/mf):.1f} %)")
+def med(label, col):
+    return statistics.median(float(r[col]) for r in rows if r[0] == label)
+off_rps, off_cpu = med("off", 1), med("off", 2)
+print(f"{'setup':8} {'req/s':>9} {'ratio':>6} {'CPU us/call':>12} {'ratio':>6}")
+for label in ("on", "sampled", "metrics", "off"):
+    rps, cpu = med(label, 1), med(label, 2)
+    print(f"{label:8} {rps:9,.0f} {rps / off_rps:6.2f} {cpu:12.1f} {cpu / off_cpu:6.2f}")
 PY

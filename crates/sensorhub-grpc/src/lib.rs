@@ -19,6 +19,7 @@ pub mod pki;
 pub mod server;
 pub mod service;
 mod service_metrics;
+mod store_spans;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod tls;

@@ -24,7 +24,6 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::Instrument as _;
 
 use crate::convert::{
     alert_to_wire, decode_status, invalid_reading, invalid_reading_in_stream, invalid_request,
@@ -32,6 +31,7 @@ use crate::convert::{
     store_status,
 };
 use crate::service_metrics::{RpcKind, ServiceMetrics};
+use crate::store_spans::StoreSpans;
 
 /// Tunables of the service.
 #[derive(Debug, Clone)]
@@ -75,6 +75,7 @@ pub struct SensorHub {
     config: Arc<ServiceConfig>,
     life: Lifecycle,
     metrics: ServiceMetrics,
+    spans: StoreSpans,
 }
 
 impl SensorHub {
@@ -84,6 +85,7 @@ impl SensorHub {
             config: Arc::new(config),
             life,
             metrics: ServiceMetrics::new(),
+            spans: StoreSpans::new(),
         }
     }
 
@@ -122,9 +124,8 @@ impl pb::sensor_service_server::SensorService for SensorHub {
         let reading = reading_from_wire(request.into_inner());
         self.check(&reading).map_err(|v| invalid_reading(&v))?;
         let receipt = self
-            .store
-            .append(vec![reading])
-            .instrument(commit_span(1))
+            .spans
+            .insert(1, self.store.append(vec![reading]))
             .await
             .map_err(|e| store_status(&e))?;
         self.metrics.stored(RpcKind::Unary, receipt.count as u64);
@@ -147,6 +148,7 @@ impl pb::sensor_service_server::SensorService for SensorHub {
             self.store.clone(),
             self.config.ingest_in_flight,
             self.metrics.clone(),
+            self.spans.clone(),
         );
         let mut chunk = Vec::with_capacity(self.config.ingest_chunk);
         let mut index: u64 = 0;
@@ -206,6 +208,7 @@ impl pb::sensor_service_server::SensorService for SensorHub {
         let reader = HistoryReader {
             _active: self.metrics.stream(RpcKind::ServerStream),
             store: self.store.clone(),
+            spans: self.spans.clone(),
             page_size: self.config.page_size,
             life: self.life.clone(),
             limit: (request.limit > 0).then_some(request.limit),
@@ -369,12 +372,14 @@ struct Ingest {
     max_in_flight: usize,
     stored: u64,
     metrics: ServiceMetrics,
+    spans: StoreSpans,
 }
 
 impl Ingest {
-    fn new(store: Store, max_in_flight: usize, metrics: ServiceMetrics) -> Self {
+    fn new(store: Store, max_in_flight: usize, metrics: ServiceMetrics, spans: StoreSpans) -> Self {
         Self {
             store,
+            spans,
             in_flight: VecDeque::new(),
             max_in_flight: max_in_flight.max(1),
             stored: 0,
@@ -408,9 +413,9 @@ impl Ingest {
 
     async fn commit_oldest(&mut self) -> Result<(), Status> {
         if let Some((pending, readings)) = self.in_flight.pop_front() {
-            let receipt = pending
-                .committed()
-                .instrument(commit_span(readings))
+            let receipt = self
+                .spans
+                .insert(readings, pending.committed())
                 .await
                 .map_err(|e| self.failed(&e))?;
             self.stored += receipt.count as u64;
@@ -462,6 +467,7 @@ struct HistoryReader {
     /// Counts the call in `sensorhub.streams.active` while the reader runs.
     _active: crate::service_metrics::ActiveStream,
     store: Store,
+    spans: StoreSpans,
     page_size: usize,
     life: Lifecycle,
     limit: Option<u64>,
@@ -490,7 +496,7 @@ impl HistoryReader {
             let page_size = remaining.min(self.page_size as u64) as usize;
             let page = tokio::select! {
                 _ = tx.closed() => return Ok(()),
-                page = self.store.history_page(&query, cursor, page_size).instrument(select_span(page_size)) => page.map_err(|e| store_status(&e))?,
+                page = self.spans.select(page_size, self.store.history_page(&query, cursor, page_size)) => page.map_err(|e| store_status(&e))?,
             };
             let full = page.len() == page_size;
             remaining -= page.len() as u64;
@@ -542,30 +548,4 @@ impl HistoryReader {
             }
         }
     }
-}
-
-/// The span of one wait for a durable commit (per call or per chunk, never
-/// per reading), with the database semantic conventions. Analysis (stats
-/// and alerts) runs inside the same transaction, so its time is in here too.
-fn commit_span(readings: usize) -> tracing::Span {
-    tracing::info_span!(
-        "INSERT readings",
-        otel.kind = "client",
-        db.system.name = "sqlite",
-        db.operation.name = "INSERT",
-        db.collection.name = "readings",
-        db.operation.batch.size = readings as u64,
-    )
-}
-
-/// The span of one history page read (per page of up to `page_size` readings).
-fn select_span(page_size: usize) -> tracing::Span {
-    tracing::info_span!(
-        "SELECT readings",
-        otel.kind = "client",
-        db.system.name = "sqlite",
-        db.operation.name = "SELECT",
-        db.collection.name = "readings",
-        db.query.page_size = page_size as u64,
-    )
 }

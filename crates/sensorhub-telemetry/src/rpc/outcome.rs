@@ -77,20 +77,14 @@ pub(crate) fn end_span(
     (response_messages, response_bytes): (u64, u64),
 ) {
     let span = otel.span();
-    span.set_attribute(KeyValue::new(semconv::RPC_RESPONSE_STATUS_CODE, status));
-    span.set_attribute(KeyValue::new(
-        semconv::REQUEST_MESSAGES,
-        request_messages as i64,
-    ));
-    span.set_attribute(KeyValue::new(semconv::REQUEST_BYTES, request_bytes as i64));
-    span.set_attribute(KeyValue::new(
-        semconv::RESPONSE_MESSAGES,
-        response_messages as i64,
-    ));
-    span.set_attribute(KeyValue::new(
-        semconv::RESPONSE_BYTES,
-        response_bytes as i64,
-    ));
+    // One call, one lock of the span's data.
+    span.set_attributes([
+        KeyValue::new(semconv::RPC_RESPONSE_STATUS_CODE, status),
+        KeyValue::new(semconv::REQUEST_MESSAGES, request_messages as i64),
+        KeyValue::new(semconv::REQUEST_BYTES, request_bytes as i64),
+        KeyValue::new(semconv::RESPONSE_MESSAGES, response_messages as i64),
+        KeyValue::new(semconv::RESPONSE_BYTES, response_bytes as i64),
+    ]);
     if failed {
         span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, status));
         span.set_status(Status::error(status));
