@@ -1,0 +1,47 @@
+#!/bin/sh
+# One-shot init of the compose stack: a CA, server and client certificates
+# and a random token, written into the certificates volume (default /certs).
+#
+# Idempotent: certificates and token are made once and kept across
+# `docker compose up` runs (remove the volume, `down -v`, to renew them).
+# The server's tokens file is rewritten every run: the generated token, plus
+# PYTHON_CLIENT_TOKEN when set (e.g. `sensor_token_abc`, the token the
+# original Python clients send), so those clients can be pointed at the stack.
+#
+# Extra DNS names for the server certificate: CERT_NAMES (space-separated);
+# localhost, 127.0.0.1, ::1 and grpc-server are always included.
+set -eu
+
+dir="${1:-/certs}"
+mkdir -p "$dir"
+
+if [ ! -s "$dir/server.pem" ] || [ ! -s "$dir/server.key" ] || [ ! -s "$dir/ca.pem" ]; then
+    set --
+    for name in ${CERT_NAMES:-sensorhub}; do
+        set -- "$@" --name "$name"
+    done
+    sensorhub certs --out "$dir" "$@"
+    echo "sensorhub-init: certificates written to $dir"
+else
+    echo "sensorhub-init: keeping the certificates in $dir"
+fi
+
+if [ ! -s "$dir/token" ]; then
+    umask 077
+    od -An -N24 -tx1 /dev/urandom | tr -d ' \n' > "$dir/token.tmp"
+    mv "$dir/token.tmp" "$dir/token"
+    echo "sensorhub-init: new token written to $dir/token"
+fi
+
+umask 077
+{
+    echo "# Written by sensorhub-init; rewritten on every start."
+    cat "$dir/token"
+    echo
+    if [ -n "${PYTHON_CLIENT_TOKEN:-}" ]; then
+        echo "# PYTHON_CLIENT_TOKEN, for the original Python clients"
+        echo "$PYTHON_CLIENT_TOKEN"
+    fi
+} > "$dir/tokens.tmp"
+mv "$dir/tokens.tmp" "$dir/tokens"
+echo "sensorhub-init: tokens file $dir/tokens ready"

@@ -1,0 +1,308 @@
+//! The compose stack's Prometheus configuration, exercised for real: a Debian
+//! `prometheus` runs the project's `sensorhub` scrape job (its target moved to
+//! a live server, its intervals shortened) and every rule file of
+//! deploy/prometheus/rules, while the compose file's sensors feed the server.
+//!
+//! - every rule evaluates without error (many-to-many matches, bad `on()`
+//!   show only at evaluation, never in `promtool check`);
+//! - every Prometheus query of every dashboard panel is accepted, and every
+//!   one that reads the server's series (directly or through recording
+//!   rules) returns data: no panel of the gRPC, Sensors or SLO dashboards is
+//!   empty after the first scrapes;
+//! - the temperature alert fires for the hot and the cold sensor.
+//!
+//! Skipped without the binary unless `SENSORHUB_REQUIRE_PROMETHEUS=1`.
+
+#[path = "support/spawned_server.rs"]
+mod spawned_server;
+
+#[path = "support/deploy_stack.rs"]
+mod deploy_stack;
+
+#[path = "support/deploy_traffic.rs"]
+mod deploy_traffic;
+
+use std::{
+    collections::BTreeSet,
+    fs::File,
+    io::{Read, Write},
+    net::TcpStream,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use deploy_stack::{
+    PROMETHEUS_BUILTIN, as_promql, dashboard_queries, deploy, prometheus, rules, selectors, yaml,
+};
+use serde_norway::Value;
+use spawned_server::free_port;
+
+/// A child process killed (and reaped) when dropped, whatever happened.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One HTTP/1.0 GET: status and body.
+fn get(port: u16, path: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(tcp, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).expect("read the response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("headers and body");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    (status, body.to_owned())
+}
+
+fn url_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() * 3);
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// /api/v1/query: Ok(result array) or Err(the error Prometheus gave).
+fn query(port: u16, promql: &str) -> Result<Vec<serde_json::Value>, String> {
+    let (status, body) = get(port, &format!("/api/v1/query?query={}", url_encode(promql)));
+    let json: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("{status}: {e}: {body}"))?;
+    if json["status"] != "success" {
+        return Err(format!("{status}: {body}"));
+    }
+    Ok(json["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
+}
+
+/// The project's Prometheus configuration, reduced to what can run here:
+/// the `sensorhub` job as written (path, settings) with its target replaced,
+/// 1 s intervals, and every rule file (absolute paths); no Alertmanager.
+fn test_config(target: &str) -> String {
+    let mut config = yaml(&deploy().join("prometheus/prometheus.yml"));
+    let jobs = config["scrape_configs"].as_sequence().unwrap().clone();
+    let mut job = jobs
+        .into_iter()
+        .find(|job| job["job_name"].as_str() == Some("sensorhub"))
+        .expect("a scrape job named sensorhub");
+    assert_eq!(
+        job["static_configs"][0]["targets"][0].as_str(),
+        Some("sensorhub:9464"),
+        "the sensorhub job scrapes the compose service's HTTP listener"
+    );
+    job["static_configs"][0]["targets"] = Value::Sequence(vec![Value::String(target.to_owned())]);
+    job["scrape_interval"] = Value::String("1s".to_owned());
+    job["scrape_timeout"] = Value::String("1s".to_owned());
+    let globals = config["global"].as_mapping_mut().expect("global");
+    for key in ["scrape_interval", "evaluation_interval", "scrape_timeout"] {
+        globals.insert(
+            Value::String(key.to_owned()),
+            Value::String("1s".to_owned()),
+        );
+    }
+    let rule_glob = config["rule_files"][0]
+        .as_str()
+        .expect("rule_files")
+        .to_owned();
+    assert_eq!(rule_glob, "rules/*.yml");
+    config["rule_files"] = Value::Sequence(vec![Value::String(
+        deploy()
+            .join("prometheus")
+            .join(&rule_glob)
+            .display()
+            .to_string(),
+    )]);
+    config["scrape_configs"] = Value::Sequence(vec![job]);
+    let map = config.as_mapping_mut().unwrap();
+    map.remove("alerting");
+    serde_norway::to_string(&config).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_with_the_project_config_serves_every_dashboard_query() {
+    let Some(binary) = prometheus() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = deploy_traffic::start_server(&dir.path().join("data"));
+
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(&config, test_config(&format!("127.0.0.1:{}", server.http))).unwrap();
+    let web = free_port();
+    let log = dir.path().join("prometheus.log");
+    let mut prometheus = KillOnDrop(
+        Command::new(&binary)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display())),
+    );
+    let log_tail = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    };
+
+    deploy_traffic::drive(&server).await;
+    deploy_traffic::scrape_until(&server, deploy_traffic::AFTER_TRAFFIC).await;
+    // Keep traffic flowing while Prometheus scrapes, as the stack's sensors do.
+    let mut sensor = Command::new(spawned_server::BIN);
+    sensor
+        .args([
+            "sensor",
+            "--mode",
+            "unary",
+            "--sensor-id",
+            "deploy-background",
+        ])
+        .args(["--interval-max", "50ms", "--server", &server.url()])
+        .env("SENSORHUB_TOKEN", deploy_traffic::TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    spawned_server::clean_env(&mut sensor);
+    let background = KillOnDrop(sensor.spawn().expect("spawn a background sensor"));
+
+    // Ready, scraping, and the recording rules evaluated over two scrapes.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(exit) = prometheus.0.try_wait().unwrap() {
+            panic!("prometheus exited ({exit}):\n{}", log_tail());
+        }
+        let ready = TcpStream::connect(("127.0.0.1", web)).is_ok() && get(web, "/-/ready").0 == 200;
+        if ready
+            && query(web, "sensorhub:slo_latency_slow:ratio_rate5m").is_ok_and(|r| !r.is_empty())
+            && query(web, "sensorhub:grpc_server_failed_calls:ratio_rate5m")
+                .is_ok_and(|r| !r.is_empty())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the recording rules never produced data\n{}",
+            log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let up = query(web, "up{job=\"sensorhub\"}").unwrap();
+    assert_eq!(up.len(), 1, "{up:?}");
+    assert_eq!(up[0]["value"][1], "1", "{up:?}");
+
+    // Every rule loaded and evaluates cleanly (after another evaluation).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, body) = get(web, "/api/v1/rules");
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut evaluated = 0;
+    for group in json["data"]["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            evaluated += 1;
+            assert_eq!(
+                rule["health"], "ok",
+                "rule {} does not evaluate: {}",
+                rule["name"], rule["lastError"]
+            );
+        }
+    }
+    assert_eq!(evaluated, rules().len(), "not every rule was loaded");
+
+    // Every dashboard query: accepted, and with data when it reads the server.
+    let recorded: BTreeSet<String> = rules().into_iter().filter_map(|r| r.record).collect();
+    let mut checked = 0;
+    let mut with_data = 0;
+    let mut problems = Vec::new();
+    for panel in dashboard_queries() {
+        if panel.datasource != "prometheus" {
+            continue;
+        }
+        let promql = as_promql(&panel.expr);
+        checked += 1;
+        let result = match query(web, &promql) {
+            Ok(result) => result,
+            Err(e) => {
+                problems.push(format!(
+                    "{} {:?}: rejected: {e}",
+                    panel.dashboard, panel.panel
+                ));
+                continue;
+            }
+        };
+        // Reads only the server (its own series, or rules made from them).
+        let from_server = selectors(&promql).iter().all(|s| {
+            let job = s.matchers.iter().find(|(label, _, _)| label == "job");
+            if recorded.contains(&s.metric) {
+                true
+            } else if PROMETHEUS_BUILTIN.contains(&s.metric.as_str()) {
+                job.is_some_and(|(_, _, value)| value == "sensorhub")
+            } else {
+                !(s.metric.starts_with("otelcol_") || s.metric.starts_with("traces_span_metrics_"))
+            }
+        });
+        if from_server {
+            with_data += 1;
+            if result.is_empty() {
+                problems.push(format!(
+                    "{} {:?}: no data for {promql}",
+                    panel.dashboard, panel.panel
+                ));
+            }
+        }
+    }
+    assert!(checked >= 40 && with_data >= 30, "{checked} {with_data}");
+    assert!(
+        problems.is_empty(),
+        "{} dashboard queries failed:\n{}\n{}",
+        problems.len(),
+        problems.join("\n"),
+        log_tail()
+    );
+
+    // The hot and the cold sensor raised the server's temperature alerts;
+    // the rules turn them into a firing Prometheus alert for each rule.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let firing = query(
+            web,
+            "ALERTS{alertname=\"SensorTemperatureOutOfRange\",alertstate=\"firing\"}",
+        )
+        .unwrap();
+        let rules: BTreeSet<&str> = firing
+            .iter()
+            .filter_map(|a| a["metric"]["sensorhub_alert_rule"].as_str())
+            .collect();
+        if rules.contains("above_max") && rules.contains("below_min") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SensorTemperatureOutOfRange is not firing for above_max and below_min: {firing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    drop(background);
+    drop(prometheus);
+    let (out, _) = server.terminate(Duration::from_secs(15));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,370 @@
+//! The scripts the compose stack runs, run here for real (no container):
+//!
+//! - `sensorhub-init` (deploy/sensorhub/init.sh) makes a CA, certificates, a
+//!   token and the server's tokens file; a second run keeps them; with
+//!   PYTHON_CLIENT_TOKEN that token is accepted too;
+//! - a TLS server started as compose starts it (certificates and tokens
+//!   file from the init) answers `sensorhub-healthcheck`
+//!   (deploy/sensorhub/healthcheck.sh); the check fails where nothing
+//!   listens;
+//! - `sensorhub-entrypoint sensor ...` (deploy/sensorhub/entrypoint.sh)
+//!   reads the token file and its readings are stored over TLS;
+//! - the alert log (deploy/alert-log/alert_log.py) prints and lists what an
+//!   Alertmanager sends it; with Debian's `prometheus-alertmanager`, the
+//!   project's alertmanager.yml routes a page to it end to end.
+
+#[path = "support/spawned_server.rs"]
+mod spawned_server;
+
+#[path = "support/deploy_stack.rs"]
+mod deploy_stack;
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use deploy_stack::{amtool, deploy, output_text, run, tool, yaml};
+use spawned_server::{BIN, clean_env, free_port};
+
+/// A child process killed (and reaped) when dropped, whatever happened.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// PATH with the test's `sensorhub` binary first, as the image has it.
+fn path_with_binary() -> String {
+    let dir = Path::new(BIN).parent().unwrap().display().to_string();
+    format!("{dir}:{}", std::env::var("PATH").unwrap_or_default())
+}
+
+fn script(name: &str) -> PathBuf {
+    deploy().join("sensorhub").join(name)
+}
+
+fn init(dir: &Path, python_token: Option<&str>) -> std::process::Output {
+    let mut command = Command::new("sh");
+    command
+        .arg(script("init.sh"))
+        .arg(dir)
+        .env("PATH", path_with_binary())
+        .env("CERT_NAMES", "sensorhub grpc-server");
+    match python_token {
+        Some(token) => command.env("PYTHON_CLIENT_TOKEN", token),
+        None => command.env_remove("PYTHON_CLIENT_TOKEN"),
+    };
+    clean_env(&mut command);
+    run(&mut command)
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} never listened on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn healthcheck(http: &str) -> std::process::Output {
+    run(Command::new("bash")
+        .arg(script("healthcheck.sh"))
+        .env("SENSORHUB_HTTP", http))
+}
+
+#[test]
+fn init_serve_healthcheck_and_a_sensor_through_the_entrypoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+
+    let out = init(&certs, None);
+    assert!(out.status.success(), "init:\n{}", output_text(&out));
+    for file in ["ca.pem", "server.pem", "server.key", "token", "tokens"] {
+        let len = std::fs::metadata(certs.join(file))
+            .unwrap_or_else(|e| panic!("{file}: {e}"))
+            .len();
+        assert!(len > 0, "{file} is empty");
+    }
+    let token = std::fs::read_to_string(certs.join("token")).unwrap();
+    assert!(
+        token.len() >= 32 && token.chars().all(|c| c.is_ascii_hexdigit()),
+        "{token:?}"
+    );
+    let tokens = std::fs::read_to_string(certs.join("tokens")).unwrap();
+    assert!(tokens.lines().any(|l| l == token), "{tokens}");
+    assert!(!tokens.contains("sensor_token_abc"), "{tokens}");
+
+    // A second run keeps the certificates and the token; the Python
+    // clients' token is added when asked for.
+    let ca = std::fs::read(certs.join("ca.pem")).unwrap();
+    let out = init(&certs, Some("sensor_token_abc"));
+    assert!(out.status.success(), "second init:\n{}", output_text(&out));
+    assert_eq!(
+        std::fs::read(certs.join("ca.pem")).unwrap(),
+        ca,
+        "the CA was remade"
+    );
+    assert_eq!(std::fs::read_to_string(certs.join("token")).unwrap(), token);
+    let tokens = std::fs::read_to_string(certs.join("tokens")).unwrap();
+    assert!(tokens.lines().any(|l| l == token), "{tokens}");
+    assert!(tokens.lines().any(|l| l == "sensor_token_abc"), "{tokens}");
+
+    // The server as compose runs it: TLS and the tokens file from the init.
+    let (grpc, http) = (free_port(), free_port());
+    let mut serve = Command::new(BIN);
+    serve
+        .arg("serve")
+        .env("SENSORHUB_LISTEN", format!("127.0.0.1:{grpc}"))
+        .env("SENSORHUB_HTTP", format!("127.0.0.1:{http}"))
+        .env("SENSORHUB_TLS_CERT", certs.join("server.pem"))
+        .env("SENSORHUB_TLS_KEY", certs.join("server.key"))
+        .env("SENSORHUB_TOKENS_FILE", certs.join("tokens"))
+        .env("SENSORHUB_DATA", dir.path().join("data"))
+        .env("SENSORHUB_LOG_FORMAT", "json")
+        .env_remove("SENSORHUB_TOKENS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    clean_env(&mut serve);
+    let server = KillOnDrop(serve.spawn().expect("spawn serve"));
+    wait_for_port(grpc, "the server");
+    wait_for_port(http, "the HTTP listener");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = healthcheck(&format!("0.0.0.0:{http}"));
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the health check never passed:\n{}",
+            output_text(&out)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = healthcheck(&format!("0.0.0.0:{}", free_port()));
+    assert!(
+        !out.status.success(),
+        "the health check passed with nothing listening"
+    );
+    let out = healthcheck("off");
+    assert!(
+        !out.status.success(),
+        "the health check passed with --http off"
+    );
+
+    // A sensor through the entrypoint: token from the file, TLS with the CA.
+    let mut sensor = Command::new("sh");
+    sensor
+        .arg(script("entrypoint.sh"))
+        .args([
+            "sensor",
+            "--mode",
+            "unary",
+            "--sensor-id",
+            "entrypoint-sensor",
+        ])
+        .args(["--count", "3", "--interval-max", "10ms"])
+        .env("PATH", path_with_binary())
+        .env("SENSORHUB_SERVER", format!("https://localhost:{grpc}"))
+        .env("SENSORHUB_CA", certs.join("ca.pem"))
+        .env("SENSORHUB_TOKEN_FILE", certs.join("token"))
+        .env_remove("SENSORHUB_TOKEN");
+    clean_env(&mut sensor);
+    let out = run(&mut sensor);
+    assert!(
+        out.status.success(),
+        "sensor via the entrypoint:\n{}",
+        output_text(&out)
+    );
+
+    let mut stats = Command::new(BIN);
+    stats
+        .args(["stats", "--server", &format!("https://localhost:{grpc}")])
+        .env("SENSORHUB_CA", certs.join("ca.pem"))
+        .env("SENSORHUB_TOKEN", &token);
+    clean_env(&mut stats);
+    let out = run(&mut stats);
+    assert!(out.status.success(), "stats:\n{}", output_text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("entrypoint-sensor"),
+        "the sensor's readings were not stored:\n{}",
+        output_text(&out)
+    );
+
+    // Without a readable token file the entrypoint refuses to start.
+    let mut bad = Command::new("sh");
+    bad.arg(script("entrypoint.sh"))
+        .args(["sensor", "--count", "1"])
+        .env("PATH", path_with_binary())
+        .env("SENSORHUB_TOKEN_FILE", dir.path().join("missing"))
+        .env_remove("SENSORHUB_TOKEN");
+    let out = run(&mut bad);
+    assert_eq!(out.status.code(), Some(64), "{}", output_text(&out));
+    drop(server);
+}
+
+/// The alert log, started on a free port: the child and a channel of its
+/// stdout lines.
+fn start_alert_log() -> Option<(KillOnDrop, u16, mpsc::Receiver<String>)> {
+    let python = tool("/usr/bin/python3", "SENSORHUB_TEST_PYTHON3", "python3")?;
+    let port = free_port();
+    let mut child = Command::new(python)
+        .arg(deploy().join("alert-log/alert_log.py"))
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn alert_log.py");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let child = KillOnDrop(child);
+    wait_for_port(port, "alert_log.py");
+    Some((child, port, rx))
+}
+
+fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        tcp,
+        "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    (
+        head.split(' ').nth(1).unwrap().parse().unwrap(),
+        body.to_owned(),
+    )
+}
+
+fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &[&str], limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if needle.iter().all(|n| line.contains(n)) => return line,
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no line with {needle:?} within {limit:?}; saw {seen:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_alert_log_prints_and_lists_notifications() {
+    let Some((_child, port, rx)) = start_alert_log() else {
+        return;
+    };
+    assert_eq!(http(port, "GET", "/healthz", "").0, 200);
+    let (status, page) = http(port, "GET", "/", "");
+    assert_eq!(status, 200);
+    assert!(page.contains("No notification"), "{page}");
+
+    // Alertmanager's webhook payload (version 4).
+    let notification = r#"{"version":"4","status":"firing","receiver":"alert-log",
+        "groupLabels":{"alertname":"SensorSilent"},"commonLabels":{},"commonAnnotations":{},
+        "alerts":[{"status":"firing","labels":{"alertname":"SensorSilent","severity":"warning","sensor_id":"sensor-7"},
+        "annotations":{"summary":"Sensor sensor-7 went silent"},"startsAt":"2026-01-01T00:00:00Z"}]}"#;
+    let (status, _) = http(port, "POST", "/alerts", notification);
+    assert_eq!(status, 200);
+    let line = wait_for_line(&rx, &["FIRING", "SensorSilent"], Duration::from_secs(5));
+    assert!(line.contains("severity=warning"), "{line}");
+    assert!(line.contains("sensor_id=sensor-7"), "{line}");
+    assert!(line.contains("Sensor sensor-7 went silent"), "{line}");
+    let (_, page) = http(port, "GET", "/", "");
+    assert!(
+        page.contains("SensorSilent") && page.contains("sensor-7"),
+        "{page}"
+    );
+    assert_eq!(http(port, "POST", "/alerts", "not json").0, 400);
+}
+
+#[test]
+fn alertmanager_with_the_project_config_notifies_the_alert_log() {
+    let Some(alertmanager) = tool(
+        "/usr/bin/prometheus-alertmanager",
+        "SENSORHUB_TEST_ALERTMANAGER",
+        "prometheus-alertmanager",
+    ) else {
+        return;
+    };
+    let Some(amtool) = amtool() else { return };
+    let Some((_log, log_port, rx)) = start_alert_log() else {
+        return;
+    };
+
+    // The project's config, its webhook moved from the compose service to
+    // the local alert log.
+    let mut config = yaml(&deploy().join("alertmanager/alertmanager.yml"));
+    let hook = &mut config["receivers"][0]["webhook_configs"][0]["url"];
+    assert_eq!(hook.as_str(), Some("http://alert-log:8080/alerts"));
+    *hook = serde_norway::Value::String(format!("http://127.0.0.1:{log_port}/alerts"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("alertmanager.yml");
+    std::fs::write(&file, serde_norway::to_string(&config).unwrap()).unwrap();
+
+    let web = free_port();
+    let _am = KillOnDrop(
+        Command::new(&alertmanager)
+            .arg(format!("--config.file={}", file.display()))
+            .arg(format!(
+                "--storage.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+            .arg("--cluster.listen-address=")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn alertmanager"),
+    );
+    wait_for_port(web, "alertmanager");
+    let url = format!("--alertmanager.url=http://127.0.0.1:{web}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = run(Command::new(&amtool).args([
+            "alert",
+            "add",
+            &url,
+            "alertname=SensorhubDown",
+            "severity=page",
+            "job=sensorhub",
+            "--annotation=summary=the test's page",
+        ]));
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "amtool alert add:\n{}",
+            output_text(&out)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Pages have no group wait: the notification arrives at once.
+    let line = wait_for_line(
+        &rx,
+        &["FIRING", "SensorhubDown", "severity=page"],
+        Duration::from_secs(20),
+    );
+    assert!(line.contains("the test's page"), "{line}");
+}

@@ -1,0 +1,227 @@
+//! A live `sensorhub serve` configured as the compose file configures it, and
+//! traffic that makes it expose every series the dashboards and rules read:
+//! the compose file's own sensors (their commands, bounded), a wrong token,
+//! refused readings, and readings that raise each temperature alert.
+//! Included with `#[path]` next to `spawned_server.rs` and `deploy_stack.rs`.
+// Each test file uses its own subset.
+#![allow(dead_code)]
+
+use std::{
+    net::TcpListener,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use sensorhub_grpc::{
+    ClientConfig, SensorClient,
+    testing::{reading, unix_now},
+};
+
+use crate::{
+    deploy_stack::{
+        Exposition, compose, environment_of, local_sensor_args, parse_exposition, sensor_services,
+    },
+    spawned_server::{BIN, SpawnedServer, clean_env, http_get},
+};
+
+pub const TOKEN: &str = "deploy-test-token-5be1";
+
+/// A port nothing listens on: the OTLP exports fail there, so the SDK's
+/// `otel_sdk_exporter_*` series (with `error_type`) appear as in a stack
+/// whose collector is down.
+fn closed_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// `sensorhub serve` with the OTEL_* settings of the compose file's
+/// `sensorhub` service (the OTLP endpoint moved to a local closed port,
+/// batches flushed quickly).
+pub fn start_server(data: &Path) -> SpawnedServer {
+    let compose = compose();
+    let service_env = environment_of(&compose, "sensorhub");
+    assert!(
+        service_env.get("OTEL_METRICS_EXPORTER").map(String::as_str) == Some("prometheus"),
+        "compose: the server must not push its metrics over OTLP too (Prometheus scrapes it)"
+    );
+    let mut owned: Vec<(String, String)> = service_env
+        .into_iter()
+        .filter(|(key, _)| key.starts_with("OTEL_"))
+        .map(|(key, value)| {
+            if key == "OTEL_EXPORTER_OTLP_ENDPOINT" {
+                (key, format!("http://127.0.0.1:{}", closed_port()))
+            } else {
+                (key, value)
+            }
+        })
+        .collect();
+    assert!(
+        owned
+            .iter()
+            .any(|(key, _)| key == "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        "compose: the server exports traces and logs to the collector"
+    );
+    for (key, value) in [
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_BLRP_SCHEDULE_DELAY", "100"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
+    ] {
+        owned.push((key.to_owned(), value.to_owned()));
+    }
+    let env: Vec<(&str, String)> = owned
+        .iter()
+        .map(|(key, value)| (key.as_str(), value.clone()))
+        .collect();
+    SpawnedServer::start(data, TOKEN, &env)
+}
+
+async fn client(url: &str, token: &str) -> SensorClient {
+    let mut config = ClientConfig::new(url);
+    config.token = Some(token.to_owned());
+    sensorhub_grpc::connect(&config).await.expect("connect")
+}
+
+/// Runs `sensorhub <args>` against the server with `token`; its exit status.
+fn sensor(url: &str, token: &str, args: &[String]) -> std::process::Child {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .args(["--server", url])
+        .env("SENSORHUB_TOKEN", token);
+    clean_env(&mut command);
+    command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sensorhub sensor")
+}
+
+/// The traffic described at the top of this file.
+pub async fn drive(server: &SpawnedServer) {
+    let url = server.url();
+    let compose = compose();
+
+    // The compose file's own sensors, as compose runs them, bounded.
+    let sensors = sensor_services(&compose);
+    assert!(sensors.len() >= 4, "{sensors:?}");
+    let children: Vec<_> = sensors
+        .iter()
+        .map(|service| {
+            let args = local_sensor_args(&compose, service, 12);
+            (service.clone(), sensor(&url, TOKEN, &args))
+        })
+        .collect();
+    // A sensor with a wrong token; one hot and one cold sensor for the
+    // above_max and below_min alerts (45 and -30 °C by default).
+    let wrong = sensor(
+        &url,
+        "not-the-token",
+        &[
+            "sensor",
+            "--mode",
+            "unary",
+            "--count",
+            "2",
+            "--interval-max",
+            "10ms",
+        ]
+        .map(String::from),
+    );
+    let hot = sensor(
+        &url,
+        TOKEN,
+        &[
+            "sensor",
+            "--mode",
+            "unary",
+            "--sensor-id",
+            "deploy-hot",
+            "--base-temperature",
+            "60",
+            "--count",
+            "3",
+            "--interval-max",
+            "10ms",
+        ]
+        .map(String::from),
+    );
+    let cold = sensor(
+        &url,
+        TOKEN,
+        &[
+            "sensor",
+            "--mode",
+            "unary",
+            "--sensor-id",
+            "deploy-cold",
+            "--base-temperature=-50",
+            "--count",
+            "3",
+            "--interval-max",
+            "10ms",
+        ]
+        .map(String::from),
+    );
+
+    // Refused readings (validation) and a jump from the rolling mean.
+    let mut ok = client(&url, TOKEN).await;
+    for (temperature, timestamp) in [(5000.0, unix_now()), (20.0, 0)] {
+        let refused = ok
+            .send_single_reading(reading("deploy-refused", temperature, timestamp))
+            .await
+            .expect_err("an invalid reading is refused");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    }
+    // Jump alerts start after a 5-reading warm-up.
+    for temperature in [20.0, 20.0, 20.0, 20.0, 20.0, 20.0, 35.0] {
+        ok.send_single_reading(reading("deploy-jump", temperature, unix_now()))
+            .await
+            .expect("SendSingleReading");
+    }
+
+    for (service, child) in children
+        .into_iter()
+        .chain([("hot".to_owned(), hot), ("cold".to_owned(), cold)])
+    {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "sensor {service} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = wrong.wait_with_output().unwrap();
+}
+
+/// Scrapes /metrics until every name in `wanted` is there (calls are
+/// recorded as they end, exports fail a moment later).
+pub async fn scrape_until(server: &SpawnedServer, wanted: &[&str]) -> (String, Exposition) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, page) = http_get(server.http, "/metrics");
+        let exposition = parse_exposition(&page);
+        let missing: Vec<&&str> = wanted
+            .iter()
+            .filter(|name| !exposition.contains_key(**name))
+            .collect();
+        if status == 200 && missing.is_empty() {
+            return (page, exposition);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/metrics ({status}) still lacks {missing:?}:\n{page}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Series that only appear after [`drive`]'s traffic has been recorded.
+pub const AFTER_TRAFFIC: &[&str] = &[
+    "grpc_server_call_duration_seconds_bucket",
+    "sensorhub_readings_refused_total",
+    "sensorhub_alerts_raised_total",
+    "sensorhub_streams_active",
+    "otel_sdk_exporter_span_exported_total",
+    "otel_sdk_exporter_log_exported_total",
+];
