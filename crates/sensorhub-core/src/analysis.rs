@@ -21,6 +21,9 @@ pub enum AlertRule {
 }
 
 impl AlertRule {
+    /// Every rule, e.g. to show each alert counter from zero.
+    pub const ALL: [AlertRule; 3] = [AlertRule::AboveMax, AlertRule::BelowMin, AlertRule::Jump];
+
     /// The stable name used on the wire and in telemetry.
     pub fn as_str(self) -> &'static str {
         match self {

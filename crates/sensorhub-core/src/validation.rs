@@ -44,6 +44,22 @@ pub struct Violation {
     pub description: String,
 }
 
+impl Violation {
+    /// Every `(field, reason)` pair a violation can carry: a fixed set, so
+    /// telemetry can show each refusal counter from zero and keep its
+    /// cardinality bounded.
+    pub const REASONS: &[(&str, &str)] = &[
+        ("sensor_id", "empty"),
+        ("sensor_id", "too_long"),
+        ("sensor_id", "control_character"),
+        ("temperature", "not_finite"),
+        ("temperature", "below_absolute_zero"),
+        ("temperature", "above_max"),
+        ("timestamp", "not_positive"),
+        ("timestamp", "in_future"),
+    ];
+}
+
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.field, self.description)
@@ -219,9 +235,15 @@ mod tests {
             (reading("s", 20.0, -5), ("timestamp", "not_positive")),
             (reading("s", 20.0, NOW + 3_601), ("timestamp", "in_future")),
         ];
-        for (r, expected) in cases {
-            assert_eq!(refusal(r.clone()), expected, "{r:?}");
+        for (r, expected) in &cases {
+            assert_eq!(refusal(r.clone()), *expected, "{r:?}");
         }
+        let seen: std::collections::BTreeSet<_> = cases.iter().map(|(_, e)| *e).collect();
+        let listed: std::collections::BTreeSet<_> = Violation::REASONS.iter().copied().collect();
+        assert_eq!(
+            seen, listed,
+            "Violation::REASONS lists exactly the reasons refused"
+        );
     }
 
     #[test]

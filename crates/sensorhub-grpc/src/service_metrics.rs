@@ -50,22 +50,32 @@ pub(crate) struct ServiceMetrics {
 impl ServiceMetrics {
     pub(crate) fn new() -> Self {
         let meter = global::meter("sensorhub-grpc");
+        let refused = meter
+            .u64_counter("sensorhub.readings.refused")
+            .with_unit("{reading}")
+            .with_description("Readings refused by validation")
+            .build();
+        // Every reason's series exists from the start, so a rate or an
+        // increase sees the first refusal too.
+        for (field, reason) in Violation::REASONS {
+            refused.add(0, &[refusal_reason(field, reason)]);
+        }
+        let active = meter
+            .i64_up_down_counter("sensorhub.streams.active")
+            .with_unit("{stream}")
+            .with_description("Streaming calls in progress")
+            .build();
+        for kind in [RpcKind::ClientStream, RpcKind::ServerStream, RpcKind::Chat] {
+            active.add(0, &kind.attribute());
+        }
         Self {
             stored: meter
                 .u64_counter("sensorhub.readings.stored")
                 .with_unit("{reading}")
                 .with_description("Readings stored durably and acknowledged")
                 .build(),
-            refused: meter
-                .u64_counter("sensorhub.readings.refused")
-                .with_unit("{reading}")
-                .with_description("Readings refused by validation")
-                .build(),
-            active: meter
-                .i64_up_down_counter("sensorhub.streams.active")
-                .with_unit("{stream}")
-                .with_description("Streaming calls in progress")
-                .build(),
+            refused,
+            active,
         }
     }
 
@@ -78,7 +88,6 @@ impl ServiceMetrics {
     /// Counts a refusal and logs it (inside the call's span, so the log
     /// record carries the call's trace id).
     pub(crate) fn refused(&self, violation: &Violation) {
-        let reason = format!("{}.{}", violation.field, violation.reason);
         tracing::info!(
             field = violation.field,
             reason = violation.reason,
@@ -86,7 +95,7 @@ impl ServiceMetrics {
             violation.description
         );
         self.refused
-            .add(1, &[KeyValue::new("sensorhub.refusal.reason", reason)]);
+            .add(1, &[refusal_reason(violation.field, violation.reason)]);
     }
 
     /// Counts a stream as active until the guard is dropped.
@@ -97,6 +106,10 @@ impl ServiceMetrics {
             kind,
         }
     }
+}
+
+fn refusal_reason(field: &str, reason: &str) -> KeyValue {
+    KeyValue::new("sensorhub.refusal.reason", format!("{field}.{reason}"))
 }
 
 /// Keeps `sensorhub.streams.active` up while alive.

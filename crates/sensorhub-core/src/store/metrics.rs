@@ -19,7 +19,7 @@ use opentelemetry::{
     metrics::{Counter, Histogram},
 };
 
-use crate::Alert;
+use crate::{Alert, AlertRule};
 
 /// Commit durations, seconds: from 50 µs (an fsync-free memory commit) to 5 s.
 const COMMIT_BUCKETS: &[f64] = &[
@@ -65,6 +65,16 @@ impl StoreMetrics {
                 }
             })
             .build();
+        let alerts = meter
+            .u64_counter("sensorhub.alerts.raised")
+            .with_unit("{alert}")
+            .with_description("Alerts raised by the analysis of stored readings")
+            .build();
+        // Every rule's series exists from the start, so a rate or an
+        // increase sees the first alert too.
+        for rule in AlertRule::ALL {
+            alerts.add(0, &[KeyValue::new("sensorhub.alert.rule", rule.as_str())]);
+        }
         Self {
             commit_duration: meter
                 .f64_histogram("sensorhub.store.commit.duration")
@@ -78,11 +88,7 @@ impl StoreMetrics {
                 .with_description("Readings made durable by one group commit")
                 .with_boundaries(SIZE_BUCKETS.to_vec())
                 .build(),
-            alerts: meter
-                .u64_counter("sensorhub.alerts.raised")
-                .with_unit("{alert}")
-                .with_description("Alerts raised by the analysis of stored readings")
-                .build(),
+            alerts,
             last,
         }
     }
