@@ -160,6 +160,29 @@ async fn metrics_endpoint_serves_the_a66_series_after_traffic() {
     let url = server.get().url();
     let http = server.get().http;
 
+    // Before any traffic, each domain counter's series is already there at
+    // zero, so the first alert or refusal is seen by rate() and increase().
+    let (_, _, fresh) = get_with_headers(http, "/metrics");
+    for (name, label) in [
+        (
+            "sensorhub_alerts_raised_total",
+            "sensorhub_alert_rule=\"jump\"",
+        ),
+        (
+            "sensorhub_readings_refused_total",
+            "sensorhub_refusal_reason=\"temperature.not_finite\"",
+        ),
+        ("sensorhub_streams_active", "sensorhub_rpc_kind=\"chat\""),
+    ] {
+        let lines = series(&fresh, name, &[label]);
+        assert_eq!(
+            lines.len(),
+            1,
+            "{name}{{{label}}} on a fresh server:\n{fresh}"
+        );
+        assert_eq!(value(lines[0]), 0.0, "{}", lines[0]);
+    }
+
     send_readings(&url, "prom-1", CALLS).await;
     let refused = client(&url, WRONG_TOKEN)
         .await

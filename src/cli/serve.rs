@@ -1,12 +1,17 @@
 //! `sensorhub serve`: the gRPC server. Refuses to start without TLS unless
 //! `--insecure`, and without tokens unless `--no-auth`.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::Args;
 use sensorhub_core::{AlertRules, ReadingLimits, Store, StoreConfig, store::StoreLocation};
-use sensorhub_grpc::{MetricsEndpoint, ServerConfig, auth::TokenSet, tls::ServerTlsFiles};
+use sensorhub_grpc::{
+    MetricsEndpoint, Reload, ServerConfig,
+    auth::{RateLimit, TokenSet},
+    listener::ConnectionLimits,
+    tls::ServerTlsFiles,
+};
 use sensorhub_telemetry::pipeline::{PROMETHEUS_CONTENT_TYPE, PrometheusText, Telemetry};
 
 #[derive(Debug, Clone, Args)]
@@ -79,9 +84,34 @@ pub struct ServeArgs {
     /// On SIGTERM/Ctrl-C, how long in-flight calls may take to finish.
     #[arg(long, env = "SENSORHUB_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// Open connections at once; one more is closed at once.
+    #[arg(long, env = "SENSORHUB_MAX_CONNECTIONS", default_value_t = ConnectionLimits::default().max_connections)]
+    pub max_connections: usize,
+    /// Longest a TLS handshake may take before the connection is closed.
+    #[arg(long, env = "SENSORHUB_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+    /// Calls per second allowed to each token (a burst of as many), beyond
+    /// which calls get RESOURCE_EXHAUSTED; 0: no limit.
+    #[arg(long, env = "SENSORHUB_RATE_LIMIT", default_value_t = 20_000)]
+    pub rate_limit: u32,
 }
 
 impl ServeArgs {
+    /// The accepted tokens: `--token`s and the lines of `--tokens-file`,
+    /// read now (at startup, and again on SIGHUP).
+    fn token_set(&self) -> anyhow::Result<TokenSet> {
+        let mut tokens = self.tokens.clone();
+        if let Some(file) = &self.tokens_file {
+            tokens.extend(TokenSet::read_file(file)?);
+        }
+        if tokens.is_empty() {
+            bail!(
+                "refusing to serve without tokens: pass --token TOKEN or --tokens-file FILE, or --no-auth to accept every caller"
+            );
+        }
+        Ok(TokenSet::new(tokens)?)
+    }
+
     /// Whether `--http` asks for a listener (then it also serves `/metrics`).
     pub fn http_enabled(&self) -> bool {
         !matches!(self.http.as_str(), "off" | "")
@@ -103,16 +133,7 @@ impl ServeArgs {
         let tokens = if self.no_auth {
             None
         } else {
-            let mut tokens = self.tokens.clone();
-            if let Some(file) = &self.tokens_file {
-                tokens.extend(TokenSet::read_file(file)?);
-            }
-            if tokens.is_empty() {
-                bail!(
-                    "refusing to serve without tokens: pass --token TOKEN or --tokens-file FILE, or --no-auth to accept every caller"
-                );
-            }
-            Some(TokenSet::new(tokens)?)
+            Some(self.token_set()?)
         };
         let mut config = ServerConfig::new(self.listen, tls, tokens);
         config.http = match self.http.as_str() {
@@ -128,6 +149,12 @@ impl ServeArgs {
         config.service.max_message_bytes = self.max_message_bytes;
         config.max_concurrent_streams = self.max_concurrent_streams;
         config.shutdown_grace = self.shutdown_grace;
+        config.connections = ConnectionLimits {
+            max_connections: self.max_connections,
+            handshake_timeout: self.handshake_timeout,
+        };
+        config.rate_limit =
+            NonZeroU32::new(self.rate_limit).map(|calls_per_second| RateLimit { calls_per_second });
 
         let location = if self.memory {
             StoreLocation::Memory
@@ -164,6 +191,8 @@ pub async fn run(args: ServeArgs, telemetry: &Telemetry) -> anyhow::Result<ExitC
     }
     let store = Store::open(store_config)?;
     let server = sensorhub_grpc::start(config, store).await?;
+    #[cfg(unix)]
+    tokio::spawn(reload_on_sighup(args, server.reload()));
     let stop = server.stop_token();
     tokio::spawn(async move {
         super::shutdown_signal().await;
@@ -172,6 +201,42 @@ pub async fn run(args: ServeArgs, telemetry: &Telemetry) -> anyhow::Result<ExitC
     });
     server.wait().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// On every SIGHUP: the tokens file and the TLS files are read again. New
+/// calls and connections use them; open ones are not disturbed. A file that
+/// does not load is reported and the old material stays in use.
+#[cfg(unix)]
+async fn reload_on_sighup(args: ServeArgs, reload: Reload) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: no reloads");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        if !args.no_auth {
+            match args.token_set() {
+                Ok(tokens) => {
+                    let count = tokens.len();
+                    reload.tokens(tokens);
+                    tracing::info!(tokens = count, "SIGHUP: tokens reloaded");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "SIGHUP: tokens not reloaded, the old ones stay")
+                }
+            }
+        }
+        match reload.tls() {
+            Ok(true) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "SIGHUP: TLS files not reloaded, the old ones stay")
+            }
+        }
+    }
 }
 
 /// `/metrics` on the HTTP listener, rendered by the telemetry pipeline.

@@ -11,7 +11,13 @@
 //! set reveals them. Invariant: no token (accepted or presented) is ever
 //! formatted into a log line, a status message or a span.
 
-use std::{fmt, path::Path, sync::Arc};
+use std::{
+    fmt,
+    num::NonZeroU32,
+    path::Path,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use ring::digest::{SHA256, digest};
 use subtle::ConstantTimeEq;
@@ -87,12 +93,28 @@ impl TokenSet {
 
     /// Whether `presented` is one of the tokens, in time independent of which one.
     pub fn accepts(&self, presented: &[u8]) -> bool {
+        self.accepted_digest(presented).is_some()
+    }
+
+    /// The digest of `presented` if it is one of the tokens (the key its
+    /// rate limit is kept under), in time independent of which one.
+    fn accepted_digest(&self, presented: &[u8]) -> Option<[u8; 32]> {
         let presented = sha256(presented);
         let mut matched = subtle::Choice::from(0);
         for accepted in self.digests.iter() {
             matched |= accepted.ct_eq(&presented);
         }
-        matched.into()
+        bool::from(matched).then_some(presented)
+    }
+
+    /// How many tokens the set holds.
+    pub fn len(&self) -> usize {
+        self.digests.len()
+    }
+
+    /// Always false: a set is never empty.
+    pub fn is_empty(&self) -> bool {
+        self.digests.is_empty()
     }
 }
 
@@ -102,16 +124,56 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
-/// The interceptor that refuses calls without an accepted token. With no
-/// token set (the operator passed `--no-auth`) it lets every call through.
+/// The interceptor that refuses calls without an accepted token, and calls
+/// beyond a token's rate. With no token set (the operator passed
+/// `--no-auth`) it lets every call through.
+///
+/// The set can be replaced while the server runs ([`TokenCheck::replace`],
+/// on SIGHUP); a call is checked against the set current when it starts.
 #[derive(Debug, Clone)]
 pub struct TokenCheck {
-    tokens: Option<TokenSet>,
+    tokens: Option<Arc<RwLock<TokenSet>>>,
+    limiter: Option<Arc<TokenRateLimiter>>,
+}
+
+type TokenRateLimiter = governor::RateLimiter<
+    [u8; 32],
+    governor::state::keyed::HashMapStateStore<[u8; 32]>,
+    governor::clock::DefaultClock,
+>;
+
+/// Calls per second allowed to each token, with a burst of as many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub calls_per_second: NonZeroU32,
 }
 
 impl TokenCheck {
-    pub fn new(tokens: Option<TokenSet>) -> Self {
-        Self { tokens }
+    /// `rate`: each token's limit; `None`, no limit. It applies only to
+    /// authenticated calls: with `tokens` `None` there is no key to keep a
+    /// rate under.
+    pub fn new(tokens: Option<TokenSet>, rate: Option<RateLimit>) -> Self {
+        let limiter = rate.filter(|_| tokens.is_some()).map(|rate| {
+            Arc::new(governor::RateLimiter::hashmap(governor::Quota::per_second(
+                rate.calls_per_second,
+            )))
+        });
+        Self {
+            tokens: tokens.map(|t| Arc::new(RwLock::new(t))),
+            limiter,
+        }
+    }
+
+    /// Replaces the accepted tokens for every call from now on. `false`:
+    /// this check runs without tokens (`--no-auth`), nothing was replaced.
+    pub fn replace(&self, tokens: TokenSet) -> bool {
+        match &self.tokens {
+            Some(current) => {
+                *current.write().unwrap_or_else(|e| e.into_inner()) = tokens;
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -127,14 +189,38 @@ impl Interceptor for TokenCheck {
         };
         let value = value.as_bytes();
         let token = value.strip_prefix(b"Bearer ").unwrap_or(value);
-        if tokens.accepts(token) {
-            Ok(request)
-        } else {
-            Err(Status::unauthenticated(
+        let accepted = tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .accepted_digest(token);
+        let Some(key) = accepted else {
+            return Err(Status::unauthenticated(
                 "Invalid token: the `authorization` metadata does not carry a token this server accepts",
-            ))
+            ));
+        };
+        if let Some(limiter) = &self.limiter
+            && let Err(not_until) = limiter.check_key(&key)
+        {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(limiter.clock()));
+            return Err(rate_limited(wait));
         }
+        Ok(request)
     }
+}
+
+/// `RESOURCE_EXHAUSTED`, with the wait in `grpc-retry-pushback-ms` (the
+/// gRPC retry spec's server pushback) and in words.
+fn rate_limited(wait: Duration) -> Status {
+    let millis = wait.as_millis().max(1);
+    let mut status = Status::resource_exhausted(format!(
+        "rate limit: this token has used its calls for now; retry in {millis} ms, or send fewer calls (a client stream carries many readings in one call)"
+    ));
+    if let Ok(value) = millis.to_string().parse() {
+        status
+            .metadata_mut()
+            .insert("grpc-retry-pushback-ms", value);
+    }
+    status
 }
 
 #[cfg(test)]
@@ -143,8 +229,10 @@ mod tests {
 
     #[test]
     fn bare_and_bearer_tokens_are_accepted_others_refused() {
-        let mut check =
-            TokenCheck::new(Some(TokenSet::new(["sensor_token_abc", "second"]).unwrap()));
+        let mut check = TokenCheck::new(
+            Some(TokenSet::new(["sensor_token_abc", "second"]).unwrap()),
+            None,
+        );
         let with = |value: Option<&str>| {
             let mut request = Request::new(());
             if let Some(v) = value {
@@ -170,6 +258,55 @@ mod tests {
         }
     }
 
+    fn with_token(token: &str) -> Request<()> {
+        let mut request = Request::new(());
+        request
+            .metadata_mut()
+            .insert(AUTHORIZATION, token.parse().unwrap());
+        request
+    }
+
+    #[test]
+    fn each_token_has_its_own_rate_and_the_refusal_says_when_to_retry() {
+        let rate = RateLimit {
+            calls_per_second: NonZeroU32::new(3).unwrap(),
+        };
+        let mut check = TokenCheck::new(Some(TokenSet::new(["a1", "b2"]).unwrap()), Some(rate));
+        for _ in 0..3 {
+            assert!(check.call(with_token("a1")).is_ok());
+        }
+        let refused = check.call(with_token("a1")).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("retry in"), "{refused:?}");
+        let pushback: u64 = refused
+            .metadata()
+            .get("grpc-retry-pushback-ms")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=400).contains(&pushback), "{pushback}");
+        // Another token is not held back by the first one's calls.
+        assert!(check.call(with_token("b2")).is_ok());
+        // A wrong token is refused as unauthenticated, not counted.
+        let wrong = check.call(with_token("zz")).unwrap_err();
+        assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
+    }
+
+    #[test]
+    fn a_replaced_set_applies_to_the_next_call() {
+        let mut check = TokenCheck::new(Some(TokenSet::new(["old"]).unwrap()), None);
+        assert!(check.call(with_token("old")).is_ok());
+        assert!(check.replace(TokenSet::new(["new"]).unwrap()));
+        assert_eq!(
+            check.call(with_token("old")).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert!(check.call(with_token("new")).is_ok());
+        assert!(!TokenCheck::new(None, None).replace(TokenSet::new(["x"]).unwrap()));
+    }
+
     #[test]
     fn empty_sets_and_unprintable_tokens_are_refused_and_debug_redacts() {
         assert!(matches!(
@@ -181,7 +318,7 @@ mod tests {
             Err(TokenError::Unprintable)
         ));
         let set = TokenSet::new(["s3cret"]).unwrap();
-        assert!(TokenCheck::new(None).call(Request::new(())).is_ok());
+        assert!(TokenCheck::new(None, None).call(Request::new(())).is_ok());
         assert!(!format!("{set:?}").contains("s3cret"));
     }
 }

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod client;
 pub mod convert;
 pub mod health_http;
+pub mod listener;
 pub mod pki;
 pub mod server;
 pub mod service;
@@ -26,5 +27,5 @@ pub mod tls;
 
 pub use client::{ClientConfig, SensorClient, connect};
 pub use health_http::MetricsEndpoint;
-pub use server::{RunningServer, ServeError, ServerConfig, start};
+pub use server::{Reload, RunningServer, ServeError, ServerConfig, start};
 pub use service::ServiceConfig;

@@ -1,5 +1,6 @@
-//! Assembles and runs the gRPC server: TLS, token check, message limits,
-//! health, reflection, the HTTP health listener, and graceful shutdown.
+//! Assembles and runs the gRPC server: the listener (connection limit,
+//! TLS), token check and rate limit, message limits, health, reflection,
+//! the HTTP health listener, reloads, and graceful shutdown.
 //!
 //! Shutdown, in order (tonic has no drain deadline of its own, tonic#1820):
 //! 1. health turns `NOT_SERVING`, `/readyz` answers 503, the listener stops
@@ -19,7 +20,6 @@ use sensorhub_proto::{
 };
 use sensorhub_telemetry::rpc::GrpcServerLayer;
 use tokio::{net::TcpListener, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{
     codec::CompressionEncoding, service::interceptor::InterceptedService, transport::Server,
@@ -27,9 +27,10 @@ use tonic::{
 use tonic_health::ServingStatus;
 
 use crate::{
-    auth::{TokenCheck, TokenSet},
+    auth::{RateLimit, TokenCheck, TokenSet},
     convert,
     health_http::{self, MetricsEndpoint},
+    listener::{self, ConnectionLimits, ServerTls},
     service::{Lifecycle, SensorHub, ServiceConfig},
     tls::{ServerTlsFiles, TlsFileError},
 };
@@ -53,6 +54,10 @@ pub struct ServerConfig {
     /// Ping idle connections this often; drop them if no answer within `keepalive_timeout`.
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
+    /// Open connections at once, and the TLS handshake deadline.
+    pub connections: ConnectionLimits,
+    /// Calls per second per token. `None`: no limit.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl ServerConfig {
@@ -69,6 +74,8 @@ impl ServerConfig {
             max_concurrent_streams: 256,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
+            connections: ConnectionLimits::default(),
+            rate_limit: None,
         }
     }
 }
@@ -83,8 +90,6 @@ pub enum ServeError {
     },
     #[error(transparent)]
     TlsFile(#[from] TlsFileError),
-    #[error("the TLS configuration was refused: {0}")]
-    Tls(tonic::transport::Error),
     #[error("the gRPC server failed: {0}")]
     Serve(tonic::transport::Error),
     #[error("reflection could not be set up: {0}")]
@@ -100,9 +105,39 @@ pub struct RunningServer {
     http_addr: Option<SocketAddr>,
     stop: CancellationToken,
     task: JoinHandle<Result<(), ServeError>>,
+    reload: Reload,
+}
+
+/// What can be replaced while the server runs.
+#[derive(Debug, Clone)]
+pub struct Reload {
+    tls: Option<ServerTls>,
+    tokens: TokenCheck,
+}
+
+impl Reload {
+    /// Reads the TLS certificate, key (and client CA) files again; new
+    /// connections use them. `Ok(false)`: the server runs without TLS.
+    pub fn tls(&self) -> Result<bool, TlsFileError> {
+        match &self.tls {
+            Some(tls) => tls.reload().map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Replaces the accepted tokens for every call from now on. `false`:
+    /// the server runs without tokens (`--no-auth`).
+    pub fn tokens(&self, tokens: TokenSet) -> bool {
+        self.tokens.replace(tokens)
+    }
 }
 
 impl RunningServer {
+    /// What can be reloaded while the server runs (on SIGHUP).
+    pub fn reload(&self) -> Reload {
+        self.reload.clone()
+    }
+
     /// The address the gRPC listener is bound to (useful with port 0).
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
@@ -136,14 +171,12 @@ impl RunningServer {
 /// Binds the listeners and starts serving. The server owns `store` and
 /// closes it when it stops.
 pub async fn start(config: ServerConfig, store: Store) -> Result<RunningServer, ServeError> {
-    let mut builder = Server::builder()
-        .tcp_nodelay(true)
+    let builder = Server::builder()
         .max_concurrent_streams(config.max_concurrent_streams)
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout));
-    if let Some(files) = &config.tls {
-        builder = builder.tls_config(files.load()?).map_err(ServeError::Tls)?;
-    }
+    // The listener does the handshakes (see listener.rs), not tonic.
+    let tls = config.tls.clone().map(ServerTls::load).transpose()?;
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -176,7 +209,8 @@ pub async fn start(config: ServerConfig, store: Store) -> Result<RunningServer, 
         .accept_compressed(CompressionEncoding::Zstd)
         .send_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Zstd);
-    let sensors = InterceptedService::new(sensors, TokenCheck::new(config.tokens.clone()));
+    let token_check = TokenCheck::new(config.tokens.clone(), config.rate_limit);
+    let sensors = InterceptedService::new(sensors, token_check.clone());
 
     let router = builder
         // Outermost: it sees every call, also those refused by the token
@@ -218,13 +252,22 @@ pub async fn start(config: ServerConfig, store: Store) -> Result<RunningServer, 
     );
 
     let grace = config.shutdown_grace;
+    let limits = config.connections;
+    let reload_tls = tls.clone();
     let task = tokio::spawn({
         let stop = stop.clone();
         async move {
-            let serve = router.serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
-                stop.clone().cancelled_owned(),
-            );
+            let signal = stop.clone().cancelled_owned();
+            let serve: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = match tls {
+                Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+                    listener::tls(listener, limits, stop.clone(), tls),
+                    signal,
+                )),
+                None => Box::pin(router.serve_with_incoming_shutdown(
+                    listener::plaintext(listener, limits, stop.clone()),
+                    signal,
+                )),
+            };
             tokio::pin!(serve);
             let served = tokio::select! {
                 served = &mut serve => served.map_err(ServeError::Serve),
@@ -267,6 +310,10 @@ pub async fn start(config: ServerConfig, store: Store) -> Result<RunningServer, 
         http_addr,
         stop,
         task,
+        reload: Reload {
+            tls: reload_tls,
+            tokens: token_check,
+        },
     })
 }
 
