@@ -228,12 +228,15 @@ pub async fn start(config: ServerConfig, store: Store) -> Result<RunningServer, 
         .add_service(sensors);
 
     let stop = CancellationToken::new();
+    // The HTTP listener outlives the drain: `/readyz` answers 503 while
+    // calls finish, and `/metrics` shows the drain.
+    let http_stop = CancellationToken::new();
     let (http_addr, http_task) = match config.http {
         Some(addr) => {
             let (addr, task) = health_http::start(
                 addr,
                 life.draining.clone(),
-                stop.clone(),
+                http_stop.clone(),
                 config.metrics.clone(),
             )
             .await?;
@@ -294,6 +297,7 @@ pub async fn start(config: ServerConfig, store: Store) -> Result<RunningServer, 
             };
             life.cancelled.cancel();
             stop.cancel();
+            http_stop.cancel();
             if let Some(task) = http_task {
                 let _ = task.await;
             }
