@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use sensorhub_core::{AlertRules, ReadingLimits, Store, StoreConfig, store::StoreLocation};
 use sensorhub_grpc::{
-    MetricsEndpoint, Reload, ServerConfig,
+    MetricsEndpoint, Reload, ServerConfig, ServiceConfig,
     auth::{RateLimit, TokenSet},
     listener::ConnectionLimits,
     tls::ServerTlsFiles,
@@ -84,6 +84,9 @@ pub struct ServeArgs {
     /// On SIGTERM/Ctrl-C, how long in-flight calls may take to finish.
     #[arg(long, env = "SENSORHUB_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// Unary calls in progress at once; one more gets UNAVAILABLE at once.
+    #[arg(long, env = "SENSORHUB_MAX_UNARY_IN_FLIGHT", default_value_t = ServiceConfig::default().max_unary_in_flight)]
+    pub max_unary_in_flight: usize,
     /// Open connections at once; one more is closed at once.
     #[arg(long, env = "SENSORHUB_MAX_CONNECTIONS", default_value_t = ConnectionLimits::default().max_connections)]
     pub max_connections: usize,
@@ -147,6 +150,7 @@ impl ServeArgs {
             max_future_skew_secs: self.max_clock_skew.as_secs() as i64,
         };
         config.service.max_message_bytes = self.max_message_bytes;
+        config.service.max_unary_in_flight = self.max_unary_in_flight;
         config.max_concurrent_streams = self.max_concurrent_streams;
         config.shutdown_grace = self.shutdown_grace;
         config.connections = ConnectionLimits {

@@ -20,7 +20,7 @@ use sensorhub_core::{
     store::{HistoryCursor, PendingWrite},
 };
 use sensorhub_proto as pb;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, SemaphorePermit, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -45,6 +45,10 @@ pub struct ServiceConfig {
     pub ingest_in_flight: usize,
     /// Readings read from the store per page when streaming history.
     pub page_size: usize,
+    /// Unary calls in the server at once; one more is refused at once with
+    /// `UNAVAILABLE` (retry with backoff) instead of waiting in a queue
+    /// that grows with the overload.
+    pub max_unary_in_flight: usize,
 }
 
 impl Default for ServiceConfig {
@@ -55,6 +59,7 @@ impl Default for ServiceConfig {
             ingest_chunk: 4_096,
             ingest_in_flight: 4,
             page_size: 4_096,
+            max_unary_in_flight: 2_048,
         }
     }
 }
@@ -76,17 +81,31 @@ pub struct SensorHub {
     life: Lifecycle,
     metrics: ServiceMetrics,
     spans: StoreSpans,
+    unary_slots: Arc<Semaphore>,
 }
 
 impl SensorHub {
     pub fn new(store: Store, config: ServiceConfig, life: Lifecycle) -> Self {
+        let unary_slots = Arc::new(Semaphore::new(config.max_unary_in_flight.max(1)));
         Self {
             store,
             config: Arc::new(config),
             life,
             metrics: ServiceMetrics::new(),
             spans: StoreSpans::new(),
+            unary_slots,
         }
+    }
+
+    /// A place for one unary call, or `UNAVAILABLE` when all are taken.
+    fn admit(&self) -> Result<SemaphorePermit<'_>, Status> {
+        self.unary_slots.try_acquire().map_err(|_| {
+            self.metrics.shed();
+            Status::unavailable(format!(
+                "overloaded: {} calls are already in progress; retry with backoff, or batch readings in a client stream",
+                self.config.max_unary_in_flight
+            ))
+        })
     }
 
     fn check(&self, reading: &Reading) -> Result<(), sensorhub_core::Violation> {
@@ -121,6 +140,7 @@ impl pb::sensor_service_server::SensorService for SensorHub {
         &self,
         request: Request<pb::SensorReading>,
     ) -> Result<Response<pb::Ack>, Status> {
+        let _slot = self.admit()?;
         let reading = reading_from_wire(request.into_inner());
         self.check(&reading).map_err(|v| invalid_reading(&v))?;
         let receipt = self
@@ -246,6 +266,7 @@ impl pb::sensor_service_server::SensorService for SensorHub {
         &self,
         request: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsReply>, Status> {
+        let _slot = self.admit()?;
         let sensor_id = request.into_inner().sensor_id;
         let sensor = (!sensor_id.is_empty()).then_some(sensor_id.as_str());
         let stats = self

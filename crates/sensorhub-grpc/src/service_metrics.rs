@@ -8,7 +8,9 @@
 //! - `sensorhub.readings.refused` ({reading}) by `sensorhub.refusal.reason`
 //!   (`temperature.not_finite`, …: a fixed set from the validation rules);
 //! - `sensorhub.streams.active` ({stream}) by `sensorhub.rpc.kind`
-//!   (`client_stream`, `server_stream`, `chat`).
+//!   (`client_stream`, `server_stream`, `chat`);
+//! - `sensorhub.calls.shed` ({call}): unary calls refused because the
+//!   server already had its maximum in progress.
 
 use opentelemetry::{
     KeyValue, global,
@@ -45,6 +47,7 @@ pub(crate) struct ServiceMetrics {
     stored: Counter<u64>,
     refused: Counter<u64>,
     active: UpDownCounter<i64>,
+    shed: Counter<u64>,
 }
 
 impl ServiceMetrics {
@@ -68,6 +71,12 @@ impl ServiceMetrics {
         for kind in [RpcKind::ClientStream, RpcKind::ServerStream, RpcKind::Chat] {
             active.add(0, &kind.attribute());
         }
+        let shed = meter
+            .u64_counter("sensorhub.calls.shed")
+            .with_unit("{call}")
+            .with_description("Unary calls refused with UNAVAILABLE because the server was full")
+            .build();
+        shed.add(0, &[]);
         Self {
             stored: meter
                 .u64_counter("sensorhub.readings.stored")
@@ -76,7 +85,13 @@ impl ServiceMetrics {
                 .build(),
             refused,
             active,
+            shed,
         }
+    }
+
+    /// Counts a unary call refused because the server was full.
+    pub(crate) fn shed(&self) {
+        self.shed.add(1, &[]);
     }
 
     pub(crate) fn stored(&self, kind: RpcKind, readings: u64) {
