@@ -1,0 +1,1274 @@
+//! Bad input, through real `sensorhub serve` processes: a table of requests
+//! no correct client sends, each checked for
+//! - the right answer: the gRPC status code (or, below gRPC, the HTTP status
+//!   or TLS alert), with a message that says what to fix (key words);
+//! - nothing stored: the total of GetSensorStats moves by exactly what the
+//!   case may store (readings before a bad one in a stream, which the
+//!   `sensorhub-stored-count` trailer must state, and which must read back);
+//! - the server still serving: a good call on a new connection succeeds.
+//!
+//! No status message, and nothing the server logs, carries a token.
+//!
+//! Two servers: a plaintext one with a token (`--insecure`, as
+//! `tests/support/spawned_server.rs` starts it) takes the gRPC-level cases,
+//! sent with tonic or, for what tonic would never send, as raw HTTP/2 frames
+//! (`tests/support/raw_grpc.rs`); a mutual-TLS one takes the TLS cases.
+//!
+//! A case with `known_bug` documents a server bug: it still runs, the server
+//! must still serve afterwards, and a mismatch is printed instead of failing.
+//! If such a case starts to pass, the test fails so that the marker is
+//! removed. `SENSORHUB_BAD_INPUT_STRICT=1` makes known bugs fail too.
+
+#[path = "support/raw_grpc.rs"]
+mod raw_grpc;
+#[path = "support/spawned_server.rs"]
+mod spawned_server;
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use prost::Message;
+use raw_grpc::{RawRequest, frame, frame_declaring, gzip};
+use sensorhub_grpc::pki::{self, BundleFiles};
+use sensorhub_proto::{
+    SensorReading, SensorRequest, ServerMessageKind, StatsRequest,
+    sensor_service_client::SensorServiceClient,
+};
+use spawned_server::SpawnedServer;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Status, transport::Channel};
+
+const TOKEN: &str = "bad-input-token-5f2c";
+const WRONG_TOKEN: &str = "bad-input-token-5f2d";
+const UNARY: &str = "/SensorService/SendSingleReading";
+const CLIENT_STREAM: &str = "/SensorService/StreamSensorReadings";
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+fn reading(sensor_id: &str, temperature: f64, timestamp: i64) -> SensorReading {
+    SensorReading {
+        sensor_id: sensor_id.to_owned(),
+        temperature,
+        timestamp,
+    }
+}
+
+fn good(sensor_id: &str) -> SensorReading {
+    reading(sensor_id, 20.0, unix_now() - 60)
+}
+
+/// `n` valid readings of `sensor_id`, one second apart.
+fn goods(sensor_id: &str, n: usize) -> Vec<SensorReading> {
+    let t = unix_now() - 600;
+    (0..n)
+        .map(|i| reading(sensor_id, 20.0 + i as f64 * 0.5, t + i as i64))
+        .collect()
+}
+
+fn then(
+    mut first: Vec<SensorReading>,
+    rest: impl IntoIterator<Item = SensorReading>,
+) -> Vec<SensorReading> {
+    first.extend(rest);
+    first
+}
+
+/// The wire bytes of a `SensorReading` whose `sensor_id` is `id`, whatever
+/// `id` is (prost only encodes valid strings).
+fn encoded_with_raw_id(id: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x0a, id.len() as u8];
+    out.extend_from_slice(id);
+    out.extend(
+        SensorReading {
+            sensor_id: String::new(),
+            ..good("x")
+        }
+        .encode_to_vec(),
+    );
+    out
+}
+
+fn encoded(r: &SensorReading) -> Vec<u8> {
+    r.encode_to_vec()
+}
+
+/// A reading whose encoding is 1 MiB: it gzips to about a kilobyte.
+fn bomb() -> Vec<u8> {
+    encoded(&reading(&"z".repeat(1 << 20), 20.0, unix_now()))
+}
+
+// ---------------------------------------------------------------------------
+// The table.
+
+/// Which server a case goes to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum On {
+    Plain,
+    MutualTls,
+}
+
+/// What the `authorization` metadata carries.
+#[derive(Debug, Clone)]
+enum Auth {
+    Good,
+    Missing,
+    Value(&'static [u8]),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ClientCert {
+    Foreign,
+    Missing,
+}
+
+/// What a case sends.
+#[derive(Debug, Clone)]
+enum Send {
+    Unary(SensorReading, Auth),
+    /// A unary call with one extra metadata entry of this many bytes.
+    UnaryWithMetadata(usize),
+    ClientStream(Vec<SensorReading>, Auth),
+    Chat(Vec<SensorReading>, Auth),
+    History(SensorRequest),
+    /// Hand-made HTTP/2 request: path, extra metadata, body frames.
+    Raw(RawRequest),
+    /// An HTTP/1.1 request to the gRPC port.
+    Http1,
+    /// The HTTP/2 connection preface, in plaintext, to the TLS port.
+    PlaintextToTls,
+    /// A ClientHello offering only this protocol version (e.g. [3, 2]: TLS 1.1).
+    TlsHello([u8; 2]),
+    /// A TLS 1.3 handshake with this client certificate, in mTLS mode.
+    Mtls(ClientCert),
+}
+
+/// What the server must answer.
+#[derive(Debug, Clone)]
+enum Expect {
+    /// A gRPC status with these words in its message. `stored`: the readings
+    /// the call stores before the bad input, stated in `sensorhub-stored-count`
+    /// (`None`: the call stores nothing and has no such trailer).
+    Status {
+        code: Code,
+        words: &'static [&'static str],
+        stored: Option<u64>,
+    },
+    /// An HTTP response without a gRPC status (the request never became a call).
+    Http(u16),
+    /// A fatal TLS alert with this description, and the connection closed.
+    TlsAlert(u8),
+    /// The connection ends without any HTTP/1.x response.
+    NoHttp1,
+    /// The TLS handshake completes on the client's side, then the server
+    /// refuses the client's certificate with this alert (as rustls names it).
+    CertificateRefused(&'static str),
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    name: &'static str,
+    on: On,
+    send: Send,
+    expect: Expect,
+    /// A server bug: observed vs expected. The case runs but may mismatch.
+    known_bug: Option<&'static str>,
+}
+
+fn case(name: &'static str, send: Send, expect: Expect) -> Case {
+    Case {
+        name,
+        on: On::Plain,
+        send,
+        expect,
+        known_bug: None,
+    }
+}
+
+impl Case {
+    fn on(mut self, on: On) -> Self {
+        self.on = on;
+        self
+    }
+
+    fn known_bug(mut self, what: &'static str) -> Self {
+        self.known_bug = Some(what);
+        self
+    }
+}
+
+fn status(code: Code, words: &'static [&'static str]) -> Expect {
+    Expect::Status {
+        code,
+        words,
+        stored: None,
+    }
+}
+
+fn status_after(code: Code, stored: u64, words: &'static [&'static str]) -> Expect {
+    Expect::Status {
+        code,
+        words,
+        stored: Some(stored),
+    }
+}
+
+fn invalid(words: &'static [&'static str]) -> Expect {
+    status(Code::InvalidArgument, words)
+}
+
+fn raw(path: &str, body: Vec<u8>) -> RawRequest {
+    RawRequest::new(path, Some(TOKEN), body)
+}
+
+fn cases() -> Vec<Case> {
+    use Code::*;
+    let now = unix_now();
+    let unary = |r: SensorReading| Send::Unary(r, Auth::Good);
+    vec![
+        // --- Validation: every rule, unary.
+        case(
+            "sensor_id empty",
+            unary(reading("", 20.0, now)),
+            invalid(&["sensor_id", "must not be empty", "nothing was stored"]),
+        ),
+        case(
+            "sensor_id of 129 bytes",
+            unary(reading(&"x".repeat(129), 20.0, now)),
+            invalid(&["sensor_id", "at most 128 bytes", "got 129"]),
+        ),
+        case(
+            "sensor_id with a newline",
+            unary(reading("kitchen\nfake-log-line", 20.0, now)),
+            invalid(&["sensor_id", "control characters", "U+000A"]),
+        ),
+        case(
+            "sensor_id with NUL",
+            unary(reading("a\0b", 20.0, now)),
+            invalid(&["sensor_id", "control characters", "U+0000"]),
+        ),
+        case(
+            "sensor_id with an escape sequence",
+            unary(reading("\u{1b}[31mred", 20.0, now)),
+            invalid(&["sensor_id", "control characters", "U+001B"]),
+        ),
+        case(
+            "temperature NaN",
+            unary(reading("bi-nan", f64::NAN, now)),
+            invalid(&["temperature", "finite number"]),
+        ),
+        case(
+            "temperature +inf",
+            unary(reading("bi-inf", f64::INFINITY, now)),
+            invalid(&["temperature", "finite number"]),
+        ),
+        case(
+            "temperature -inf",
+            unary(reading("bi-inf", f64::NEG_INFINITY, now)),
+            invalid(&["temperature", "finite number"]),
+        ),
+        case(
+            "temperature below absolute zero",
+            unary(reading("bi-cold", -273.16, now)),
+            invalid(&["temperature", "below absolute zero", "-273.15"]),
+        ),
+        case(
+            "temperature absurdly large",
+            unary(reading("bi-hot", 1e300, now)),
+            invalid(&["temperature", "highest accepted temperature", "1000"]),
+        ),
+        case(
+            "timestamp zero",
+            unary(reading("bi-ts", 20.0, 0)),
+            invalid(&["timestamp", "positive Unix time in seconds", "got 0"]),
+        ),
+        case(
+            "timestamp negative",
+            unary(reading("bi-ts", 20.0, -1_000)),
+            invalid(&["timestamp", "positive Unix time in seconds", "-1000"]),
+        ),
+        case(
+            "timestamp ten years ahead",
+            unary(reading("bi-ts", 20.0, now + 10 * 365 * 86_400)),
+            invalid(&["timestamp", "ahead of the server clock"]),
+        ),
+        case(
+            "timestamp in milliseconds",
+            unary(reading("bi-ts", 20.0, now * 1_000)),
+            invalid(&["timestamp", "looks like milliseconds", "send Unix seconds"]),
+        ),
+        // --- A bad reading in the middle of each streaming kind.
+        case(
+            "client stream: NaN after 3 good readings",
+            Send::ClientStream(
+                then(
+                    goods("bi-stream", 3),
+                    [reading("bi-stream", f64::NAN, now), good("bi-stream")],
+                ),
+                Auth::Good,
+            ),
+            status_after(
+                InvalidArgument,
+                3,
+                &["#3", "temperature", "3 readings before it were stored"],
+            ),
+        ),
+        case(
+            "chat: empty sensor_id after 2 good readings",
+            Send::Chat(
+                then(goods("bi-chat", 2), [reading("", 20.0, now), good("bi-chat")]),
+                Auth::Good,
+            ),
+            status_after(
+                InvalidArgument,
+                2,
+                &["#2", "sensor_id", "2 readings before it were stored"],
+            ),
+        ),
+        case(
+            "history: sensor_id with a control character",
+            Send::History(SensorRequest {
+                sensor_id: "bi\u{7}".into(),
+                ..Default::default()
+            }),
+            invalid(&["sensor_id", "control characters"]),
+        ),
+        case(
+            "history: until before since",
+            Send::History(SensorRequest {
+                sensor_id: "bi-history".into(),
+                since: now,
+                until: now - 10,
+                ..Default::default()
+            }),
+            invalid(&["until", "must be after since"]),
+        ),
+        case(
+            "history: negative since",
+            Send::History(SensorRequest {
+                sensor_id: "bi-history".into(),
+                since: -5,
+                ..Default::default()
+            }),
+            invalid(&["since", "Unix seconds"]),
+        ),
+        // --- Size.
+        case(
+            "message over the size limit (100 KiB)",
+            unary(reading(&"h".repeat(100 * 1024), 20.0, now)),
+            status(ResourceExhausted, &["larger than the server accepts", "65536"]),
+        ),
+        case(
+            "client stream: 100 KiB message after 2 good readings",
+            Send::ClientStream(
+                then(
+                    goods("bi-big", 2),
+                    [reading(&"h".repeat(100 * 1024), 20.0, now)],
+                ),
+                Auth::Good,
+            ),
+            status_after(ResourceExhausted, 2, &["larger than the server accepts", "65536"]),
+        ),
+        case(
+            "raw: length prefix of 1 GiB",
+            Send::Raw(raw(UNARY, frame_declaring(false, 1 << 30, &encoded(&good("bi-x"))))),
+            status(ResourceExhausted, &["larger than the server accepts", "65536"]),
+        ),
+        case(
+            "raw: gzip message inflating to 1 MiB",
+            Send::Raw(raw(UNARY, frame(true, &gzip(&bomb()))).with("grpc-encoding", "gzip")),
+            status(ResourceExhausted, &["65536", "decompressing"]),
+        ),
+        case(
+            "raw: gzip bomb after 1 good reading in a client stream",
+            Send::Raw(
+                raw(
+                    CLIENT_STREAM,
+                    [
+                        frame(false, &encoded(&good("bi-gzip"))),
+                        frame(true, &gzip(&bomb())),
+                    ]
+                    .concat(),
+                )
+                .with("grpc-encoding", "gzip"),
+            ),
+            status_after(ResourceExhausted, 1, &["65536", "decompressing"]),
+        ),
+        // --- Bytes that are not a SensorReading.
+        case(
+            "raw: bytes that are not protobuf",
+            Send::Raw(raw(UNARY, frame(false, &[0xff; 16]))),
+            status(Internal, &["failed to decode Protobuf message"]),
+        ),
+        case(
+            "raw: sensor_id that is not UTF-8",
+            Send::Raw(raw(UNARY, frame(false, &encoded_with_raw_id(b"k\xffche")))),
+            status(Internal, &["failed to decode", "sensor_id", "UTF-8"]),
+        ),
+        case(
+            "raw: non-UTF-8 sensor_id after 2 good readings in a client stream",
+            Send::Raw(raw(
+                CLIENT_STREAM,
+                [
+                    frame(false, &encoded(&good("bi-utf8"))),
+                    frame(false, &encoded(&good("bi-utf8"))),
+                    frame(false, &encoded_with_raw_id(b"\xc3(")),
+                ]
+                .concat(),
+            )),
+            status_after(Internal, 2, &["sensor_id", "UTF-8"]),
+        ),
+        case(
+            "raw: length prefix longer than the message",
+            Send::Raw(raw(UNARY, frame_declaring(false, 40, &encoded(&good("bi-x"))))),
+            status(Internal, &["Unexpected EOF"]),
+        ),
+        // --- Compression.
+        case(
+            "raw: unknown compression `br`",
+            Send::Raw(raw(UNARY, frame(true, &encoded(&good("bi-br")))).with("grpc-encoding", "br")),
+            status(Unimplemented, &["`br`", "isn't supported", "accepts: gzip,zstd"]),
+        ),
+        case(
+            "raw: compressed flag without grpc-encoding",
+            Send::Raw(raw(UNARY, frame(true, &encoded(&good("bi-flag"))))),
+            status(Internal, &["compressed-flag", "no grpc-encoding"]),
+        ),
+        case(
+            "raw: grpc-encoding gzip, bytes that are not gzip",
+            Send::Raw(raw(UNARY, frame(true, &encoded(&good("bi-gz")))).with("grpc-encoding", "gzip")),
+            status(Internal, &["decompressing", "gzip"]),
+        ),
+        // --- Request shape (gRPC spec: a cardinality violation is UNIMPLEMENTED).
+        case(
+            "raw: unary call without a message",
+            Send::Raw(raw(UNARY, Vec::new())),
+            status(Unimplemented, &["exactly one"]),
+        )
+        .known_bug("INTERNAL \"Missing request message.\"; the gRPC spec says UNIMPLEMENTED for a request cardinality violation"),
+        case(
+            "raw: unary call with two messages",
+            Send::Raw(raw(
+                UNARY,
+                [
+                    frame(false, &encoded(&good("bi-two"))),
+                    frame(false, &encoded(&good("bi-two"))),
+                ]
+                .concat(),
+            )),
+            status(Unimplemented, &["exactly one"]),
+        )
+        .known_bug("OK, the first reading stored and the second silently dropped; the gRPC spec says UNIMPLEMENTED (cardinality violation) and nothing stored"),
+        case(
+            "raw: content-type text/plain",
+            Send::Raw(raw(UNARY, frame(false, &encoded(&good("bi-ct")))).with("content-type", "text/plain")),
+            Expect::Http(415),
+        )
+        .known_bug("served as gRPC (OK, reading stored); the gRPC HTTP/2 protocol says a server SHOULD answer HTTP 415 to a content-type not starting with application/grpc"),
+        // --- Metadata.
+        case(
+            "metadata of 20 KB",
+            Send::UnaryWithMetadata(20_000),
+            status(ResourceExhausted, &["metadata"]),
+        )
+        .known_bug("HTTP 431 from h2 with no grpc-status: tonic clients see UNKNOWN \"grpc-status header missing, mapped from HTTP status code 431\"; expected RESOURCE_EXHAUSTED naming the metadata limit (16 KiB)"),
+        case(
+            "metadata of 1 MiB",
+            Send::UnaryWithMetadata(1 << 20),
+            status(ResourceExhausted, &["metadata"]),
+        )
+        .known_bug("h2 drops the connection: tonic clients see UNKNOWN \"transport error\" (broken pipe); expected RESOURCE_EXHAUSTED naming the metadata limit"),
+        // --- Tokens, on each ingest kind.
+        case(
+            "token missing",
+            Send::Unary(good("bi-auth"), Auth::Missing),
+            status(Unauthenticated, &["no `authorization` metadata", "Bearer <token>"]),
+        ),
+        case(
+            "token empty",
+            Send::Unary(good("bi-auth"), Auth::Value(b"")),
+            status(Unauthenticated, &["does not carry a token this server accepts"]),
+        ),
+        case(
+            "token malformed: Basic scheme",
+            Send::Unary(good("bi-auth"), Auth::Value(b"Basic YmFkLWlucHV0OnRva2Vu")),
+            status(Unauthenticated, &["does not carry a token this server accepts"]),
+        ),
+        case(
+            "token malformed: `Bearer` and nothing else",
+            Send::Unary(good("bi-auth"), Auth::Value(b"Bearer ")),
+            status(Unauthenticated, &["does not carry a token this server accepts"]),
+        ),
+        case(
+            "token malformed: bytes that are not ASCII",
+            Send::Raw(
+                RawRequest::new(UNARY, None, frame(false, &encoded(&good("bi-auth"))))
+                    .with("authorization", b"\xff\xfe-token".to_vec()),
+            ),
+            status(Unauthenticated, &["does not carry a token this server accepts"]),
+        ),
+        case(
+            "token wrong (unary)",
+            Send::Unary(good("bi-auth"), Auth::Value(WRONG_TOKEN.as_bytes())),
+            status(Unauthenticated, &["does not carry a token this server accepts"]),
+        ),
+        case(
+            "token wrong (client stream)",
+            Send::ClientStream(goods("bi-auth", 3), Auth::Value(WRONG_TOKEN.as_bytes())),
+            status(Unauthenticated, &["does not carry a token this server accepts"]),
+        ),
+        case(
+            "token wrong (chat)",
+            Send::Chat(goods("bi-auth", 2), Auth::Value(WRONG_TOKEN.as_bytes())),
+            status(Unauthenticated, &["does not carry a token this server accepts"]),
+        ),
+        // --- Methods and protocols.
+        case(
+            "unknown method",
+            Send::Raw(raw("/SensorService/DeleteEverything", frame(false, &encoded(&good("bi-m"))))),
+            status(Unimplemented, &["DeleteEverything"]),
+        )
+        .known_bug("UNIMPLEMENTED with an empty grpc-message; expected a message naming the unknown method"),
+        case(
+            "unknown service",
+            Send::Raw(raw("/sensor.v2.SensorService/SendSingleReading", frame(false, &encoded(&good("bi-m"))))),
+            status(Unimplemented, &["sensor.v2.SensorService"]),
+        )
+        .known_bug("UNIMPLEMENTED with an empty grpc-message; expected a message naming the unknown service"),
+        case("HTTP/1.1 to the gRPC port", Send::Http1, Expect::NoHttp1),
+        // --- TLS, against a server requiring client certificates.
+        case(
+            "plaintext HTTP/2 to the TLS port",
+            Send::PlaintextToTls,
+            Expect::TlsAlert(50), // decode_error
+        )
+        .on(On::MutualTls),
+        case(
+            "TLS 1.1 ClientHello",
+            Send::TlsHello([3, 2]),
+            Expect::TlsAlert(70), // protocol_version
+        )
+        .on(On::MutualTls),
+        case(
+            "TLS 1.0 ClientHello",
+            Send::TlsHello([3, 1]),
+            Expect::TlsAlert(70),
+        )
+        .on(On::MutualTls),
+        case(
+            "mTLS: client certificate from another CA",
+            Send::Mtls(ClientCert::Foreign),
+            // The impostor CA has the same name as the server's (both are
+            // made by `sensorhub certs`), so the issuer is found by name and
+            // its signature fails: decrypt_error rather than unknown_ca.
+            Expect::CertificateRefused("DecryptError"),
+        )
+        .on(On::MutualTls),
+        case(
+            "mTLS: no client certificate",
+            Send::Mtls(ClientCert::Missing),
+            Expect::CertificateRefused("CertificateRequired"),
+        )
+        .on(On::MutualTls),
+    ]
+}
+
+// ---------------------------------------------------------------------------
+// The servers.
+
+/// `sensorhub serve` with TLS, a client CA (mutual TLS) and a token.
+struct MutualTlsServer {
+    child: Child,
+    port: u16,
+    certs: BundleFiles,
+    _dir: tempfile::TempDir,
+}
+
+impl MutualTlsServer {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let certs = pki::generate(&[])
+            .expect("certificates")
+            .write_to(&dir.path().join("certs"))
+            .expect("write certificates");
+        let port = spawned_server::free_port();
+        let mut command = Command::new(spawned_server::BIN);
+        command
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--http",
+                "off",
+            ])
+            .arg("--tls-cert")
+            .arg(&certs.server_cert)
+            .arg("--tls-key")
+            .arg(&certs.server_key)
+            .arg("--client-ca")
+            .arg(&certs.ca_cert)
+            .arg("--data")
+            .arg(dir.path().join("data"))
+            .env("SENSORHUB_TOKENS", TOKEN);
+        spawned_server::clean_env(&mut command);
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sensorhub serve");
+        let mut server = MutualTlsServer {
+            child,
+            port,
+            certs,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                server.child.try_wait().expect("wait").is_none(),
+                "the mTLS server exited at startup"
+            );
+            assert!(Instant::now() < deadline, "the mTLS server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// A client configuration: the right CA and token, and `cert` as the
+    /// client certificate (the server's own CA's if `None`).
+    fn config(&self, cert: Option<(&Path, &Path)>) -> sensorhub_grpc::ClientConfig {
+        let mut config =
+            sensorhub_grpc::ClientConfig::new(format!("https://localhost:{}", self.port));
+        config.token = Some(TOKEN.to_owned());
+        config.tls.ca = Some(self.certs.ca_cert.clone());
+        let (cert, key) = cert.unwrap_or((&self.certs.client_cert, &self.certs.client_key));
+        config.tls.cert = Some(cert.to_owned());
+        config.tls.key = Some(key.to_owned());
+        config
+    }
+}
+
+impl Drop for MutualTlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Servers {
+    plain: SpawnedServer,
+    mtls: MutualTlsServer,
+    foreign: BundleFiles,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+impl Servers {
+    fn start() -> Self {
+        let data = tempfile::tempdir().expect("temp dir");
+        let plain = SpawnedServer::start(data.path(), TOKEN, &[]);
+        let mtls = MutualTlsServer::start();
+        let foreign_dir = tempfile::tempdir().expect("temp dir");
+        let foreign = pki::generate(&[])
+            .expect("certificates")
+            .write_to(foreign_dir.path())
+            .expect("write certificates");
+        Servers {
+            plain,
+            mtls,
+            foreign,
+            _dirs: (data, foreign_dir),
+        }
+    }
+
+    fn port(&self, on: On) -> u16 {
+        match on {
+            On::Plain => self.plain.grpc,
+            On::MutualTls => self.mtls.port,
+        }
+    }
+
+    /// A new connection, as a correct client makes it (TLS with the right
+    /// certificate on the mTLS server). The token is added per call.
+    async fn channel(&self, on: On) -> Result<Channel, String> {
+        let config = match on {
+            On::Plain => sensorhub_grpc::ClientConfig::new(self.plain.url()),
+            On::MutualTls => self.mtls.config(None),
+        };
+        sensorhub_grpc::client::endpoint(&config)
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| format!("connect: {e:?}"))
+    }
+
+    /// Every reading stored, per GetSensorStats.
+    async fn total_stored(&self, on: On) -> u64 {
+        tokio::time::timeout(LIMIT, self.total_stored_now(on))
+            .await
+            .expect("GetSensorStats in time")
+    }
+
+    async fn total_stored_now(&self, on: On) -> u64 {
+        let channel = self.channel(on).await.expect("a good client connects");
+        let stats = SensorServiceClient::new(channel)
+            .get_sensor_stats(with_auth(StatsRequest::default(), &Auth::Good))
+            .await
+            .expect("GetSensorStats")
+            .into_inner();
+        stats.sensors.iter().map(|s| s.count).sum()
+    }
+
+    /// A good call on a new connection.
+    async fn still_serving(&self, on: On) -> Result<(), String> {
+        tokio::time::timeout(LIMIT, self.good_call(on))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {LIMIT:?}")))
+    }
+
+    async fn good_call(&self, on: On) -> Result<(), String> {
+        let channel = self.channel(on).await?;
+        let ack = SensorServiceClient::new(channel)
+            .send_single_reading(with_auth(good("bi-probe"), &Auth::Good))
+            .await
+            .map_err(|s| format!("{s:?}"))?
+            .into_inner();
+        if ack.count == 1 {
+            Ok(())
+        } else {
+            Err(format!("{ack:?}"))
+        }
+    }
+
+    /// Every stored reading of `sensor_id`.
+    async fn read_back(&self, on: On, sensor_id: &str) -> Vec<SensorReading> {
+        let channel = self.channel(on).await.expect("a good client connects");
+        let request = SensorRequest {
+            sensor_id: sensor_id.to_owned(),
+            ..Default::default()
+        };
+        let mut stream = SensorServiceClient::new(channel)
+            .get_sensor_readings(with_auth(request, &Auth::Good))
+            .await
+            .expect("GetSensorReadings")
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(r) = stream.message().await.expect("history") {
+            out.push(r);
+        }
+        out
+    }
+}
+
+fn with_auth<T>(message: T, auth: &Auth) -> Request<T> {
+    let mut request = Request::new(message);
+    let value = match auth {
+        Auth::Good => TOKEN.as_bytes(),
+        Auth::Missing => return request,
+        Auth::Value(v) => v,
+    };
+    request.metadata_mut().insert(
+        "authorization",
+        tonic::metadata::AsciiMetadataValue::try_from(value).expect("ASCII token"),
+    );
+    request
+}
+
+// ---------------------------------------------------------------------------
+// Sending a case and describing the answer.
+
+/// What came back.
+#[derive(Debug)]
+enum Seen {
+    Status {
+        code: Code,
+        /// The message, and for a client-side transport error its causes.
+        message: String,
+        stored: Option<u64>,
+        /// Whether the status came from the client's transport, not the server.
+        transport: bool,
+        /// Headers and trailers that tell a client what to send instead.
+        accept_encoding: Option<String>,
+    },
+    Http(u16),
+    TlsAlert {
+        level: u8,
+        description: u8,
+    },
+    /// The connection ended; the bytes the server sent before it did.
+    Closed(Vec<u8>),
+    /// The TLS client's error after its handshake.
+    TlsRefused(String),
+    /// Anything else, described.
+    Other(String),
+}
+
+fn seen_status(status: &Status) -> Seen {
+    let mut message = status.message().to_owned();
+    let mut source = std::error::Error::source(status);
+    let transport = source.is_some();
+    while let Some(cause) = source {
+        message.push_str(&format!(" / {cause}"));
+        source = cause.source();
+    }
+    Seen::Status {
+        code: status.code(),
+        message,
+        stored: status
+            .metadata()
+            .get("sensorhub-stored-count")
+            .map(|v| v.to_str().expect("ASCII").parse().expect("a count")),
+        transport,
+        accept_encoding: None,
+    }
+}
+
+fn ok_status() -> Seen {
+    Seen::Status {
+        code: Code::Ok,
+        message: String::new(),
+        stored: None,
+        transport: false,
+        accept_encoding: None,
+    }
+}
+
+async fn send(servers: &Servers, case: &Case) -> Seen {
+    let port = servers.port(case.on);
+    match &case.send {
+        Send::Unary(r, auth) => {
+            let mut client = SensorServiceClient::new(servers.channel(case.on).await.unwrap());
+            match client.send_single_reading(with_auth(r.clone(), auth)).await {
+                Ok(_) => ok_status(),
+                Err(s) => seen_status(&s),
+            }
+        }
+        Send::UnaryWithMetadata(bytes) => {
+            let mut client = SensorServiceClient::new(servers.channel(case.on).await.unwrap());
+            let mut request = with_auth(good("bi-metadata"), &Auth::Good);
+            request.metadata_mut().insert(
+                "x-padding",
+                "p".repeat(*bytes).parse().expect("ASCII metadata"),
+            );
+            match client.send_single_reading(request).await {
+                Ok(_) => ok_status(),
+                Err(s) => seen_status(&s),
+            }
+        }
+        Send::ClientStream(readings, auth) => {
+            let mut client = SensorServiceClient::new(servers.channel(case.on).await.unwrap());
+            let request = with_auth(tokio_stream::iter(readings.clone()), auth);
+            match client.stream_sensor_readings(request).await {
+                Ok(_) => ok_status(),
+                Err(s) => seen_status(&s),
+            }
+        }
+        Send::Chat(readings, auth) => {
+            let mut client = SensorServiceClient::new(servers.channel(case.on).await.unwrap());
+            let (tx, rx) = mpsc::channel(readings.len().max(1));
+            for r in readings {
+                tx.send(r.clone()).await.expect("queue");
+            }
+            let mut replies = match client
+                .sensor_chat(with_auth(ReceiverStream::new(rx), auth))
+                .await
+            {
+                Ok(replies) => replies.into_inner(),
+                Err(s) => return seen_status(&s),
+            };
+            let mut received = 0;
+            let outcome = loop {
+                match replies.message().await {
+                    Ok(Some(m)) if m.kind == ServerMessageKind::Received as i32 => received += 1,
+                    Ok(Some(_)) => {}
+                    Ok(None) => break ok_status(),
+                    Err(s) => break seen_status(&s),
+                }
+            };
+            drop(tx);
+            // Each stored reading was acknowledged before the refusal.
+            if let Seen::Status {
+                stored: Some(stored),
+                ..
+            } = &outcome
+                && *stored != received
+            {
+                return Seen::Other(format!("{outcome:?}, but {received} replies before it"));
+            }
+            outcome
+        }
+        Send::History(request) => {
+            let mut client = SensorServiceClient::new(servers.channel(case.on).await.unwrap());
+            match client
+                .get_sensor_readings(with_auth(request.clone(), &Auth::Good))
+                .await
+            {
+                Ok(stream) => {
+                    let mut stream = stream.into_inner();
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(_)) => {}
+                            Ok(None) => break ok_status(),
+                            Err(s) => break seen_status(&s),
+                        }
+                    }
+                }
+                Err(s) => seen_status(&s),
+            }
+        }
+        Send::Raw(request) => {
+            let response = raw_grpc::call(port, request.clone(), LIMIT).await;
+            if let Some(e) = response.h2_error {
+                return Seen::Other(format!("HTTP/2 error: {e}"));
+            }
+            match (response.http_status, response.grpc_status()) {
+                (Some(200), Some(code)) => Seen::Status {
+                    code: Code::from_i32(code),
+                    message: response.grpc_message(),
+                    stored: response
+                        .get("sensorhub-stored-count")
+                        .map(|v| v.parse().expect("a count")),
+                    transport: false,
+                    accept_encoding: response.get("grpc-accept-encoding"),
+                },
+                (Some(http), _) => Seen::Http(http),
+                (None, _) => Seen::Other("no response".into()),
+            }
+        }
+        Send::Http1 => {
+            let request = format!(
+                "POST {UNARY} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/grpc\r\nauthorization: {TOKEN}\r\nContent-Length: 0\r\n\r\n"
+            );
+            Seen::Closed(exchange(port, request.as_bytes(), None))
+        }
+        Send::PlaintextToTls => tls_alert(&exchange(
+            port,
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+            None,
+        )),
+        Send::TlsHello(version) => {
+            // The same hello with TLS 1.2 must get a ServerHello, so that the
+            // alert is about the version and nothing else.
+            let control = exchange(port, &client_hello([3, 3]), Some(6));
+            assert!(
+                control.len() >= 6 && control[0] == 0x16 && control[5] == 2,
+                "the TLS 1.2 control hello got no ServerHello: {control:02x?}"
+            );
+            tls_alert(&exchange(port, &client_hello(*version), None))
+        }
+        Send::Mtls(cert) => {
+            let ca = servers.mtls.certs.ca_cert.clone();
+            // The CA's own client certificate is accepted, so that the
+            // refusal is about the certificate and nothing else.
+            let own = (
+                servers.mtls.certs.client_cert.clone(),
+                servers.mtls.certs.client_key.clone(),
+            );
+            let control = tls_handshake_then_read(port, &ca, Some(&own));
+            assert!(control.is_ok(), "the CA's client certificate: {control:?}");
+            let foreign = (
+                servers.foreign.client_cert.clone(),
+                servers.foreign.client_key.clone(),
+            );
+            let client = match cert {
+                ClientCert::Foreign => Some(&foreign),
+                ClientCert::Missing => None,
+            };
+            match tls_handshake_then_read(port, &ca, client) {
+                Ok(n) => Seen::Other(format!("accepted: read {n} bytes")),
+                Err(e) => Seen::TlsRefused(e),
+            }
+        }
+    }
+}
+
+/// Writes `request` on a new TCP connection and reads until the server closes
+/// it (or `up_to` bytes). A reset after data counts as closed.
+fn exchange(port: u16, request: &[u8], up_to: Option<usize>) -> Vec<u8> {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    tcp.set_read_timeout(Some(LIMIT)).expect("timeout");
+    tcp.write_all(request).expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0; 4096];
+    loop {
+        match tcp.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if up_to.is_some_and(|limit| out.len() >= limit) {
+                    return out;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return out,
+            Err(e) => panic!("the server neither answered nor closed within {LIMIT:?}: {e}"),
+        }
+    }
+}
+
+fn tls_alert(bytes: &[u8]) -> Seen {
+    // An alert record: type 21, version, length 2, level, description.
+    if bytes.len() == 7 && bytes[0] == 0x15 && bytes[3..5] == [0, 2] {
+        Seen::TlsAlert {
+            level: bytes[5],
+            description: bytes[6],
+        }
+    } else {
+        Seen::Closed(bytes.to_vec())
+    }
+}
+
+/// A TLS 1.3 handshake trusting `ca`, presenting `client` (certificate, key),
+/// then one read: in TLS 1.3 the server checks the client's certificate after
+/// the client has finished, so its verdict (an alert, or its HTTP/2 SETTINGS)
+/// arrives here. `Ok`: bytes read; `Err`: the TLS error.
+fn tls_handshake_then_read(
+    port: u16,
+    ca: &Path,
+    client: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+) -> Result<usize, String> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(cert.expect("CA certificate")).expect("trusted");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .expect("TLS 1.3")
+    .with_root_certificates(roots);
+    let config = match client {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .expect("certificate file")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("certificates");
+            let key = PrivateKeyDer::from_pem_file(key).expect("key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client certificate")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut tls = rustls::ClientConnection::new(
+        std::sync::Arc::new(config),
+        ServerName::try_from("localhost").expect("name"),
+    )
+    .expect("TLS client");
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    tcp.set_read_timeout(Some(LIMIT)).expect("timeout");
+    while tls.is_handshaking() {
+        tls.complete_io(&mut tcp)
+            .map_err(|e| format!("handshake: {e}"))?;
+    }
+    let mut buf = [0; 64];
+    rustls::Stream::new(&mut tls, &mut tcp)
+        .read(&mut buf)
+        .map_err(|e| e.to_string())
+}
+
+/// A ClientHello that would be acceptable to the server at TLS 1.2, offering
+/// `version` as its only protocol version (no supported_versions extension).
+fn client_hello(version: [u8; 2]) -> Vec<u8> {
+    let mut body = version.to_vec();
+    body.extend_from_slice(&[0x5a; 32]); // random
+    body.push(0); // no session id
+    // ECDHE-ECDSA- and ECDHE-RSA-AES128-GCM-SHA256; no compression.
+    body.extend_from_slice(&[0, 4, 0xc0, 0x2b, 0xc0, 0x2f, 1, 0]);
+    let extensions: &[u8] = &[
+        0x00, 0x0a, 0, 6, 0, 4, 0x00, 0x1d, 0x00, 0x17, // groups: x25519, P-256
+        0x00, 0x0b, 0, 2, 1, 0, // point formats: uncompressed
+        0x00, 0x0d, 0, 8, 0, 6, 0x04, 0x03, 0x08, 0x04, 0x04, 0x01, // signature schemes
+    ];
+    body.extend_from_slice(&(extensions.len() as u16).to_be_bytes());
+    body.extend_from_slice(extensions);
+    let mut handshake = vec![1, 0];
+    handshake.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    handshake.extend_from_slice(&body);
+    let mut record = vec![0x16, 3, 1];
+    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
+    record.extend_from_slice(&handshake);
+    record
+}
+
+/// Whether `seen` is what `expect` asks for; `Err` says how it differs.
+fn matches(seen: &Seen, expect: &Expect) -> Result<(), String> {
+    let mismatch = || Err(format!("expected {expect:?}, got {seen:?}"));
+    match (expect, seen) {
+        (
+            Expect::Status {
+                code,
+                words,
+                stored,
+            },
+            Seen::Status {
+                code: got,
+                message,
+                stored: trailer,
+                transport: false,
+                accept_encoding,
+            },
+        ) => {
+            if got != code || stored != trailer {
+                return mismatch();
+            }
+            // What the client is told, in the message or in grpc-accept-encoding.
+            let told = format!(
+                "{message} accepts: {}",
+                accept_encoding.as_deref().unwrap_or("-")
+            );
+            match words.iter().find(|w| !told.contains(*w)) {
+                Some(missing) => Err(format!("{seen:?} does not say {missing:?}")),
+                None => Ok(()),
+            }
+        }
+        (Expect::Http(code), Seen::Http(got)) if code == got => Ok(()),
+        (
+            Expect::TlsAlert(code),
+            Seen::TlsAlert {
+                level: 2,
+                description,
+            },
+        ) if code == description => Ok(()),
+        (Expect::NoHttp1, Seen::Closed(bytes)) => {
+            if bytes.starts_with(b"HTTP/1") {
+                return mismatch();
+            }
+            // What it did send is its HTTP/2 SETTINGS: it speaks nothing else.
+            if bytes.len() >= 9 && bytes[3] == 4 {
+                Ok(())
+            } else {
+                mismatch()
+            }
+        }
+        (Expect::CertificateRefused(alert), Seen::TlsRefused(error))
+            if error.contains(&format!("received fatal alert: {alert}")) =>
+        {
+            Ok(())
+        }
+        (_, Seen::Other(what)) => Err(format!("expected {expect:?}, got: {what}")),
+        _ => mismatch(),
+    }
+}
+
+/// The sensor ids whose readings a stream case sends before the bad one.
+fn sent_before_bad(case: &Case) -> Option<(String, Vec<SensorReading>)> {
+    let Expect::Status {
+        stored: Some(n), ..
+    } = case.expect
+    else {
+        return None;
+    };
+    let readings: Vec<SensorReading> = match &case.send {
+        Send::ClientStream(rs, _) | Send::Chat(rs, _) => {
+            rs.iter().take(n as usize).cloned().collect()
+        }
+        Send::Raw(request) => {
+            // The frames before the bad one, decoded back.
+            let mut rest = request.body.as_slice();
+            let mut out = Vec::new();
+            while out.len() < n as usize {
+                let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+                out.push(SensorReading::decode(&rest[5..5 + len]).expect("a good frame"));
+                rest = &rest[5 + len..];
+            }
+            out
+        }
+        _ => return None,
+    };
+    Some((readings[0].sensor_id.clone(), readings))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_stores_nothing_and_the_server_keeps_serving() {
+    let servers = Servers::start();
+    let strict = std::env::var_os("SENSORHUB_BAD_INPUT_STRICT").is_some_and(|v| v == "1");
+    let cases = cases();
+    assert!(cases.len() >= 25, "{} cases", cases.len());
+
+    let mut failures = Vec::new();
+    let mut bugs = Vec::new();
+    for case in &cases {
+        let before = servers.total_stored(case.on).await;
+        let seen = tokio::time::timeout(LIMIT, send(&servers, case))
+            .await
+            .unwrap_or_else(|_| Seen::Other(format!("no answer within {LIMIT:?}")));
+        let stored = servers.total_stored(case.on).await - before;
+
+        let mut verdict = matches(&seen, &case.expect);
+        // Nothing stored but what the trailer states, and that reads back.
+        let allowed = match case.expect {
+            Expect::Status {
+                stored: Some(n), ..
+            } => n,
+            _ => 0,
+        };
+        if verdict.is_ok() && stored != allowed {
+            verdict = Err(format!("{stored} readings stored, expected {allowed}"));
+        }
+        if verdict.is_ok()
+            && let Some((sensor, sent)) = sent_before_bad(case)
+        {
+            let back = servers.read_back(case.on, &sensor).await;
+            if back != sent {
+                verdict = Err(format!("stored {back:?}, expected {sent:?}"));
+            }
+        }
+        // No message ever carries a token, right or wrong.
+        if let Seen::Status { message, .. } = &seen
+            && (message.contains(TOKEN) || message.contains(WRONG_TOKEN))
+        {
+            verdict = Err(format!("the status carries a token: {message:?}"));
+        }
+        // Whatever happened, the server serves the next good call.
+        if let Err(e) = servers.still_serving(case.on).await {
+            failures.push(format!("{}: the server stopped serving: {e}", case.name));
+            break;
+        }
+
+        match (verdict, case.known_bug) {
+            (Ok(()), None) => eprintln!("ok    {}", case.name),
+            (Err(e), None) => {
+                eprintln!("FAIL  {}: {e}", case.name);
+                failures.push(format!("{}: {e}", case.name));
+            }
+            (Err(e), Some(bug)) => {
+                eprintln!("BUG   {}: {bug}\n      ({e})", case.name);
+                bugs.push(format!("{}: {e}", case.name));
+            }
+            (Ok(()), Some(bug)) => failures.push(format!(
+                "{}: now passes; remove its known_bug marker ({bug})",
+                case.name
+            )),
+        }
+    }
+    if strict {
+        failures.extend(bugs);
+    }
+
+    // The server's own log of all this names no token, right or wrong.
+    let Servers { plain, .. } = servers;
+    let (output, _) = plain.terminate(LIMIT);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    for secret in [TOKEN, WRONG_TOKEN] {
+        assert!(!log.contains(secret), "the server logged {secret}:\n{log}");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}

@@ -1,0 +1,571 @@
+//! Crash durability, with real `sensorhub serve` processes.
+//!
+//! - SIGKILL in the middle of sustained ingest by concurrent client-stream,
+//!   unary and chat writers, then a restart on the same data directory:
+//!   every reading a client saw acknowledged is there (an OK `Ack`, the
+//!   `sensorhub-stored-count` of a failed stream, a chat reply). Nothing is
+//!   there that was not sent, nothing twice, no gaps, and the statistics
+//!   agree with the readings. Three trials on the same data, killed at
+//!   different times.
+//! - A damaged `readings.db` (garbled or truncated header, a garbled page
+//!   in the middle, an empty file) stops the server at startup with an error
+//!   that says the store is damaged and what to do, a non-zero exit, and the
+//!   file left exactly as it was.
+
+#[path = "support/spawned_server.rs"]
+mod spawned_server;
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use sensorhub_grpc::{ClientConfig, SensorClient};
+use sensorhub_proto::{SensorReading, SensorRequest, ServerMessageKind, StatsRequest};
+use spawned_server::SpawnedServer;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+const TOKEN: &str = "crash-durability-token";
+/// Readings per client-stream call.
+const BATCH: usize = 2_000;
+/// Readings are dated from here on, one second apart, so that even a long
+/// run stays in the past (the server refuses the future).
+const DAYS_BACK: i64 = 30;
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+/// Reading number `i` of a writer: a pure function, so that what was sent
+/// and what was acknowledged are both prefixes `0..n` of one sequence.
+fn reading_for(sensor: &str, base: i64, i: usize) -> SensorReading {
+    SensorReading {
+        sensor_id: sensor.to_owned(),
+        temperature: 20.0 + (i % 100) as f64 * 0.01,
+        timestamp: base + i as i64,
+    }
+}
+
+async fn connect(server: &SpawnedServer) -> SensorClient {
+    let mut config = ClientConfig::new(server.url());
+    config.token = Some(TOKEN.to_owned());
+    sensorhub_grpc::connect(&config).await.expect("connect")
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    ClientStream,
+    Unary,
+    Chat,
+}
+
+/// What one writer did: readings `0..sent` went out, `0..acked` were
+/// acknowledged.
+#[derive(Debug)]
+struct WriterLog {
+    sensor: String,
+    kind: Kind,
+    sent: usize,
+    acked: usize,
+    /// The call the kill interrupted ended this way.
+    ended_by: String,
+}
+
+/// Shared between the writers and the trial. `errors_before_kill` must
+/// stay empty: only the kill may end a call.
+#[derive(Default)]
+struct Progress {
+    acked: AtomicUsize,
+    killed: AtomicBool,
+    errors_before_kill: std::sync::Mutex<Vec<String>>,
+}
+
+impl Progress {
+    fn error(&self, sensor: &str, what: String) {
+        if !self.killed.load(Ordering::SeqCst) {
+            self.errors_before_kill
+                .lock()
+                .unwrap()
+                .push(format!("{sensor}: {what}"));
+        }
+    }
+}
+
+fn stored_count(status: &tonic::Status) -> Option<usize> {
+    status
+        .metadata()
+        .get("sensorhub-stored-count")
+        .map(|v| v.to_str().unwrap().parse().unwrap())
+}
+
+async fn write(
+    mut client: SensorClient,
+    kind: Kind,
+    sensor: String,
+    base: i64,
+    progress: Arc<Progress>,
+) -> WriterLog {
+    let mut log = WriterLog {
+        sensor: sensor.clone(),
+        kind,
+        sent: 0,
+        acked: 0,
+        ended_by: String::new(),
+    };
+    match kind {
+        Kind::ClientStream => loop {
+            let batch: Vec<_> = (log.sent..log.sent + BATCH)
+                .map(|i| reading_for(&sensor, base, i))
+                .collect();
+            let first = log.sent;
+            log.sent += BATCH;
+            match client
+                .stream_sensor_readings(tokio_stream::iter(batch))
+                .await
+            {
+                Ok(ack) => {
+                    let count = ack.into_inner().count as usize;
+                    if count != BATCH {
+                        progress.error(&sensor, format!("Ack count {count}, sent {BATCH}"));
+                    }
+                    log.acked = first + count;
+                    progress.acked.fetch_add(count, Ordering::SeqCst);
+                }
+                Err(status) => {
+                    // The trailer, when there is one, acknowledges a prefix.
+                    let stored = stored_count(&status).unwrap_or(0);
+                    log.acked = first + stored;
+                    log.ended_by = format!(
+                        "{:?} {:?}, stored {stored}",
+                        status.code(),
+                        status.message()
+                    );
+                    progress.error(&sensor, format!("{status:?}"));
+                    return log;
+                }
+            }
+        },
+        Kind::Unary => loop {
+            let r = reading_for(&sensor, base, log.sent);
+            log.sent += 1;
+            match client.send_single_reading(r).await {
+                Ok(_) => {
+                    log.acked = log.sent;
+                    progress.acked.fetch_add(1, Ordering::SeqCst);
+                }
+                Err(status) => {
+                    log.ended_by = format!("{:?} {:?}", status.code(), status.message());
+                    progress.error(&sensor, format!("{status:?}"));
+                    return log;
+                }
+            }
+        },
+        Kind::Chat => {
+            let (tx, rx) = mpsc::channel(64);
+            let sent = Arc::new(AtomicUsize::new(0));
+            let feeder = tokio::spawn({
+                let (sensor, sent) = (sensor.clone(), sent.clone());
+                async move {
+                    for i in 0.. {
+                        if tx.send(reading_for(&sensor, base, i)).await.is_err() {
+                            return;
+                        }
+                        sent.store(i + 1, Ordering::SeqCst);
+                    }
+                }
+            });
+            let mut replies = match client.sensor_chat(ReceiverStream::new(rx)).await {
+                Ok(replies) => replies.into_inner(),
+                Err(status) => {
+                    log.ended_by = format!("{status:?}");
+                    progress.error(&sensor, format!("{status:?}"));
+                    feeder.abort();
+                    return log;
+                }
+            };
+            // Replies come in order: each "Received" acknowledges the next reading.
+            loop {
+                match replies.message().await {
+                    Ok(Some(m)) if m.kind == ServerMessageKind::Received as i32 => {
+                        log.acked += 1;
+                        progress.acked.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        log.ended_by = "the stream ended with OK".into();
+                        progress.error(&sensor, log.ended_by.clone());
+                        break;
+                    }
+                    Err(status) => {
+                        log.ended_by = format!("{:?} {:?}", status.code(), status.message());
+                        progress.error(&sensor, format!("{status:?}"));
+                        break;
+                    }
+                }
+            }
+            feeder.abort();
+            let _ = feeder.await;
+            // A reading counts as sent once it was handed to the call.
+            log.sent = sent.load(Ordering::SeqCst).max(log.acked);
+            log
+        }
+    }
+}
+
+/// Every stored reading of `sensor`, in (timestamp, arrival) order.
+async fn read_back(client: &mut SensorClient, sensor: &str) -> Vec<SensorReading> {
+    let mut stream = client
+        .get_sensor_readings(SensorRequest {
+            sensor_id: sensor.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("GetSensorReadings")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(r) = stream.message().await.expect("history") {
+        out.push(r);
+    }
+    out
+}
+
+/// Checks one writer's readings after the restart; returns how many are stored.
+fn check_writer(log: &WriterLog, base: i64, stored: &[SensorReading], stats_count: u64) -> usize {
+    let who = format!("{} ({:?})", log.sensor, log.kind);
+    // Dated one second apart from `base`: the timestamp gives the index.
+    let indices: Vec<usize> = stored
+        .iter()
+        .map(|r| {
+            let i = usize::try_from(r.timestamp - base)
+                .unwrap_or_else(|_| panic!("{who}: a reading never sent: {r:?}"));
+            assert_eq!(
+                r,
+                &reading_for(&log.sensor, base, i),
+                "{who}: a reading never sent, or changed"
+            );
+            i
+        })
+        .collect();
+    let n = indices.len();
+    // Exactly 0..n: nothing twice, no gap (commits keep each call's order).
+    assert!(
+        indices.iter().copied().eq(0..n),
+        "{who}: stored indices are not 0..{n}: {:?}…",
+        &indices[..n.min(20)]
+    );
+    assert!(
+        n >= log.acked,
+        "{who}: {} readings acknowledged, only {n} stored after the crash",
+        log.acked
+    );
+    assert!(n <= log.sent, "{who}: {n} stored, only {} sent", log.sent);
+    assert_eq!(
+        stats_count, n as u64,
+        "{who}: statistics disagree with the readings"
+    );
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_durability_every_acknowledged_reading_survives_sigkill() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let base = unix_now() - DAYS_BACK * 86_400;
+    // After the first acknowledgements, how much longer the ingest runs.
+    let kill_after = [
+        Duration::from_millis(100),
+        Duration::from_millis(700),
+        Duration::from_millis(1_500),
+    ];
+    // Every writer of every trial, checked after every restart.
+    let mut all: Vec<WriterLog> = Vec::new();
+
+    for (trial, delay) in kill_after.iter().enumerate() {
+        let server = SpawnedServer::start(data.path(), TOKEN, &[]);
+        let progress = Arc::new(Progress::default());
+        let mut writers = Vec::new();
+        for (kind, count) in [(Kind::ClientStream, 3), (Kind::Unary, 2), (Kind::Chat, 1)] {
+            for w in 0..count {
+                let sensor = format!("crash-t{trial}-{kind:?}-{w}");
+                let client = connect(&server).await;
+                writers.push(tokio::spawn(write(
+                    client,
+                    kind,
+                    sensor,
+                    base,
+                    progress.clone(),
+                )));
+            }
+        }
+
+        // Mid-ingest: every kind has had acknowledgements, and more are coming.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while progress.acked.load(Ordering::SeqCst) < 3 * BATCH {
+            assert!(Instant::now() < deadline, "no ingest progress");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(*delay).await;
+        let acked_at_kill = progress.acked.load(Ordering::SeqCst);
+        progress.killed.store(true, Ordering::SeqCst);
+        // Dropping the server sends SIGKILL (std's Child::kill) and reaps it.
+        tokio::task::spawn_blocking(move || drop(server))
+            .await
+            .expect("kill");
+
+        let mut logs = Vec::new();
+        for writer in writers {
+            logs.push(
+                tokio::time::timeout(Duration::from_secs(20), writer)
+                    .await
+                    .expect("every writer notices the kill")
+                    .expect("writer"),
+            );
+        }
+        let errors = progress.errors_before_kill.lock().unwrap().clone();
+        assert!(errors.is_empty(), "errors before the kill: {errors:?}");
+        let in_flight = logs.iter().filter(|l| l.sent > l.acked).count();
+        eprintln!(
+            "trial {trial}: killed {delay:?} after the first acks, {acked_at_kill} readings acknowledged by then; calls cut: {in_flight} of {}",
+            logs.len()
+        );
+        for log in &logs {
+            eprintln!(
+                "  {:<32} sent {:>7} acked {:>7}  {}",
+                log.sensor, log.sent, log.acked, log.ended_by
+            );
+        }
+        all.extend(logs);
+
+        // Restart on the same data: everything acknowledged, in every trial so far.
+        let server = SpawnedServer::start(data.path(), TOKEN, &[]);
+        let mut client = connect(&server).await;
+        let stats: BTreeMap<String, u64> = client
+            .get_sensor_stats(StatsRequest::default())
+            .await
+            .expect("GetSensorStats")
+            .into_inner()
+            .sensors
+            .into_iter()
+            .map(|s| (s.sensor_id, s.count))
+            .collect();
+        let mut stored_total = 0;
+        let mut acked_total = 0;
+        for log in &all {
+            let stored = read_back(&mut client, &log.sensor).await;
+            let count = stats.get(&log.sensor).copied().unwrap_or(0);
+            stored_total += check_writer(log, base, &stored, count);
+            acked_total += log.acked;
+        }
+        assert_eq!(
+            stats.len(),
+            all.iter().filter(|l| l.sent > 0).count(),
+            "sensors nobody wrote: {stats:?}"
+        );
+        eprintln!(
+            "trial {trial}: after restart {stored_total} readings stored, {acked_total} acknowledged, all present"
+        );
+        // Kill this one too: the next trial starts from a crashed store.
+        drop(client);
+        tokio::task::spawn_blocking(move || drop(server))
+            .await
+            .expect("kill");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Damaged files.
+
+/// Starts `sensorhub serve` on `data` and waits until it either listens
+/// (`Ok`) or exits (`Err` with its exit code and stderr).
+fn try_serve(data: &Path) -> Result<(), (Option<i32>, String)> {
+    let port = spawned_server::free_port();
+    let mut command = Command::new(spawned_server::BIN);
+    command
+        .args(["serve", "--insecure", "--http", "off"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data")
+        .arg(data)
+        .env("SENSORHUB_TOKENS", TOKEN)
+        .env("NO_COLOR", "1");
+    spawned_server::clean_env(&mut command);
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sensorhub serve");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            let output = child.wait_with_output().expect("output");
+            return Err((
+                output.status.code(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            ));
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server neither served nor exited"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// Deterministic noise (xorshift), so a failure can be reproduced.
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_durability_a_damaged_store_is_refused_at_startup() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let good = dir.path().join("good");
+
+    // A store with enough readings for many pages, shut down cleanly so that
+    // everything is in readings.db itself (the WAL checkpointed away).
+    {
+        let server = SpawnedServer::start(&good, TOKEN, &[]);
+        let mut client = connect(&server).await;
+        let base = unix_now() - 86_400;
+        for s in 0..4 {
+            let sensor = format!("damage-{s}");
+            let readings: Vec<_> = (0..5_000).map(|i| reading_for(&sensor, base, i)).collect();
+            client
+                .stream_sensor_readings(tokio_stream::iter(readings))
+                .await
+                .expect("store readings");
+        }
+        drop(client);
+        let (output, _) = server.terminate(Duration::from_secs(20));
+        assert!(output.status.success(), "{output:?}");
+    }
+    let db = good.join("readings.db");
+    let original = std::fs::read(&db).expect("readings.db");
+    let page_size = u16::from_be_bytes([original[16], original[17]]) as usize;
+    let pages = original.len() / page_size;
+    assert!(pages >= 40, "only {pages} pages");
+    assert!(
+        !good.join("readings.db-wal").exists()
+            || std::fs::metadata(good.join("readings.db-wal"))
+                .unwrap()
+                .len()
+                == 0,
+        "the WAL was checkpointed"
+    );
+
+    // An undamaged copy starts: the refusals below are about the damage. (A
+    // copy: the server writes at startup, and its WAL would then hold page 1.)
+    let control = dir.path().join("control");
+    copy_dir(&good, &control);
+    try_serve(&control).expect("the undamaged copy serves");
+
+    let garble_page = |page: usize, seed: u64| {
+        move |bytes: &mut Vec<u8>| {
+            let at = page * page_size;
+            bytes[at..at + page_size].copy_from_slice(&noise(page_size, seed));
+        }
+    };
+    type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+    let damages: Vec<(&str, Damage)> = vec![
+        (
+            "header magic garbled",
+            Box::new(|b: &mut Vec<u8>| b[..16].copy_from_slice(b"not a database!!")),
+        ),
+        (
+            "page size in the header garbled",
+            Box::new(|b: &mut Vec<u8>| b[16..18].copy_from_slice(&[0x12, 0x34])),
+        ),
+        (
+            "truncated inside the header",
+            Box::new(|b: &mut Vec<u8>| b.truncate(50)),
+        ),
+        (
+            "truncated to half its pages",
+            Box::new(move |b: &mut Vec<u8>| b.truncate(pages / 2 * page_size)),
+        ),
+        (
+            "truncated to nothing",
+            Box::new(|b: &mut Vec<u8>| b.clear()),
+        ),
+        (
+            "a page in the middle garbled",
+            Box::new(garble_page(pages / 2, 7)),
+        ),
+        (
+            "a page at three quarters garbled",
+            Box::new(garble_page(pages * 3 / 4, 11)),
+        ),
+        (
+            "page 2 (a small table) garbled",
+            Box::new(garble_page(1, 13)),
+        ),
+        (
+            "a page in the middle zeroed",
+            Box::new(move |b: &mut Vec<u8>| {
+                let at = (pages / 2 + 1) * page_size;
+                b[at..at + page_size].fill(0);
+            }),
+        ),
+    ];
+    for (name, damage) in damages {
+        let copy = dir.path().join(name.replace(' ', "-"));
+        copy_dir(&good, &copy);
+        let mut bytes = original.clone();
+        damage(&mut bytes);
+        std::fs::write(copy.join("readings.db"), &bytes).unwrap();
+
+        let started = Instant::now();
+        let outcome = try_serve(&copy);
+        let Err((code, stderr)) = outcome else {
+            panic!("{name}: the server started on a damaged store");
+        };
+        assert!(
+            code.is_some_and(|c| c != 0),
+            "{name}: exit code {code:?}\n{stderr}"
+        );
+        assert!(
+            stderr.contains("is damaged")
+                && stderr.contains("readings.db")
+                && stderr.contains("restore it from a backup"),
+            "{name}: the error says what is wrong and what to do:\n{stderr}"
+        );
+        assert_eq!(
+            std::fs::read(copy.join("readings.db")).unwrap(),
+            bytes,
+            "{name}: the damaged file was changed"
+        );
+        eprintln!(
+            "{name}: refused in {:?}: {}",
+            started.elapsed(),
+            stderr.lines().last().unwrap_or_default()
+        );
+    }
+}
