@@ -144,6 +144,9 @@ enum Send {
     History(SensorRequest),
     /// Hand-made HTTP/2 request: path, extra metadata, body frames.
     Raw(RawRequest),
+    /// A good unary SendSingleReading whose `content-type` headers are
+    /// exactly these values (none, one or several).
+    ContentType(&'static [&'static str]),
     /// An HTTP/1.1 request to the gRPC port.
     Http1,
     /// The HTTP/2 connection preface, in plaintext, to the TLS port.
@@ -165,8 +168,9 @@ enum Expect {
         words: &'static [&'static str],
         stored: Option<u64>,
     },
-    /// An HTTP response without a gRPC status (the request never became a call).
-    Http(u16),
+    /// An HTTP response without a gRPC status (the request never became a
+    /// call), whose body says these words.
+    Http(u16, &'static [&'static str]),
     /// A fatal TLS alert with this description, and the connection closed.
     TlsAlert(u8),
     /// The connection ends without any HTTP/1.x response.
@@ -454,9 +458,23 @@ fn cases() -> Vec<Case> {
         case(
             "raw: unary call without a message",
             Send::Raw(raw(UNARY, Vec::new())),
-            status(Unimplemented, &["exactly one"]),
-        )
-        .known_bug("INTERNAL \"Missing request message.\"; the gRPC spec says UNIMPLEMENTED for a request cardinality violation"),
+            status(
+                Unimplemented,
+                &[
+                    "/SensorService/SendSingleReading expects exactly one request message",
+                    "ended without one",
+                    "nothing was stored",
+                ],
+            ),
+        ),
+        case(
+            "raw: server-streaming call (history) without a message",
+            Send::Raw(raw("/SensorService/GetSensorReadings", Vec::new())),
+            status(
+                Unimplemented,
+                &["/SensorService/GetSensorReadings expects exactly one request message"],
+            ),
+        ),
         case(
             "raw: unary call with two messages",
             Send::Raw(raw(
@@ -470,12 +488,33 @@ fn cases() -> Vec<Case> {
             status(Unimplemented, &["exactly one"]),
         )
         .known_bug("OK, the first reading stored and the second silently dropped; the gRPC spec says UNIMPLEMENTED (cardinality violation) and nothing stored"),
+        // gRPC over HTTP/2: a content-type not starting with application/grpc
+        // SHOULD get HTTP 415.
         case(
-            "raw: content-type text/plain",
-            Send::Raw(raw(UNARY, frame(false, &encoded(&good("bi-ct")))).with("content-type", "text/plain")),
-            Expect::Http(415),
-        )
-        .known_bug("served as gRPC (OK, reading stored); the gRPC HTTP/2 protocol says a server SHOULD answer HTTP 415 to a content-type not starting with application/grpc"),
+            "content-type text/plain",
+            Send::ContentType(&["text/plain"]),
+            Expect::Http(415, &["gRPC only", "application/grpc"]),
+        ),
+        case(
+            "content-type application/json",
+            Send::ContentType(&["application/json"]),
+            Expect::Http(415, &["gRPC only", "application/grpc"]),
+        ),
+        case(
+            "content-type application/grpc-web (no grpc-web here)",
+            Send::ContentType(&["application/grpc-web"]),
+            Expect::Http(415, &["gRPC only", "application/grpc"]),
+        ),
+        case(
+            "content-type missing",
+            Send::ContentType(&[]),
+            Expect::Http(415, &["exactly one content-type", "application/grpc"]),
+        ),
+        case(
+            "content-type twice: application/grpc, then text/plain",
+            Send::ContentType(&["application/grpc", "text/plain"]),
+            Expect::Http(415, &["exactly one content-type", "application/grpc"]),
+        ),
         // --- Metadata.
         case(
             "metadata of 20 KB",
@@ -537,15 +576,40 @@ fn cases() -> Vec<Case> {
         case(
             "unknown method",
             Send::Raw(raw("/SensorService/DeleteEverything", frame(false, &encoded(&good("bi-m"))))),
-            status(Unimplemented, &["DeleteEverything"]),
-        )
-        .known_bug("UNIMPLEMENTED with an empty grpc-message; expected a message naming the unknown method"),
+            status(
+                Unimplemented,
+                &[
+                    "unknown method /SensorService/DeleteEverything",
+                    "SensorService has no such method",
+                    "this server serves SensorService/{SendSingleReading,StreamSensorReadings,GetSensorReadings,SensorChat,GetSensorStats}",
+                    "grpc.health.v1.Health/{Check,Watch}",
+                    "grpc.reflection.v1.ServerReflection/{ServerReflectionInfo}",
+                ],
+            ),
+        ),
+        case(
+            // The token check comes first: without a token, nothing is said
+            // about which methods exist.
+            "unknown method without a token",
+            Send::Raw(RawRequest::new(
+                "/SensorService/DeleteEverything",
+                None,
+                frame(false, &encoded(&good("bi-m"))),
+            )),
+            status(Unauthenticated, &["no `authorization` metadata"]),
+        ),
         case(
             "unknown service",
             Send::Raw(raw("/sensor.v2.SensorService/SendSingleReading", frame(false, &encoded(&good("bi-m"))))),
-            status(Unimplemented, &["sensor.v2.SensorService"]),
-        )
-        .known_bug("UNIMPLEMENTED with an empty grpc-message; expected a message naming the unknown service"),
+            status(
+                Unimplemented,
+                &[
+                    "unknown service sensor.v2.SensorService",
+                    "path /sensor.v2.SensorService/SendSingleReading",
+                    "this server serves SensorService/{SendSingleReading,",
+                ],
+            ),
+        ),
         case("HTTP/1.1 to the gRPC port", Send::Http1, Expect::NoHttp1),
         // --- TLS, against a server requiring client certificates.
         case(
@@ -800,7 +864,8 @@ enum Seen {
         /// Headers and trailers that tell a client what to send instead.
         accept_encoding: Option<String>,
     },
-    Http(u16),
+    /// An HTTP status other than 200, and the body (empty from `Send::Raw`).
+    Http(u16, String),
     TlsAlert {
         level: u8,
         description: u8,
@@ -941,10 +1006,11 @@ async fn send(servers: &Servers, case: &Case) -> Seen {
                     transport: false,
                     accept_encoding: response.get("grpc-accept-encoding"),
                 },
-                (Some(http), _) => Seen::Http(http),
+                (Some(http), _) => Seen::Http(http, String::new()),
                 (None, _) => Seen::Other("no response".into()),
             }
         }
+        Send::ContentType(values) => content_type_call(port, values).await,
         Send::Http1 => {
             let request = format!(
                 "POST {UNARY} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/grpc\r\nauthorization: {TOKEN}\r\nContent-Length: 0\r\n\r\n"
@@ -990,6 +1056,70 @@ async fn send(servers: &Servers, case: &Case) -> Seen {
             }
         }
     }
+}
+
+/// A good unary SendSingleReading over HTTP/2 whose `content-type` headers
+/// are exactly `values`: the HTTP status and body if it is not 200, else the
+/// gRPC status (from the head or the trailers).
+async fn content_type_call(port: u16, values: &[&str]) -> Seen {
+    let result = async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let (client, connection) = h2::client::handshake(tcp)
+            .await
+            .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut client = client.ready().await.map_err(|e| e.to_string())?;
+        let mut head = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://127.0.0.1:{port}{UNARY}"))
+            .header("te", "trailers")
+            .header("authorization", TOKEN);
+        for value in values {
+            head = head.header("content-type", *value);
+        }
+        let head = head.body(()).map_err(|e| e.to_string())?;
+        let (response, mut send) = client
+            .send_request(head, false)
+            .map_err(|e| e.to_string())?;
+        // The server may answer (and reset) before reading the body.
+        let _ = send.send_data(frame(false, &encoded(&good("bi-ct"))).into(), true);
+        let response = response.await.map_err(|e| e.to_string())?;
+        let (parts, mut body) = response.into_parts();
+        let mut data = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.map_err(|e| e.to_string())?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+            data.extend_from_slice(&chunk);
+        }
+        if parts.status != http::StatusCode::OK {
+            return Ok(Seen::Http(
+                parts.status.as_u16(),
+                String::from_utf8_lossy(&data).into_owned(),
+            ));
+        }
+        let trailers = body.trailers().await.map_err(|e| e.to_string())?;
+        let status = trailers
+            .as_ref()
+            .and_then(|t| t.get("grpc-status"))
+            .or_else(|| parts.headers.get("grpc-status"))
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        Ok::<_, String>(match status {
+            Some(code) => Seen::Status {
+                code: Code::from_i32(code),
+                message: String::new(),
+                stored: None,
+                transport: false,
+                accept_encoding: None,
+            },
+            None => Seen::Other(format!("HTTP 200 without grpc-status: {parts:?}")),
+        })
+    }
+    .await;
+    result.unwrap_or_else(Seen::Other)
 }
 
 /// Writes `request` on a new TCP connection and reads until the server closes
@@ -1132,7 +1262,12 @@ fn matches(seen: &Seen, expect: &Expect) -> Result<(), String> {
                 None => Ok(()),
             }
         }
-        (Expect::Http(code), Seen::Http(got)) if code == got => Ok(()),
+        (Expect::Http(code, words), Seen::Http(got, body)) if code == got => {
+            match words.iter().find(|w| !body.contains(*w)) {
+                Some(missing) => Err(format!("{seen:?} does not say {missing:?}")),
+                None => Ok(()),
+            }
+        }
         (
             Expect::TlsAlert(code),
             Seen::TlsAlert {

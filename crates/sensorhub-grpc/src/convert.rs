@@ -158,24 +158,82 @@ pub fn message_too_large(max_message_bytes: usize) -> Status {
 
 /// The same rewrite for responses tonic answers before a handler runs
 /// (a unary request that failed to decode): there the status travels in the
-/// response headers ("trailers-only").
+/// response headers ("trailers-only"). The call policy layer
+/// (`call_policy.rs`) calls it for an `OUT_OF_RANGE` head.
 pub fn remap_trailers_only_status(headers: &mut http::HeaderMap, max_message_bytes: usize) {
     let out_of_range = headers
         .get("grpc-status")
         .is_some_and(|v| v.as_bytes() == b"11");
-    let too_large = headers.get("grpc-message").is_some_and(|m| {
-        String::from_utf8_lossy(m.as_bytes())
-            .replace("%20", " ")
-            .contains("message length too large")
-    });
+    let too_large =
+        trailers_only_message(headers).is_some_and(|m| m.contains("message length too large"));
     if out_of_range && too_large {
-        let status = message_too_large(max_message_bytes);
-        headers.insert("grpc-status", http::HeaderValue::from(status.code() as i32));
-        // The gRPC spec percent-encodes only bytes outside printable ASCII, and '%'.
-        let message = status.message().replace('%', "%25");
-        if let Ok(value) = http::HeaderValue::from_str(&message) {
-            headers.insert("grpc-message", value);
+        set_trailers_only_status(headers, &message_too_large(max_message_bytes));
+    }
+}
+
+/// A unary-request call (unary or server-streaming) whose request ended
+/// without a message: a cardinality violation, `UNIMPLEMENTED` per the gRPC
+/// spec (tonic says `INTERNAL "Missing request message."`).
+pub fn request_message_missing(method: &str) -> Status {
+    Status::unimplemented(format!(
+        "/{method} expects exactly one request message (its request is unary), and the request ended without one; nothing was stored"
+    ))
+}
+
+/// A path naming a served service but none of its methods. `served`: what
+/// the server serves, for the caller to pick from.
+pub fn unknown_method(path: &str, service: &str, served: &str) -> Status {
+    Status::unimplemented(format!(
+        "unknown method {path}: {service} has no such method; this server serves {served}"
+    ))
+}
+
+/// A path naming no served service (`service`: the part before the method,
+/// if the path has one).
+pub fn unknown_service(path: &str, service: Option<&str>, served: &str) -> Status {
+    Status::unimplemented(match service {
+        Some(service) => {
+            format!("unknown service {service} (path {path}); this server serves {served}")
         }
+        None => {
+            format!("unknown path {path}, not /package.Service/Method; this server serves {served}")
+        }
+    })
+}
+
+/// The `grpc-message` of a trailers-only head, percent-decoded as the gRPC
+/// spec encodes it.
+pub fn trailers_only_message(headers: &http::HeaderMap) -> Option<String> {
+    let raw = headers.get(Status::GRPC_MESSAGE)?.as_bytes();
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        if raw[i] == b'%'
+            && let Some(&[hi, lo]) = raw.get(i + 1..i + 3)
+            && let (Some(hi), Some(lo)) = (hex(hi), hex(lo))
+        {
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(raw[i]);
+            i += 1;
+        }
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Replaces the status of a trailers-only head with `status`; tonic writes
+/// `grpc-status` and the percent-encoded `grpc-message`.
+pub fn set_trailers_only_status(headers: &mut http::HeaderMap, status: &Status) {
+    headers.remove(Status::GRPC_MESSAGE);
+    headers.remove(Status::GRPC_STATUS_DETAILS);
+    if status.add_header(headers).is_err() {
+        // Only a metadata value could be invalid; the code alone still goes out.
+        headers.insert(
+            Status::GRPC_STATUS,
+            http::HeaderValue::from(status.code() as i32),
+        );
     }
 }
 

@@ -12,6 +12,7 @@
 //! crate is the only one that knows both. It knows nothing of the CLI.
 
 pub mod auth;
+mod call_policy;
 pub mod client;
 pub mod convert;
 pub mod health_http;

@@ -28,7 +28,7 @@ use tonic_health::ServingStatus;
 
 use crate::{
     auth::{RateLimit, TokenCheck, TokenSet},
-    convert,
+    call_policy::CallPolicyLayer,
     health_http::{self, MetricsEndpoint},
     listener::{self, ConnectionLimits, ServerTls},
     service::{Lifecycle, SensorHub, ServiceConfig},
@@ -212,16 +212,15 @@ pub async fn start(config: ServerConfig, store: Store) -> Result<RunningServer, 
     let token_check = TokenCheck::new(config.tokens.clone(), config.rate_limit);
     let sensors = InterceptedService::new(sensors, token_check.clone());
 
+    let methods = registered_methods();
     let router = builder
         // Outermost: it sees every call, also those refused by the token
-        // check, and the final status after the remapping below.
-        .layer(GrpcServerLayer::new(registered_methods()))
-        .layer(tower::util::MapResponseLayer::new(
-            move |mut response: http::Response<_>| {
-                convert::remap_trailers_only_status(response.headers_mut(), max_message_bytes);
-                response
-            },
-        ))
+        // check or by the call policy, with their final status.
+        .layer(GrpcServerLayer::new(methods.iter().cloned()))
+        // Right around the router: 415 for a non-gRPC content-type, and
+        // clear statuses for a missing unary message, an unknown path or an
+        // over-size message (see call_policy.rs).
+        .layer(CallPolicyLayer::new(&methods, max_message_bytes))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

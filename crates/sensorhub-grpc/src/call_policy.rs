@@ -1,0 +1,450 @@
+//! The checks that the gRPC protocol asks of a server and that tonic leaves
+//! out, as one tower layer right around tonic's router (inside the telemetry
+//! layer, so that every call is still recorded, with the status given here):
+//!
+//! - a request whose `content-type` is not `application/grpc` (optionally
+//!   followed by `+subtype` or `;parameters`), or that has none or several,
+//!   is answered HTTP 415 Unsupported Media Type before anything else sees it
+//!   (gRPC over HTTP/2: servers SHOULD do this); tonic would serve it as gRPC;
+//! - a unary-request call whose request ends without a message gets
+//!   `UNIMPLEMENTED` (a cardinality violation, as grpc-go and grpc-java
+//!   answer), not tonic's `INTERNAL "Missing request message."`;
+//! - an unknown path gets `UNIMPLEMENTED` with a message that names it and
+//!   lists what this server serves, where tonic sends no message at all;
+//! - an over-size message gets `RESOURCE_EXHAUSTED`, not `OUT_OF_RANGE`
+//!   ([`convert::remap_trailers_only_status`]).
+//!
+//! The last three are rewrites of the trailers-only answers tonic gives before
+//! a handler runs, not early answers: an unknown `SensorService` method still
+//! goes through the token check first, so a caller without a token learns
+//! nothing (SECURITY.md). tonic has no hook for any of this.
+//!
+//! Cost on the happy path: the `content-type` check and one hash-set lookup
+//! per request, one header lookup per response, and no allocation (the
+//! method name is a shared `Arc<str>`). Messages are built only for refusals.
+//!
+//! Not handled here (below tonic's API): a unary call with two request
+//! messages (tonic reads the first and ignores the rest), and metadata over
+//! the limit (h2 answers 431 or resets the stream).
+
+use std::{
+    collections::HashSet,
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header::CONTENT_TYPE};
+use tonic::{Code, body::Body};
+use tower::{Layer, Service};
+
+use crate::convert;
+
+/// The body of the HTTP 415 answer.
+const UNSUPPORTED_MEDIA_TYPE: &str = "this port serves gRPC only: a request needs exactly one content-type, application/grpc (or application/grpc+proto)\n";
+
+/// tonic's message for a unary request that ended without a message.
+const TONIC_MISSING_MESSAGE: &str = "Missing request message.";
+
+/// At most this much of an unknown path is quoted back.
+const QUOTED_PATH_LIMIT: usize = 128;
+
+/// Applies the call policy (see the module documentation) to the service it
+/// wraps: tonic's router, whose response futures are `Unpin`.
+#[derive(Clone)]
+pub struct CallPolicyLayer {
+    policy: Arc<Policy>,
+}
+
+struct Policy {
+    /// The registered methods, `package.Service/Method`, without the leading slash.
+    methods: HashSet<Arc<str>>,
+    /// Every served service, with its methods: what an unknown path is told.
+    services: Vec<(String, Vec<String>)>,
+    served: String,
+    max_message_bytes: usize,
+}
+
+impl CallPolicyLayer {
+    /// `methods`: every path the server registers, as `package.Service/Method`
+    /// without the leading slash; `max_message_bytes`: the decoding limit,
+    /// stated when a message is over it.
+    pub fn new<M: AsRef<str>>(
+        methods: impl IntoIterator<Item = M>,
+        max_message_bytes: usize,
+    ) -> Self {
+        let mut set = HashSet::new();
+        let mut services: Vec<(String, Vec<String>)> = Vec::new();
+        for method in methods {
+            let method = method.as_ref();
+            if !set.insert(Arc::<str>::from(method)) {
+                continue;
+            }
+            let (service, name) = method.rsplit_once('/').unwrap_or((method, ""));
+            match services.iter_mut().find(|(s, _)| s == service) {
+                Some((_, names)) => names.push(name.to_owned()),
+                None => services.push((service.to_owned(), vec![name.to_owned()])),
+            }
+        }
+        // The application's own services first, then gRPC's (health, reflection).
+        services.sort_by_key(|(service, _)| service.starts_with("grpc."));
+        let served = services
+            .iter()
+            .map(|(service, names)| format!("{service}/{{{}}}", names.join(",")))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Self {
+            policy: Arc::new(Policy {
+                methods: set,
+                services,
+                served,
+                max_message_bytes,
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for CallPolicyLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallPolicyLayer")
+            .field("served", &self.policy.served)
+            .field("max_message_bytes", &self.policy.max_message_bytes)
+            .finish()
+    }
+}
+
+impl<S> Layer<S> for CallPolicyLayer {
+    type Service = CallPolicy<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CallPolicy {
+            inner,
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+/// The service [`CallPolicyLayer`] wraps around tonic's router.
+#[derive(Clone)]
+pub struct CallPolicy<S> {
+    inner: S,
+    policy: Arc<Policy>,
+}
+
+impl<S> fmt::Debug for CallPolicy<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallPolicy").finish_non_exhaustive()
+    }
+}
+
+impl<S, B> Service<Request<B>> for CallPolicy<S>
+where
+    S: Service<Request<B>, Response = Response<Body>>,
+    S::Future: Unpin,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = CallPolicyFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        if !is_grpc_content_type(request.headers()) {
+            return CallPolicyFuture(State::Refused(Some(unsupported_media_type())));
+        }
+        let path = request.uri().path();
+        let route = match self
+            .policy
+            .methods
+            .get(path.strip_prefix('/').unwrap_or(path))
+        {
+            Some(method) => Route::Known(method.clone()),
+            None => Route::Unknown {
+                path: quoted(path).into(),
+                policy: self.policy.clone(),
+            },
+        };
+        CallPolicyFuture(State::Called {
+            inner: self.inner.call(request),
+            route: Some(route),
+            max_message_bytes: self.policy.max_message_bytes,
+        })
+    }
+}
+
+/// Whether the request has exactly one `content-type`, and it is gRPC's.
+fn is_grpc_content_type(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(CONTENT_TYPE).iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) => is_grpc_media_type(value.as_bytes()),
+        _ => false,
+    }
+}
+
+/// `application/grpc`, alone or followed by `+subtype` or `;parameters`
+/// (case-insensitive, as media types are).
+fn is_grpc_media_type(value: &[u8]) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    value
+        .get(..GRPC.len())
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case(GRPC))
+        && matches!(value.get(GRPC.len()), None | Some(b'+' | b';'))
+}
+
+fn unsupported_media_type() -> Response<Body> {
+    let mut response = Response::new(Body::new(UNSUPPORTED_MEDIA_TYPE.to_owned()));
+    *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// The start of `path`, cut at a character boundary.
+fn quoted(path: &str) -> &str {
+    let mut end = path.len().min(QUOTED_PATH_LIMIT);
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    &path[..end]
+}
+
+/// What the response may need to say about the request's path.
+enum Route {
+    /// A registered method, `package.Service/Method`.
+    Known(Arc<str>),
+    /// Anything else: the path as requested (cut to a quotable length).
+    Unknown { path: Box<str>, policy: Arc<Policy> },
+}
+
+enum State<F> {
+    Refused(Option<Response<Body>>),
+    Called {
+        inner: F,
+        route: Option<Route>,
+        max_message_bytes: usize,
+    },
+}
+
+/// The response future of [`CallPolicy`].
+pub struct CallPolicyFuture<F>(State<F>);
+
+impl<F> fmt::Debug for CallPolicyFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallPolicyFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, E> Future for CallPolicyFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, E>> + Unpin,
+{
+    type Output = Result<Response<Body>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            State::Refused(response) => {
+                Poll::Ready(Ok(response.take().expect("polled after completion")))
+            }
+            State::Called {
+                inner,
+                route,
+                max_message_bytes,
+            } => {
+                let mut response = match Pin::new(inner).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                    Poll::Ready(Ok(response)) => response,
+                };
+                let route = route.take().expect("polled after completion");
+                remap(response.headers_mut(), &route, *max_message_bytes);
+                Poll::Ready(Ok(response))
+            }
+        }
+    }
+}
+
+/// Rewrites a trailers-only answer of tonic's (the status is in the head);
+/// any other response is left alone after one header lookup.
+fn remap(headers: &mut HeaderMap, route: &Route, max_message_bytes: usize) {
+    let Some(code) = headers.get(tonic::Status::GRPC_STATUS) else {
+        return;
+    };
+    let code = Code::from_bytes(code.as_bytes());
+    match (code, route) {
+        (Code::OutOfRange, _) => convert::remap_trailers_only_status(headers, max_message_bytes),
+        (Code::Internal, Route::Known(method))
+            if convert::trailers_only_message(headers).as_deref()
+                == Some(TONIC_MISSING_MESSAGE) =>
+        {
+            convert::set_trailers_only_status(headers, &convert::request_message_missing(method));
+        }
+        (Code::Unimplemented, Route::Unknown { path, policy })
+            if !headers.contains_key(tonic::Status::GRPC_MESSAGE) =>
+        {
+            let service = path
+                .strip_prefix('/')
+                .and_then(|p| p.rsplit_once('/'))
+                .map(|(service, _)| service);
+            let status = match service {
+                Some(service) if policy.services.iter().any(|(s, _)| s == service) => {
+                    convert::unknown_method(path, service, &policy.served)
+                }
+                _ => convert::unknown_service(path, service, &policy.served),
+            };
+            convert::set_trailers_only_status(headers, &status);
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer() -> CallPolicyLayer {
+        CallPolicyLayer::new(
+            [
+                "grpc.health.v1.Health/Check",
+                "grpc.health.v1.Health/Watch",
+                "SensorService/SendSingleReading",
+                "SensorService/SensorChat",
+            ],
+            65_536,
+        )
+    }
+
+    fn trailers_only(code: Code, message: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        tonic::Status::new(code, message)
+            .add_header(&mut headers)
+            .expect("a valid status");
+        headers
+    }
+
+    fn message(headers: &HeaderMap) -> String {
+        convert::trailers_only_message(headers).unwrap_or_default()
+    }
+
+    #[test]
+    fn only_grpc_content_types_pass() {
+        for ok in [
+            "application/grpc",
+            "application/grpc+proto",
+            "application/grpc;charset=utf-8",
+            "Application/GRPC",
+        ] {
+            assert!(is_grpc_media_type(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            "text/plain",
+            "application/json",
+            "application/grpc-web",
+            "application/grp",
+        ] {
+            assert!(!is_grpc_media_type(bad.as_bytes()), "{bad}");
+        }
+        let mut headers = HeaderMap::new();
+        assert!(!is_grpc_content_type(&headers), "none");
+        headers.append(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        assert!(is_grpc_content_type(&headers));
+        headers.append(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert!(!is_grpc_content_type(&headers), "two values");
+    }
+
+    #[test]
+    fn the_served_list_puts_the_application_first() {
+        assert_eq!(
+            layer().policy.served,
+            "SensorService/{SendSingleReading,SensorChat}, grpc.health.v1.Health/{Check,Watch}"
+        );
+    }
+
+    #[test]
+    fn a_missing_unary_message_becomes_unimplemented() {
+        let mut headers = trailers_only(Code::Internal, TONIC_MISSING_MESSAGE);
+        let route = Route::Known("SensorService/SendSingleReading".into());
+        remap(&mut headers, &route, 65_536);
+        assert_eq!(headers["grpc-status"], "12");
+        let said = message(&headers);
+        assert!(
+            said.contains("/SensorService/SendSingleReading expects exactly one request message"),
+            "{said}"
+        );
+        // Other INTERNAL statuses are left alone.
+        let mut headers = trailers_only(Code::Internal, "failed to decode Protobuf message");
+        remap(&mut headers, &route, 65_536);
+        assert_eq!(headers["grpc-status"], "13");
+    }
+
+    #[test]
+    fn unknown_paths_are_named_with_what_is_served() {
+        let policy = layer().policy;
+        let unknown = |path: &str| {
+            let mut headers = trailers_only(Code::Unimplemented, "");
+            let route = Route::Unknown {
+                path: path.into(),
+                policy: policy.clone(),
+            };
+            remap(&mut headers, &route, 65_536);
+            assert_eq!(headers["grpc-status"], "12");
+            message(&headers)
+        };
+        assert_eq!(
+            unknown("/SensorService/DeleteEverything"),
+            "unknown method /SensorService/DeleteEverything: SensorService has no such method; this server serves SensorService/{SendSingleReading,SensorChat}, grpc.health.v1.Health/{Check,Watch}"
+        );
+        assert_eq!(
+            unknown("/sensor.v2.SensorService/SendSingleReading"),
+            "unknown service sensor.v2.SensorService (path /sensor.v2.SensorService/SendSingleReading); this server serves SensorService/{SendSingleReading,SensorChat}, grpc.health.v1.Health/{Check,Watch}"
+        );
+        assert!(unknown("/").starts_with("unknown path /, not /package.Service/Method;"));
+        // The raw header is percent-encoded as the gRPC spec says.
+        let mut headers = trailers_only(Code::Unimplemented, "");
+        let route = Route::Unknown {
+            path: "/a%/b".into(),
+            policy: policy.clone(),
+        };
+        remap(&mut headers, &route, 65_536);
+        let raw = headers["grpc-message"].to_str().expect("ASCII");
+        assert!(raw.starts_with("unknown%20service%20a%25%20"), "{raw}");
+
+        // A message tonic did give is kept.
+        let mut headers = trailers_only(Code::Unimplemented, "Content is compressed with `br`");
+        let route = Route::Unknown {
+            path: "/x/y".into(),
+            policy,
+        };
+        remap(&mut headers, &route, 65_536);
+        assert_eq!(message(&headers), "Content is compressed with `br`");
+    }
+
+    #[test]
+    fn an_over_size_message_is_resource_exhausted() {
+        let mut headers = trailers_only(
+            Code::OutOfRange,
+            "Error, decoded message length too large: found 102400 bytes, the limit is: 65536 bytes",
+        );
+        remap(
+            &mut headers,
+            &Route::Known("SensorService/SendSingleReading".into()),
+            65_536,
+        );
+        assert_eq!(headers["grpc-status"], "8");
+        assert!(message(&headers).contains("65536 bytes"));
+    }
+
+    #[test]
+    fn long_paths_are_cut_on_a_character_boundary() {
+        let path = format!("/{}", "é".repeat(100));
+        let cut = quoted(&path);
+        assert!(cut.len() <= QUOTED_PATH_LIMIT && path.starts_with(cut));
+        assert_eq!(quoted("/short"), "/short");
+    }
+}
