@@ -83,7 +83,7 @@ impl RowBuffer {
 
 /// `INSERT INTO readings ... VALUES (?,?,?,?), ...` for `rows` rows.
 fn insert_statement(rows: usize) -> String {
-    let mut sql = String::from("INSERT INTO readings (sensor, ts, seq, temperature) VALUES ");
+    let mut sql = String::from("INSERT OR ROLLBACK INTO readings (sensor, ts, seq, temperature) VALUES ");
     for i in 0..rows {
         if i > 0 {
             sql.push(',');
