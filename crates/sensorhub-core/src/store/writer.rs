@@ -70,7 +70,7 @@ impl RowBuffer {
             insert.raw_execute()?;
         } else if !self.rows.is_empty() {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO readings (sensor, ts, seq, temperature) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT OR ROLLBACK INTO readings (sensor, ts, seq, temperature) VALUES (?1, ?2, ?3, ?4)",
             )?;
             for row in &self.rows {
                 insert.execute(params![row.sensor, row.ts, row.seq, row.temperature])?;
@@ -83,7 +83,8 @@ impl RowBuffer {
 
 /// `INSERT INTO readings ... VALUES (?,?,?,?), ...` for `rows` rows.
 fn insert_statement(rows: usize) -> String {
-    let mut sql = String::from("INSERT OR ROLLBACK INTO readings (sensor, ts, seq, temperature) VALUES ");
+    let mut sql =
+        String::from("INSERT OR ROLLBACK INTO readings (sensor, ts, seq, temperature) VALUES ");
     for i in 0..rows {
         if i > 0 {
             sql.push(',');
