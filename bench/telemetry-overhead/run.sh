@@ -8,6 +8,11 @@
 #   sampled the same, traces sampled at 10 % (parentbased_traceidratio)
 #   metrics the embedded default: no OTLP endpoint, Prometheus /metrics only
 #   off     OTEL_SDK_DISABLED=true
+#   down    "on", but the collector's port refuses connections
+#   hole    "on", but the collector accepts connections and never answers
+#
+# SETUPS="on down hole" picks a subset (the ratios are against "off" when it
+# runs, else against the first setup).
 #
 # Server CPU per call (user + system time of the server process over the run,
 # divided by the calls) is the steadier figure on a shared machine: it does
@@ -33,6 +38,20 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 "$sink" >"$work/sink.out" 2>/dev/null &
 for _ in $(seq 50); do grep -q '^grpc ' "$work/sink.out" 2>/dev/null && break; sleep 0.1; done
 otlp=$(awk '/^grpc /{print $2}' "$work/sink.out")
+
+# A collector that is down: a port nothing listens on.
+refused="http://127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+# A black hole: accepts connections, reads nothing, answers nothing.
+python3 - "$work/hole.port" <<'PY' &
+import socket, sys, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(128)
+open(sys.argv[1], "w").write(str(s.getsockname()[1]))
+held = []
+while True:
+    conn, _ = s.accept(); held.append(conn)
+PY
+for _ in $(seq 50); do [ -s "$work/hole.port" ] && break; sleep 0.1; done
+hole="http://127.0.0.1:$(cat "$work/hole.port")"
 
 # One framed SensorReading: {sensor_id: "bench-1", temperature: 21.5, timestamp: now}.
 python3 - "$work/body.bin" <<'PY'
@@ -76,22 +95,32 @@ run_one() { # $1 = label, $2.. = env
   echo "$label $rps $cpu_us ${ok:-n/a}"
 }
 
+setups=${SETUPS:-on sampled metrics off down hole}
 results=$work/results
 for i in $(seq "$reps"); do
-  run_one on OTEL_EXPORTER_OTLP_ENDPOINT="$otlp" OTEL_METRIC_EXPORT_INTERVAL=5000 | tee -a "$results"
-  run_one sampled OTEL_EXPORTER_OTLP_ENDPOINT="$otlp" OTEL_METRIC_EXPORT_INTERVAL=5000 \
-      OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.1 | tee -a "$results"
-  run_one metrics | tee -a "$results"
-  run_one off OTEL_SDK_DISABLED=true | tee -a "$results"
+  for setup in $setups; do
+    case $setup in
+      on) run_one on OTEL_EXPORTER_OTLP_ENDPOINT="$otlp" OTEL_METRIC_EXPORT_INTERVAL=5000 ;;
+      sampled) run_one sampled OTEL_EXPORTER_OTLP_ENDPOINT="$otlp" OTEL_METRIC_EXPORT_INTERVAL=5000 \
+          OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.1 ;;
+      metrics) run_one metrics ;;
+      off) run_one off OTEL_SDK_DISABLED=true ;;
+      down) run_one down OTEL_EXPORTER_OTLP_ENDPOINT="$refused" OTEL_METRIC_EXPORT_INTERVAL=5000 ;;
+      hole) run_one hole OTEL_EXPORTER_OTLP_ENDPOINT="$hole" OTEL_METRIC_EXPORT_INTERVAL=5000 ;;
+      *) echo "unknown setup $setup" >&2; exit 2 ;;
+    esac | tee -a "$results"
+  done
 done
-python3 - "$results" <<'PY'
+python3 - "$results" $setups <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
+setups = sys.argv[2:]
 def med(label, col):
     return statistics.median(float(r[col]) for r in rows if r[0] == label)
-off_rps, off_cpu = med("off", 1), med("off", 2)
-print(f"{'setup':8} {'req/s':>9} {'ratio':>6} {'CPU us/call':>12} {'ratio':>6}")
-for label in ("on", "sampled", "metrics", "off"):
+base = "off" if "off" in setups else setups[0]
+base_rps, base_cpu = med(base, 1), med(base, 2)
+print(f"{'setup':8} {'req/s':>9} {'ratio':>6} {'CPU us/call':>12} {'ratio':>6}   (ratios against {base})")
+for label in setups:
     rps, cpu = med(label, 1), med(label, 2)
-    print(f"{label:8} {rps:9,.0f} {rps / off_rps:6.2f} {cpu:12.1f} {cpu / off_cpu:6.2f}")
+    print(f"{label:8} {rps:9,.0f} {rps / base_rps:6.2f} {cpu:12.1f} {cpu / base_cpu:6.2f}")
 PY
