@@ -5,6 +5,7 @@
 
 mod certs;
 mod demo;
+mod load;
 mod readings;
 mod sensor;
 mod serve;
@@ -53,6 +54,8 @@ pub enum Command {
     Stats(stats::StatsArgs),
     /// Everything at once, no Docker: a server, four sensors and a live summary.
     Demo(demo::DemoArgs),
+    /// Generate load: a fleet of simulated sensors, closed or open loop; report throughput and latency.
+    Load(load::LoadArgs),
 }
 
 impl Cli {
@@ -65,6 +68,8 @@ impl Cli {
             // Server and sensors in one process: one service, and the spans
             // kept in memory to print a trace tree.
             Command::Demo(_) => ("sensorhub", "warn", true, Some(SpanRecorder::new())),
+            // Its calls go out without a telemetry layer: no span per call.
+            Command::Load(_) => ("sensorhub-load", "warn", false, None),
             Command::Certs(_) | Command::Readings(_) | Command::Stats(_) => {
                 ("sensorhub-sensor", "warn", false, None)
             }
@@ -93,6 +98,7 @@ impl Command {
             Command::Readings(args) => readings::run(args).await,
             Command::Stats(args) => stats::run(args).await,
             Command::Demo(args) => demo::run(args, telemetry).await,
+            Command::Load(args) => load::run(args).await,
         }
     }
 }
