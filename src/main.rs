@@ -14,13 +14,6 @@ use std::{process::ExitCode, time::Duration};
 use clap::Parser;
 use sensorhub_telemetry::pipeline::Telemetry;
 
-/// mimalloc instead of the system allocator: a call allocates a few dozen
-/// small buffers on one thread and frees some of them on another (hyper,
-/// the store writer, the span exporter), which glibc's malloc handles with
-/// locks and consolidation passes (BENCHMARKS.md, "Allocator").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// How long shutdown waits for the last telemetry to be exported.
 const TELEMETRY_FLUSH: Duration = Duration::from_secs(5);
 
