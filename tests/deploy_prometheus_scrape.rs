@@ -22,9 +22,11 @@ mod deploy_stack;
 #[path = "support/deploy_traffic.rs"]
 mod deploy_traffic;
 
+#[path = "support/prometheus_process.rs"]
+mod prometheus_process;
+
 use std::{
     collections::BTreeSet,
-    fs::File,
     io::{Read, Write},
     net::TcpStream,
     process::{Child, Command, Stdio},
@@ -34,8 +36,8 @@ use std::{
 use deploy_stack::{
     PROMETHEUS_BUILTIN, as_promql, dashboard_queries, deploy, prometheus, rules, selectors, yaml,
 };
+use prometheus_process::PrometheusProcess;
 use serde_norway::Value;
-use spawned_server::free_port;
 
 /// A child process killed (and reaped) when dropped, whatever happened.
 struct KillOnDrop(Child);
@@ -140,26 +142,8 @@ async fn prometheus_with_the_project_config_serves_every_dashboard_query() {
 
     let config = dir.path().join("prometheus.yml");
     std::fs::write(&config, test_config(&format!("127.0.0.1:{}", server.http))).unwrap();
-    let web = free_port();
-    let log = dir.path().join("prometheus.log");
-    let mut prometheus = KillOnDrop(
-        Command::new(&binary)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{web}"))
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display())),
-    );
-    let log_tail = || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    };
+    let mut prometheus = PrometheusProcess::start(&binary, &config, dir.path());
+    let web = prometheus.web;
 
     deploy_traffic::drive(&server).await;
     deploy_traffic::scrape_until(&server, deploy_traffic::AFTER_TRAFFIC).await;
@@ -183,8 +167,8 @@ async fn prometheus_with_the_project_config_serves_every_dashboard_query() {
     // Ready, scraping, and the recording rules evaluated over two scrapes.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some(exit) = prometheus.0.try_wait().unwrap() {
-            panic!("prometheus exited ({exit}):\n{}", log_tail());
+        if let Some(exit) = prometheus.exited() {
+            panic!("prometheus exited ({exit}):\n{}", prometheus.log_tail(30));
         }
         let ready = TcpStream::connect(("127.0.0.1", web)).is_ok() && get(web, "/-/ready").0 == 200;
         if ready
@@ -197,7 +181,7 @@ async fn prometheus_with_the_project_config_serves_every_dashboard_query() {
         assert!(
             Instant::now() < deadline,
             "the recording rules never produced data\n{}",
-            log_tail()
+            prometheus.log_tail(30)
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -271,7 +255,7 @@ async fn prometheus_with_the_project_config_serves_every_dashboard_query() {
         "{} dashboard queries failed:\n{}\n{}",
         problems.len(),
         problems.join("\n"),
-        log_tail()
+        prometheus.log_tail(30)
     );
 
     // The hot and the cold sensor raised the server's temperature alerts;

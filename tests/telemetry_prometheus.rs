@@ -18,20 +18,22 @@
 #[path = "support/spawned_server.rs"]
 mod spawned_server;
 
+#[path = "support/prometheus_process.rs"]
+mod prometheus_process;
+
 use std::{
-    fs::File,
     io::{Read, Write},
     net::TcpStream,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
+use prometheus_process::PrometheusProcess;
 use sensorhub_grpc::{
     ClientConfig, SensorClient,
     testing::{reading, unix_now},
 };
-use spawned_server::{SpawnedServer, free_port, http_get};
+use spawned_server::{SpawnedServer, http_get};
 
 const TOKEN: &str = "prometheus-test-token-c41e";
 const WRONG_TOKEN: &str = "wrong-token-77b0";
@@ -64,15 +66,6 @@ impl Server {
 }
 
 /// A child process killed (and reaped) when dropped, whatever happened.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn client(url: &str, token: &str) -> SensorClient {
     let mut config = ClientConfig::new(url);
     config.token = Some(token.to_owned());
@@ -333,26 +326,8 @@ async fn a_real_prometheus_scrapes_the_server() {
         ),
     )
     .unwrap();
-    let web = free_port();
-    let log = dir.path().join("prometheus.log");
-    let mut prometheus = KillOnDrop(
-        Command::new(&binary)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{web}"))
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display())),
-    );
-    let log_tail = || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    };
+    let mut prometheus = PrometheusProcess::start(&binary, &config, dir.path());
+    let web = prometheus.web;
 
     send_readings(&server.get().url(), "prom-scraped", CALLS).await;
 
@@ -360,8 +335,8 @@ async fn a_real_prometheus_scrapes_the_server() {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(60);
     loop {
-        if let Some(exit) = prometheus.0.try_wait().unwrap() {
-            panic!("prometheus exited ({exit}):\n{}", log_tail());
+        if let Some(exit) = prometheus.exited() {
+            panic!("prometheus exited ({exit}):\n{}", prometheus.log_tail(20));
         }
         let ready = TcpStream::connect(("127.0.0.1", web)).is_ok()
             && get_with_headers(web, "/-/ready").0 == 200;
@@ -376,7 +351,7 @@ async fn a_real_prometheus_scrapes_the_server() {
             Instant::now() < deadline,
             "Prometheus never saw {CALLS} calls; last answer {:?}\n{}",
             ready.then(|| query(web, &promql)),
-            log_tail()
+            prometheus.log_tail(20)
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
