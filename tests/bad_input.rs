@@ -34,7 +34,10 @@ use std::{
 
 use prost::Message;
 use raw_grpc::{RawRequest, frame, frame_declaring, gzip};
-use sensorhub_grpc::pki::{self, BundleFiles};
+use sensorhub_grpc::{
+    pki::{self, BundleFiles},
+    testing::{reading, unix_now},
+};
 use sensorhub_proto::{
     SensorReading, SensorRequest, ServerMessageKind, StatsRequest,
     sensor_service_client::SensorServiceClient,
@@ -49,21 +52,6 @@ const WRONG_TOKEN: &str = "bad-input-token-5f2d";
 const UNARY: &str = "/SensorService/SendSingleReading";
 const CLIENT_STREAM: &str = "/SensorService/StreamSensorReadings";
 const LIMIT: Duration = Duration::from_secs(10);
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
-}
-
-fn reading(sensor_id: &str, temperature: f64, timestamp: i64) -> SensorReading {
-    SensorReading {
-        sensor_id: sensor_id.to_owned(),
-        temperature,
-        timestamp,
-    }
-}
 
 fn good(sensor_id: &str) -> SensorReading {
     reading(sensor_id, 20.0, unix_now() - 60)

@@ -26,7 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sensorhub_grpc::{ClientConfig, SensorClient};
+use sensorhub_grpc::{ClientConfig, SensorClient, testing::unix_now};
 use sensorhub_proto::{SensorReading, SensorRequest, ServerMessageKind, StatsRequest};
 use spawned_server::SpawnedServer;
 use tokio::sync::mpsc;
@@ -38,13 +38,6 @@ const BATCH: usize = 2_000;
 /// Readings are dated from here on, one second apart, so that even a long
 /// run stays in the past (the server refuses the future).
 const DAYS_BACK: i64 = 30;
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
-}
 
 /// Reading number `i` of a writer: a pure function, so that what was sent
 /// and what was acknowledged are both prefixes `0..n` of one sequence.
