@@ -15,6 +15,7 @@ pub mod auth;
 mod call_policy;
 pub mod client;
 pub mod convert;
+mod deadline;
 pub mod health_http;
 pub mod listener;
 pub mod pki;

@@ -30,6 +30,7 @@ use crate::convert::{
     reading_from_wire, reading_to_wire, received_message, set_stored_count, stats_to_wire,
     store_status,
 };
+use crate::deadline;
 use crate::service_metrics::{RpcKind, ServiceMetrics};
 use crate::store_spans::StoreSpans;
 
@@ -222,6 +223,7 @@ impl pb::sensor_service_server::SensorService for SensorHub {
         &self,
         request: Request<pb::SensorRequest>,
     ) -> Result<Response<Self::GetSensorReadingsStream>, Status> {
+        let timeout = deadline::requested_timeout(request.metadata());
         let request = request.into_inner();
         let query = history_query(&request)?;
         let (tx, rx) = mpsc::channel::<Result<Vec<StoredReading>, Status>>(2);
@@ -247,7 +249,7 @@ impl pb::sensor_service_server::SensorService for SensorHub {
             };
             futures_util::stream::iter(items)
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(deadline::limit(Box::pin(stream), timeout)))
     }
 
     type SensorChatStream = BoxStream<pb::ServerMessage>;
@@ -256,12 +258,12 @@ impl pb::sensor_service_server::SensorService for SensorHub {
         &self,
         request: Request<Streaming<pb::SensorReading>>,
     ) -> Result<Response<Self::SensorChatStream>, Status> {
+        let timeout = deadline::requested_timeout(request.metadata());
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(self.clone().chat(inbound, tx).with_current_context());
-        Ok(Response::new(Box::pin(
-            ReceiverStream::new(rx).map(|reply| *reply),
-        )))
+        let replies = Box::pin(ReceiverStream::new(rx).map(|reply| *reply));
+        Ok(Response::new(deadline::limit(replies, timeout)))
     }
 
     async fn get_sensor_stats(
