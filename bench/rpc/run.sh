@@ -21,7 +21,8 @@
 #   open      SendSingleReading, open loop at half of each peer's unary peak
 #             measured in this run: p99 latency from the schedule
 #   chat      10,000 concurrent SensorChat streams at a low rate: server RSS
-#   soak      (only when named in --scenarios) mixed open-loop load: RSS over time
+#   soak      (only when named in --scenarios) mixed open-loop load: RSS over time,
+#             with the OTLP receiver black-holed (SIGSTOP) for the middle third
 #
 #   bench/rpc/run.sh [--quick] [--reps N] [--duration S] [--peers a,b] [--scenarios x,y]
 #
@@ -106,6 +107,7 @@ trap 'stop_server; kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 "$bin" certs --out "$work/certs" >/dev/null
 "$sink" >"$work/sink.out" 2>/dev/null &
+sink_pid=$!
 for _ in $(seq 100); do grep -q '^grpc ' "$work/sink.out" 2>/dev/null && break; sleep 0.1; done
 otlp=$(awk '/^grpc /{print $2}' "$work/sink.out")
 
@@ -236,7 +238,17 @@ PY
       load "$peer" --mode mix --connections 4 --rate "$SOAK_RATE" --duration "${SOAK_SECONDS}s" \
            --concurrency 10000 >"$work/soak.json" &
       local lp=$!
-      while kill -0 "$lp" 2>/dev/null; do rss_kib "$server_pid" >>"$samples"; sleep 1; done
+      # Injected fault: the collector black-holed (stopped: connections are
+      # accepted by the kernel, nothing answers) for the middle third.
+      local second=0
+      while kill -0 "$lp" 2>/dev/null; do
+        rss_kib "$server_pid" >>"$samples"
+        second=$((second + 1))
+        [ "$second" -eq $((SOAK_SECONDS / 3)) ] && kill -STOP "$sink_pid"
+        [ "$second" -eq $((2 * SOAK_SECONDS / 3)) ] && kill -CONT "$sink_pid"
+        sleep 1
+      done
+      kill -CONT "$sink_pid" 2>/dev/null || true
       out=$(cat "$work/soak.json")
       extra=$(python3 - "$samples" <<'PY'
 import json, sys
