@@ -249,6 +249,8 @@ PY
         sleep 1
       done
       kill -CONT "$sink_pid" 2>/dev/null || true
+      # The RSS curve itself (KiB, one sample a second), to tell a plateau from a leak.
+      cp "$samples" "bench/rpc/results/latest$suffix-soak-rss.txt"
       out=$(cat "$work/soak.json")
       extra=$(python3 - "$samples" <<'PY'
 import json, sys
