@@ -28,8 +28,8 @@ use std::{
     io::{Read, Write},
     net::TcpStream,
     path::Path,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::{Child, Stdio},
+    time::Duration,
 };
 
 use prost::Message;
@@ -654,47 +654,22 @@ impl MutualTlsServer {
             .expect("certificates")
             .write_to(&dir.path().join("certs"))
             .expect("write certificates");
-        let port = spawned_server::free_port();
-        let mut command = Command::new(spawned_server::BIN);
-        command
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--http",
-                "off",
-            ])
-            .arg("--tls-cert")
-            .arg(&certs.server_cert)
-            .arg("--tls-key")
-            .arg(&certs.server_key)
-            .arg("--client-ca")
-            .arg(&certs.ca_cert)
-            .arg("--data")
-            .arg(dir.path().join("data"))
-            .env("SENSORHUB_TOKENS", TOKEN);
-        spawned_server::clean_env(&mut command);
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn sensorhub serve");
-        let mut server = MutualTlsServer {
+        let (child, port) =
+            spawned_server::spawn_tls_serve(&certs.server_cert, &certs.server_key, |command| {
+                command
+                    .arg("--client-ca")
+                    .arg(&certs.ca_cert)
+                    .arg("--data")
+                    .arg(dir.path().join("data"))
+                    .env("SENSORHUB_TOKENS", TOKEN)
+                    .stderr(Stdio::null());
+            });
+        MutualTlsServer {
             child,
             port,
             certs,
             _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                server.child.try_wait().expect("wait").is_none(),
-                "the mTLS server exited at startup"
-            );
-            assert!(Instant::now() < deadline, "the mTLS server did not start");
-            std::thread::sleep(Duration::from_millis(50));
         }
-        server
     }
 
     /// A client configuration: the right CA and token, and `cert` as the

@@ -27,8 +27,6 @@ mod prometheus_process;
 
 use std::{
     collections::BTreeSet,
-    io::{Read, Write},
-    net::TcpStream,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -47,48 +45,6 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// One HTTP/1.0 GET: status and body.
-fn get(port: u16, path: &str) -> (u16, String) {
-    let mut tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(tcp, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
-    let mut raw = String::new();
-    tcp.read_to_string(&mut raw).expect("read the response");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("headers and body");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status code");
-    (status, body.to_owned())
-}
-
-fn url_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() * 3);
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
-/// /api/v1/query: Ok(result array) or Err(the error Prometheus gave).
-fn query(port: u16, promql: &str) -> Result<Vec<serde_json::Value>, String> {
-    let (status, body) = get(port, &format!("/api/v1/query?query={}", url_encode(promql)));
-    let json: serde_json::Value =
-        serde_json::from_str(&body).map_err(|e| format!("{status}: {e}: {body}"))?;
-    if json["status"] != "success" {
-        return Err(format!("{status}: {body}"));
-    }
-    Ok(json["data"]["result"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default())
 }
 
 /// The project's Prometheus configuration, reduced to what can run here:
@@ -143,7 +99,6 @@ async fn prometheus_with_the_project_config_serves_every_dashboard_query() {
     let config = dir.path().join("prometheus.yml");
     std::fs::write(&config, test_config(&format!("127.0.0.1:{}", server.http))).unwrap();
     let mut prometheus = PrometheusProcess::start(&binary, &config, dir.path());
-    let web = prometheus.web;
 
     deploy_traffic::drive(&server).await;
     deploy_traffic::scrape_until(&server, deploy_traffic::AFTER_TRAFFIC).await;
@@ -170,10 +125,12 @@ async fn prometheus_with_the_project_config_serves_every_dashboard_query() {
         if let Some(exit) = prometheus.exited() {
             panic!("prometheus exited ({exit}):\n{}", prometheus.log_tail(30));
         }
-        let ready = TcpStream::connect(("127.0.0.1", web)).is_ok() && get(web, "/-/ready").0 == 200;
-        if ready
-            && query(web, "sensorhub:slo_latency_slow:ratio_rate5m").is_ok_and(|r| !r.is_empty())
-            && query(web, "sensorhub:grpc_server_failed_calls:ratio_rate5m")
+        if prometheus.ready()
+            && prometheus
+                .query("sensorhub:slo_latency_slow:ratio_rate5m")
+                .is_ok_and(|r| !r.is_empty())
+            && prometheus
+                .query("sensorhub:grpc_server_failed_calls:ratio_rate5m")
                 .is_ok_and(|r| !r.is_empty())
         {
             break;
@@ -185,13 +142,13 @@ async fn prometheus_with_the_project_config_serves_every_dashboard_query() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let up = query(web, "up{job=\"sensorhub\"}").unwrap();
+    let up = prometheus.query("up{job=\"sensorhub\"}").unwrap();
     assert_eq!(up.len(), 1, "{up:?}");
     assert_eq!(up[0]["value"][1], "1", "{up:?}");
 
     // Every rule loaded and evaluates cleanly (after another evaluation).
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (status, body) = get(web, "/api/v1/rules");
+    let (status, body) = prometheus.get("/api/v1/rules").expect("an answer");
     assert_eq!(status, 200, "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     let mut evaluated = 0;
@@ -218,7 +175,7 @@ async fn prometheus_with_the_project_config_serves_every_dashboard_query() {
         }
         let promql = as_promql(&panel.expr);
         checked += 1;
-        let result = match query(web, &promql) {
+        let result = match prometheus.query(&promql) {
             Ok(result) => result,
             Err(e) => {
                 problems.push(format!(
@@ -262,11 +219,9 @@ async fn prometheus_with_the_project_config_serves_every_dashboard_query() {
     // the rules turn them into a firing Prometheus alert for each rule.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let firing = query(
-            web,
-            "ALERTS{alertname=\"SensorTemperatureOutOfRange\",alertstate=\"firing\"}",
-        )
-        .unwrap();
+        let firing = prometheus
+            .query("ALERTS{alertname=\"SensorTemperatureOutOfRange\",alertstate=\"firing\"}")
+            .unwrap();
         let rules: BTreeSet<&str> = firing
             .iter()
             .filter_map(|a| a["metric"]["sensorhub_alert_rule"].as_str())

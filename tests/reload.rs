@@ -18,7 +18,7 @@ use sensorhub_grpc::{
     testing::{CALL_TIMEOUT, reading, unix_now},
     tls::ClientTlsFiles,
 };
-use spawned_server::{BIN, clean_env, free_port};
+use spawned_server::spawn_tls_serve;
 use tonic::Code;
 
 struct Server {
@@ -28,36 +28,15 @@ struct Server {
 
 impl Server {
     fn start(certs: &pki::BundleFiles, tokens_file: &Path, data: &Path) -> Server {
-        let port = free_port();
-        let mut command = Command::new(BIN);
-        command
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--http",
-                "off",
-            ])
-            .arg("--tls-cert")
-            .arg(&certs.server_cert)
-            .arg("--tls-key")
-            .arg(&certs.server_key)
-            .arg("--tokens-file")
-            .arg(tokens_file)
-            .arg("--data")
-            .arg(data)
-            .env("OTEL_SDK_DISABLED", "true");
-        clean_env(&mut command);
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn sensorhub serve");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let (child, port) = spawn_tls_serve(&certs.server_cert, &certs.server_key, |command| {
+            command
+                .arg("--tokens-file")
+                .arg(tokens_file)
+                .arg("--data")
+                .arg(data)
+                .env("OTEL_SDK_DISABLED", "true")
+                .stderr(Stdio::piped());
+        });
         Server { child, port }
     }
 

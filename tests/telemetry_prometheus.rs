@@ -105,19 +105,6 @@ fn get_with_headers(port: u16, path: &str) -> (u16, Vec<(String, String)>, Strin
     (status, headers, body.to_owned())
 }
 
-/// Percent-encodes a query-string value: everything but unreserved characters.
-fn url_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() * 3);
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
 /// The lines of a Prometheus text page for `name` (exactly: `name{` or `name `)
 /// whose labels include every one of `labels` (`key="value"`).
 fn series<'a>(page: &'a str, name: &str, labels: &[&str]) -> Vec<&'a str> {
@@ -281,19 +268,6 @@ fn prometheus_binary() -> Option<PathBuf> {
     None
 }
 
-/// GET /api/v1/query: the `data.result` array.
-fn query(port: u16, promql: &str) -> Vec<serde_json::Value> {
-    let (status, _, body) =
-        get_with_headers(port, &format!("/api/v1/query?query={}", url_encode(promql)));
-    assert_eq!(status, 200, "{promql}: {body}");
-    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-    assert_eq!(json["status"], "success", "{body}");
-    json["data"]["result"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no data.result in {body}"))
-        .clone()
-}
-
 /// The number in an instant-vector element: `{"metric": {..}, "value": [t, "3"]}`.
 fn sample(element: &serde_json::Value) -> f64 {
     element["value"][1]
@@ -327,7 +301,6 @@ async fn a_real_prometheus_scrapes_the_server() {
     )
     .unwrap();
     let mut prometheus = PrometheusProcess::start(&binary, &config, dir.path());
-    let web = prometheus.web;
 
     send_readings(&server.get().url(), "prom-scraped", CALLS).await;
 
@@ -338,26 +311,25 @@ async fn a_real_prometheus_scrapes_the_server() {
         if let Some(exit) = prometheus.exited() {
             panic!("prometheus exited ({exit}):\n{}", prometheus.log_tail(20));
         }
-        let ready = TcpStream::connect(("127.0.0.1", web)).is_ok()
-            && get_with_headers(web, "/-/ready").0 == 200;
+        let ready = prometheus.ready();
         if ready
-            && query(web, &promql)
-                .iter()
-                .any(|e| sample(e) >= CALLS as f64)
+            && prometheus
+                .query(&promql)
+                .is_ok_and(|r| r.iter().any(|e| sample(e) >= CALLS as f64))
         {
             break;
         }
         assert!(
             Instant::now() < deadline,
             "Prometheus never saw {CALLS} calls; last answer {:?}\n{}",
-            ready.then(|| query(web, &promql)),
+            ready.then(|| prometheus.query(&promql)),
             prometheus.log_tail(20)
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     eprintln!("Prometheus saw the calls after {:?}", started.elapsed());
 
-    let up = query(web, "up{job=\"sensorhub\"}");
+    let up = prometheus.query("up{job=\"sensorhub\"}").unwrap();
     assert_eq!(up.len(), 1, "{up:?}");
     assert_eq!(sample(&up[0]), 1.0, "{up:?}");
 

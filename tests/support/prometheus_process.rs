@@ -6,9 +6,11 @@
 
 use std::{
     fs::File,
-    net::TcpListener,
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
+    time::Duration,
 };
 
 /// A running Prometheus.
@@ -46,6 +48,40 @@ impl PrometheusProcess {
         self.child.try_wait().expect("poll the Prometheus process")
     }
 
+    /// One HTTP/1.0 GET (so never a chunked body) to its web port: status
+    /// and body; `None` while nothing listens yet.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut tcp = TcpStream::connect(("127.0.0.1", self.web)).ok()?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(tcp, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+        let mut raw = String::new();
+        tcp.read_to_string(&mut raw).ok()?;
+        let (head, body) = raw.split_once("\r\n\r\n")?;
+        let status = head.split(' ').nth(1)?.parse().ok()?;
+        Some((status, body.to_owned()))
+    }
+
+    /// Whether it answers `/-/ready` with 200.
+    pub fn ready(&self) -> bool {
+        self.get("/-/ready")
+            .is_some_and(|(status, _)| status == 200)
+    }
+
+    /// An instant query: the `data.result` array, or the error Prometheus gave.
+    pub fn query(&self, promql: &str) -> Result<Vec<serde_json::Value>, String> {
+        let path = format!("/api/v1/query?query={}", url_encode(promql));
+        let (status, body) = self.get(&path).ok_or("no answer")?;
+        let json: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| format!("{status}: {e}: {body}"))?;
+        if json["status"] != "success" {
+            return Err(format!("{status}: {body}"));
+        }
+        json["data"]["result"]
+            .as_array()
+            .cloned()
+            .ok_or_else(|| format!("no data.result in {body}"))
+    }
+
     /// The last `lines` lines of its log, for failure messages.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -59,4 +95,17 @@ impl Drop for PrometheusProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Percent-encodes a query-string value: everything but unreserved characters.
+fn url_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() * 3);
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }

@@ -127,6 +127,43 @@ impl Drop for SpawnedServer {
 }
 
 /// Removes inherited settings that would change what a child process exports.
+/// `sensorhub serve` with TLS (`cert`, `key`) on a free port of 127.0.0.1 and
+/// no HTTP listener; `configure` adds the rest (tokens, data, more flags).
+/// Returns once the port accepts connections, with the child and its port.
+pub fn spawn_tls_serve(
+    cert: &Path,
+    key: &Path,
+    configure: impl FnOnce(&mut Command),
+) -> (Child, u16) {
+    let port = free_port();
+    let mut command = Command::new(BIN);
+    command
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--http",
+            "off",
+        ])
+        .arg("--tls-cert")
+        .arg(cert)
+        .arg("--tls-key")
+        .arg(key)
+        .stdout(Stdio::null());
+    clean_env(&mut command);
+    configure(&mut command);
+    let mut child = command.spawn().expect("spawn sensorhub serve");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(exit) = child.try_wait().expect("wait") {
+            panic!("the server exited at startup: {exit}");
+        }
+        assert!(Instant::now() < deadline, "the server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, port)
+}
+
 pub fn clean_env(command: &mut Command) {
     for (key, _) in std::env::vars() {
         if key.starts_with("OTEL_") || key == "RUST_LOG" {
