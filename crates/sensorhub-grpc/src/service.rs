@@ -254,16 +254,22 @@ impl pb::sensor_service_server::SensorService for SensorHub {
 
     type SensorChatStream = BoxStream<pb::ServerMessage>;
 
+    /// The reply stream is the chat itself: each poll for the next reply
+    /// reads readings and waits for their commits. No task and no channel
+    /// per chat, so an idle chat costs only its state (10,000 open chats
+    /// are in BENCHMARKS.md), and a client that stops reading replies stops
+    /// the server reading its readings (HTTP/2 flow control does the rest).
     async fn sensor_chat(
         &self,
         request: Request<Streaming<pb::SensorReading>>,
     ) -> Result<Response<Self::SensorChatStream>, Status> {
         let timeout = deadline::requested_timeout(request.metadata());
-        let inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(self.clone().chat(inbound, tx).with_current_context());
-        let replies = Box::pin(ReceiverStream::new(rx).map(|reply| *reply));
-        Ok(Response::new(deadline::limit(replies, timeout)))
+        let chat = Chat::new(self.clone(), request.into_inner());
+        let replies = futures_util::stream::unfold(chat, |mut chat| async move {
+            let reply = chat.next_reply().await?;
+            Some((reply, chat))
+        });
+        Ok(Response::new(deadline::limit(Box::pin(replies), timeout)))
     }
 
     async fn get_sensor_stats(
@@ -284,106 +290,122 @@ impl pb::sensor_service_server::SensorService for SensorHub {
     }
 }
 
-impl SensorHub {
-    /// The chat loop: reads readings, stores each, replies in order once it
-    /// is durable (several may be in flight), followed by any alert it raised.
-    async fn chat(self, mut inbound: Streaming<pb::SensorReading>, tx: ChatSender) {
-        let max_in_flight = self.config.ingest_in_flight.max(1) * 16;
-        let _active = self.metrics.stream(RpcKind::Chat);
-        let mut acks = ChatAcks {
-            in_flight: FuturesOrdered::new(),
-            stored: 0,
-            tx: tx.clone(),
-            metrics: self.metrics.clone(),
-        };
-        let mut index: u64 = 0;
-        let end: Result<(), Status> = loop {
-            tokio::select! {
-                biased;
-                _ = self.life.cancelled.cancelled() => {
-                    break acks.drain().await.and_then(|()| Err(shutting_down(acks.stored)));
-                }
-                _ = tx.closed() => return,
-                Some(done) = acks.in_flight.next() => {
-                    if let Err(status) = acks.acknowledge(done).await {
-                        break Err(status);
-                    }
-                }
-                next = inbound.message(), if acks.in_flight.len() < max_in_flight => match next {
-                    Ok(Some(message)) => {
-                        let reading = reading_from_wire(message);
-                        if let Err(v) = self.check(&reading) {
-                            // Everything before it is stored: acknowledge it first.
-                            break acks.drain().await.and_then(|()| Err(invalid_reading_in_stream(&v, index, acks.stored)));
-                        }
-                        index += 1;
-                        let temperature = reading.temperature;
-                        match self.store.enqueue(vec![reading]).await {
-                            Ok(pending) => acks.in_flight.push_back(Box::pin(async move { (temperature, pending.committed().await) })),
-                            Err(e) => break Err(store_status(&e)),
-                        }
-                    }
-                    Ok(None) => break acks.drain().await,
-                    Err(status) => {
-                        let mut status = decode_status(status, self.config.max_message_bytes);
-                        break acks.drain().await.and_then(|()| {
-                            set_stored_count(&mut status, acks.stored);
-                            Err(status)
-                        });
-                    }
-                },
-            }
-        };
-        if let Err(status) = end {
-            let _ = tx.send(Box::new(Err(status))).await;
-        }
-    }
-}
-
-/// Chat replies on their way to the response stream. Boxed: the channel
-/// allocates its first block of 32 slots when it is made, and with 10,000
-/// chats open, 32 unboxed replies each would be 37 MiB of empty slots.
-type ChatSender = mpsc::Sender<Box<Result<pb::ServerMessage, Status>>>;
-
 type Commit =
     Pin<Box<dyn std::future::Future<Output = (f64, Result<WriteReceipt, StoreError>)> + Send>>;
 
-/// The chat replies still owed, in the order the readings arrived.
-struct ChatAcks {
+/// One chat: readings in, replies out in the order the readings arrived,
+/// each sent once its reading is durable and followed by any alert it raised.
+struct Chat {
+    hub: SensorHub,
+    inbound: Streaming<pb::SensorReading>,
+    /// Commits awaited, oldest first; several readings may be in flight.
     in_flight: FuturesOrdered<Commit>,
+    max_in_flight: usize,
+    /// Replies ready to go (an acknowledgement and its alerts), oldest first.
+    outgoing: VecDeque<Result<pb::ServerMessage, Status>>,
+    /// Readings received so far (the index of the next one).
+    received: u64,
     stored: u64,
-    tx: ChatSender,
-    metrics: ServiceMetrics,
+    /// The last reply (or the end) is queued: nothing more is read.
+    ended: bool,
+    /// Counts the call in `sensorhub.streams.active` while it is open.
+    _active: crate::service_metrics::ActiveStream,
 }
 
-impl ChatAcks {
-    /// Sends the reply for one committed reading, then its alerts.
-    async fn acknowledge(
+impl Chat {
+    fn new(hub: SensorHub, inbound: Streaming<pb::SensorReading>) -> Self {
+        Self {
+            max_in_flight: hub.config.ingest_in_flight.max(1) * 16,
+            _active: hub.metrics.stream(RpcKind::Chat),
+            hub,
+            inbound,
+            in_flight: FuturesOrdered::new(),
+            outgoing: VecDeque::new(),
+            received: 0,
+            stored: 0,
+            ended: false,
+        }
+    }
+
+    /// The next reply, or `None` once the chat is over.
+    async fn next_reply(&mut self) -> Option<Result<pb::ServerMessage, Status>> {
+        loop {
+            if let Some(reply) = self.outgoing.pop_front() {
+                return Some(reply);
+            }
+            if self.ended {
+                return None;
+            }
+            if let Err(status) = self.step().await {
+                self.ended = true;
+                self.outgoing.push_back(Err(status));
+            }
+        }
+    }
+
+    /// Does one thing: a commit finishes, or a reading arrives, or the
+    /// chat ends. Ends with the status the client gets last, if any.
+    async fn step(&mut self) -> Result<(), Status> {
+        tokio::select! {
+            biased;
+            _ = self.hub.life.cancelled.cancelled() => {
+                self.drain().await?;
+                Err(shutting_down(self.stored))
+            }
+            Some(done) = self.in_flight.next() => self.acknowledge(done),
+            next = self.inbound.message(), if self.in_flight.len() < self.max_in_flight => match next {
+                Ok(Some(message)) => {
+                    let reading = reading_from_wire(message);
+                    if let Err(v) = self.hub.check(&reading) {
+                        // Everything before it is stored: acknowledge it first.
+                        self.drain().await?;
+                        return Err(invalid_reading_in_stream(&v, self.received, self.stored));
+                    }
+                    self.received += 1;
+                    let temperature = reading.temperature;
+                    let pending = self.hub.store.enqueue(vec![reading]).await.map_err(|e| store_status(&e))?;
+                    self.in_flight.push_back(Box::pin(async move { (temperature, pending.committed().await) }));
+                    Ok(())
+                }
+                Ok(None) => {
+                    self.drain().await?;
+                    self.ended = true;
+                    Ok(())
+                }
+                Err(status) => {
+                    let mut status = decode_status(status, self.hub.config.max_message_bytes);
+                    self.drain().await?;
+                    set_stored_count(&mut status, self.stored);
+                    Err(status)
+                }
+            },
+        }
+    }
+
+    /// Queues the reply for one committed reading, then its alerts.
+    fn acknowledge(
         &mut self,
         (temperature, result): (f64, Result<WriteReceipt, StoreError>),
     ) -> Result<(), Status> {
         let receipt = result.map_err(|e| store_status(&e))?;
         self.stored += receipt.count as u64;
-        self.metrics.stored(RpcKind::Chat, receipt.count as u64);
+        self.hub.metrics.stored(RpcKind::Chat, receipt.count as u64);
         let now = unix_now();
-        let ack = pb::ServerMessage {
+        self.outgoing.push_back(Ok(pb::ServerMessage {
             message: received_message(temperature),
             server_time: now,
             kind: pb::ServerMessageKind::Received as i32,
             alert: None,
-        };
-        let alerts = receipt.alerts.iter().map(|a| alert_to_wire(a, now));
-        for message in std::iter::once(ack).chain(alerts) {
-            // A client that went away needs no more replies; what it sent is stored.
-            let _ = self.tx.send(Box::new(Ok(message))).await;
-        }
+        }));
+        self.outgoing
+            .extend(receipt.alerts.iter().map(|a| Ok(alert_to_wire(a, now))));
         Ok(())
     }
 
     /// Acknowledges everything still in flight.
     async fn drain(&mut self) -> Result<(), Status> {
         while let Some(done) = self.in_flight.next().await {
-            self.acknowledge(done).await?;
+            self.acknowledge(done)?;
         }
         Ok(())
     }
