@@ -421,7 +421,11 @@ fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
-        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
     }
 }
 
@@ -561,4 +565,44 @@ async fn crash_durability_a_damaged_store_is_refused_at_startup() {
             stderr.lines().last().unwrap_or_default()
         );
     }
+
+    // The journal: the clean stop left its last file (everything in it is
+    // also in the tables). A write cut short at its end is a crash's doing
+    // and is cut off; a damaged frame with frames after it is refused.
+    let journal = std::fs::read_dir(good.join("journal"))
+        .expect("journal directory")
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "journal"))
+        .expect("a journal file");
+    let journal_name = journal.file_name().unwrap().to_owned();
+    let frames = std::fs::read(&journal).unwrap();
+    assert!(frames.len() > 1_000, "the journal holds the readings");
+
+    let torn = dir.path().join("journal-cut-short");
+    copy_dir(&good, &torn);
+    std::fs::write(
+        torn.join("journal").join(&journal_name),
+        &frames[..frames.len() - 5],
+    )
+    .unwrap();
+    try_serve(&torn).expect("a journal cut short at its end starts");
+
+    let garbled = dir.path().join("journal-garbled");
+    copy_dir(&good, &garbled);
+    let mut bytes = frames.clone();
+    bytes[40] ^= 0x01;
+    std::fs::write(garbled.join("journal").join(&journal_name), &bytes).unwrap();
+    let Err((code, stderr)) = try_serve(&garbled) else {
+        panic!("the server started on a damaged journal");
+    };
+    assert!(code.is_some_and(|c| c != 0), "exit code {code:?}\n{stderr}");
+    assert!(
+        stderr.contains("is damaged") && stderr.contains(".journal") && stderr.contains("checksum"),
+        "the error names the journal file and the damage:\n{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(garbled.join("journal").join(&journal_name)).unwrap(),
+        bytes,
+        "the damaged journal was changed"
+    );
 }

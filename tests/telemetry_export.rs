@@ -326,6 +326,7 @@ async fn server_and_sensor_export_traces_metrics_and_logs() {
         attrs.get("sensorhub.refusal.reason").map(String::as_str) == Some("temperature.not_finite")
     }));
     named("sensorhub", "sensorhub.store.commit.duration");
+    named("sensorhub", "sensorhub.store.index.duration");
     let last = named("sensorhub", "sensorhub.sensor.temperature");
     assert!(last.gauge_points().iter().any(|(attrs, value)| {
         attrs.get("sensor.id").map(String::as_str) == Some("tel-chat") && *value == 21.0

@@ -532,9 +532,15 @@ impl HistoryReader {
     }
 
     async fn stream(&self, mut query: HistoryQuery, tx: &PageSender) -> Result<(), Status> {
-        let mut committed = self.store.committed_seq();
-        // Follow: history up to this commit, the tail after it. No gap, no repeat.
-        let snapshot = *committed.borrow_and_update();
+        let mut committed = self.store.visible_seq();
+        // Follow: history up to this point, the tail after it. No gap, no
+        // repeat, and everything acknowledged before the call is history.
+        let snapshot = self
+            .store
+            .caught_up_seq()
+            .await
+            .map_err(|e| store_status(&e))?;
+        committed.borrow_and_update();
         if self.follow {
             query.up_to_seq = Some(snapshot);
         }

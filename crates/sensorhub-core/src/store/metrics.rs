@@ -2,7 +2,10 @@
 //! (no SDK, no exporter: with none installed these are no-ops).
 //!
 //! - `sensorhub.store.commit.duration` (s) and `sensorhub.store.commit.size`
-//!   ({reading}): one record per group commit, never per reading;
+//!   ({reading}): one record per group commit (the journal append and its
+//!   fsync, which every write waits for), never per reading;
+//! - `sensorhub.store.index.duration` (s) and `sensorhub.store.index.size`
+//!   ({reading}): one record per indexer transaction (what queries wait for);
 //! - `sensorhub.alerts.raised` ({alert}) by `sensorhub.alert.rule`;
 //! - `sensorhub.sensor.temperature` (Cel): the last temperature per sensor,
 //!   as a gauge with `sensor.id`, for at most `max_tracked_sensors` sensors
@@ -121,5 +124,37 @@ impl StoreMetrics {
                 by_sensor.insert(sensor.to_owned(), temperature);
             }
         }
+    }
+}
+
+/// The indexer's transactions.
+#[derive(Debug)]
+pub(super) struct IndexMetrics {
+    duration: Histogram<f64>,
+    size: Histogram<u64>,
+}
+
+impl IndexMetrics {
+    pub(super) fn new() -> Self {
+        let meter = global::meter("sensorhub-core");
+        Self {
+            duration: meter
+                .f64_histogram("sensorhub.store.index.duration")
+                .with_unit("s")
+                .with_description("Duration of one indexer transaction into the tables")
+                .with_boundaries(COMMIT_BUCKETS.to_vec())
+                .build(),
+            size: meter
+                .u64_histogram("sensorhub.store.index.size")
+                .with_unit("{reading}")
+                .with_description("Readings made visible to queries by one indexer transaction")
+                .with_boundaries(SIZE_BUCKETS.to_vec())
+                .build(),
+        }
+    }
+
+    pub(super) fn indexed(&self, elapsed: Duration, readings: usize) {
+        self.duration.record(elapsed.as_secs_f64(), &[]);
+        self.size.record(readings as u64, &[]);
     }
 }

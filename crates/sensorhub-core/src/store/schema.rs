@@ -21,6 +21,7 @@ use super::{StoreError, StoreLocation};
 const SCHEMA_VERSION: i64 = 1;
 const DB_FILE: &str = "readings.db";
 const LOCK_FILE: &str = "sensorhub.lock";
+const JOURNAL_DIR: &str = "journal";
 /// The longest the startup check of an existing file may take. `quick_check`
 /// reads every page once (about 0.6 s for 5 M readings, 220 MB, when cached);
 /// a store too large to finish within this is checked only partly, with a warning.
@@ -60,6 +61,8 @@ pub(super) struct Target {
     /// For messages: the database file, or `memory`.
     pub(super) display: PathBuf,
     durable: bool,
+    /// The commit log's directory; `None` in memory.
+    pub(super) journal: Option<PathBuf>,
     /// Held for the life of the store: a second process on the same
     /// directory would hand out the same sequence numbers.
     _lock: Option<File>,
@@ -97,6 +100,7 @@ impl Target {
                     uri: path.to_string_lossy().into_owned(),
                     display: path,
                     durable: true,
+                    journal: Some(dir.join(JOURNAL_DIR)),
                     _lock: Some(lock),
                 })
             }
@@ -109,6 +113,7 @@ impl Target {
                     uri: format!("file:/sensorhub-{}-{n}?vfs=memdb", std::process::id()),
                     display: PathBuf::from("memory"),
                     durable: false,
+                    journal: None,
                     _lock: None,
                 })
             }

@@ -1,105 +1,42 @@
-//! The single writer: drains the queue into group commits.
+//! The writer: numbers and analyses writes, makes them durable, answers.
 //!
-//! Invariant: this thread is the only code that writes to the database, so
-//! sequence numbers, sensor ids and statistics need no locks. Each queued
-//! write is answered exactly once: with its receipt after the transaction
-//! holding it has committed durably, or with the error that made the whole
-//! transaction roll back (and then the in-memory state is unchanged too).
+//! It drains the queue into group commits. For each one it gives every
+//! reading its sequence number, runs the statistics and alert rules in that
+//! order, appends the whole group to the journal with one fsync, and then
+//! answers each caller. The rows go on to the indexer, which makes them
+//! visible to queries.
+//!
+//! Invariant: this thread alone hands out sequence numbers and sensor ids
+//! and keeps the running statistics, so none of them needs a lock. Each
+//! queued write is answered exactly once: with its receipt after the
+//! journal holds it durably, or with the error that kept the whole group
+//! out of the journal (and then the in-memory state is unchanged too). It
+//! never touches SQLite: that is the indexer's.
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
-    sync::LazyLock,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc as std_mpsc,
+    },
+    time::Instant,
 };
 
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{StoreConfig, StoreError, WriteReceipt, metrics::StoreMetrics, schema::Target};
+use super::{
+    StoreConfig, StoreError, WriteReceipt,
+    indexer::{Backlog, IndexBatch, IndexCommand, Row},
+    journal::Journal,
+    metrics::StoreMetrics,
+};
 use crate::{AlertRules, Reading, SensorStats};
-
-/// Rows per multi-row INSERT: one statement step for this many readings
-/// instead of one each (SQLite allows 32,766 parameters; 4 per row).
-const ROWS_PER_INSERT: usize = 64;
-
-/// One row of `readings`.
-#[derive(Clone, Copy)]
-struct Row {
-    sensor: i64,
-    ts: i64,
-    seq: i64,
-    temperature: f64,
-}
-
-/// Collects rows and inserts them `ROWS_PER_INSERT` at a time, which
-/// halves the writer's time per reading against one INSERT per row
-/// (fewer statement steps, binds and resets; BENCHMARKS.md, "Ingest").
-struct RowBuffer {
-    rows: Vec<Row>,
-}
-
-impl RowBuffer {
-    fn new() -> Self {
-        Self {
-            rows: Vec::with_capacity(ROWS_PER_INSERT),
-        }
-    }
-
-    fn push(&mut self, tx: &rusqlite::Transaction<'_>, row: Row) -> rusqlite::Result<()> {
-        self.rows.push(row);
-        if self.rows.len() == ROWS_PER_INSERT {
-            self.flush(tx)?;
-        }
-        Ok(())
-    }
-
-    /// Inserts what is collected: a full buffer in one statement, a partial
-    /// one row by row (so the statement cache holds two INSERTs, not 64).
-    fn flush(&mut self, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
-        if self.rows.len() == ROWS_PER_INSERT {
-            static MANY: LazyLock<String> = LazyLock::new(|| insert_statement(ROWS_PER_INSERT));
-            let mut insert = tx.prepare_cached(&MANY)?;
-            for (i, row) in self.rows.iter().enumerate() {
-                let at = 4 * i + 1;
-                insert.raw_bind_parameter(at, row.sensor)?;
-                insert.raw_bind_parameter(at + 1, row.ts)?;
-                insert.raw_bind_parameter(at + 2, row.seq)?;
-                insert.raw_bind_parameter(at + 3, row.temperature)?;
-            }
-            insert.raw_execute()?;
-        } else if !self.rows.is_empty() {
-            let mut insert = tx.prepare_cached(
-                "INSERT OR ROLLBACK INTO readings (sensor, ts, seq, temperature) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for row in &self.rows {
-                insert.execute(params![row.sensor, row.ts, row.seq, row.temperature])?;
-            }
-        }
-        self.rows.clear();
-        Ok(())
-    }
-}
-
-/// `INSERT INTO readings ... VALUES (?,?,?,?), ...` for `rows` rows.
-fn insert_statement(rows: usize) -> String {
-    let mut sql =
-        String::from("INSERT OR ROLLBACK INTO readings (sensor, ts, seq, temperature) VALUES ");
-    for i in 0..rows {
-        if i > 0 {
-            sql.push(',');
-        }
-        sql.push_str("(?,?,?,?)");
-    }
-    sql
-}
-
-/// How often retention runs, at most.
-const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
 pub(super) enum Command {
     Write(WriteRequest),
-    /// Commit what is queued before this, checkpoint, stop; then answer.
+    /// Commit what is queued before this, have it indexed, stop; then answer.
     Close(oneshot::Sender<()>),
 }
 
@@ -114,93 +51,123 @@ struct SensorEntry {
     stats: SensorStats,
 }
 
+/// What the tables hold: the writer's starting point.
+pub(super) struct Loaded {
+    sensors: HashMap<String, SensorEntry>,
+    pub(super) last_seq: u64,
+}
+
+impl Loaded {
+    /// Reads the sensors, their statistics and the last sequence number.
+    pub(super) fn read(conn: &Connection) -> rusqlite::Result<Loaded> {
+        let mut sensors = HashMap::new();
+        let mut stmt = conn.prepare(
+            "SELECT id, name, count, sum, min, max, last, last_ts, rolling_mean, alerts FROM sensors",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let name: String = row.get(1)?;
+            let stats = SensorStats {
+                sensor_id: name.clone(),
+                count: row.get::<_, i64>(2)? as u64,
+                sum: row.get(3)?,
+                min: row.get(4)?,
+                max: row.get(5)?,
+                last: row.get(6)?,
+                last_timestamp: row.get(7)?,
+                rolling_mean: row.get(8)?,
+                alerts: row.get::<_, i64>(9)? as u64,
+            };
+            sensors.insert(
+                name,
+                SensorEntry {
+                    id: row.get(0)?,
+                    stats,
+                },
+            );
+        }
+        let meta: Option<i64> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| {
+                r.get(0)
+            })
+            .ok();
+        let max_stored: Option<i64> =
+            conn.query_row("SELECT max(seq) FROM readings", [], |r| r.get(0))?;
+        let last_seq = meta.unwrap_or(0).max(max_stored.unwrap_or(0)) as u64;
+        Ok(Loaded { sensors, last_seq })
+    }
+
+    pub(super) fn sensor_count(&self) -> usize {
+        self.sensors.len()
+    }
+}
+
+/// A group of writes, numbered and analysed but not yet durable: applied
+/// to the writer's state only once the journal holds it.
+struct Sequenced {
+    rows: Vec<Row>,
+    receipts: Vec<WriteReceipt>,
+    /// Copies of the sensors the group touches, as of its last reading.
+    touched: HashMap<String, SensorEntry>,
+    next_sensor_id: i64,
+    last_seq: u64,
+}
+
 pub(super) struct Writer {
-    conn: Connection,
-    display: PathBuf,
     sensors: HashMap<String, SensorEntry>,
     next_sensor_id: i64,
     last_seq: u64,
     rules: AlertRules,
-    retention: Option<Duration>,
     max_batch: usize,
-    last_retention: Option<Instant>,
     metrics: StoreMetrics,
+    /// `None` for `--memory`: nothing to make durable.
+    journal: Option<Journal>,
+}
+
+/// Where the writer's results go.
+pub(super) struct Outlets {
+    pub(super) index: std_mpsc::Sender<IndexCommand>,
+    pub(super) backlog: Arc<Backlog>,
+    /// The last sequence number answered to a caller (read-your-writes).
+    pub(super) acknowledged: Arc<AtomicU64>,
+    /// The last sequence number the indexer holds durably (journal trimming).
+    pub(super) indexed: watch::Receiver<u64>,
 }
 
 impl Writer {
-    /// Opens the database and loads what the writer keeps in memory.
-    /// Returns the writer and the last committed sequence number.
-    pub(super) fn open(target: &Target, config: &StoreConfig) -> Result<(Writer, u64), StoreError> {
-        let conn = target.open_writer()?;
-        let load = |conn: &Connection| -> rusqlite::Result<(HashMap<String, SensorEntry>, u64)> {
-            let mut sensors = HashMap::new();
-            let mut stmt = conn.prepare(
-                "SELECT id, name, count, sum, min, max, last, last_ts, rolling_mean, alerts FROM sensors",
-            )?;
-            let mut rows = stmt.query([])?;
-            while let Some(row) = rows.next()? {
-                let name: String = row.get(1)?;
-                let stats = SensorStats {
-                    sensor_id: name.clone(),
-                    count: row.get::<_, i64>(2)? as u64,
-                    sum: row.get(3)?,
-                    min: row.get(4)?,
-                    max: row.get(5)?,
-                    last: row.get(6)?,
-                    last_timestamp: row.get(7)?,
-                    rolling_mean: row.get(8)?,
-                    alerts: row.get::<_, i64>(9)? as u64,
-                };
-                sensors.insert(
-                    name,
-                    SensorEntry {
-                        id: row.get(0)?,
-                        stats,
-                    },
-                );
-            }
-            let meta: Option<i64> = conn
-                .query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| {
-                    r.get(0)
-                })
-                .ok();
-            let max_stored: Option<i64> =
-                conn.query_row("SELECT max(seq) FROM readings", [], |r| r.get(0))?;
-            let last_seq = meta.unwrap_or(0).max(max_stored.unwrap_or(0)) as u64;
-            Ok((sensors, last_seq))
-        };
-        let (sensors, last_seq) = load(&conn).map_err(|e| target.classify(e))?;
-        let next_sensor_id = sensors.values().map(|s| s.id).max().unwrap_or(0) + 1;
-        tracing::info!(
-            store = %target.display.display(),
-            sensors = sensors.len(),
-            last_seq,
-            "store opened"
-        );
-        Ok((
-            Writer {
-                conn,
-                display: target.display.clone(),
-                sensors,
-                next_sensor_id,
-                last_seq,
-                rules: config.alert_rules,
-                retention: config.retention,
-                max_batch: config.max_batch.max(1),
-                last_retention: None,
-                metrics: StoreMetrics::new(config.max_tracked_sensors),
-            },
-            last_seq,
-        ))
+    pub(super) fn new(loaded: Loaded, config: &StoreConfig) -> Writer {
+        let next_sensor_id = loaded.sensors.values().map(|s| s.id).max().unwrap_or(0) + 1;
+        Writer {
+            sensors: loaded.sensors,
+            next_sensor_id,
+            last_seq: loaded.last_seq,
+            rules: config.alert_rules,
+            max_batch: config.max_batch.max(1),
+            metrics: StoreMetrics::new(config.max_tracked_sensors),
+            journal: None,
+        }
+    }
+
+    pub(super) fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// From now on, every group is made durable in `journal` before it is answered.
+    pub(super) fn use_journal(&mut self, journal: Journal) {
+        self.journal = Some(journal);
+    }
+
+    /// Takes readings the journal held beyond the tables (numbered from
+    /// `last_seq + 1`) back into the statistics, as if written now, and
+    /// returns them for the indexer. Nobody is answered and nothing counted:
+    /// they were acknowledged before the restart.
+    pub(super) fn replay(&mut self, readings: &[Reading]) -> IndexBatch {
+        let sequenced = self.sequence([readings]);
+        self.accept(sequenced)
     }
 
     /// The writer thread's body: runs until `Close` or until every sender is gone.
-    pub(super) fn run(
-        mut self,
-        mut commands: mpsc::Receiver<Command>,
-        committed: watch::Sender<u64>,
-    ) {
-        self.apply_retention_if_due();
+    pub(super) fn run(mut self, mut commands: mpsc::Receiver<Command>, outlets: Outlets) {
         while let Some(first) = commands.blocking_recv() {
             let mut batch = Vec::new();
             let mut queued = 0;
@@ -223,174 +190,140 @@ impl Writer {
                 }
             }
             if !batch.is_empty() {
-                self.commit(batch, &committed);
+                self.commit(batch, &outlets);
             }
             if let Some(done) = close {
-                self.finish();
+                self.close(outlets);
                 let _ = done.send(());
                 return;
             }
-            self.apply_retention_if_due();
         }
-        self.finish();
+        self.close(outlets);
     }
 
-    /// One group commit: every request of `batch` in one transaction. The
-    /// new high-water sequence number is published before any caller hears
-    /// back, so whoever holds a receipt can rely on `committed_seq` covering it.
-    fn commit(&mut self, batch: Vec<WriteRequest>, committed: &watch::Sender<u64>) {
+    /// One group commit: numbered, analysed, journaled with one fsync, answered,
+    /// handed to the indexer. The acknowledged sequence number is published
+    /// before any caller hears back, so a query after a receipt waits for it.
+    fn commit(&mut self, batch: Vec<WriteRequest>, outlets: &Outlets) {
         let started = Instant::now();
         let readings: usize = batch.iter().map(|w| w.readings.len()).sum();
-        // Sensors touched by this batch, copied: they replace the originals
-        // only if the transaction commits.
-        let mut touched: HashMap<String, SensorEntry> = HashMap::new();
-        let mut next_sensor_id = self.next_sensor_id;
-        let mut seq = self.last_seq;
-
-        let result = (|| -> rusqlite::Result<Vec<WriteReceipt>> {
-            let tx = self.conn.transaction()?;
-            let mut receipts = Vec::with_capacity(batch.len());
-            {
-                let mut rows = RowBuffer::new();
-                for request in &batch {
-                    let mut alerts = Vec::new();
-                    for reading in &request.readings {
-                        let entry = match touched.get_mut(&reading.sensor_id) {
-                            Some(entry) => entry,
-                            None => {
-                                let entry = self
-                                    .sensors
-                                    .get(&reading.sensor_id)
-                                    .cloned()
-                                    .unwrap_or_else(|| {
-                                        next_sensor_id += 1;
-                                        SensorEntry {
-                                            id: next_sensor_id - 1,
-                                            stats: SensorStats::new(reading.sensor_id.clone()),
-                                        }
-                                    });
-                                touched.entry(reading.sensor_id.clone()).or_insert(entry)
-                            }
-                        };
-                        seq += 1;
-                        alerts.extend(entry.stats.observe(reading, &self.rules));
-                        rows.push(
-                            &tx,
-                            Row {
-                                sensor: entry.id,
-                                ts: reading.timestamp,
-                                seq: seq as i64,
-                                temperature: reading.temperature,
-                            },
-                        )?;
-                    }
-                    receipts.push(WriteReceipt {
-                        first_seq: seq + 1 - request.readings.len() as u64,
-                        count: request.readings.len(),
-                        alerts,
-                    });
-                }
-                rows.flush(&tx)?;
-                let mut upsert = tx.prepare_cached(
-                    "INSERT INTO sensors (id, name, count, sum, min, max, last, last_ts, rolling_mean, alerts)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-                     ON CONFLICT (id) DO UPDATE SET count = excluded.count, sum = excluded.sum,
-                       min = excluded.min, max = excluded.max, last = excluded.last,
-                       last_ts = excluded.last_ts, rolling_mean = excluded.rolling_mean,
-                       alerts = excluded.alerts",
-                )?;
-                for (name, e) in &touched {
-                    let s = &e.stats;
-                    upsert.execute(params![
-                        e.id,
-                        name,
-                        s.count as i64,
-                        s.sum,
-                        s.min,
-                        s.max,
-                        s.last,
-                        s.last_timestamp,
-                        s.rolling_mean,
-                        s.alerts as i64
-                    ])?;
-                }
-                tx.prepare_cached(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?1)",
-                )?
-                .execute([seq as i64])?;
-            }
-            tx.commit()?;
-            Ok(receipts)
-        })();
-
-        match result {
-            Ok(receipts) => {
-                self.metrics.committed(
-                    started.elapsed(),
-                    readings,
-                    receipts.iter().flat_map(|r| r.alerts.iter()),
-                    touched
-                        .iter()
-                        .map(|(name, e)| (name.as_str(), e.stats.last)),
-                );
-                self.sensors.extend(touched);
-                self.next_sensor_id = next_sensor_id;
-                self.last_seq = seq;
-                committed.send_replace(seq);
-                for (request, receipt) in batch.into_iter().zip(receipts) {
-                    let _ = request.reply.send(Ok(receipt));
-                }
-            }
-            Err(e) => {
-                tracing::error!(store = %self.display.display(), error = %e, calls = batch.len(), readings, "group commit failed; nothing of it was stored");
-                let error = StoreError::Write(e.to_string());
+        let mut sequenced = self.sequence(batch.iter().map(|w| w.readings.as_slice()));
+        if let Some(journal) = &mut self.journal {
+            let first_seq = self.last_seq + 1;
+            let all = batch.iter().flat_map(|w| w.readings.iter());
+            if let Err(why) = journal.append(first_seq, readings, all) {
+                let error = StoreError::Write(why);
                 for request in batch {
                     let _ = request.reply.send(Err(error.clone()));
                 }
+                return;
             }
+        }
+        self.metrics.committed(
+            started.elapsed(),
+            readings,
+            sequenced.receipts.iter().flat_map(|r| r.alerts.iter()),
+            sequenced
+                .touched
+                .iter()
+                .map(|(name, e)| (name.as_str(), e.stats.last)),
+        );
+        let receipts = std::mem::take(&mut sequenced.receipts);
+        let index = self.accept(sequenced);
+        outlets.acknowledged.store(self.last_seq, Ordering::Release);
+        for (request, receipt) in batch.into_iter().zip(receipts) {
+            let _ = request.reply.send(Ok(receipt));
+        }
+        // Waits while the indexer is far behind: backpressure on the callers.
+        outlets.backlog.reserve(index.rows.len());
+        if outlets.index.send(IndexCommand::Index(index)).is_err() {
+            tracing::error!(
+                "the indexer has stopped; acknowledged readings stay in the journal until the next start"
+            );
+        }
+        if let Some(journal) = &mut self.journal {
+            journal.trim(*outlets.indexed.borrow());
         }
     }
 
-    /// Deletes readings older than the retention period, at most once a minute.
-    fn apply_retention_if_due(&mut self) {
-        let Some(retention) = self.retention else {
-            return;
-        };
-        if self
-            .last_retention
-            .is_some_and(|t| t.elapsed() < RETENTION_EVERY)
-        {
-            return;
-        }
-        self.last_retention = Some(Instant::now());
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let cutoff = now.saturating_sub(retention).as_secs() as i64;
-        let result = (|| -> rusqlite::Result<usize> {
-            let tx = self.conn.transaction()?;
-            let mut deleted = 0;
-            {
-                let mut delete =
-                    tx.prepare_cached("DELETE FROM readings WHERE sensor = ?1 AND ts < ?2")?;
-                for entry in self.sensors.values() {
-                    deleted += delete.execute(params![entry.id, cutoff])?;
-                }
+    /// Numbers and analyses `groups` against copies of the sensors they
+    /// touch, leaving the writer's own state as it was.
+    fn sequence<'a>(&self, groups: impl IntoIterator<Item = &'a [Reading]>) -> Sequenced {
+        let mut touched: HashMap<String, SensorEntry> = HashMap::new();
+        let mut next_sensor_id = self.next_sensor_id;
+        let mut seq = self.last_seq;
+        let mut rows = Vec::new();
+        let mut receipts = Vec::new();
+        for readings in groups {
+            let mut alerts = Vec::new();
+            for reading in readings {
+                let entry = match touched.get_mut(&reading.sensor_id) {
+                    Some(entry) => entry,
+                    None => {
+                        let entry = self
+                            .sensors
+                            .get(&reading.sensor_id)
+                            .cloned()
+                            .unwrap_or_else(|| {
+                                next_sensor_id += 1;
+                                SensorEntry {
+                                    id: next_sensor_id - 1,
+                                    stats: SensorStats::new(reading.sensor_id.clone()),
+                                }
+                            });
+                        touched.entry(reading.sensor_id.clone()).or_insert(entry)
+                    }
+                };
+                seq += 1;
+                alerts.extend(entry.stats.observe(reading, &self.rules));
+                rows.push(Row {
+                    sensor: entry.id,
+                    ts: reading.timestamp,
+                    seq: seq as i64,
+                    temperature: reading.temperature,
+                });
             }
-            tx.commit()?;
-            Ok(deleted)
-        })();
-        match result {
-            Ok(0) => {}
-            Ok(deleted) => tracing::info!(deleted, cutoff, "retention deleted old readings"),
-            Err(e) => tracing::warn!(error = %e, "retention failed; will retry"),
+            receipts.push(WriteReceipt {
+                first_seq: seq + 1 - readings.len() as u64,
+                count: readings.len(),
+                alerts,
+            });
+        }
+        Sequenced {
+            rows,
+            receipts,
+            touched,
+            next_sensor_id,
+            last_seq: seq,
         }
     }
 
-    fn finish(&mut self) {
-        if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
-            tracing::warn!(error = %e, "final WAL checkpoint failed; the WAL will be replayed on next open");
+    /// Makes a durable group part of the writer's state; returns the indexer's share.
+    fn accept(&mut self, sequenced: Sequenced) -> IndexBatch {
+        let sensors = sequenced
+            .touched
+            .values()
+            .map(|e| (e.id, e.stats.clone()))
+            .collect();
+        self.sensors.extend(sequenced.touched);
+        self.next_sensor_id = sequenced.next_sensor_id;
+        self.last_seq = sequenced.last_seq;
+        IndexBatch {
+            rows: sequenced.rows,
+            sensors,
+            last_seq: sequenced.last_seq,
         }
-        tracing::info!(store = %self.display.display(), last_seq = self.last_seq, "store closed");
+    }
+
+    /// Has everything indexed and checkpointed; the journal is then empty.
+    fn close(&mut self, outlets: Outlets) {
+        let (done, indexed) = std_mpsc::channel();
+        if outlets.index.send(IndexCommand::Close(done)).is_ok() {
+            let _ = indexed.recv();
+        }
+        if let Some(journal) = &mut self.journal {
+            journal.trim(*outlets.indexed.borrow());
+        }
+        tracing::info!(last_seq = self.last_seq, "store closed");
     }
 }

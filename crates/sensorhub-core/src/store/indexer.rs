@@ -1,0 +1,386 @@
+//! The indexer: folds acknowledged readings into SQLite, where queries see them.
+//!
+//! Readings reach it from the writer once they are durable in the journal
+//! (or, for `--memory`, once they are sequenced). It takes everything waiting
+//! into one transaction, so the busier the store, the more readings share
+//! each touched page and each fsync. Each transaction also stores the
+//! statistics as of its last reading and `meta.last_seq`, so after a crash
+//! the tables are a prefix of the journal, ending exactly where replay starts.
+//!
+//! Invariant: this thread is the only code that writes to the database. It
+//! knows rows, not requests: it never answers a caller, and a failure here
+//! loses nothing, since the journal still holds every reading it was given.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Condvar, LazyLock, Mutex, mpsc},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use rusqlite::{Connection, params};
+use tokio::sync::watch;
+
+use super::metrics::IndexMetrics;
+use crate::SensorStats;
+
+/// Rows per multi-row INSERT: one statement step for this many readings
+/// instead of one each (SQLite allows 32,766 parameters; 4 per row).
+const ROWS_PER_INSERT: usize = 64;
+/// How long the first batch waiting for a transaction waits for others.
+const LINGER: Duration = Duration::from_millis(20);
+/// Readings that start a transaction without lingering.
+const ENOUGH_ROWS: usize = 16_384;
+/// How often retention runs, at most.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+/// The longest wait between attempts at a transaction that failed.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
+
+/// One row of `readings`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Row {
+    pub(super) sensor: i64,
+    pub(super) ts: i64,
+    pub(super) seq: i64,
+    pub(super) temperature: f64,
+}
+
+/// One group commit's worth of work for the indexer.
+#[derive(Debug)]
+pub(super) struct IndexBatch {
+    pub(super) rows: Vec<Row>,
+    /// The statistics of each sensor the rows touch, as of the last row
+    /// (key: the sensor's integer id).
+    pub(super) sensors: Vec<(i64, SensorStats)>,
+    /// The sequence number of the last row.
+    pub(super) last_seq: u64,
+}
+
+/// Rows handed to the indexer and not yet in the tables, capped: while the
+/// indexer is that far behind, the writer waits, and so do its callers.
+/// This bounds the memory between the two threads by rows, whatever the
+/// size of each group commit.
+#[derive(Debug)]
+pub(super) struct Backlog {
+    rows: Mutex<usize>,
+    drained: Condvar,
+    cap: usize,
+}
+
+impl Backlog {
+    pub(super) fn new(cap: usize) -> Self {
+        Self {
+            rows: Mutex::new(0),
+            drained: Condvar::new(),
+            cap,
+        }
+    }
+
+    /// Waits until `n` more rows fit (a group larger than the cap waits
+    /// for an empty backlog), then counts them.
+    pub(super) fn reserve(&self, n: usize) {
+        let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        while *rows > 0 && *rows + n > self.cap {
+            rows = self.drained.wait(rows).unwrap_or_else(|e| e.into_inner());
+        }
+        *rows += n;
+    }
+
+    fn release(&self, n: usize) {
+        let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        *rows = rows.saturating_sub(n);
+        self.drained.notify_all();
+    }
+}
+
+pub(super) enum IndexCommand {
+    Index(IndexBatch),
+    /// A query waits for what is queued: index it now.
+    Nudge,
+    /// Index what is queued before this, checkpoint, stop; then answer.
+    Close(mpsc::Sender<()>),
+}
+
+pub(super) struct Indexer {
+    conn: Connection,
+    backlog: std::sync::Arc<Backlog>,
+    display: PathBuf,
+    retention: Option<Duration>,
+    last_retention: Option<Instant>,
+    metrics: IndexMetrics,
+}
+
+impl Indexer {
+    pub(super) fn new(
+        conn: Connection,
+        backlog: std::sync::Arc<Backlog>,
+        display: PathBuf,
+        retention: Option<Duration>,
+    ) -> Self {
+        Self {
+            conn,
+            backlog,
+            display,
+            retention,
+            last_retention: None,
+            metrics: IndexMetrics::new(),
+        }
+    }
+
+    /// The indexer thread's body: runs until `Close` or until the writer is gone.
+    ///
+    /// A transaction starts [`LINGER`] after the first batch waiting for it,
+    /// or sooner when [`ENOUGH_ROWS`] are waiting, a query is waiting
+    /// (`Nudge`), or the store closes. Lingering is what makes the
+    /// transactions large under a load of small calls: each touched page is
+    /// written once for all the readings on it.
+    pub(super) fn run(
+        mut self,
+        commands: mpsc::Receiver<IndexCommand>,
+        indexed: watch::Sender<u64>,
+    ) {
+        self.apply_retention_if_due();
+        let mut nudged = false;
+        let mut open = true;
+        while open {
+            let mut batches = Vec::new();
+            let mut rows = 0;
+            let mut close = None;
+            let mut deadline = None;
+            while close.is_none() && rows < ENOUGH_ROWS && !(nudged && rows > 0) {
+                let next = match deadline {
+                    None => commands
+                        .recv()
+                        .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                    Some(deadline) => {
+                        commands.recv_timeout(deadline - Instant::now().min(deadline))
+                    }
+                };
+                match next {
+                    Ok(IndexCommand::Index(batch)) => {
+                        rows += batch.rows.len();
+                        batches.push(batch);
+                        deadline.get_or_insert_with(|| Instant::now() + LINGER);
+                    }
+                    Ok(IndexCommand::Nudge) => nudged = true,
+                    Ok(IndexCommand::Close(done)) => close = Some(done),
+                    Err(mpsc::RecvTimeoutError::Timeout) => break,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            if !batches.is_empty() {
+                self.index_retrying(&batches, close.is_some() || !open, &indexed);
+                self.backlog.release(rows);
+                nudged = false;
+            }
+            if let Some(done) = close {
+                self.finish();
+                let _ = done.send(());
+                return;
+            }
+            self.apply_retention_if_due();
+        }
+        self.finish();
+    }
+
+    /// Indexes `batches`, trying again (with a growing wait) until it
+    /// works; closing, it gives up after a few attempts and leaves the
+    /// readings to the journal's replay at the next start.
+    fn index_retrying(
+        &mut self,
+        batches: &[IndexBatch],
+        closing: bool,
+        indexed: &watch::Sender<u64>,
+    ) {
+        let mut wait = Duration::from_millis(50);
+        for attempt in 1.. {
+            let started = Instant::now();
+            match self.index(batches) {
+                Ok(last_seq) => {
+                    indexed.send_replace(last_seq);
+                    let rows = batches.iter().map(|b| b.rows.len()).sum();
+                    self.metrics.indexed(started.elapsed(), rows);
+                    if attempt > 1 {
+                        tracing::info!(attempt, "indexing works again");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    let rows: usize = batches.iter().map(|b| b.rows.len()).sum();
+                    tracing::error!(
+                        store = %self.display.display(),
+                        error = %e,
+                        rows,
+                        attempt,
+                        "indexing acknowledged readings failed; they are safe in the journal, and queries wait until this works"
+                    );
+                    if closing && attempt >= 3 {
+                        return;
+                    }
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(MAX_RETRY_WAIT);
+                }
+            }
+        }
+    }
+
+    /// One transaction holding `batches`, in order. Returns the last sequence number.
+    pub(super) fn index(&mut self, batches: &[IndexBatch]) -> rusqlite::Result<u64> {
+        let Some(last_seq) = batches.last().map(|b| b.last_seq) else {
+            return Ok(0);
+        };
+        let tx = self.conn.transaction()?;
+        {
+            let mut rows = RowBuffer::new();
+            for batch in batches {
+                for row in &batch.rows {
+                    rows.push(&tx, *row)?;
+                }
+            }
+            rows.flush(&tx)?;
+            // Each sensor once, as of its latest batch.
+            let mut latest: HashMap<i64, &SensorStats> = HashMap::new();
+            for batch in batches {
+                latest.extend(batch.sensors.iter().map(|(id, s)| (*id, s)));
+            }
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO sensors (id, name, count, sum, min, max, last, last_ts, rolling_mean, alerts)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT (id) DO UPDATE SET count = excluded.count, sum = excluded.sum,
+                   min = excluded.min, max = excluded.max, last = excluded.last,
+                   last_ts = excluded.last_ts, rolling_mean = excluded.rolling_mean,
+                   alerts = excluded.alerts",
+            )?;
+            for (id, s) in latest {
+                upsert.execute(params![
+                    id,
+                    s.sensor_id,
+                    s.count as i64,
+                    s.sum,
+                    s.min,
+                    s.max,
+                    s.last,
+                    s.last_timestamp,
+                    s.rolling_mean,
+                    s.alerts as i64
+                ])?;
+            }
+            tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?1)")?
+                .execute([last_seq as i64])?;
+        }
+        tx.commit()?;
+        Ok(last_seq)
+    }
+
+    /// Deletes readings older than the retention period, at most once a minute.
+    fn apply_retention_if_due(&mut self) {
+        let Some(retention) = self.retention else {
+            return;
+        };
+        if self
+            .last_retention
+            .is_some_and(|t| t.elapsed() < RETENTION_EVERY)
+        {
+            return;
+        }
+        self.last_retention = Some(Instant::now());
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let cutoff = now.saturating_sub(retention).as_secs() as i64;
+        let result = (|| -> rusqlite::Result<usize> {
+            let tx = self.conn.transaction()?;
+            // One range delete per sensor: a prefix of its (sensor, ts) range.
+            let sensors: Vec<i64> = tx
+                .prepare("SELECT id FROM sensors")?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut deleted = 0;
+            {
+                let mut delete =
+                    tx.prepare_cached("DELETE FROM readings WHERE sensor = ?1 AND ts < ?2")?;
+                for sensor in sensors {
+                    deleted += delete.execute(params![sensor, cutoff])?;
+                }
+            }
+            tx.commit()?;
+            Ok(deleted)
+        })();
+        match result {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, cutoff, "retention deleted old readings"),
+            Err(e) => tracing::warn!(error = %e, "retention failed; will retry"),
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
+            tracing::warn!(error = %e, "final WAL checkpoint failed; the WAL will be replayed on next open");
+        }
+    }
+}
+
+/// Collects rows and inserts them `ROWS_PER_INSERT` at a time, which
+/// halves the time per reading against one INSERT per row (fewer statement
+/// steps, binds and resets; BENCHMARKS.md, "Ingest").
+struct RowBuffer {
+    rows: Vec<Row>,
+}
+
+impl RowBuffer {
+    fn new() -> Self {
+        Self {
+            rows: Vec::with_capacity(ROWS_PER_INSERT),
+        }
+    }
+
+    fn push(&mut self, tx: &rusqlite::Transaction<'_>, row: Row) -> rusqlite::Result<()> {
+        self.rows.push(row);
+        if self.rows.len() == ROWS_PER_INSERT {
+            self.flush(tx)?;
+        }
+        Ok(())
+    }
+
+    /// Inserts what is collected: a full buffer in one statement, a partial
+    /// one row by row (so the statement cache holds two INSERTs, not 64).
+    fn flush(&mut self, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+        if self.rows.len() == ROWS_PER_INSERT {
+            static MANY: LazyLock<String> = LazyLock::new(|| insert_statement(ROWS_PER_INSERT));
+            let mut insert = tx.prepare_cached(&MANY)?;
+            for (i, row) in self.rows.iter().enumerate() {
+                let at = 4 * i + 1;
+                insert.raw_bind_parameter(at, row.sensor)?;
+                insert.raw_bind_parameter(at + 1, row.ts)?;
+                insert.raw_bind_parameter(at + 2, row.seq)?;
+                insert.raw_bind_parameter(at + 3, row.temperature)?;
+            }
+            insert.raw_execute()?;
+        } else if !self.rows.is_empty() {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR ROLLBACK INTO readings (sensor, ts, seq, temperature) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for row in &self.rows {
+                insert.execute(params![row.sensor, row.ts, row.seq, row.temperature])?;
+            }
+        }
+        self.rows.clear();
+        Ok(())
+    }
+}
+
+/// `INSERT INTO readings ... VALUES (?,?,?,?), ...` for `rows` rows.
+fn insert_statement(rows: usize) -> String {
+    let mut sql =
+        String::from("INSERT OR ROLLBACK INTO readings (sensor, ts, seq, temperature) VALUES ");
+    for i in 0..rows {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?,?,?,?)");
+    }
+    sql
+}
