@@ -63,6 +63,9 @@ CHAT_CONNECTIONS=${CHAT_CONNECTIONS:-50}
 CHAT_RATE=${CHAT_RATE:-2000}
 SOAK_SECONDS=${SOAK_SECONDS:-300}
 SOAK_RATE=${SOAK_RATE:-2000}
+# 0: no injected fault (the OTLP receiver keeps answering), to tell the fault's
+# footprint from the server's own growth.
+SOAK_FAULT=${SOAK_FAULT:-1}
 if [ "$quick" = 1 ]; then
   reps=1
   duration=3
@@ -244,7 +247,7 @@ PY
       while kill -0 "$lp" 2>/dev/null; do
         rss_kib "$server_pid" >>"$samples"
         second=$((second + 1))
-        [ "$second" -eq $((SOAK_SECONDS / 3)) ] && kill -STOP "$sink_pid"
+        [ "$SOAK_FAULT" = 1 ] && [ "$second" -eq $((SOAK_SECONDS / 3)) ] && kill -STOP "$sink_pid"
         [ "$second" -eq $((2 * SOAK_SECONDS / 3)) ] && kill -CONT "$sink_pid"
         sleep 1
       done

@@ -459,6 +459,60 @@ mod tests {
         assert_eq!(receipt.first_seq, 81);
     }
 
+    /// Retention (run by the indexer when it starts, then at most once a
+    /// minute) deletes readings older than the period and keeps the rest.
+    #[tokio::test]
+    async fn retention_deletes_only_old_readings() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let at = |sensor: &str, age_s: i64| Reading {
+            sensor_id: sensor.into(),
+            temperature: 20.0,
+            timestamp: now - age_s,
+        };
+        let store = Store::open(config(dir.path())).unwrap();
+        store
+            .append(vec![
+                at("a", 7_200),
+                at("a", 60),
+                at("b", 5_000),
+                at("b", 10),
+            ])
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+        drop(store);
+
+        let mut retained = config(dir.path());
+        retained.retention = Some(Duration::from_secs(3_600));
+        let store = Store::open(retained).unwrap();
+        for (sensor, left) in [("a", 60), ("b", 10)] {
+            let query = HistoryQuery {
+                sensor_id: sensor.into(),
+                since: None,
+                until: None,
+                up_to_seq: None,
+            };
+            // Retention runs on the indexer thread as it starts.
+            let mut ages = Vec::new();
+            for _ in 0..100 {
+                let page = store
+                    .history_page(&query, HistoryCursor::default(), 10)
+                    .await
+                    .unwrap();
+                ages = page.iter().map(|r| now - r.reading.timestamp).collect();
+                if ages.len() == 1 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(ages, vec![left], "{sensor}");
+        }
+    }
+
     /// A query right after a receipt sees the write, though indexing is
     /// asynchronous.
     #[tokio::test]

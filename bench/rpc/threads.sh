@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Server CPU per unary call, split by thread: which part of sensorhub a call costs.
+#
+#   bench/rpc/threads.sh [notel|memory] [SECONDS]
+#
+# Starts `sensorhub serve` (TLS, token, telemetry off; the durable store in a
+# temporary directory, or --memory), drives it with `sensorhub load --mode unary`
+# (closed loop, CONNECTIONS x CONCURRENCY, 4 x 100 by default), and prints each
+# thread group's CPU time (user + system, /proc/PID/task/*/stat) divided by the calls.
+# BIN=path/to/sensorhub measures another build (an A/B against an older commit).
+# RATE=N runs an open loop at N calls/s instead and also prints the p99 latency.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+mode=${1:-notel}
+secs=${2:-8}
+bin=${BIN:-target/release/sensorhub}
+load_bin=target/release/sensorhub
+[ -x "$bin" ] || cargo build --release --quiet --bin sensorhub
+[ -x "$load_bin" ] || cargo build --release --quiet --bin sensorhub
+
+work=$(mktemp -d)
+pid=""
+trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
+"$load_bin" certs --out "$work/certs" >/dev/null
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+store=(--data "$work/data")
+[ "$mode" = memory ] && store=(--memory)
+env -u RUST_LOG OTEL_SDK_DISABLED=true "$bin" serve --tls-cert "$work/certs/server.pem" \
+    --tls-key "$work/certs/server.key" --token bench --listen "127.0.0.1:$port" \
+    --rate-limit 0 --http off "${store[@]}" >/dev/null 2>&1 &
+pid=$!
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+
+# Thread name and CPU ticks, summed per name (tokio's workers share one).
+snapshot() {
+    for task in /proc/"$pid"/task/*; do
+        echo "$(cat "$task/comm") $(awk '{print $14 + $15}' "$task/stat")"
+    done | awk '{ticks[$1] += $2} END {for (name in ticks) print name, ticks[name]}' | sort
+}
+snapshot >"$work/before"
+loop=(--concurrency "${CONCURRENCY:-100}")
+[ -n "${RATE:-}" ] && loop=(--rate "$RATE" --concurrency 10000 --warmup 1s)
+out=$(env -u RUST_LOG "$load_bin" load --server "https://127.0.0.1:$port" --ca "$work/certs/ca.pem" \
+    --token bench --quiet --json --mode unary --connections "${CONNECTIONS:-4}" \
+    "${loop[@]}" --duration "${secs}s")
+snapshot >"$work/after"
+calls=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["calls"])' "$out")
+p99=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["latency_ms"]["p99"])' "$out")
+echo "$mode: $calls calls, $((calls / secs)) calls/s, p99 $p99 ms"
+join "$work/before" "$work/after" | awk -v calls="$calls" '
+    { d = $3 - $2; total += d; if (d > 0) printf "  %-20s %6.2f us/call\n", $1, d * 1e4 / calls }
+    END { printf "  %-20s %6.2f us/call\n", "total", total * 1e4 / calls }'
