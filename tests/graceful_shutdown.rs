@@ -162,8 +162,15 @@ async fn graceful_shutdown_under_load_keeps_everything_acknowledged() {
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     }
 
+    // The loop's last call either reached the server while it drained
+    // (UNAVAILABLE, "shutting down") or raced the GOAWAY and never left
+    // the client: tonic reports that as CANCELLED ("connection closed").
+    // Either way it was not acknowledged, and nothing of it may be counted.
     let unary_end = unary.await.unwrap();
-    assert_eq!(unary_end.code(), Code::Unavailable, "{unary_end:?}");
+    assert!(
+        matches!(unary_end.code(), Code::Unavailable | Code::Cancelled),
+        "{unary_end:?}"
+    );
     let mut acknowledged = unary_acked.load(Ordering::Relaxed);
     for stream in streams {
         acknowledged += stream.await.unwrap();

@@ -16,6 +16,13 @@
 //! Each handshake runs in its own task, with a deadline, so a client that
 //! connects and says nothing holds one slot for a few seconds and never
 //! delays anyone else's accept.
+//!
+//! A connection the server closes cleanly (graceful shutdown) lingers: its
+//! read side is drained for up to [`LINGER`] before the socket is closed.
+//! Closing a socket that still has unread bytes makes the kernel send a TCP
+//! reset, and the client's kernel then drops what the client had not read
+//! yet: a client still streaming readings lost the final status (and its
+//! stored count) that the server had just sent.
 
 use std::{
     io,
@@ -94,11 +101,62 @@ impl ServerTls {
     }
 }
 
+/// How long a cleanly closed connection is drained before its socket closes.
+const LINGER: Duration = Duration::from_secs(2);
+
 /// A connection that got in: its stream, and its slot under the limit.
 #[derive(Debug)]
-pub struct Admitted<IO> {
-    io: IO,
-    _slot: Slot,
+pub struct Admitted<IO: AsyncRead + Unpin + Send + 'static> {
+    /// `None` only once handed to the lingering task.
+    io: Option<IO>,
+    slot: Option<Slot>,
+    /// The server has shut down its side (sent its last bytes and a FIN).
+    shut_down: bool,
+}
+
+impl<IO: AsyncRead + Unpin + Send + 'static> Admitted<IO> {
+    fn new(io: IO, slot: Slot) -> Self {
+        Self {
+            io: Some(io),
+            slot: Some(slot),
+            shut_down: false,
+        }
+    }
+
+    fn io(&mut self) -> &mut IO {
+        self.io.as_mut().expect("the stream is only taken on drop")
+    }
+}
+
+impl<IO: AsyncRead + Unpin + Send + 'static> Drop for Admitted<IO> {
+    fn drop(&mut self) {
+        if !self.shut_down {
+            return;
+        }
+        let (Some(mut io), Ok(runtime)) = (self.io.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        // The slot stays taken while the socket lingers.
+        let slot = self.slot.take();
+        runtime.spawn(async move {
+            let drain = async {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    let mut read = ReadBuf::new(&mut buf);
+                    match std::future::poll_fn(|cx| Pin::new(&mut io).poll_read(cx, &mut read))
+                        .await
+                    {
+                        Ok(()) if !read.filled().is_empty() => continue,
+                        // End of stream (the client closed) or an error.
+                        _ => return,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(LINGER, drain).await;
+            drop(slot);
+        });
+    }
 }
 
 /// Holds one connection's place under the limit and in the gauge.
@@ -114,31 +172,34 @@ impl Drop for Slot {
     }
 }
 
-impl<IO: Connected> Connected for Admitted<IO> {
+impl<IO: Connected + AsyncRead + Unpin + Send + 'static> Connected for Admitted<IO> {
     type ConnectInfo = IO::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
+        self.io
+            .as_ref()
+            .expect("the stream is only taken on drop")
+            .connect_info()
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for Admitted<IO> {
+impl<IO: AsyncRead + Unpin + Send + 'static> AsyncRead for Admitted<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        Pin::new(self.io()).poll_read(cx, buf)
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Admitted<IO> {
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Admitted<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        Pin::new(self.io()).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -146,19 +207,23 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Admitted<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        Pin::new(self.io()).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        self.io.as_ref().is_some_and(|io| io.is_write_vectored())
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        Pin::new(self.io()).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        let done = Pin::new(self.io()).poll_shutdown(cx);
+        if let Poll::Ready(Ok(())) = done {
+            self.shut_down = true;
+        }
+        done
     }
 }
 
@@ -235,7 +300,7 @@ fn accept_loop<IO, H, F>(
     handshake: H,
 ) -> ReceiverStream<io::Result<Admitted<IO>>>
 where
-    IO: Send + 'static,
+    IO: AsyncRead + Unpin + Send + 'static,
     H: Fn(TcpStream, SocketAddr) -> F + Send + 'static,
     F: Future<Output = io::Result<IO>> + Send + 'static,
 {
@@ -276,7 +341,7 @@ where
             tokio::spawn(async move {
                 match tokio::time::timeout(limits.handshake_timeout, handshake).await {
                     Ok(Ok(io)) => {
-                        let _ = tx.send(Ok(Admitted { io, _slot: slot })).await;
+                        let _ = tx.send(Ok(Admitted::new(io, slot))).await;
                     }
                     Ok(Err(_)) | Err(_) => metrics.refused(REFUSED_HANDSHAKE),
                 }

@@ -135,18 +135,22 @@ pub(super) fn stats(
         "SELECT name, count, sum, min, max, last, last_ts, rolling_mean, alerts FROM sensors
          WHERE ?1 IS NULL OR name = ?1 ORDER BY name",
     )?;
-    let rows = stmt.query_map([sensor_id], |r| {
-        Ok(SensorStats {
-            sensor_id: r.get(0)?,
-            count: r.get::<_, i64>(1)? as u64,
-            sum: r.get(2)?,
-            min: r.get(3)?,
-            max: r.get(4)?,
-            last: r.get(5)?,
-            last_timestamp: r.get(6)?,
-            rolling_mean: r.get(7)?,
-            alerts: r.get::<_, i64>(8)? as u64,
-        })
-    })?;
+    let rows = stmt.query_map([sensor_id], |r| sensor_stats(r, 0))?;
     rows.collect()
+}
+
+/// A sensor's statistics from a row holding `name, count, sum, min, max,
+/// last, last_ts, rolling_mean, alerts` of `sensors`, from column `at` on.
+pub(super) fn sensor_stats(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<SensorStats> {
+    Ok(SensorStats {
+        sensor_id: row.get(at)?,
+        count: row.get::<_, i64>(at + 1)? as u64,
+        sum: row.get(at + 2)?,
+        min: row.get(at + 3)?,
+        max: row.get(at + 4)?,
+        last: row.get(at + 5)?,
+        last_timestamp: row.get(at + 6)?,
+        rolling_mean: row.get(at + 7)?,
+        alerts: row.get::<_, i64>(at + 8)? as u64,
+    })
 }

@@ -11,7 +11,8 @@
 //! queued write is answered exactly once: with its receipt after the
 //! journal holds it durably, or with the error that kept the whole group
 //! out of the journal (and then the in-memory state is unchanged too). It
-//! never touches SQLite: that is the indexer's.
+//! never touches SQLite: that is the indexer's (`Loaded::read` runs before
+//! the thread starts).
 
 use std::{
     collections::HashMap,
@@ -66,20 +67,9 @@ impl Loaded {
         )?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
-            let name: String = row.get(1)?;
-            let stats = SensorStats {
-                sensor_id: name.clone(),
-                count: row.get::<_, i64>(2)? as u64,
-                sum: row.get(3)?,
-                min: row.get(4)?,
-                max: row.get(5)?,
-                last: row.get(6)?,
-                last_timestamp: row.get(7)?,
-                rolling_mean: row.get(8)?,
-                alerts: row.get::<_, i64>(9)? as u64,
-            };
+            let stats = super::reader::sensor_stats(row, 1)?;
             sensors.insert(
-                name,
+                stats.sensor_id.clone(),
                 SensorEntry {
                     id: row.get(0)?,
                     stats,
