@@ -150,6 +150,14 @@ impl ConnectArgs {
     }
 }
 
+/// Cancels `stop` on Ctrl-C or SIGTERM, from a task of its own.
+pub fn cancel_on_shutdown_signal(stop: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop.cancel();
+    });
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

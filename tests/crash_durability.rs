@@ -26,8 +26,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sensorhub_grpc::{ClientConfig, SensorClient, testing::unix_now};
-use sensorhub_proto::{SensorReading, SensorRequest, ServerMessageKind, StatsRequest};
+use sensorhub_grpc::{
+    ClientConfig, SensorClient,
+    testing::{read_back, unix_now},
+};
+use sensorhub_proto::{SensorReading, ServerMessageKind, StatsRequest};
 use spawned_server::SpawnedServer;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -213,23 +216,6 @@ async fn write(
             log
         }
     }
-}
-
-/// Every stored reading of `sensor`, in (timestamp, arrival) order.
-async fn read_back(client: &mut SensorClient, sensor: &str) -> Vec<SensorReading> {
-    let mut stream = client
-        .get_sensor_readings(SensorRequest {
-            sensor_id: sensor.to_owned(),
-            ..Default::default()
-        })
-        .await
-        .expect("GetSensorReadings")
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(r) = stream.message().await.expect("history") {
-        out.push(r);
-    }
-    out
 }
 
 /// Checks one writer's readings after the restart; returns how many are stored.

@@ -200,13 +200,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or(if args.mode == LoadMode::Mix { 1000 } else { 0 });
 
     let stop = CancellationToken::new();
-    tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            super::shutdown_signal().await;
-            stop.cancel();
-        }
-    });
+    super::cancel_on_shutdown_signal(stop.clone());
 
     // Each load thread runs its own single-threaded runtime with its
     // connections and their workers: a call, its connection task and the

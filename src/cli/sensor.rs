@@ -45,13 +45,7 @@ pub async fn run(args: SensorArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| format!("sensor-{:04x}", rand::random::<u16>()));
     tracing::info!(sensor = %sensor_id, mode = ?args.mode, server = %args.connect.server, "sensor started");
     let stop = CancellationToken::new();
-    tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            super::shutdown_signal().await;
-            stop.cancel();
-        }
-    });
+    super::cancel_on_shutdown_signal(stop.clone());
     let config = SensorConfig {
         sensor_id,
         mode: args.mode,

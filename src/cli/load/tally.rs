@@ -64,7 +64,7 @@ impl KindTally {
         self.latency.as_ref().filter(|h| !h.is_empty())
     }
 
-    fn merge(&mut self, other: KindTally) {
+    fn merge(&mut self, other: &KindTally) {
         self.ok += other.ok;
         for (mine, theirs) in self.failed.iter_mut().zip(other.failed) {
             *mine += theirs;
@@ -73,10 +73,10 @@ impl KindTally {
         self.readings_sent += other.readings_sent;
         self.readings_received += other.readings_received;
         self.alerts += other.alerts;
-        if let Some(theirs) = other.latency {
+        if let Some(theirs) = &other.latency {
             match &mut self.latency {
                 Some(mine) => mine.add(theirs).expect("same bounds"),
-                None => self.latency = Some(theirs),
+                None => self.latency = Some(theirs.clone()),
             }
         }
     }
@@ -116,7 +116,7 @@ impl Tally {
 
     pub fn merge(&mut self, other: Tally) {
         for (mine, theirs) in self.kinds.iter_mut().zip(other.kinds) {
-            mine.merge(theirs);
+            mine.merge(&theirs);
         }
         self.late_sends += other.late_sends;
         self.max_send_lag = self.max_send_lag.max(other.max_send_lag);
@@ -127,21 +127,7 @@ impl Tally {
     pub fn total(&self) -> KindTally {
         let mut total = KindTally::default();
         for kind in &self.kinds {
-            total.ok += kind.ok;
-            for (t, k) in total.failed.iter_mut().zip(kind.failed) {
-                *t += k;
-            }
-            total.unfinished += kind.unfinished;
-            total.readings_sent += kind.readings_sent;
-            total.readings_received += kind.readings_received;
-            total.alerts += kind.alerts;
-            if let Some(h) = &kind.latency {
-                total
-                    .latency
-                    .get_or_insert_with(new_histogram)
-                    .add(h)
-                    .expect("same bounds");
-            }
+            total.merge(kind);
         }
         total
     }
