@@ -23,6 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // Connections are the transport crate's business, not the contract's.
         .build_transport(false)
+        // prost with buffers sized for small messages (src/codec.rs).
+        .codec_path("crate::codec::CompactCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }
