@@ -14,6 +14,12 @@ use std::{process::ExitCode, time::Duration};
 use clap::Parser;
 use sensorhub_telemetry::pipeline::Telemetry;
 
+/// jemalloc rather than glibc's malloc: less CPU per call and less growth under a
+/// long mixed load, measured in BENCHMARKS.md ("Allocator").
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// How long shutdown waits for the last telemetry to be exported.
 const TELEMETRY_FLUSH: Duration = Duration::from_secs(5);
 

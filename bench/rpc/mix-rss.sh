@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-90}
 bin=${BIN:-target/release/sensorhub}
-load_bin=target/release/sensorhub
+load_bin=${LOAD_BIN:-target/release/sensorhub}
 [ -x "$load_bin" ] || cargo build --release --quiet --bin sensorhub
 work=$(mktemp -d)
 pid=""
