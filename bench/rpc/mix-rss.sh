@@ -6,7 +6,8 @@
 #
 #   bench/rpc/mix-rss.sh [SECONDS]
 #
-# BIN=path/to/sensorhub measures another build; SERVER_ENV="NAME=value" runs the
+# At the end it prints the load's latency. BIN=path/to/sensorhub measures another
+# build (LOAD_BIN= another load generator); SERVER_ENV="NAME=value" runs the
 # server with that environment (for example MALLOC_ARENA_MAX=1).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -37,3 +38,10 @@ while kill -0 "$load_pid" 2>/dev/null; do
     t=$((t + 1))
     sleep 1
 done
+wait "$load_pid" || true
+python3 - "$work/load.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+l = r["latency_ms"]
+print("calls %d, errors %s, p50 %s ms, p99 %s ms, max %s ms" % (r["calls"], r.get("errors", {}), l["p50"], l["p99"], l["max"]))
+PY
