@@ -15,7 +15,8 @@ use clap::Parser;
 use sensorhub_telemetry::pipeline::Telemetry;
 
 /// jemalloc rather than glibc's malloc: less CPU per call and less growth under a
-/// long mixed load, measured in BENCHMARKS.md ("Allocator").
+/// long mixed load, measured in BENCHMARKS.md ("Codec buffers and the
+/// allocator").
 #[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
