@@ -26,12 +26,15 @@
 //! third off the CPU time of each sync and of its latency (BENCHMARKS.md,
 //! "Growing the journal ahead"). The rest of the file reads as zeros, and
 //! zeros are never a frame (a frame is at least 20 bytes long), so recovery
-//! reads a run of zeros to the end of a file as unused space.
+//! reads a run of zeros to the end of a file as unused space. In a closed
+//! file that would hide nothing: the next file must start at the sequence
+//! number where this one's frames end.
 //!
 //! Invariant: the log knows readings and sequence numbers only; what the
 //! indexer has made durable is told to it ([`Journal::trim`]). A frame that
-//! is cut short or fails its checksum at the very end of the newest file is
-//! a write the crash interrupted, never acknowledged: recovery cuts it off.
+//! is cut short or fails its checksum at the very end of the newest file
+//! (only unused space after it) is a write the crash interrupted, never
+//! acknowledged: recovery cuts it off.
 //! Anywhere else it is damage, and the store refuses to start.
 
 use std::{
