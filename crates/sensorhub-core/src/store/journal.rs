@@ -456,6 +456,15 @@ mod tests {
         journal
     }
 
+    /// Changes the file's bytes in place (damage, a crash's leftovers);
+    /// returns what it now holds.
+    fn rewrite(path: &Path, edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut bytes = fs::read(path).unwrap();
+        edit(&mut bytes);
+        fs::write(path, &bytes).unwrap();
+        bytes
+    }
+
     /// Where the frames end (the file itself is longer: grown ahead).
     fn frames_end(journal: Journal) -> u64 {
         journal.current_len
@@ -513,18 +522,16 @@ mod tests {
             assert_eq!(fs::metadata(&path).unwrap().len(), whole - last_frame);
 
             drop(write(dir.path(), 1, &groups));
-            let mut bytes = fs::read(&path).unwrap();
-            bytes[(whole - cut) as usize..].fill(0);
-            fs::write(&path, &bytes).unwrap();
+            rewrite(&path, |bytes| bytes[(whole - cut) as usize..].fill(0));
             let recovered = Journal::recover(dir.path(), 0).unwrap();
             assert_eq!(recovered.readings, groups[..2].concat(), "zeroed {cut}");
         }
         // With the header whole, exactly the frame's bytes are cut off.
         drop(write(dir.path(), 1, &groups));
-        let mut bytes = fs::read(&path).unwrap();
-        bytes[(whole - 1) as usize] = 0;
-        bytes[(whole - 1) as usize - 1] ^= 0x01;
-        fs::write(&path, &bytes).unwrap();
+        rewrite(&path, |bytes| {
+            bytes[(whole - 1) as usize] = 0;
+            bytes[(whole - 1) as usize - 1] ^= 0x01;
+        });
         let recovered = Journal::recover(dir.path(), 0).unwrap();
         assert_eq!(recovered.torn_bytes, last_frame);
         assert_eq!(fs::metadata(&path).unwrap().len(), whole - last_frame);
@@ -565,9 +572,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let end = frames_end(write(dir.path(), 1, &groups()));
         let path = only_file(dir.path());
-        let mut bytes = fs::read(&path).unwrap();
-        bytes[end as usize + 100] = 7;
-        fs::write(&path, &bytes).unwrap();
+        rewrite(&path, |bytes| bytes[end as usize + 100] = 7);
         let err = Journal::recover(dir.path(), 0).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
     }
@@ -578,18 +583,15 @@ mod tests {
         let groups = groups();
         let end = frames_end(write(dir.path(), 1, &groups));
         let path = only_file(dir.path());
-        let mut bytes = fs::read(&path).unwrap();
-        let last = end as usize - 3;
-        bytes[last] ^= 0x10;
-        fs::write(&path, &bytes).unwrap();
+        rewrite(&path, |bytes| bytes[end as usize - 3] ^= 0x10);
         let recovered = Journal::recover(dir.path(), 0).unwrap();
         assert_eq!(recovered.readings, groups[..2].concat());
 
         // The same damage in a file that is not the newest is refused.
         drop(write(dir.path(), 1, &groups));
-        let mut bytes = fs::read(&path).unwrap();
-        bytes[FRAME_HEADER + PAYLOAD_HEADER + 3] ^= 0x10;
-        fs::write(&path, &bytes).unwrap();
+        let bytes = rewrite(&path, |bytes| {
+            bytes[FRAME_HEADER + PAYLOAD_HEADER + 3] ^= 0x10
+        });
         fs::write(segment_path(dir.path(), 7), b"").unwrap();
         let err = Journal::recover(dir.path(), 0).unwrap_err();
         assert!(
@@ -605,20 +607,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         drop(write(dir.path(), 1, &groups()));
         let path = only_file(dir.path());
-        let mut bytes = fs::read(&path).unwrap();
-        bytes[FRAME_HEADER + PAYLOAD_HEADER + 3] ^= 0x10;
-        fs::write(&path, &bytes).unwrap();
+        let bytes = rewrite(&path, |bytes| {
+            bytes[FRAME_HEADER + PAYLOAD_HEADER + 3] ^= 0x10
+        });
         let err = Journal::recover(dir.path(), 0).unwrap_err();
         assert!(err.to_string().contains("checksum"), "{err}");
         assert_eq!(fs::read(&path).unwrap(), bytes);
 
         // The same damage followed by unused space is refused too.
         let end = frames_end(write(dir.path(), 1, &groups()));
-        let mut bytes = fs::read(&path).unwrap();
-        bytes[FRAME_HEADER + PAYLOAD_HEADER + 3] ^= 0x10;
-        bytes.truncate(end as usize);
-        bytes.resize(end as usize + 4096, 0);
-        fs::write(&path, &bytes).unwrap();
+        rewrite(&path, |bytes| {
+            bytes[FRAME_HEADER + PAYLOAD_HEADER + 3] ^= 0x10;
+            bytes.truncate(end as usize);
+            bytes.resize(end as usize + 4096, 0);
+        });
         let err = Journal::recover(dir.path(), 0).unwrap_err();
         assert!(err.to_string().contains("checksum"), "{err}");
     }
