@@ -13,11 +13,9 @@
 //!   Alertmanager sends it; with Debian's `prometheus-alertmanager`, the
 //!   project's alertmanager.yml routes a page to it end to end.
 
-#[path = "support/spawned_server.rs"]
-mod spawned_server;
+use crate::support::spawned_server;
 
-#[path = "support/deploy_stack.rs"]
-mod deploy_stack;
+use crate::support::deploy_stack;
 
 use std::{
     io::{BufRead, BufReader, Read, Write},

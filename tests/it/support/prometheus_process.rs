@@ -2,8 +2,6 @@
 //! free port with a given configuration and its own TSDB directory, killed
 //! (and waited for) when dropped.
 
-#![allow(dead_code)]
-
 use std::{
     fs::File,
     io::{Read, Write},

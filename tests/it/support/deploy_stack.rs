@@ -3,8 +3,6 @@
 //! metric names in them; the Prometheus tools (skipped when missing unless
 //! `SENSORHUB_REQUIRE_PROMETHEUS=1`); and traffic that makes a live server
 //! expose every series the dashboards read.
-// Each test file uses its own subset.
-#![allow(dead_code)]
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -142,7 +140,6 @@ pub fn dashboard_files() -> Vec<PathBuf> {
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub file: PathBuf,
-    pub group: String,
     pub record: Option<String>,
     pub alert: Option<String>,
     pub expr: String,
@@ -156,11 +153,14 @@ pub fn rules() -> Vec<Rule> {
             .as_sequence()
             .unwrap_or_else(|| panic!("{}: no groups", file.display()));
         for group in groups {
-            let name = group["name"].as_str().expect("group name").to_owned();
+            assert!(
+                group["name"].as_str().is_some(),
+                "{}: a group without a name",
+                file.display()
+            );
             for rule in group["rules"].as_sequence().expect("rules") {
                 rules.push(Rule {
                     file: file.clone(),
-                    group: name.clone(),
                     record: rule["record"].as_str().map(str::to_owned),
                     alert: rule["alert"].as_str().map(str::to_owned),
                     expr: rule["expr"].as_str().expect("expr").to_owned(),

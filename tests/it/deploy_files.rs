@@ -17,8 +17,7 @@
 //!   Prometheus exporter, logs to Loki, and every component is used;
 //! - four sensors, one per RPC kind; the dashboards' datasources exist.
 
-#[path = "support/deploy_stack.rs"]
-mod deploy_stack;
+use crate::support::deploy_stack;
 
 use std::collections::{BTreeMap, BTreeSet};
 

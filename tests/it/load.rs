@@ -6,8 +6,7 @@
 //!   for every call and a non-zero exit, unless `--max-error-rate` allows it;
 //! - an open loop sends exactly the calls its schedule holds, at its rate.
 
-#[path = "support/spawned_server.rs"]
-mod spawned_server;
+use crate::support::spawned_server;
 
 use std::{
     collections::BTreeMap,

@@ -5,8 +5,7 @@
 //! or two in the server. When they read again, everything arrives and
 //! nothing was lost.
 
-#[path = "support/spawned_server.rs"]
-mod spawned_server;
+use crate::support::spawned_server;
 
 use std::time::Duration;
 

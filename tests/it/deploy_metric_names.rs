@@ -13,14 +13,9 @@
 //!   metrics (no collector runs here) are among the names the collector
 //!   writes (see deploy_stack.rs); other jobs are scrape jobs that exist.
 
-#[path = "support/spawned_server.rs"]
-mod spawned_server;
+use crate::support::deploy_stack;
 
-#[path = "support/deploy_stack.rs"]
-mod deploy_stack;
-
-#[path = "support/deploy_traffic.rs"]
-mod deploy_traffic;
+use crate::support::deploy_traffic;
 
 use std::{collections::BTreeSet, time::Duration};
 

@@ -1,7 +1,5 @@
 //! `sensorhub serve` as a child process, for tests of what only a whole
 //! process shows: its exported telemetry, `/metrics`, its shutdown.
-// Each test file uses its own subset.
-#![allow(dead_code)]
 
 use std::{
     io::{Read, Write},

@@ -10,19 +10,17 @@
 //! No status message, and nothing the server logs, carries a token.
 //!
 //! Two servers: a plaintext one with a token (`--insecure`, as
-//! `tests/support/spawned_server.rs` starts it) takes the gRPC-level cases,
+//! `tests/it/support/spawned_server.rs` starts it) takes the gRPC-level cases,
 //! sent with tonic or, for what tonic would never send, as raw HTTP/2 frames
-//! (`tests/support/raw_grpc.rs`); a mutual-TLS one takes the TLS cases.
+//! (`tests/it/support/raw_grpc.rs`); a mutual-TLS one takes the TLS cases.
 //!
 //! A case with `known_bug` documents a server bug: it still runs, the server
 //! must still serve afterwards, and a mismatch is printed instead of failing.
 //! If such a case starts to pass, the test fails so that the marker is
 //! removed. `SENSORHUB_BAD_INPUT_STRICT=1` makes known bugs fail too.
 
-#[path = "support/raw_grpc.rs"]
-mod raw_grpc;
-#[path = "support/spawned_server.rs"]
-mod spawned_server;
+use crate::support::raw_grpc;
+use crate::support::spawned_server;
 
 use std::{
     io::{Read, Write},

@@ -10,8 +10,7 @@
 //! - log records carry the trace id of the call that logged them;
 //! - `service.name` per process; no token anywhere in what was exported.
 
-#[path = "support/spawned_server.rs"]
-mod spawned_server;
+use crate::support::spawned_server;
 
 use std::{process::Command, time::Duration};
 

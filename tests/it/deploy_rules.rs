@@ -13,8 +13,7 @@
 //! Without the tools the tests are skipped, unless
 //! `SENSORHUB_REQUIRE_PROMETHEUS=1` (as in CI), where they fail.
 
-#[path = "support/deploy_stack.rs"]
-mod deploy_stack;
+use crate::support::deploy_stack;
 
 use std::{collections::BTreeMap, path::Path, process::Command};
 

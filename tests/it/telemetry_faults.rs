@@ -4,8 +4,7 @@
 //! (`otel_sdk_exporter_span_exported_total{error_type=..}` on `/metrics`),
 //! and SIGTERM still ends the process within a bounded time.
 
-#[path = "support/spawned_server.rs"]
-mod spawned_server;
+use crate::support::spawned_server;
 
 use std::{
     net::TcpListener,

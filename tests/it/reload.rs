@@ -3,8 +3,7 @@
 //! them; a connection opened before keeps working; files that do not load
 //! leave the old material in use.
 
-#[path = "support/spawned_server.rs"]
-mod spawned_server;
+use crate::support::spawned_server;
 
 use std::{
     io::Read,

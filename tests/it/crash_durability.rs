@@ -12,8 +12,7 @@
 //!   that says the store is damaged and what to do, a non-zero exit, and the
 //!   file left exactly as it was.
 
-#[path = "support/spawned_server.rs"]
-mod spawned_server;
+use crate::support::spawned_server;
 
 use std::{
     collections::BTreeMap,

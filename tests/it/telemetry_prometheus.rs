@@ -15,11 +15,9 @@
 //!   Without the binary that test is skipped, unless
 //!   `SENSORHUB_REQUIRE_PROMETHEUS=1` (as in CI), where it fails instead.
 
-#[path = "support/spawned_server.rs"]
-mod spawned_server;
+use crate::support::spawned_server;
 
-#[path = "support/prometheus_process.rs"]
-mod prometheus_process;
+use crate::support::prometheus_process;
 
 use std::{
     io::{Read, Write},

@@ -3,8 +3,7 @@
 //! endless follow stream cut by its deadline no longer counts as an active
 //! stream, and the server goes on serving.
 
-#[path = "support/spawned_server.rs"]
-mod spawned_server;
+use crate::support::spawned_server;
 
 use std::time::{Duration, Instant};
 

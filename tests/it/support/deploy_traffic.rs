@@ -2,9 +2,6 @@
 //! traffic that makes it expose every series the dashboards and rules read:
 //! the compose file's own sensors (their commands, bounded), a wrong token,
 //! refused readings, and readings that raise each temperature alert.
-//! Included with `#[path]` next to `spawned_server.rs` and `deploy_stack.rs`.
-// Each test file uses its own subset.
-#![allow(dead_code)]
 
 use std::{
     net::TcpListener,
@@ -18,7 +15,7 @@ use sensorhub_grpc::{
     testing::{reading, unix_now},
 };
 
-use crate::{
+use super::{
     deploy_stack::{
         Exposition, compose, environment_of, local_sensor_args, parse_exposition, sensor_services,
     },

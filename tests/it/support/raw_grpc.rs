@@ -4,8 +4,6 @@
 //! metadata. It reports exactly what came back: the HTTP status, the gRPC
 //! status from the headers (trailers-only) or the trailers, the response
 //! messages, or the HTTP/2 error.
-// Each test file uses its own subset.
-#![allow(dead_code)]
 
 use std::{io::Write, time::Duration};
 

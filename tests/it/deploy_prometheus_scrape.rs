@@ -13,17 +13,13 @@
 //!
 //! Skipped without the binary unless `SENSORHUB_REQUIRE_PROMETHEUS=1`.
 
-#[path = "support/spawned_server.rs"]
-mod spawned_server;
+use crate::support::spawned_server;
 
-#[path = "support/deploy_stack.rs"]
-mod deploy_stack;
+use crate::support::deploy_stack;
 
-#[path = "support/deploy_traffic.rs"]
-mod deploy_traffic;
+use crate::support::deploy_traffic;
 
-#[path = "support/prometheus_process.rs"]
-mod prometheus_process;
+use crate::support::prometheus_process;
 
 use std::{
     collections::BTreeSet,

@@ -1,0 +1,39 @@
+//! The integration tests: one binary, one module per behaviour, each starting
+//! a real server (in process through `sensorhub_grpc::testing::TestServer`,
+//! or as a `sensorhub serve` child through `support::spawned_server`).
+//!
+//! One binary rather than one per file: every test binary links the whole
+//! dependency tree, so 29 of them cost most of the build's link time and
+//! disk. Run one behaviour with `cargo test --test it follow::`.
+
+mod support;
+
+mod auth;
+mod bad_input;
+mod cli;
+mod crash_durability;
+mod deadlines;
+mod deploy_files;
+mod deploy_metric_names;
+mod deploy_prometheus_scrape;
+mod deploy_rules;
+mod deploy_scripts;
+mod durability;
+mod follow;
+mod graceful_shutdown;
+mod health_http;
+mod limits;
+mod load;
+mod overload;
+mod python_interop;
+mod reload;
+mod slow_consumers;
+mod telemetry_export;
+mod telemetry_faults;
+mod telemetry_prometheus;
+mod test_bidirectional_streaming;
+mod test_client_streaming;
+mod test_server_streaming;
+mod test_unary;
+mod tls;
+mod validation;

@@ -1,0 +1,10 @@
+//! The kit the behaviours share: servers as child processes, a raw gRPC
+//! client, a real Prometheus, and the compose stack's files read as their
+//! programs read them. In-process servers come from
+//! `sensorhub_grpc::testing`.
+
+pub mod deploy_stack;
+pub mod deploy_traffic;
+pub mod prometheus_process;
+pub mod raw_grpc;
+pub mod spawned_server;
