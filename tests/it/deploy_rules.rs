@@ -10,14 +10,14 @@
 //! - `amtool check-config` on deploy/alertmanager/alertmanager.yml, and
 //!   `amtool config routes test`: pages and tickets reach the alert log.
 //!
-//! Without the tools the tests are skipped, unless
-//! `SENSORHUB_REQUIRE_PROMETHEUS=1` (as in CI), where they fail.
+//! The tools are required (`cargo xtask test` installs them).
 
 use crate::support::deploy_stack;
 
 use std::{collections::BTreeMap, path::Path, process::Command};
 
-use deploy_stack::{amtool, deploy, output_text, promtool, rule_files, rules, run, yaml};
+use crate::support::system_tools::{amtool, promtool};
+use deploy_stack::{deploy, output_text, rule_files, rules, run, yaml};
 use serde_norway::Value;
 
 fn test_files(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -26,7 +26,7 @@ fn test_files(dir: &Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn promtool_accepts_the_config_and_every_rule_file() {
-    let Some(promtool) = promtool() else { return };
+    let promtool = promtool();
     let config = deploy().join("prometheus/prometheus.yml");
     let out = run(Command::new(&promtool)
         .arg("check")
@@ -56,7 +56,7 @@ fn promtool_accepts_the_config_and_every_rule_file() {
 
 #[test]
 fn promtool_unit_tests_of_the_rules_pass() {
-    let Some(promtool) = promtool() else { return };
+    let promtool = promtool();
     let tests = test_files(&deploy().join("prometheus/tests"));
     assert!(tests.len() >= 3, "{tests:?}");
     // Every rule file has its unit tests.
@@ -146,7 +146,7 @@ fn copy_without_alert(dir: &Path, alert: &str) {
 
 #[test]
 fn the_firing_cases_fail_without_their_alert() {
-    let Some(promtool) = promtool() else { return };
+    let promtool = promtool();
     // The unmodified copy passes: the copy itself changes nothing.
     let dir = tempfile::tempdir().unwrap();
     copy_without_alert(dir.path(), "no such alert");
@@ -187,7 +187,7 @@ fn the_firing_cases_fail_without_their_alert() {
 
 #[test]
 fn amtool_accepts_the_alertmanager_config_and_routes_every_severity() {
-    let Some(amtool) = amtool() else { return };
+    let amtool = amtool();
     let config = deploy().join("alertmanager/alertmanager.yml");
     let out = run(Command::new(&amtool).arg("check-config").arg(&config));
     let text = output_text(&out);

@@ -26,7 +26,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use deploy_stack::{amtool, deploy, output_text, run, tool, yaml};
+use crate::support::system_tools::{self, amtool};
+use deploy_stack::{deploy, output_text, run, yaml};
 use spawned_server::{BIN, clean_env, free_port};
 
 /// A child process killed (and reaped) when dropped, whatever happened.
@@ -212,8 +213,8 @@ fn init_serve_healthcheck_and_a_sensor_through_the_entrypoint() {
 
 /// The alert log, started on a free port: the child and a channel of its
 /// stdout lines.
-fn start_alert_log() -> Option<(KillOnDrop, u16, mpsc::Receiver<String>)> {
-    let python = tool("/usr/bin/python3", "SENSORHUB_TEST_PYTHON3", "python3")?;
+fn start_alert_log() -> (KillOnDrop, u16, mpsc::Receiver<String>) {
+    let python = system_tools::python3();
     let port = free_port();
     let mut child = Command::new(python)
         .arg(deploy().join("alert-log/alert_log.py"))
@@ -233,7 +234,7 @@ fn start_alert_log() -> Option<(KillOnDrop, u16, mpsc::Receiver<String>)> {
     });
     let child = KillOnDrop(child);
     wait_for_port(port, "alert_log.py");
-    Some((child, port, rx))
+    (child, port, rx)
 }
 
 fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
@@ -269,9 +270,7 @@ fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &[&str], limit: Duration) 
 
 #[test]
 fn the_alert_log_prints_and_lists_notifications() {
-    let Some((_child, port, rx)) = start_alert_log() else {
-        return;
-    };
+    let (_child, port, rx) = start_alert_log();
     assert_eq!(http(port, "GET", "/healthz", "").0, 200);
     let (status, page) = http(port, "GET", "/", "");
     assert_eq!(status, 200);
@@ -298,17 +297,9 @@ fn the_alert_log_prints_and_lists_notifications() {
 
 #[test]
 fn alertmanager_with_the_project_config_notifies_the_alert_log() {
-    let Some(alertmanager) = tool(
-        "/usr/bin/prometheus-alertmanager",
-        "SENSORHUB_TEST_ALERTMANAGER",
-        "prometheus-alertmanager",
-    ) else {
-        return;
-    };
-    let Some(amtool) = amtool() else { return };
-    let Some((_log, log_port, rx)) = start_alert_log() else {
-        return;
-    };
+    let alertmanager = system_tools::alertmanager();
+    let amtool = amtool();
+    let (_log, log_port, rx) = start_alert_log();
 
     // The project's config, its webhook moved from the compose service to
     // the local alert log.

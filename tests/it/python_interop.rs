@@ -3,9 +3,8 @@
 //! from `proto/sensor.proto`, bare token in `authorization`) against a real
 //! TLS test server, then checks through the Rust client what it stored.
 //!
-//! Needs Python 3 with grpcio: `python3 -m pip install -r tests/python/requirements.txt`.
-//! The interpreter is `$SENSORHUB_TEST_PYTHON`, else `python3`.
-//!
+//! Needs Python 3 with grpcio: `cargo xtask test` makes a venv with it and
+//! sets `$SENSORHUB_TEST_PYTHON`; without that variable it is `python3`.
 
 use std::{
     path::{Path, PathBuf},
@@ -18,7 +17,8 @@ use sensorhub_proto::SensorRequest;
 use tokio::process::Command;
 
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
-const REQUIREMENTS_HINT: &str = "python3 -m pip install -r tests/python/requirements.txt";
+const REQUIREMENTS_HINT: &str =
+    "run `cargo xtask test`, which makes a venv from tests/python/requirements.txt";
 
 fn python() -> String {
     std::env::var("SENSORHUB_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned())
@@ -37,7 +37,9 @@ async fn run(mut cmd: Command, timeout: Duration) -> Option<Output> {
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}\nInstall Python 3 (or set SENSORHUB_TEST_PYTHON) and run: {REQUIREMENTS_HINT}"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program}: {e}\n{REQUIREMENTS_HINT} (or set SENSORHUB_TEST_PYTHON)")
+        });
     tokio::time::timeout(timeout, child.wait_with_output())
         .await
         .ok()
@@ -62,7 +64,7 @@ async fn python_grpcio_client_runs_all_four_rpc_kinds() {
     assert!(
         probe.as_ref().is_some_and(|p| p.status.success()),
         "Python grpcio is not importable with `{python}` (set SENSORHUB_TEST_PYTHON to choose the interpreter).\n\
-         Install it with: {REQUIREMENTS_HINT}\n--- stderr ---\n{}",
+         {REQUIREMENTS_HINT}\n--- stderr ---\n{}",
         probe.map(|p| text(&p.stderr)).unwrap_or_default()
     );
 

@@ -1,5 +1,5 @@
 //! The kit the behaviours share: servers as child processes, a raw gRPC
-//! client, a real Prometheus, and the compose stack's files read as their
+//! client, a real Prometheus and the other Debian programs tests run, and the compose stack's files read as their
 //! programs read them. In-process servers come from
 //! `sensorhub_grpc::testing`.
 
@@ -8,3 +8,4 @@ pub mod deploy_traffic;
 pub mod prometheus_process;
 pub mod raw_grpc;
 pub mod spawned_server;
+pub mod system_tools;

@@ -12,8 +12,7 @@
 //! - A real Prometheus (the Debian `prometheus` binary) scrapes the page and
 //!   answers a PromQL query with the calls made: the text is not only
 //!   well-formed to our eyes but accepted by the consumer it is written for.
-//!   Without the binary that test is skipped, unless
-//!   `SENSORHUB_REQUIRE_PROMETHEUS=1` (as in CI), where it fails instead.
+//!   The binary is required (`cargo xtask test` installs it).
 
 use crate::support::spawned_server;
 
@@ -22,7 +21,7 @@ use crate::support::prometheus_process;
 use std::{
     io::{Read, Write},
     net::TcpStream,
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -248,24 +247,6 @@ async fn metrics_endpoint_serves_the_a66_series_after_traffic() {
     off.stop();
 }
 
-/// The `prometheus` binary, or None when the test may be skipped.
-fn prometheus_binary() -> Option<PathBuf> {
-    let path = std::env::var_os("SENSORHUB_TEST_PROMETHEUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/prometheus"));
-    if path.is_file() {
-        return Some(path);
-    }
-    if std::env::var("SENSORHUB_REQUIRE_PROMETHEUS").as_deref() == Ok("1") {
-        panic!(
-            "no Prometheus at {} and SENSORHUB_REQUIRE_PROMETHEUS=1: \
-             apt-get install prometheus (or set SENSORHUB_TEST_PROMETHEUS)",
-            path.display()
-        );
-    }
-    None
-}
-
 /// The number in an instant-vector element: `{"metric": {..}, "value": [t, "3"]}`.
 fn sample(element: &serde_json::Value) -> f64 {
     element["value"][1]
@@ -277,13 +258,7 @@ fn sample(element: &serde_json::Value) -> f64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_real_prometheus_scrapes_the_server() {
     const CALLS: usize = 5;
-    let Some(binary) = prometheus_binary() else {
-        eprintln!(
-            "skipped: no Prometheus binary (apt-get install prometheus, \
-             or set SENSORHUB_TEST_PROMETHEUS)"
-        );
-        return;
-    };
+    let binary = crate::support::system_tools::prometheus();
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);
 

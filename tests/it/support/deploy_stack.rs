@@ -1,8 +1,6 @@
 //! Shared by the `tests/deploy_*.rs` files: the files under `deploy/`, read
 //! and parsed; the PromQL expressions the rules and dashboards use and the
-//! metric names in them; the Prometheus tools (skipped when missing unless
-//! `SENSORHUB_REQUIRE_PROMETHEUS=1`); and traffic that makes a live server
-//! expose every series the dashboards read.
+//! metric names in them.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -18,50 +16,6 @@ pub fn repo() -> PathBuf {
 
 pub fn deploy() -> PathBuf {
     repo().join("deploy")
-}
-
-/// A tool from the Debian `prometheus` / `prometheus-alertmanager` packages,
-/// or `None` when the test may be skipped. `SENSORHUB_TEST_<VAR>` points
-/// elsewhere; `SENSORHUB_REQUIRE_PROMETHEUS=1` (as in CI) makes a missing
-/// tool a failure.
-pub fn tool(default: &str, env_var: &str, package: &str) -> Option<PathBuf> {
-    let path = std::env::var_os(env_var)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(default));
-    if path.is_file() {
-        return Some(path);
-    }
-    if std::env::var("SENSORHUB_REQUIRE_PROMETHEUS").as_deref() == Ok("1") {
-        panic!(
-            "no {} and SENSORHUB_REQUIRE_PROMETHEUS=1: apt-get install {package} (or set {env_var})",
-            path.display()
-        );
-    }
-    eprintln!(
-        "skipped: no {} (apt-get install {package}, or set {env_var})",
-        path.display()
-    );
-    None
-}
-
-pub fn promtool() -> Option<PathBuf> {
-    tool("/usr/bin/promtool", "SENSORHUB_TEST_PROMTOOL", "prometheus")
-}
-
-pub fn amtool() -> Option<PathBuf> {
-    tool(
-        "/usr/bin/amtool",
-        "SENSORHUB_TEST_AMTOOL",
-        "prometheus-alertmanager",
-    )
-}
-
-pub fn prometheus() -> Option<PathBuf> {
-    tool(
-        "/usr/bin/prometheus",
-        "SENSORHUB_TEST_PROMETHEUS",
-        "prometheus",
-    )
 }
 
 /// Runs a command to completion, stdout and stderr captured.
