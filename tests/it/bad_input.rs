@@ -31,7 +31,7 @@ use std::{
 };
 
 use prost::Message;
-use raw_grpc::{RawRequest, frame, frame_declaring, gzip};
+use raw_grpc::{RawRequest, frame, frame_declaring, gzip, zstd_demanding_window};
 use sensorhub_grpc::{
     pki::{self, BundleFiles},
     testing::{reading, unix_now},
@@ -254,6 +254,16 @@ fn cases() -> Vec<Case> {
             invalid(&["sensor_id", "control characters", "U+001B"]),
         ),
         case(
+            "sensor_id with a right-to-left override",
+            unary(reading("kitchen\u{202E}1-rosnes", 20.0, now)),
+            invalid(&["sensor_id", "bidirectional-override or zero-width", "U+202E"]),
+        ),
+        case(
+            "sensor_id with a zero-width space",
+            unary(reading("kitchen\u{200B}", 20.0, now)),
+            invalid(&["sensor_id", "bidirectional-override or zero-width", "U+200B"]),
+        ),
+        case(
             "temperature NaN",
             unary(reading("bi-nan", f64::NAN, now)),
             invalid(&["temperature", "finite number"]),
@@ -345,13 +355,22 @@ fn cases() -> Vec<Case> {
             invalid(&["until", "must be after since"]),
         ),
         case(
+            "history: negative until",
+            Send::History(SensorRequest {
+                sensor_id: "bi-history".into(),
+                until: -5,
+                ..Default::default()
+            }),
+            invalid(&["invalid request: until:", "Unix seconds"]),
+        ),
+        case(
             "history: negative since",
             Send::History(SensorRequest {
                 sensor_id: "bi-history".into(),
                 since: -5,
                 ..Default::default()
             }),
-            invalid(&["since", "Unix seconds"]),
+            invalid(&["invalid request: since:", "Unix seconds"]),
         ),
         // --- Size.
         case(
@@ -394,6 +413,29 @@ fn cases() -> Vec<Case> {
                 .with("grpc-encoding", "gzip"),
             ),
             status_after(ResourceExhausted, 1, &["65536", "decompressing"]),
+        ),
+        case(
+            "raw: zstd message demanding a 1 GiB window",
+            Send::Raw(
+                raw(UNARY, frame(true, &zstd_demanding_window(30, &encoded(&good("bi-zstd")))))
+                    .with("grpc-encoding", "zstd"),
+            ),
+            status(ResourceExhausted, &["zstd", "window", "134217728 bytes", "65536"]),
+        ),
+        case(
+            "raw: zstd 1 GiB window after 1 good reading in a client stream",
+            Send::Raw(
+                raw(
+                    CLIENT_STREAM,
+                    [
+                        frame(false, &encoded(&good("bi-zstd-stream"))),
+                        frame(true, &zstd_demanding_window(30, &encoded(&good("bi-zstd-stream")))),
+                    ]
+                    .concat(),
+                )
+                .with("grpc-encoding", "zstd"),
+            ),
+            status_after(ResourceExhausted, 1, &["zstd", "window", "134217728 bytes"]),
         ),
         // --- Bytes that are not a SensorReading.
         case(
@@ -1366,5 +1408,21 @@ async fn bad_input_is_refused_stores_nothing_and_the_server_keeps_serving() {
         failures.len(),
         cases.len(),
         failures.join("\n")
+    );
+}
+
+/// The hand-made zstd frames are real ones: with a small window the frame
+/// decodes to its payload, with a 1 GiB window zstd refuses it for its window
+/// alone, as the server's decoder (the same crate) does.
+#[test]
+fn hand_made_zstd_frames_differ_only_in_their_window() {
+    let payload = encoded(&good("bi-zstd"));
+    let small = zstd::stream::decode_all(zstd_demanding_window(10, &payload).as_slice());
+    assert_eq!(small.expect("a 1 KiB window decodes"), payload);
+    let huge = zstd::stream::decode_all(zstd_demanding_window(30, &payload).as_slice())
+        .expect_err("a 1 GiB window is over zstd's default limit");
+    assert!(
+        huge.to_string().contains("Frame requires too much memory"),
+        "{huge}"
     );
 }

@@ -156,7 +156,7 @@ async fn test_server_streaming_invalid_queries() {
         (req("q", t, t, 0), "until"),
         (req("q", t, t - 1, 0), "until"),
         (req("q", -1, 0, 0), "since"),
-        (req("q", 0, -1, 0), "since"),
+        (req("q", 0, -1, 0), "until"),
     ] {
         let status = query(&mut client, request.clone())
             .await

@@ -13,6 +13,24 @@ pub const ABSOLUTE_ZERO_C: f64 = -273.15;
 /// The longest `sensor_id` accepted, in bytes.
 pub const MAX_SENSOR_ID_BYTES: usize = 128;
 
+/// Whether `c` is a character a `sensor_id` must not contain although it is
+/// not a control character: the bidirectional embeddings and overrides
+/// (U+202A–U+202E), isolates (U+2066–U+2069) and marks (U+200E, U+200F,
+/// U+061C), which reorder or hide how the text around them is shown, and the
+/// zero-width space, non-joiner and joiner (U+200B–U+200D) and the byte-order
+/// mark (U+FEFF), which show as nothing. Any of them lets one id display as
+/// another in `/metrics`, dashboards and terminals ("Trojan Source").
+pub fn is_invisible_format_char(c: char) -> bool {
+    matches!(
+        c,
+        '\u{202A}'..='\u{202E}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{061C}'
+            | '\u{FEFF}'
+    )
+}
+
 /// Operator-tunable bounds of what is plausible.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ReadingLimits {
@@ -52,6 +70,7 @@ impl Violation {
         ("sensor_id", "empty"),
         ("sensor_id", "too_long"),
         ("sensor_id", "control_character"),
+        ("sensor_id", "invisible_character"),
         ("temperature", "not_finite"),
         ("temperature", "below_absolute_zero"),
         ("temperature", "above_max"),
@@ -166,6 +185,18 @@ pub fn check_sensor_id(id: &str) -> Result<(), Violation> {
             ),
         ));
     }
+    if let Some((at, c)) = id
+        .char_indices()
+        .find(|(_, c)| is_invisible_format_char(*c))
+    {
+        return Err(violation(
+            "invisible_character",
+            format!(
+                "must not contain bidirectional-override or zero-width characters (they make an id display as another), found U+{:04X} at byte {at}",
+                c as u32
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -216,6 +247,10 @@ mod tests {
             (
                 reading("a\u{7f}", 20.0, NOW),
                 ("sensor_id", "control_character"),
+            ),
+            (
+                reading("kitchen\u{202E}1", 20.0, NOW),
+                ("sensor_id", "invisible_character"),
             ),
             (reading("s", f64::NAN, NOW), ("temperature", "not_finite")),
             (

@@ -12,6 +12,16 @@ use sensorhub_core::{
     validation::{ABSOLUTE_ZERO_C, MAX_SENSOR_ID_BYTES, check_sensor_id},
 };
 
+/// The characters README lists as refused in a `sensor_id` besides control
+/// characters (bidirectional controls and zero-width characters), written
+/// out one by one.
+const INVISIBLE: [char; 16] = [
+    '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', // embeddings, overrides
+    '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}', // isolates
+    '\u{200E}', '\u{200F}', '\u{061C}', // marks
+    '\u{200B}', '\u{200C}', '\u{200D}', '\u{FEFF}', // zero-width
+];
+
 /// The rules, written out independently of the implementation: the field
 /// and reason of the first rule `r` breaks, or `None` if it meets them all.
 fn expected_refusal(
@@ -28,6 +38,8 @@ fn expected_refusal(
         Some(("sensor_id", "too_long"))
     } else if id.chars().any(char::is_control) {
         Some(("sensor_id", "control_character"))
+    } else if id.chars().any(|c| INVISIBLE.contains(&c)) {
+        Some(("sensor_id", "invisible_character"))
     } else if t.is_nan() || t.is_infinite() {
         Some(("temperature", "not_finite"))
     } else if t < ABSOLUTE_ZERO_C {
@@ -51,6 +63,9 @@ fn sensor_ids() -> impl Strategy<Value = String> {
         1 => proptest::char::range('\u{7f}', '\u{9f}'),
         1 => Just('é'),
         1 => Just('/'),
+        1 => prop::sample::select(INVISIBLE.to_vec()),
+        // The neighbours of each refused range, which are accepted.
+        1 => prop::sample::select(vec!['\u{2029}', '\u{202F}', '\u{2065}', '\u{206A}', '\u{200A}', '\u{2010}', '\u{061B}', '\u{061D}', '\u{FEFE}', '\u{FF00}']),
     ];
     prop_oneof![
         prop::collection::vec(chars.clone(), 0..8),
@@ -158,6 +173,11 @@ proptest! {
                     let code = format!("U+{:04X}", c as u32);
                     prop_assert!(v.description.contains(&code), "{} names {}", v, code);
                 }
+                "invisible_character" => {
+                    let c = reading.sensor_id.chars().find(|c| INVISIBLE.contains(c)).unwrap();
+                    let code = format!("U+{:04X}", c as u32);
+                    prop_assert!(v.description.contains(&code), "{} names {}", v, code);
+                }
                 "below_absolute_zero" => prop_assert!(v.description.contains("absolute zero"), "{}", v),
                 "above_max" => prop_assert!(v.description.contains("1000"), "{}", v),
                 "not_positive" | "in_future" => {
@@ -188,5 +208,18 @@ proptest! {
         let reading = Reading { sensor_id: id, temperature: 20.0, timestamp: NOW };
         let whole = ReadingLimits::default().check(&reading, NOW).err().map(|v| v.reason);
         prop_assert_eq!(alone, whole);
+    }
+
+    #[test]
+    fn every_invisible_character_is_refused_anywhere(
+        c in prop::sample::select(INVISIBLE.to_vec()),
+        before in "[a-z0-9-]{0,20}",
+        after in "[a-z0-9-]{0,20}",
+    ) {
+        let id = format!("{before}{c}{after}");
+        let v = check_sensor_id(&id).unwrap_err();
+        prop_assert_eq!(v.reason, "invisible_character");
+        let at = format!("at byte {}", before.len());
+        prop_assert!(v.description.contains(&at), "{} says {}", v, at);
     }
 }

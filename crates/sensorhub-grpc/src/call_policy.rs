@@ -11,8 +11,9 @@
 //!   answer), not tonic's `INTERNAL "Missing request message."`;
 //! - an unknown path gets `UNIMPLEMENTED` with a message that names it and
 //!   lists what this server serves, where tonic sends no message at all;
-//! - an over-size message gets `RESOURCE_EXHAUSTED`, not `OUT_OF_RANGE`
-//!   ([`convert::remap_trailers_only_status`]).
+//! - an over-size message gets `RESOURCE_EXHAUSTED`, not `OUT_OF_RANGE`,
+//!   and so does a zstd message asking for a window over the decoder's
+//!   limit, not `INTERNAL` ([`convert::remap_trailers_only_status`]).
 //!
 //! The last three are rewrites of the trailers-only answers tonic gives before
 //! a handler runs, not early answers: an unknown `SensorService` method still
@@ -277,12 +278,14 @@ fn remap(headers: &mut HeaderMap, route: &Route, max_message_bytes: usize) {
     };
     let code = Code::from_bytes(code.as_bytes());
     match (code, route) {
-        (Code::OutOfRange, _) => convert::remap_trailers_only_status(headers, max_message_bytes),
         (Code::Internal, Route::Known(method))
             if convert::trailers_only_message(headers).as_deref()
                 == Some(TONIC_MISSING_MESSAGE) =>
         {
             convert::set_trailers_only_status(headers, &convert::request_message_missing(method));
+        }
+        (Code::OutOfRange | Code::Internal, _) => {
+            convert::remap_trailers_only_status(headers, max_message_bytes)
         }
         (Code::Unimplemented, Route::Unknown { path, policy })
             if !headers.contains_key(tonic::Status::GRPC_MESSAGE) =>
@@ -438,6 +441,34 @@ mod tests {
         );
         assert_eq!(headers["grpc-status"], "8");
         assert!(message(&headers).contains("65536 bytes"));
+    }
+
+    #[test]
+    fn a_zstd_window_over_the_limit_is_resource_exhausted() {
+        let mut headers = trailers_only(
+            Code::Internal,
+            "Error decompressing: Frame requires too much memory for decoding, while sending request",
+        );
+        remap(
+            &mut headers,
+            &Route::Known("SensorService/SendSingleReading".into()),
+            65_536,
+        );
+        assert_eq!(headers["grpc-status"], "8");
+        let said = message(&headers);
+        assert!(
+            said.contains("zstd") && said.contains("134217728 bytes"),
+            "{said}"
+        );
+        // A stream's status is rewritten the same way.
+        let status = convert::decode_status(
+            tonic::Status::internal(
+                "Error decompressing: Frame requires too much memory for decoding, while sending request",
+            ),
+            65_536,
+        );
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(status.message(), said);
     }
 
     #[test]

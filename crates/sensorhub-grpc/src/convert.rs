@@ -139,14 +139,31 @@ pub fn store_status(e: &StoreError) -> Status {
     }
 }
 
+/// The largest decompression window tonic's zstd decoder allocates: zstd's
+/// default limit (a window log of 27), which tonic does not change.
+pub const ZSTD_WINDOW_LIMIT_BYTES: u64 = 1 << 27;
+
+/// What zstd says when a frame asks for a window over that limit.
+const ZSTD_WINDOW_TOO_LARGE: &str = "Frame requires too much memory for decoding";
+
 /// Rewrites statuses tonic produces while decoding a request into the ones
 /// the gRPC spec (and our clients) expect: an over-size message is
-/// `RESOURCE_EXHAUSTED`, not `OUT_OF_RANGE`.
+/// `RESOURCE_EXHAUSTED`, not `OUT_OF_RANGE`, and so is a zstd message whose
+/// window is over the decoder's limit, not `INTERNAL`.
 pub fn decode_status(status: Status, max_message_bytes: usize) -> Status {
-    if status.code() == Code::OutOfRange && status.message().contains("message length too large") {
-        message_too_large(max_message_bytes)
-    } else {
-        status
+    remapped(status.code(), status.message(), max_message_bytes).unwrap_or(status)
+}
+
+/// The status tonic's `code` and `message` stand for, if it is one to rewrite.
+fn remapped(code: Code, message: &str, max_message_bytes: usize) -> Option<Status> {
+    match code {
+        Code::OutOfRange if message.contains("message length too large") => {
+            Some(message_too_large(max_message_bytes))
+        }
+        Code::Internal if message.contains(ZSTD_WINDOW_TOO_LARGE) => {
+            Some(zstd_window_too_large(max_message_bytes))
+        }
+        _ => None,
     }
 }
 
@@ -156,18 +173,26 @@ pub fn message_too_large(max_message_bytes: usize) -> Status {
     ))
 }
 
-/// The same rewrite for responses tonic answers before a handler runs
+/// A zstd frame whose header asks for a decompression window over
+/// [`ZSTD_WINDOW_LIMIT_BYTES`]: refused before anything is allocated.
+pub fn zstd_window_too_large(max_message_bytes: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "a zstd-compressed message asks for a decompression window larger than the server allows ({ZSTD_WINDOW_LIMIT_BYTES} bytes); compress with a smaller window (zstd levels 1 to 19 all fit), messages are at most {max_message_bytes} bytes after decompression anyway"
+    ))
+}
+
+/// The same rewrites for responses tonic answers before a handler runs
 /// (a unary request that failed to decode): there the status travels in the
 /// response headers ("trailers-only"). The call policy layer
-/// (`call_policy.rs`) calls it for an `OUT_OF_RANGE` head.
+/// (`call_policy.rs`) calls it for an `OUT_OF_RANGE` or `INTERNAL` head.
 pub fn remap_trailers_only_status(headers: &mut http::HeaderMap, max_message_bytes: usize) {
-    let out_of_range = headers
-        .get("grpc-status")
-        .is_some_and(|v| v.as_bytes() == b"11");
-    let too_large =
-        trailers_only_message(headers).is_some_and(|m| m.contains("message length too large"));
-    if out_of_range && too_large {
-        set_trailers_only_status(headers, &message_too_large(max_message_bytes));
+    let Some(code) = headers.get(Status::GRPC_STATUS) else {
+        return;
+    };
+    let code = Code::from_bytes(code.as_bytes());
+    let message = trailers_only_message(headers).unwrap_or_default();
+    if let Some(status) = remapped(code, &message, max_message_bytes) {
+        set_trailers_only_status(headers, &status);
     }
 }
 

@@ -487,11 +487,13 @@ fn history_query(request: &pb::SensorRequest) -> Result<HistoryQuery, Status> {
     let refuse = invalid_request;
     sensorhub_core::validation::check_sensor_id(&request.sensor_id)
         .map_err(|v| refuse(v.field, v.description))?;
-    if request.since < 0 || request.until < 0 {
-        return Err(refuse(
-            "since",
-            "since and until must be Unix seconds, or 0 for no bound".into(),
-        ));
+    for (field, value) in [("since", request.since), ("until", request.until)] {
+        if value < 0 {
+            return Err(refuse(
+                field,
+                format!("must be Unix seconds, or 0 for no bound, got {value}"),
+            ));
+        }
     }
     if request.since > 0 && request.until > 0 && request.until <= request.since {
         return Err(refuse(

@@ -31,6 +31,23 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     encoder.finish().expect("gzip in memory")
 }
 
+/// A zstd frame whose header asks for a `2^window_log`-byte decompression
+/// window (no content size declared, so the decoder must plan for all of
+/// it), holding `payload` as one raw block.
+pub fn zstd_demanding_window(window_log: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(
+        (10..=41).contains(&window_log),
+        "zstd window logs are 10..=41"
+    );
+    let mut out = vec![0x28, 0xb5, 0x2f, 0xfd]; // magic number
+    out.push(0x00); // descriptor: no content size, not single-segment, no checksum
+    out.push((window_log - 10) << 3); // window descriptor: exponent, mantissa 0
+    let block_header = ((payload.len() as u32) << 3) | 1; // raw block, the last
+    out.extend_from_slice(&block_header.to_le_bytes()[..3]);
+    out.extend_from_slice(payload);
+    out
+}
+
 /// One request: the method path, metadata (beyond `content-type` and `te`)
 /// and the request body (frames), sent with END_STREAM.
 #[derive(Debug, Clone)]
