@@ -20,12 +20,27 @@ pub struct StatsArgs {
     pub json: bool,
 }
 
+/// Sensors asked for per page: the most a reply holds.
+const PAGE: u32 = sensorhub_grpc::stats_paging::MAX_STATS_PER_REPLY as u32;
+
 pub async fn run(args: StatsArgs) -> anyhow::Result<ExitCode> {
     let mut client = args.connect.connect().await?;
-    let request = StatsRequest {
-        sensor_id: args.sensor_id.unwrap_or_default(),
-    };
-    let sensors = client.get_sensor_stats(request).await?.into_inner().sensors;
+    // Every sensor: page by page, each reply's next_cursor asking for the next.
+    let mut sensors = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let request = StatsRequest {
+            sensor_id: args.sensor_id.clone().unwrap_or_default(),
+            limit: PAGE,
+            cursor: std::mem::take(&mut cursor),
+        };
+        let reply = client.get_sensor_stats(request).await?.into_inner();
+        sensors.extend(reply.sensors);
+        if reply.next_cursor.is_empty() {
+            break;
+        }
+        cursor = reply.next_cursor;
+    }
     let mut out = std::io::stdout().lock();
     if args.json {
         for s in &sensors {

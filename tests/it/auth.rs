@@ -112,6 +112,7 @@ async fn call_all(
         .get_sensor_stats(with_auth(
             StatsRequest {
                 sensor_id: sensor.to_owned(),
+                ..Default::default()
             },
             authorization,
         ))

@@ -114,6 +114,7 @@ async fn durability_survives_restart() {
     let unary_stats = client
         .get_sensor_stats(StatsRequest {
             sensor_id: "dur-unary".into(),
+            ..Default::default()
         })
         .await
         .expect("stats")

@@ -61,6 +61,7 @@ async fn limits_a_token_over_its_rate_gets_resource_exhausted_with_pushback() {
     let stats = client
         .get_sensor_stats(StatsRequest {
             sensor_id: "rate-1".into(),
+            ..Default::default()
         })
         .await
         .expect("stats after the rate has refilled")

@@ -28,6 +28,7 @@ mod overload;
 mod python_interop;
 mod reload;
 mod slow_consumers;
+mod stats_pages;
 mod telemetry_export;
 mod telemetry_faults;
 mod telemetry_prometheus;

@@ -68,6 +68,7 @@ async fn overload_extra_unary_calls_are_shed_with_unavailable_not_queued() {
     let stats = client
         .get_sensor_stats(StatsRequest {
             sensor_id: "burst-1".into(),
+            ..Default::default()
         })
         .await
         .expect("stats")

@@ -32,6 +32,7 @@ async fn stored(server: &SpawnedServer, sensor: &str) -> u64 {
         .await
         .get_sensor_stats(StatsRequest {
             sensor_id: sensor.to_owned(),
+            ..Default::default()
         })
         .await
         .expect("stats")

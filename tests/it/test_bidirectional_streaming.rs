@@ -130,6 +130,7 @@ async fn test_bidirectional_streaming() {
     let stats = client
         .get_sensor_stats(StatsRequest {
             sensor_id: "chat".into(),
+            ..Default::default()
         })
         .await
         .expect("stats")

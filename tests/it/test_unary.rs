@@ -9,6 +9,7 @@ async fn stats(client: &mut SensorClient, sensor_id: &str) -> Vec<SensorStats> {
     client
         .get_sensor_stats(StatsRequest {
             sensor_id: sensor_id.to_owned(),
+            ..Default::default()
         })
         .await
         .expect("GetSensorStats")

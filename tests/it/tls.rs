@@ -36,6 +36,7 @@ async fn try_call(server: &TestServer, config: ClientConfig, sensor: &str) -> Re
         let stats = client
             .get_sensor_stats(StatsRequest {
                 sensor_id: sensor.into(),
+                ..Default::default()
             })
             .await
             .map_err(|s| format!("call: {s:?}"))?
@@ -69,6 +70,7 @@ async fn stored(server: &TestServer, sensor: &str) -> u64 {
     let stats = client
         .get_sensor_stats(StatsRequest {
             sensor_id: sensor.into(),
+            ..Default::default()
         })
         .await
         .expect("stats")

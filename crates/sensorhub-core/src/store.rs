@@ -362,6 +362,21 @@ impl Store {
             .await
     }
 
+    /// Committed statistics of at most `limit` sensors whose ids sort after
+    /// `after` (byte order; `""` for the first page), sorted by id.
+    pub async fn stats_page(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<SensorStats>, StoreError> {
+        self.see_acknowledged().await?;
+        let after = after.to_owned();
+        self.inner
+            .readers
+            .with(move |conn| reader::stats_page(conn, &after, limit))
+            .await
+    }
+
     /// Commits everything queued so far, has it indexed, checkpoints the
     /// WAL and stops. Later writes fail with [`StoreError::Closed`].
     pub async fn close(&self) -> Result<(), StoreError> {

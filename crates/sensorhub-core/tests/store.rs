@@ -240,6 +240,43 @@ fn history_and_tail_queries_use_the_indexes() {
         "{tail}"
     );
     assert!(!tail.contains("TEMP B-TREE"), "{tail}");
+    // A page of every sensor's statistics reads the name index from the cursor on.
+    let stats = plan(
+        "SELECT name, count, sum, min, max, last, last_ts, rolling_mean, alerts FROM sensors WHERE name > 'a' ORDER BY name LIMIT 10",
+    );
+    assert!(stats.contains("SEARCH sensors USING INDEX"), "{stats}");
+    assert!(stats.contains("(name>?)"), "{stats}");
+    assert!(!stats.contains("TEMP B-TREE"), "{stats}");
+}
+
+#[tokio::test]
+async fn stats_pages_cover_every_sensor_once_in_id_order() {
+    let store = Store::open(StoreConfig::new(StoreLocation::Memory)).unwrap();
+    // Ids whose byte order differs from their numeric order, and non-ASCII.
+    let mut ids: Vec<String> = (0..1_000).map(|i| format!("s{i}")).collect();
+    ids.extend(["Küche".to_owned(), "z".to_owned(), "é".to_owned()]);
+    store
+        .append(ids.iter().map(|id| reading(id, 1.0, 1)).collect())
+        .await
+        .unwrap();
+    ids.sort();
+    for page_size in [1, 7, 1_000, 1_003, 5_000] {
+        let mut seen = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = store.stats_page(&after, page_size).await.unwrap();
+            assert!(page.len() <= page_size);
+            seen.extend(page.iter().map(|s| s.sensor_id.clone()));
+            match page.last() {
+                Some(last) if page.len() == page_size => after = last.sensor_id.clone(),
+                _ => break,
+            }
+        }
+        assert_eq!(seen, ids, "pages of {page_size}");
+    }
+    // After the last id (é: 0xC3 sorts after every ASCII byte), nothing.
+    assert_eq!(ids.last().map(String::as_str), Some("é"));
+    assert!(store.stats_page("é", 10).await.unwrap().is_empty());
 }
 
 fn rusqlite_plan_connection(path: &std::path::Path) -> rusqlite::Connection {

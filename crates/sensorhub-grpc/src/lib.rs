@@ -2,6 +2,7 @@
 //!
 //! - [`service`]: the SensorService RPCs over the domain's store; `service_metrics`:
 //!   what it measures (readings stored and refused, active streams).
+//! - [`stats_paging`]: `GetSensorStats` for every sensor in replies a client accepts.
 //! - [`convert`]: wire messages ↔ domain values, domain errors → gRPC statuses.
 //! - [`auth`]: the token check (an interceptor, before any message is read).
 //! - [`tls`] and [`pki`]: loading PEM files; making a CA and certificates.
@@ -22,6 +23,7 @@ pub mod pki;
 pub mod server;
 pub mod service;
 mod service_metrics;
+pub mod stats_paging;
 mod store_spans;
 #[cfg(feature = "test-util")]
 pub mod testing;

@@ -32,6 +32,7 @@ use crate::convert::{
 };
 use crate::deadline;
 use crate::service_metrics::{RpcKind, ServiceMetrics};
+use crate::stats_paging::StatsPaging;
 use crate::store_spans::StoreSpans;
 
 /// Tunables of the service.
@@ -277,16 +278,26 @@ impl pb::sensor_service_server::SensorService for SensorHub {
         request: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsReply>, Status> {
         let _slot = self.admit()?;
-        let sensor_id = request.into_inner().sensor_id;
-        let sensor = (!sensor_id.is_empty()).then_some(sensor_id.as_str());
-        let stats = self
+        let request = request.into_inner();
+        if !request.sensor_id.is_empty() {
+            let stats = self
+                .store
+                .stats(Some(&request.sensor_id))
+                .await
+                .map_err(|e| store_status(&e))?;
+            return Ok(Response::new(pb::StatsReply {
+                sensors: stats.into_iter().map(stats_to_wire).collect(),
+                next_cursor: String::new(),
+            }));
+        }
+        // Every sensor, one page per call (stats_paging.rs).
+        let paging = StatsPaging::of(&request)?;
+        let page = self
             .store
-            .stats(sensor)
+            .stats_page(&request.cursor, paging.to_read())
             .await
             .map_err(|e| store_status(&e))?;
-        Ok(Response::new(pb::StatsReply {
-            sensors: stats.into_iter().map(stats_to_wire).collect(),
-        }))
+        Ok(Response::new(paging.reply(page)?))
     }
 }
 

@@ -208,7 +208,10 @@ impl SensorService for Bare {
             })
             .collect();
         sensors.sort_by(|a, b| a.sensor_id.cmp(&b.sensor_id));
-        Ok(Response::new(StatsReply { sensors }))
+        Ok(Response::new(StatsReply {
+            sensors,
+            next_cursor: String::new(),
+        }))
     }
 }
 

@@ -139,6 +139,22 @@ pub(super) fn stats(
     rows.collect()
 }
 
+/// At most `limit` sensors' statistics, those whose id sorts after `after`
+/// (byte order), in that order: one page of every sensor, read along the
+/// `name` index.
+pub(super) fn stats_page(
+    conn: &Connection,
+    after: &str,
+    limit: usize,
+) -> rusqlite::Result<Vec<SensorStats>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, count, sum, min, max, last, last_ts, rolling_mean, alerts FROM sensors
+         WHERE name > ?1 ORDER BY name LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![after, limit as i64], |r| sensor_stats(r, 0))?;
+    rows.collect()
+}
+
 /// A sensor's statistics from a row holding `name, count, sum, min, max,
 /// last, last_ts, rolling_mean, alerts` of `sensors`, from column `at` on.
 pub(super) fn sensor_stats(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<SensorStats> {
