@@ -8,34 +8,28 @@
 //! `fdatasync` per group commit. The indexer then folds the readings into
 //! SQLite in much larger transactions, off the acknowledgement's path.
 //!
-//! Format: files `<first seq, 20 digits>.journal` in `<data>/journal/`, each
-//! a run of frames, one per group commit:
-//!
-//! ```text
-//! frame   = len: u32 | crc32(payload): u32 | payload (len bytes)
-//! payload = first_seq: u64 | count: u32 | count × reading
-//! reading = sensor_id length: u16 | sensor_id (UTF-8) | timestamp: i64 | temperature: f64
-//! ```
-//!
-//! All integers little-endian. Sequence numbers run on without a gap from
-//! frame to frame and from file to file.
+//! Files `<first seq, 20 digits>.v2.journal` in `<data>/journal/`, each a
+//! run of frames, one per group commit; the frame format, and version 1
+//! that earlier builds wrote, are in `journal/format.rs`. Sequence numbers
+//! run on without a gap from frame to frame and from file to file.
 //!
 //! The open file is grown ahead of its frames ([`GROW_BYTES`] at a time, a
 //! sparse extension), so most appends do not change the file's size and
 //! their `fdatasync` has no inode size to commit: on ext4 this took about a
 //! third off the CPU time of each sync and of its latency (BENCHMARKS.md,
-//! "Growing the journal ahead"). The rest of the file reads as zeros, and
-//! zeros are never a frame (a frame is at least 20 bytes long), so recovery
-//! reads a run of zeros to the end of a file as unused space. In a closed
-//! file that would hide nothing: the next file must start at the sequence
-//! number where this one's frames end.
+//! "Growing the journal ahead"). The rest of the file reads as zeros, and no
+//! frame is all zeros, so recovery reads a run of zeros to the end of a file
+//! as unused space. In a closed file that would hide nothing: the next file
+//! must start at the sequence number where this one's frames end.
 //!
 //! Invariant: the log knows readings and sequence numbers only; what the
-//! indexer has made durable is told to it ([`Journal::trim`]). A frame that
-//! is cut short or fails its checksum at the very end of the newest file
-//! (only unused space after it) is a write the crash interrupted, never
-//! acknowledged: recovery cuts it off.
-//! Anywhere else it is damage, and the store refuses to start.
+//! indexer has made durable is told to it ([`Journal::trim`]). Recovery
+//! (`journal/recovery.rs`) cuts off only a write that was never
+//! acknowledged, the interrupted last frame of the newest file; damage
+//! anywhere else refuses the start and changes nothing.
+
+mod format;
+mod recovery;
 
 use std::{
     collections::VecDeque,
@@ -44,6 +38,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use self::format::Version;
+pub(super) use self::recovery::Recovered;
 use super::StoreError;
 use crate::Reading;
 
@@ -52,9 +48,6 @@ use crate::Reading;
 const SEGMENT_BYTES: u64 = 64 << 20;
 /// How far the open file is grown at a time, ahead of its frames.
 const GROW_BYTES: u64 = 4 << 20;
-const FRAME_HEADER: usize = 8;
-const PAYLOAD_HEADER: usize = 12;
-const SUFFIX: &str = "journal";
 
 /// The open log, appended to by the store's writer thread only.
 #[derive(Debug)]
@@ -74,14 +67,12 @@ pub(super) struct Journal {
     broken: Option<String>,
 }
 
-/// What recovery found in the log beyond what SQLite already holds.
-#[derive(Debug, Default)]
-pub(super) struct Recovered {
-    /// The sequence number of `readings[0]`; the rest follow without a gap.
-    pub(super) first_seq: u64,
-    pub(super) readings: Vec<Reading>,
-    /// Bytes of an interrupted last write that were cut off.
-    pub(super) torn_bytes: u64,
+/// One file of the log, as its name describes it.
+#[derive(Debug, Clone)]
+struct Segment {
+    first_seq: u64,
+    version: Version,
+    path: PathBuf,
 }
 
 impl Journal {
@@ -89,84 +80,15 @@ impl Journal {
     /// `indexed` (the last sequence number SQLite holds durably). Cuts off an
     /// interrupted write at the end; refuses anything else that is damaged.
     pub(super) fn recover(dir: &Path, indexed: u64) -> Result<Recovered, StoreError> {
-        let corrupt = |path: &Path, reason: String| StoreError::Corrupt {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let segments = list_segments(dir).map_err(|e| StoreError::Open {
-            path: dir.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        let mut recovered = Recovered::default();
-        let mut next: Option<u64> = None;
-        for (i, (first, path)) in segments.iter().enumerate() {
-            let newest = i + 1 == segments.len();
-            let bytes = fs::read(path).map_err(|e| corrupt(path, e.to_string()))?;
-            let mut at = 0usize;
-            while at < bytes.len() {
-                if is_unused(&bytes[at..]) {
-                    break;
-                }
-                let frame = match Frame::parse(&bytes[at..]) {
-                    Ok(frame) => frame,
-                    Err(bad) if newest && bad.may_be_torn(&bytes[at..]) => {
-                        // The frame's bytes, not the unused space after it.
-                        let torn = bad
-                            .end
-                            .map_or(bytes.len() - at, |end| end.min(bytes.len() - at))
-                            as u64;
-                        tracing::warn!(
-                            journal = %path.display(),
-                            offset = at,
-                            bytes = torn,
-                            reason = bad.reason,
-                            "cutting off a write the last stop interrupted (it was never acknowledged)"
-                        );
-                        truncate(path, at as u64).map_err(|e| corrupt(path, e.to_string()))?;
-                        recovered.torn_bytes = torn;
-                        break;
-                    }
-                    Err(bad) => {
-                        return Err(corrupt(path, format!("frame at byte {at}: {}", bad.reason)));
-                    }
-                };
-                // The first frame of a file starts where its name says;
-                // every frame starts where the one before it ended.
-                let expected = next.unwrap_or(*first);
-                if frame.first_seq != expected || (at == 0 && frame.first_seq != *first) {
-                    return Err(corrupt(
-                        path,
-                        format!(
-                            "frame at byte {at} starts at sequence {}, expected {expected}",
-                            frame.first_seq
-                        ),
-                    ));
-                }
-                next = Some(frame.first_seq + frame.count as u64);
-                frame
-                    .decode_after(indexed, &mut recovered)
-                    .map_err(|why| corrupt(path, format!("frame at byte {at}: {why}")))?;
-                at += frame.len;
-            }
-        }
-        if !recovered.readings.is_empty() && recovered.first_seq != indexed + 1 {
-            return Err(corrupt(
-                dir,
-                format!(
-                    "the store's tables end at sequence {indexed} but the journal resumes at {}; readings in between are missing",
-                    recovered.first_seq
-                ),
-            ));
-        }
-        Ok(recovered)
+        recovery::recover(dir, indexed)
     }
 
     /// Starts an empty log whose first frame will hold `next_seq`, deleting
     /// every file there. Only once SQLite holds everything those files held.
     pub(super) fn start(dir: &Path, next_seq: u64) -> std::io::Result<Journal> {
         fs::create_dir_all(dir)?;
-        for (_, path) in list_segments(dir)? {
-            fs::remove_file(path)?;
+        for segment in list_segments(dir)? {
+            fs::remove_file(segment.path)?;
         }
         let (current, path) = create_segment(dir, next_seq)?;
         tracing::debug!(journal = %path.display(), "journal started");
@@ -183,7 +105,7 @@ impl Journal {
     }
 
     /// Appends one group commit (`readings`, numbered from `first_seq`) and
-    /// returns once it is on disk.
+    /// returns once it is on disk. A group of no readings writes nothing.
     pub(super) fn append<'a>(
         &mut self,
         first_seq: u64,
@@ -193,7 +115,10 @@ impl Journal {
         if let Some(why) = &self.broken {
             return Err(why.clone());
         }
-        encode(&mut self.encoded, first_seq, count, readings);
+        if count == 0 {
+            return Ok(());
+        }
+        format::encode(&mut self.encoded, first_seq, count, readings);
         let end = self.current_len + self.encoded.len() as u64;
         let written = self
             .grow_to(end)
@@ -269,132 +194,12 @@ impl Journal {
     }
 }
 
-/// One frame, checked but not yet decoded.
-struct Frame<'a> {
-    /// Bytes of the whole frame.
-    len: usize,
-    first_seq: u64,
-    count: u32,
-    readings: &'a [u8],
-}
-
-/// Why bytes are not a frame.
-struct BadFrame {
-    reason: &'static str,
-    /// Where the frame would end by its header, if the header is there.
-    end: Option<usize>,
-}
-
-impl BadFrame {
-    /// Whether `rest` (the bad frame and everything after it, to the end of
-    /// the newest file) can be the one write a crash interrupted: the frame
-    /// runs to the end of the file, or nothing but zeros (space the file was
-    /// grown by) follows where it ends. A bad frame with more data after it
-    /// was written whole and damaged later.
-    fn may_be_torn(&self, rest: &[u8]) -> bool {
-        self.end
-            .is_none_or(|end| rest.get(end..).is_none_or(is_unused))
-    }
-}
-
-impl<'a> Frame<'a> {
-    fn parse(bytes: &'a [u8]) -> Result<Frame<'a>, BadFrame> {
-        let bad = |reason, end| Err(BadFrame { reason, end });
-        if bytes.len() < FRAME_HEADER {
-            return bad("the frame header is cut short", None);
-        }
-        let len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
-        let end = FRAME_HEADER.saturating_add(len);
-        let Some(payload) = bytes.get(FRAME_HEADER..end) else {
-            return bad("the frame is cut short", Some(end));
-        };
-        if len < PAYLOAD_HEADER {
-            return bad("the frame is too short to hold its header", Some(end));
-        }
-        if crc32fast::hash(payload) != crc {
-            return bad("the frame fails its checksum", Some(end));
-        }
-        Ok(Frame {
-            len: end,
-            first_seq: u64::from_le_bytes(payload[0..8].try_into().expect("8 bytes")),
-            count: u32::from_le_bytes(payload[8..12].try_into().expect("4 bytes")),
-            readings: &payload[PAYLOAD_HEADER..],
-        })
-    }
-
-    /// Adds the readings numbered above `indexed` to `out`.
-    fn decode_after(&self, indexed: u64, out: &mut Recovered) -> Result<(), String> {
-        let mut rest = self.readings;
-        for i in 0..self.count as u64 {
-            let (reading, tail) = decode_reading(rest)
-                .ok_or_else(|| format!("reading {i} of {} cannot be decoded", self.count))?;
-            rest = tail;
-            let seq = self.first_seq + i;
-            if seq > indexed {
-                if out.readings.is_empty() {
-                    out.first_seq = seq;
-                }
-                out.readings.push(reading);
-            }
-        }
-        if !rest.is_empty() {
-            return Err(format!("{} bytes after its last reading", rest.len()));
-        }
-        Ok(())
-    }
-}
-
-fn encode<'a>(
-    out: &mut Vec<u8>,
-    first_seq: u64,
-    count: usize,
-    readings: impl Iterator<Item = &'a Reading>,
-) {
-    out.clear();
-    out.extend_from_slice(&[0; FRAME_HEADER]);
-    out.extend_from_slice(&first_seq.to_le_bytes());
-    out.extend_from_slice(&(count as u32).to_le_bytes());
-    for reading in readings {
-        let id = reading.sensor_id.as_bytes();
-        // Validation caps sensor ids far below 64 KiB.
-        out.extend_from_slice(&(id.len() as u16).to_le_bytes());
-        out.extend_from_slice(id);
-        out.extend_from_slice(&reading.timestamp.to_le_bytes());
-        out.extend_from_slice(&reading.temperature.to_le_bytes());
-    }
-    let payload_len = (out.len() - FRAME_HEADER) as u32;
-    let crc = crc32fast::hash(&out[FRAME_HEADER..]);
-    out[0..4].copy_from_slice(&payload_len.to_le_bytes());
-    out[4..8].copy_from_slice(&crc.to_le_bytes());
-}
-
-fn decode_reading(bytes: &[u8]) -> Option<(Reading, &[u8])> {
-    let (id_len, rest) = bytes.split_first_chunk::<2>()?;
-    let (id, rest) = rest.split_at_checked(u16::from_le_bytes(*id_len) as usize)?;
-    let (ts, rest) = rest.split_first_chunk::<8>()?;
-    let (temperature, rest) = rest.split_first_chunk::<8>()?;
-    Some((
-        Reading {
-            sensor_id: std::str::from_utf8(id).ok()?.to_owned(),
-            timestamp: i64::from_le_bytes(*ts),
-            temperature: f64::from_le_bytes(*temperature),
-        },
-        rest,
-    ))
-}
-
-/// Whether `rest` of a file is space it was grown by and no frame reached.
-fn is_unused(rest: &[u8]) -> bool {
-    rest.iter().all(|b| *b == 0)
-}
-
 fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
-    dir.join(format!("{first_seq:020}.{SUFFIX}"))
+    dir.join(Version::CURRENT.file_name(first_seq))
 }
 
 /// The log's files, oldest first, by the sequence number in their names.
-fn list_segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+fn list_segments(dir: &Path) -> std::io::Result<Vec<Segment>> {
     let mut segments = Vec::new();
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -403,16 +208,19 @@ fn list_segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     };
     for entry in entries {
         let path = entry?.path();
-        if path.extension().is_some_and(|x| x == SUFFIX)
-            && let Some(first) = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(|s| s.parse::<u64>().ok())
-        {
-            segments.push((first, path));
+        let parsed = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(Version::parse_file_name);
+        if let Some((first_seq, version)) = parsed {
+            segments.push(Segment {
+                first_seq,
+                version,
+                path,
+            });
         }
     }
-    segments.sort();
+    segments.sort_by_key(|s| (s.first_seq, s.version));
     Ok(segments)
 }
 
@@ -428,17 +236,13 @@ fn create_segment(dir: &Path, first_seq: u64) -> std::io::Result<(File, PathBuf)
     Ok((file, path))
 }
 
-fn truncate(path: &Path, len: u64) -> std::io::Result<()> {
-    let file = OpenOptions::new().write(true).open(path)?;
-    file.set_len(len)?;
-    file.sync_all()
-}
-
 #[cfg(test)]
-mod tests {
+mod testing {
+    //! What the journal's tests share: readings, and logs written to order.
+
     use super::*;
 
-    fn reading(sensor: &str, i: i64) -> Reading {
+    pub(super) fn reading(sensor: &str, i: i64) -> Reading {
         Reading {
             sensor_id: sensor.to_owned(),
             temperature: 20.0 + i as f64 / 8.0,
@@ -446,7 +250,8 @@ mod tests {
         }
     }
 
-    fn write(dir: &Path, next_seq: u64, groups: &[Vec<Reading>]) -> Journal {
+    /// A log in `dir` holding `groups` as frames, numbered from `next_seq`.
+    pub(super) fn write(dir: &Path, next_seq: u64, groups: &[Vec<Reading>]) -> Journal {
         let mut journal = Journal::start(dir, next_seq).unwrap();
         let mut seq = next_seq;
         for group in groups {
@@ -458,19 +263,14 @@ mod tests {
 
     /// Changes the file's bytes in place (damage, a crash's leftovers);
     /// returns what it now holds.
-    fn rewrite(path: &Path, edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    pub(super) fn rewrite(path: &Path, edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
         let mut bytes = fs::read(path).unwrap();
         edit(&mut bytes);
         fs::write(path, &bytes).unwrap();
         bytes
     }
 
-    /// Where the frames end (the file itself is longer: grown ahead).
-    fn frames_end(journal: Journal) -> u64 {
-        journal.current_len
-    }
-
-    fn groups() -> Vec<Vec<Reading>> {
+    pub(super) fn groups() -> Vec<Vec<Reading>> {
         vec![
             vec![reading("a", 1), reading("b", 2)],
             vec![reading("ü-sensor", 3)],
@@ -478,71 +278,48 @@ mod tests {
         ]
     }
 
-    fn only_file(dir: &Path) -> PathBuf {
+    /// Where each frame of a version 2 file starts, and where the last ends.
+    pub(super) fn frame_starts(bytes: &[u8]) -> (Vec<usize>, usize) {
+        let mut starts = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() && !recovery::is_zero(&bytes[at..]) {
+            starts.push(at);
+            at += Version::V2.head(&bytes[at..]).unwrap().frame_len as usize;
+        }
+        (starts, at)
+    }
+
+    /// Cuts the space a file was grown by down to 4 KiB: the same zeros to
+    /// recovery, and damage tests need not copy 4 MiB of them each time.
+    pub(super) fn shrink_unused(path: &Path) {
+        let bytes = fs::read(path).unwrap();
+        let (_, end) = frame_starts(&bytes);
+        let file = OpenOptions::new().write(true).open(path).unwrap();
+        file.set_len(end as u64 + 4096).unwrap();
+    }
+
+    pub(super) fn only_file(dir: &Path) -> PathBuf {
         let segments = list_segments(dir).unwrap();
         assert_eq!(segments.len(), 1);
-        segments[0].1.clone()
+        segments[0].path.clone()
     }
+}
 
-    #[test]
-    fn recovers_what_was_appended_after_the_indexed_point() {
-        let dir = tempfile::tempdir().unwrap();
-        let groups = groups();
-        drop(write(dir.path(), 11, &groups));
-        let all: Vec<Reading> = groups.concat();
-
-        let everything = Journal::recover(dir.path(), 10).unwrap();
-        assert_eq!(everything.first_seq, 11);
-        assert_eq!(everything.readings, all);
-        assert_eq!(everything.torn_bytes, 0);
-
-        let after = Journal::recover(dir.path(), 13).unwrap();
-        assert_eq!(after.first_seq, 14);
-        assert_eq!(after.readings, all[3..]);
-
-        let none = Journal::recover(dir.path(), 16).unwrap();
-        assert!(none.readings.is_empty());
-    }
-
-    #[test]
-    fn an_interrupted_last_write_is_cut_off_and_appending_resumes() {
-        let dir = tempfile::tempdir().unwrap();
-        let groups = groups();
-        let whole = frames_end(write(dir.path(), 1, &groups));
-        let path = only_file(dir.path());
-        // Every cut inside the last frame loses that frame only: whether
-        // the file ends there, or the space it was grown by follows.
-        let last_frame = 8 + 12 + 3 * (2 + 1 + 16);
-        for cut in 1..last_frame {
-            drop(write(dir.path(), 1, &groups));
-            truncate(&path, whole - cut).unwrap();
-            let recovered = Journal::recover(dir.path(), 0).unwrap();
-            assert_eq!(recovered.readings, groups[..2].concat(), "cut {cut}");
-            assert_eq!(recovered.torn_bytes, last_frame - cut);
-            assert_eq!(fs::metadata(&path).unwrap().len(), whole - last_frame);
-
-            drop(write(dir.path(), 1, &groups));
-            rewrite(&path, |bytes| bytes[(whole - cut) as usize..].fill(0));
-            let recovered = Journal::recover(dir.path(), 0).unwrap();
-            assert_eq!(recovered.readings, groups[..2].concat(), "zeroed {cut}");
-        }
-        // With the header whole, exactly the frame's bytes are cut off.
-        drop(write(dir.path(), 1, &groups));
-        rewrite(&path, |bytes| {
-            bytes[(whole - 1) as usize] = 0;
-            bytes[(whole - 1) as usize - 1] ^= 0x01;
-        });
-        let recovered = Journal::recover(dir.path(), 0).unwrap();
-        assert_eq!(recovered.torn_bytes, last_frame);
-        assert_eq!(fs::metadata(&path).unwrap().len(), whole - last_frame);
-    }
+#[cfg(test)]
+mod tests {
+    use super::{testing::*, *};
 
     #[test]
     fn the_file_is_grown_ahead_and_its_unused_space_is_not_a_torn_write() {
         let dir = tempfile::tempdir().unwrap();
         let groups = groups();
-        let end = frames_end(write(dir.path(), 1, &groups));
+        let end = write(dir.path(), 1, &groups).current_len;
         let path = only_file(dir.path());
+        assert!(
+            path.to_str()
+                .unwrap()
+                .ends_with("00000000000000000001.v2.journal")
+        );
         assert_eq!(fs::metadata(&path).unwrap().len(), GROW_BYTES);
         assert!(end < GROW_BYTES);
         let recovered = Journal::recover(dir.path(), 0).unwrap();
@@ -557,7 +334,7 @@ mod tests {
             .map(|i| reading("a", i as i64))
             .collect();
         journal.append(7, big.len(), big.iter()).unwrap();
-        let end = frames_end(journal);
+        let end = journal.current_len;
         assert!(end > GROW_BYTES);
         assert_eq!(
             fs::metadata(&path).unwrap().len(),
@@ -568,69 +345,12 @@ mod tests {
     }
 
     #[test]
-    fn garbage_in_the_unused_space_is_refused() {
+    fn a_group_of_no_readings_writes_no_frame() {
         let dir = tempfile::tempdir().unwrap();
-        let end = frames_end(write(dir.path(), 1, &groups()));
-        let path = only_file(dir.path());
-        rewrite(&path, |bytes| bytes[end as usize + 100] = 7);
-        let err = Journal::recover(dir.path(), 0).unwrap_err();
-        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
-    }
-
-    #[test]
-    fn a_flipped_bit_at_the_end_is_cut_off_but_in_an_older_file_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let groups = groups();
-        let end = frames_end(write(dir.path(), 1, &groups));
-        let path = only_file(dir.path());
-        rewrite(&path, |bytes| bytes[end as usize - 3] ^= 0x10);
-        let recovered = Journal::recover(dir.path(), 0).unwrap();
-        assert_eq!(recovered.readings, groups[..2].concat());
-
-        // The same damage in a file that is not the newest is refused.
-        drop(write(dir.path(), 1, &groups));
-        let bytes = rewrite(&path, |bytes| {
-            bytes[FRAME_HEADER + PAYLOAD_HEADER + 3] ^= 0x10
-        });
-        fs::write(segment_path(dir.path(), 7), b"").unwrap();
-        let err = Journal::recover(dir.path(), 0).unwrap_err();
-        assert!(
-            matches!(&err, StoreError::Corrupt { reason, .. } if reason.contains("checksum")),
-            "{err}"
-        );
-        // Refusing changed nothing.
-        assert_eq!(fs::read(&path).unwrap(), bytes);
-    }
-
-    #[test]
-    fn a_damaged_frame_with_frames_after_it_is_refused_even_in_the_newest_file() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(write(dir.path(), 1, &groups()));
-        let path = only_file(dir.path());
-        let bytes = rewrite(&path, |bytes| {
-            bytes[FRAME_HEADER + PAYLOAD_HEADER + 3] ^= 0x10
-        });
-        let err = Journal::recover(dir.path(), 0).unwrap_err();
-        assert!(err.to_string().contains("checksum"), "{err}");
-        assert_eq!(fs::read(&path).unwrap(), bytes);
-
-        // The same damage followed by unused space is refused too.
-        let end = frames_end(write(dir.path(), 1, &groups()));
-        rewrite(&path, |bytes| {
-            bytes[FRAME_HEADER + PAYLOAD_HEADER + 3] ^= 0x10;
-            bytes.truncate(end as usize);
-            bytes.resize(end as usize + 4096, 0);
-        });
-        let err = Journal::recover(dir.path(), 0).unwrap_err();
-        assert!(err.to_string().contains("checksum"), "{err}");
-    }
-
-    #[test]
-    fn a_gap_between_the_tables_and_the_journal_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(write(dir.path(), 20, &groups()));
-        let err = Journal::recover(dir.path(), 10).unwrap_err();
-        assert!(err.to_string().contains("missing"), "{err}");
+        let mut journal = write(dir.path(), 1, &groups());
+        let end = journal.current_len;
+        journal.append(7, 0, [].iter()).unwrap();
+        assert_eq!(journal.current_len, end);
     }
 
     #[test]
@@ -647,10 +367,10 @@ mod tests {
         assert_eq!(segments.len(), 3);
         // A closed file is cut to its frames; if a crash kept the unused
         // space, recovery still reads across it.
-        assert_eq!(fs::metadata(&segments[0].1).unwrap().len(), first_end);
+        assert_eq!(fs::metadata(&segments[0].path).unwrap().len(), first_end);
         fs::OpenOptions::new()
             .write(true)
-            .open(&segments[1].1)
+            .open(&segments[1].path)
             .unwrap()
             .set_len(GROW_BYTES)
             .unwrap();

@@ -17,8 +17,11 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::{StoreError, StoreLocation};
 
-/// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+/// The version of the store's format this build writes (`PRAGMA
+/// user_version`): the tables and the journal beside them. 2: journal
+/// format 2 (`journal/format.rs`), whose files a build of version 1 would
+/// not see, so it must refuse the store rather than start without them.
+const SCHEMA_VERSION: i64 = 2;
 const DB_FILE: &str = "readings.db";
 const LOCK_FILE: &str = "sensorhub.lock";
 const JOURNAL_DIR: &str = "journal";

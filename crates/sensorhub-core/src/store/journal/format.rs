@@ -1,0 +1,381 @@
+//! The bytes of the commit log: file names and frames, in the two versions
+//! this build reads. It writes version 2 only.
+//!
+//! ```text
+//! version 2, files <first seq, 20 digits>.v2.journal:
+//!   frame   = header (24 bytes) | body (len bytes)
+//!   header  = len: u32 | first_seq: u64 | count: u32 | crc32(body): u32 | crc32(header bytes 0..20): u32
+//!   body    = keyed: u32 | count × reading
+//!
+//! version 1, files <first seq, 20 digits>.journal (read only):
+//!   frame   = len: u32 | crc32(payload): u32 | payload (len bytes)
+//!   payload = first_seq: u64 | count: u32 | count × reading
+//!
+//! reading = sensor_id length: u16 | sensor_id (UTF-8) | timestamp: i64 | temperature: f64
+//! ```
+//!
+//! All integers little-endian. Why version 2: in version 1 the checksum
+//! covers the payload but not `len`, so a flipped bit in `len` made a whole
+//! frame look like a write cut short, and recovery cut off every
+//! acknowledged frame after it. A version 2 header carries its own checksum
+//! over `len`, the sequence numbers and the count (and the body's checksum),
+//! so recovery trusts where a frame ends only once its header checks out.
+//! `keyed` counts entries for keyed writes (idempotency keys, issue 21); no
+//! build writes any yet, and this one refuses a frame that has some.
+//!
+//! Invariant: no frame written whole holds 16 zero bytes in a row. The
+//! header's first 16 bytes hold a non-zero `len` and `first_seq`; every
+//! reading holds a positive timestamp and a sensor id without NUL, its
+//! length below 256. Recovery relies on this to tell a sector a crash never
+//! wrote (zeros) from damage to a frame that was written whole.
+
+use crate::Reading;
+
+/// Bytes of a version 2 frame header.
+pub(super) const V2_HEADER: usize = 24;
+/// Bytes of a version 1 frame header (`len`, `crc`), before its payload.
+pub(super) const V1_HEADER: usize = 8;
+/// Bytes of a version 1 payload's own header (`first_seq`, `count`).
+const V1_PAYLOAD_HEADER: usize = 12;
+/// Bytes of the body before its readings (`keyed`).
+const V2_BODY_HEADER: usize = 4;
+/// The smallest encoded reading: a one-byte id.
+const MIN_READING: usize = 2 + 1 + 8 + 8;
+/// No frame is larger: a group commit holds at most a few MiB. A header
+/// that checks out but claims more is refused rather than believed.
+pub(super) const MAX_BODY: usize = 1 << 30;
+
+/// Which layout a file's frames have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Version {
+    V1,
+    V2,
+}
+
+impl Version {
+    /// This build writes only this one.
+    pub(super) const CURRENT: Version = Version::V2;
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Version::V1 => ".journal",
+            Version::V2 => ".v2.journal",
+        }
+    }
+
+    /// The file name of a log file whose first frame holds `first_seq`.
+    pub(super) fn file_name(self, first_seq: u64) -> String {
+        format!("{first_seq:020}{}", self.suffix())
+    }
+
+    /// The version and first sequence number a file name says, if it is a
+    /// log file's name.
+    pub(super) fn parse_file_name(name: &str) -> Option<(u64, Version)> {
+        // The longer suffix first: ".v2.journal" also ends in ".journal".
+        [Version::V2, Version::V1].into_iter().find_map(|version| {
+            let digits = name.strip_suffix(version.suffix())?;
+            let ok = digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit());
+            ok.then(|| digits.parse().ok().map(|seq| (seq, version)))?
+        })
+    }
+}
+
+/// What a header says about its frame, once it checks out (version 2) or
+/// as far as it can be read (version 1, whose header has no checksum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Head {
+    /// Bytes of the whole frame, header included.
+    pub(super) frame_len: u64,
+    /// The body: offset from the frame's start, and its checksum.
+    pub(super) body_at: usize,
+    pub(super) body_crc: u32,
+}
+
+/// Why the bytes at a frame's start are not a header to trust.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum HeadFault {
+    /// The file ends inside the header.
+    CutShort,
+    /// Version 2: the header fails its own checksum.
+    Checksum,
+    /// Version 2: the header checks out but describes no frame this build
+    /// writes (an empty or oversized body, more readings than bytes).
+    Impossible(&'static str),
+}
+
+impl HeadFault {
+    pub(super) fn reason(self) -> &'static str {
+        match self {
+            HeadFault::CutShort => "the frame header is cut short",
+            HeadFault::Checksum => "the frame header fails its checksum",
+            HeadFault::Impossible(why) => why,
+        }
+    }
+}
+
+impl Version {
+    /// Bytes the header takes (version 1: `len` and `crc`).
+    pub(super) fn header_len(self) -> usize {
+        match self {
+            Version::V1 => V1_HEADER,
+            Version::V2 => V2_HEADER,
+        }
+    }
+
+    /// Reads the header at the start of `bytes` (the rest of the file).
+    pub(super) fn head(self, bytes: &[u8]) -> Result<Head, HeadFault> {
+        let Some(header) = bytes.get(..self.header_len()) else {
+            return Err(HeadFault::CutShort);
+        };
+        let u32_at = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().expect("4"));
+        match self {
+            Version::V1 => Ok(Head {
+                frame_len: V1_HEADER as u64 + u64::from(u32_at(0)),
+                body_at: V1_HEADER,
+                body_crc: u32_at(4),
+            }),
+            Version::V2 => {
+                if crc32fast::hash(&header[..20]) != u32_at(20) {
+                    return Err(HeadFault::Checksum);
+                }
+                let len = u32_at(0) as usize;
+                let count = u32_at(12) as usize;
+                if count == 0 {
+                    return Err(HeadFault::Impossible(
+                        "the frame header checks out but counts no readings",
+                    ));
+                }
+                if len > MAX_BODY || len < V2_BODY_HEADER + count.saturating_mul(MIN_READING) {
+                    return Err(HeadFault::Impossible(
+                        "the frame header checks out but its length cannot hold its readings",
+                    ));
+                }
+                Ok(Head {
+                    frame_len: (V2_HEADER + len) as u64,
+                    body_at: V2_HEADER,
+                    body_crc: u32_at(16),
+                })
+            }
+        }
+    }
+}
+
+/// A frame whose checksums hold, not yet decoded.
+#[derive(Debug)]
+pub(super) struct Frame<'a> {
+    pub(super) first_seq: u64,
+    pub(super) count: u32,
+    /// The encoded readings.
+    readings: &'a [u8],
+}
+
+impl<'a> Frame<'a> {
+    /// The frame in `frame` (exactly its bytes), whose header said `head`
+    /// and whose body checksum holds.
+    pub(super) fn decode(version: Version, head: Head, frame: &'a [u8]) -> Result<Self, String> {
+        let body = &frame[head.body_at..];
+        match version {
+            Version::V1 => {
+                let (fixed, readings) = body
+                    .split_at_checked(V1_PAYLOAD_HEADER)
+                    .ok_or("the frame is too short to hold its header")?;
+                Ok(Frame {
+                    first_seq: u64::from_le_bytes(fixed[0..8].try_into().expect("8")),
+                    count: u32::from_le_bytes(fixed[8..12].try_into().expect("4")),
+                    readings,
+                })
+            }
+            Version::V2 => {
+                let header = &frame[..V2_HEADER];
+                let keyed = u32::from_le_bytes(body[0..4].try_into().expect("4"));
+                if keyed != 0 {
+                    return Err(format!(
+                        "the frame holds {keyed} keyed writes, which this build does not know (written by a newer sensorhub?)"
+                    ));
+                }
+                Ok(Frame {
+                    first_seq: u64::from_le_bytes(header[4..12].try_into().expect("8")),
+                    count: u32::from_le_bytes(header[12..16].try_into().expect("4")),
+                    readings: &body[V2_BODY_HEADER..],
+                })
+            }
+        }
+    }
+
+    /// Calls `each` with every reading and its sequence number, in order;
+    /// fails if the readings do not fill the frame exactly.
+    pub(super) fn for_each_reading(
+        &self,
+        mut each: impl FnMut(u64, Reading),
+    ) -> Result<(), String> {
+        let mut rest = self.readings;
+        for i in 0..u64::from(self.count) {
+            let (reading, tail) = decode_reading(rest)
+                .ok_or_else(|| format!("reading {i} of {} cannot be decoded", self.count))?;
+            rest = tail;
+            each(self.first_seq + i, reading);
+        }
+        if !rest.is_empty() {
+            return Err(format!("{} bytes after its last reading", rest.len()));
+        }
+        Ok(())
+    }
+}
+
+/// Writes one version 2 frame of `count` readings numbered from `first_seq`
+/// into `out` (cleared first).
+pub(super) fn encode<'a>(
+    out: &mut Vec<u8>,
+    first_seq: u64,
+    count: usize,
+    readings: impl Iterator<Item = &'a Reading>,
+) {
+    out.clear();
+    out.extend_from_slice(&[0; V2_HEADER]);
+    // No keyed writes.
+    out.extend_from_slice(&0u32.to_le_bytes());
+    for reading in readings {
+        let id = reading.sensor_id.as_bytes();
+        // Validation caps sensor ids far below 64 KiB.
+        out.extend_from_slice(&(id.len() as u16).to_le_bytes());
+        out.extend_from_slice(id);
+        out.extend_from_slice(&reading.timestamp.to_le_bytes());
+        out.extend_from_slice(&reading.temperature.to_le_bytes());
+    }
+    let body_len = (out.len() - V2_HEADER) as u32;
+    let body_crc = crc32fast::hash(&out[V2_HEADER..]);
+    out[0..4].copy_from_slice(&body_len.to_le_bytes());
+    out[4..12].copy_from_slice(&first_seq.to_le_bytes());
+    out[12..16].copy_from_slice(&(count as u32).to_le_bytes());
+    out[16..20].copy_from_slice(&body_crc.to_le_bytes());
+    let head_crc = crc32fast::hash(&out[..20]);
+    out[20..24].copy_from_slice(&head_crc.to_le_bytes());
+}
+
+fn decode_reading(bytes: &[u8]) -> Option<(Reading, &[u8])> {
+    let (id_len, rest) = bytes.split_first_chunk::<2>()?;
+    let (id, rest) = rest.split_at_checked(u16::from_le_bytes(*id_len) as usize)?;
+    let (ts, rest) = rest.split_first_chunk::<8>()?;
+    let (temperature, rest) = rest.split_first_chunk::<8>()?;
+    Some((
+        Reading {
+            sensor_id: std::str::from_utf8(id).ok()?.to_owned(),
+            timestamp: i64::from_le_bytes(*ts),
+            temperature: f64::from_le_bytes(*temperature),
+        },
+        rest,
+    ))
+}
+
+/// Version 1 only: the length the frame at the start of `bytes` really has
+/// if its payload is whole and only its `len` was damaged. Decodes the
+/// readings its payload header counts and checks the payload checksum
+/// over exactly them.
+pub(super) fn v1_whole_frame_len(bytes: &[u8], crc: u32) -> Option<u64> {
+    let payload = bytes.get(V1_HEADER..)?;
+    let count = u32::from_le_bytes(payload.get(8..12)?.try_into().ok()?);
+    let mut rest = &payload[V1_PAYLOAD_HEADER..];
+    for _ in 0..count {
+        rest = decode_reading(rest)?.1;
+    }
+    let len = payload.len() - rest.len();
+    (crc32fast::hash(&payload[..len]) == crc).then_some((V1_HEADER + len) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(sensor: &str, i: i64) -> Reading {
+        Reading {
+            sensor_id: sensor.to_owned(),
+            temperature: 20.0 + i as f64 / 8.0,
+            timestamp: 1_700_000_000 + i,
+        }
+    }
+
+    #[test]
+    fn a_version_2_frame_decodes_to_what_was_encoded() {
+        let readings = vec![reading("a", 1), reading("ü", 2), reading("a", 0)];
+        let mut out = Vec::new();
+        encode(&mut out, 41, readings.len(), readings.iter());
+        let head = Version::V2.head(&out).unwrap();
+        assert_eq!(head.frame_len, out.len() as u64);
+        assert_eq!(crc32fast::hash(&out[head.body_at..]), head.body_crc);
+        let frame = Frame::decode(Version::V2, head, &out).unwrap();
+        assert_eq!((frame.first_seq, frame.count), (41, 3));
+        let mut got = Vec::new();
+        frame.for_each_reading(|seq, r| got.push((seq, r))).unwrap();
+        assert_eq!(got, (41..).zip(readings).collect::<Vec<_>>());
+    }
+
+    /// CRC-32 detects every single-bit error, so every flipped header bit
+    /// is caught by the header's own checksum.
+    #[test]
+    fn every_flipped_header_bit_fails_the_header_checksum() {
+        let mut out = Vec::new();
+        encode(&mut out, 7, 1, [reading("a", 1)].iter());
+        for bit in 0..V2_HEADER * 8 {
+            let mut damaged = out.clone();
+            damaged[bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(
+                Version::V2.head(&damaged),
+                Err(HeadFault::Checksum),
+                "bit {bit}"
+            );
+        }
+    }
+
+    #[test]
+    fn file_names_carry_the_version() {
+        assert_eq!(Version::V2.file_name(12), "00000000000000000012.v2.journal");
+        assert_eq!(
+            Version::parse_file_name("00000000000000000012.v2.journal"),
+            Some((12, Version::V2))
+        );
+        assert_eq!(
+            Version::parse_file_name("00000000000000000012.journal"),
+            Some((12, Version::V1))
+        );
+        for other in [
+            "12.journal",
+            "00000000000000000012.v3.journal",
+            "x.journal",
+            "readings.db",
+        ] {
+            assert_eq!(Version::parse_file_name(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn no_frame_holds_16_zero_bytes_in_a_row() {
+        // The extremes validation allows: temperature 0.0, a one-byte id,
+        // sequence numbers and counts with zero bytes, the longest id.
+        let long = "x".repeat(crate::validation::MAX_SENSOR_ID_BYTES);
+        let readings = [
+            Reading {
+                sensor_id: "a".into(),
+                temperature: 0.0,
+                timestamp: 1,
+            },
+            Reading {
+                sensor_id: long,
+                temperature: 0.0,
+                timestamp: 1 << 56,
+            },
+            Reading {
+                sensor_id: "b".into(),
+                temperature: -0.0,
+                timestamp: 256,
+            },
+        ];
+        let mut out = Vec::new();
+        for first_seq in [1, 256, 1 << 32] {
+            encode(&mut out, first_seq, readings.len(), readings.iter());
+            assert!(
+                !out.windows(16).any(|w| w.iter().all(|b| *b == 0)),
+                "{first_seq}"
+            );
+        }
+    }
+}
