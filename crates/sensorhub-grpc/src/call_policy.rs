@@ -6,30 +6,38 @@
 //!   followed by `+subtype` or `;parameters`), or that has none or several,
 //!   is answered HTTP 415 Unsupported Media Type before anything else sees it
 //!   (gRPC over HTTP/2: servers SHOULD do this); tonic would serve it as gRPC;
+//! - request metadata over [`MAX_METADATA_BYTES`] gets `RESOURCE_EXHAUSTED`
+//!   naming the limit, before anything else sees it; h2 itself takes header
+//!   lists up to [`HTTP2_MAX_HEADER_LIST_BYTES`] so that such a request
+//!   reaches this layer, rather than answering HTTP 431 (which clients show as
+//!   `UNKNOWN`) or, above a few times its limit, closing the whole connection;
 //! - a unary-request call whose request ends without a message gets
 //!   `UNIMPLEMENTED` (a cardinality violation, as grpc-go and grpc-java
 //!   answer), not tonic's `INTERNAL "Missing request message."`;
+//! - a unary-request call whose request carries a second message gets
+//!   `INTERNAL` and its handler never runs ([`request_body`]), where tonic
+//!   would store the first and silently drop the rest;
 //! - an unknown path gets `UNIMPLEMENTED` with a message that names it and
 //!   lists what this server serves, where tonic sends no message at all;
 //! - an over-size message gets `RESOURCE_EXHAUSTED`, not `OUT_OF_RANGE`,
 //!   and so does a zstd message asking for a window over the decoder's
 //!   limit, not `INTERNAL` ([`convert::remap_trailers_only_status`]).
 //!
-//! The last three are rewrites of the trailers-only answers tonic gives before
+//! The last four are rewrites of the trailers-only answers tonic gives before
 //! a handler runs, not early answers: an unknown `SensorService` method still
 //! goes through the token check first, so a caller without a token learns
 //! nothing (SECURITY.md). tonic has no hook for any of this.
 //!
-//! Cost on the happy path: the `content-type` check and one hash-set lookup
-//! per request, one header lookup per response, and no allocation (the
-//! method name is a shared `Arc<str>`). Messages are built only for refusals.
-//!
-//! Not handled here (below tonic's API): a unary call with two request
-//! messages (tonic reads the first and ignores the rest), and metadata over
-//! the limit (h2 answers 431 or resets the stream).
+//! Cost on the happy path: the `content-type` check, a sum over the request's
+//! headers, one hash-map lookup per request, the 5-byte message prefixes of
+//! a unary request followed, one header lookup per response, and no
+//! allocation (the method name is a shared `Arc<str>`). Messages are built
+//! only for refusals.
+
+mod request_body;
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     fmt,
     future::Future,
     pin::Pin,
@@ -42,6 +50,31 @@ use tonic::{Code, body::Body};
 use tower::{Layer, Service};
 
 use crate::convert;
+pub use request_body::RequestBody;
+
+/// The most request metadata a call may carry, in bytes counted as HTTP/2
+/// counts a header list (name, value and 32 per entry): the 16 KiB that h2
+/// allowed before, now refused with a gRPC status.
+pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+
+/// The header list h2 decodes and hands over (`SETTINGS_MAX_HEADER_LIST_SIZE`):
+/// room for 1 MiB of metadata, so that up to there the answer is
+/// [`MAX_METADATA_BYTES`]'s `RESOURCE_EXHAUSTED` on a connection that lives
+/// on. Beyond it h2 answers HTTP 431 and resets the stream; far beyond it (more
+/// CONTINUATION frames than this size takes, or four times the size) h2
+/// closes the connection, as it must once it stops decoding a header block.
+/// What a connection can make the server hold is one such header block at a
+/// time.
+pub const HTTP2_MAX_HEADER_LIST_BYTES: u32 = (1 << 20) + (64 << 10);
+
+/// How many request messages a method takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requests {
+    /// Unary and server-streaming methods: exactly one.
+    One,
+    /// Client-streaming and bidirectional methods: any number.
+    Stream,
+}
 
 /// The body of the HTTP 415 answer.
 const UNSUPPORTED_MEDIA_TYPE: &str = "this port serves gRPC only: a request needs exactly one content-type, application/grpc (or application/grpc+proto)\n";
@@ -60,8 +93,9 @@ pub struct CallPolicyLayer {
 }
 
 struct Policy {
-    /// The registered methods, `package.Service/Method`, without the leading slash.
-    methods: HashSet<Arc<str>>,
+    /// The registered methods, `package.Service/Method`, without the leading
+    /// slash, and how many request messages each takes.
+    methods: HashMap<Arc<str>, Requests>,
     /// Every served service, with its methods: what an unknown path is told.
     services: Vec<(String, Vec<String>)>,
     served: String,
@@ -70,17 +104,17 @@ struct Policy {
 
 impl CallPolicyLayer {
     /// `methods`: every path the server registers, as `package.Service/Method`
-    /// without the leading slash; `max_message_bytes`: the decoding limit,
-    /// stated when a message is over it.
+    /// without the leading slash, with how many request messages it takes;
+    /// `max_message_bytes`: the decoding limit, stated when a message is over it.
     pub fn new<M: AsRef<str>>(
-        methods: impl IntoIterator<Item = M>,
+        methods: impl IntoIterator<Item = (M, Requests)>,
         max_message_bytes: usize,
     ) -> Self {
-        let mut set = HashSet::new();
+        let mut set = HashMap::new();
         let mut services: Vec<(String, Vec<String>)> = Vec::new();
-        for method in methods {
+        for (method, requests) in methods {
             let method = method.as_ref();
-            if !set.insert(Arc::<str>::from(method)) {
+            if set.insert(Arc::<str>::from(method), requests).is_some() {
                 continue;
             }
             let (service, name) = method.rsplit_once('/').unwrap_or((method, ""));
@@ -142,7 +176,7 @@ impl<S> fmt::Debug for CallPolicy<S> {
 
 impl<S, B> Service<Request<B>> for CallPolicy<S>
 where
-    S: Service<Request<B>, Response = Response<Body>>,
+    S: Service<Request<RequestBody<B>>, Response = Response<Body>>,
     S::Future: Unpin,
 {
     type Response = Response<Body>;
@@ -157,18 +191,33 @@ where
         if !is_grpc_content_type(request.headers()) {
             return CallPolicyFuture(State::Refused(Some(unsupported_media_type())));
         }
+        let metadata = header_list_size(request.headers());
+        if metadata > MAX_METADATA_BYTES {
+            let status = convert::metadata_too_large(metadata, MAX_METADATA_BYTES);
+            return CallPolicyFuture(State::Refused(Some(status.into_http())));
+        }
         let path = request.uri().path();
-        let route = match self
+        let (route, one_message) = match self
             .policy
             .methods
-            .get(path.strip_prefix('/').unwrap_or(path))
+            .get_key_value(path.strip_prefix('/').unwrap_or(path))
         {
-            Some(method) => Route::Known(method.clone()),
-            None => Route::Unknown {
-                path: quoted(path).into(),
-                policy: self.policy.clone(),
-            },
+            Some((method, requests)) => (
+                Route::Known(method.clone()),
+                (*requests == Requests::One).then(|| method.clone()),
+            ),
+            None => (
+                Route::Unknown {
+                    path: quoted(path).into(),
+                    policy: self.policy.clone(),
+                },
+                None,
+            ),
         };
+        let request = request.map(|body| match one_message {
+            Some(method) => RequestBody::unary(body, method),
+            None => RequestBody::streaming(body),
+        });
         CallPolicyFuture(State::Called {
             inner: self.inner.call(request),
             route: Some(route),
@@ -184,6 +233,15 @@ fn is_grpc_content_type(headers: &HeaderMap) -> bool {
         (Some(value), None) => is_grpc_media_type(value.as_bytes()),
         _ => false,
     }
+}
+
+/// The size of a header list as HTTP/2 counts it (RFC 9113 §6.5.2): each
+/// entry's name and value, plus 32.
+fn header_list_size(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum()
 }
 
 /// `application/grpc`, alone or followed by `+subtype` or `;parameters`
@@ -313,10 +371,10 @@ mod tests {
     fn layer() -> CallPolicyLayer {
         CallPolicyLayer::new(
             [
-                "grpc.health.v1.Health/Check",
-                "grpc.health.v1.Health/Watch",
-                "SensorService/SendSingleReading",
-                "SensorService/SensorChat",
+                ("grpc.health.v1.Health/Check", Requests::One),
+                ("grpc.health.v1.Health/Watch", Requests::One),
+                ("SensorService/SendSingleReading", Requests::One),
+                ("SensorService/SensorChat", Requests::Stream),
             ],
             65_536,
         )
@@ -469,6 +527,26 @@ mod tests {
         );
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert_eq!(status.message(), said);
+    }
+
+    #[test]
+    fn metadata_is_measured_as_http2_measures_a_header_list() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(header_list_size(&headers), 0);
+        headers.insert("te", HeaderValue::from_static("trailers"));
+        headers.append("x-a", HeaderValue::from_static("1"));
+        headers.append("x-a", HeaderValue::from_static("22"));
+        assert_eq!(
+            header_list_size(&headers),
+            (2 + 8 + 32) + (3 + 1 + 32) + (3 + 2 + 32)
+        );
+        // The refusal names both sizes.
+        let status = convert::metadata_too_large(20_041, MAX_METADATA_BYTES);
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(status.message().contains("20041 bytes"), "{status:?}");
+        assert!(status.message().contains("16384 bytes"), "{status:?}");
+        // h2 decodes enough for 1 MiB of metadata to reach the policy.
+        assert!(HTTP2_MAX_HEADER_LIST_BYTES as usize > (1 << 20) + MAX_METADATA_BYTES);
     }
 
     #[test]

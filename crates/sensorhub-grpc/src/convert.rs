@@ -205,6 +205,22 @@ pub fn request_message_missing(method: &str) -> Status {
     ))
 }
 
+/// A unary-request call (unary or server-streaming) whose request carried a
+/// second message: `INTERNAL`, as grpc-java answers it ("Too many
+/// requests"); the handler never ran.
+pub fn second_request_message(method: &str) -> Status {
+    Status::internal(format!(
+        "/{method} is unary: a call carries exactly one request message, and this one sent a second; nothing was stored (send each reading in its own call, or stream them with StreamSensorReadings)"
+    ))
+}
+
+/// Request metadata over the limit, `size` bytes as HTTP/2 counts a header list.
+pub fn metadata_too_large(size: usize, limit: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "the request metadata is {size} bytes (names, values and 32 per entry, as HTTP/2 counts them), more than the {limit} bytes this server accepts; nothing was read or stored, send less metadata"
+    ))
+}
+
 /// A path naming a served service but none of its methods. `served`: what
 /// the server serves, for the caller to pick from.
 pub fn unknown_method(path: &str, service: &str, served: &str) -> Status {

@@ -28,7 +28,7 @@ use tonic_health::ServingStatus;
 
 use crate::{
     auth::{RateLimit, TokenCheck, TokenSet},
-    call_policy::CallPolicyLayer,
+    call_policy::{CallPolicyLayer, HTTP2_MAX_HEADER_LIST_BYTES, Requests},
     health_http::{self, MetricsEndpoint},
     listener::{self, ConnectionLimits, ServerTls},
     service::{Lifecycle, SensorHub, ServiceConfig},
@@ -172,6 +172,9 @@ impl RunningServer {
 /// closes it when it stops.
 pub async fn start(config: ServerConfig, store: Store) -> Result<RunningServer, ServeError> {
     let builder = Server::builder()
+        // Oversized metadata reaches the call policy, which refuses it with
+        // a status (call_policy.rs).
+        .http2_max_header_list_size(HTTP2_MAX_HEADER_LIST_BYTES)
         .max_concurrent_streams(config.max_concurrent_streams)
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout));
@@ -216,11 +219,11 @@ pub async fn start(config: ServerConfig, store: Store) -> Result<RunningServer, 
     let router = builder
         // Outermost: it sees every call, also those refused by the token
         // check or by the call policy, with their final status.
-        .layer(GrpcServerLayer::new(methods.iter().cloned()))
+        .layer(GrpcServerLayer::new(methods.iter().map(|(m, _)| m.clone())))
         // Right around the router: 415 for a non-gRPC content-type, and
-        // clear statuses for a missing unary message, an unknown path or an
-        // over-size message (see call_policy.rs).
-        .layer(CallPolicyLayer::new(&methods, max_message_bytes))
+        // clear statuses for too much metadata, a missing or second unary
+        // message, an unknown path or an over-size message (see call_policy.rs).
+        .layer(CallPolicyLayer::new(methods, max_message_bytes))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -320,16 +323,23 @@ pub async fn start(config: ServerConfig, store: Store) -> Result<RunningServer, 
     })
 }
 
-/// Every method this server registers, as `package.Service/Method`: the
-/// SensorService's from its descriptor set, then health and reflection.
-/// Telemetry records any other path as `other`.
-fn registered_methods() -> Vec<String> {
+/// Every method this server registers, as `package.Service/Method`, with
+/// how many request messages it takes: the SensorService's from its
+/// descriptor set, then health and reflection. Telemetry records any other
+/// path as `other`.
+fn registered_methods() -> Vec<(String, Requests)> {
     use prost::Message as _;
     let mut methods = vec![
-        "grpc.health.v1.Health/Check".to_owned(),
-        "grpc.health.v1.Health/Watch".to_owned(),
-        "grpc.reflection.v1.ServerReflection/ServerReflectionInfo".to_owned(),
-        "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo".to_owned(),
+        ("grpc.health.v1.Health/Check".to_owned(), Requests::One),
+        ("grpc.health.v1.Health/Watch".to_owned(), Requests::One),
+        (
+            "grpc.reflection.v1.ServerReflection/ServerReflectionInfo".to_owned(),
+            Requests::Stream,
+        ),
+        (
+            "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo".to_owned(),
+            Requests::Stream,
+        ),
     ];
     let files = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET)
         .expect("the descriptor set compiled into sensorhub-proto decodes");
@@ -342,7 +352,12 @@ fn registered_methods() -> Vec<String> {
                 format!("{package}.{}", service.name())
             };
             for method in &service.method {
-                methods.push(format!("{service_path}/{}", method.name()));
+                let requests = if method.client_streaming() {
+                    Requests::Stream
+                } else {
+                    Requests::One
+                };
+                methods.push((format!("{service_path}/{}", method.name()), requests));
             }
         }
     }
@@ -354,17 +369,18 @@ mod tests {
     #[test]
     fn registered_methods_are_the_wire_paths() {
         let methods = super::registered_methods();
+        use super::Requests::{One, Stream};
         for expected in [
-            "SensorService/SendSingleReading",
-            "SensorService/StreamSensorReadings",
-            "SensorService/GetSensorReadings",
-            "SensorService/SensorChat",
-            "SensorService/GetSensorStats",
-            "grpc.health.v1.Health/Check",
+            ("SensorService/SendSingleReading", One),
+            ("SensorService/StreamSensorReadings", Stream),
+            ("SensorService/GetSensorReadings", One),
+            ("SensorService/SensorChat", Stream),
+            ("SensorService/GetSensorStats", One),
+            ("grpc.health.v1.Health/Check", One),
         ] {
             assert!(
-                methods.iter().any(|m| m == expected),
-                "{expected} in {methods:?}"
+                methods.iter().any(|(m, r)| (m.as_str(), *r) == expected),
+                "{expected:?} in {methods:?}"
             );
         }
     }

@@ -15,6 +15,7 @@ mod server;
 
 pub use body::ObservedBody;
 pub use client::{ClientCall, ClientFuture, GrpcClientLayer, GrpcClientService};
+pub use frames::FrameParser;
 pub use server::{GrpcServerLayer, GrpcServerService, ServerCall, ServerFuture};
 
 /// The instrumentation scope of everything these layers record.

@@ -128,29 +128,45 @@ pub fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Sends `request` on a new HTTP/2 connection to `127.0.0.1:port` and reads
-/// the whole answer, within `limit`.
-pub async fn call(port: u16, request: RawRequest, limit: Duration) -> RawResponse {
-    tokio::time::timeout(limit, call_inner(port, request))
-        .await
-        .unwrap_or_else(|_| panic!("no answer within {limit:?}"))
+/// Sends `requests` one after the other on one new HTTP/2 connection and
+/// reads each whole answer, all within `limit`: whether the connection still
+/// serves after what came before.
+pub async fn calls_on_one_connection(
+    port: u16,
+    requests: Vec<RawRequest>,
+    limit: Duration,
+) -> Vec<RawResponse> {
+    tokio::time::timeout(limit, async {
+        let tcp = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let (client, connection) = h2::client::Builder::new()
+            // Let the server, not this client, decide what is too large.
+            .max_header_list_size(u32::MAX)
+            .handshake::<_, Bytes>(tcp)
+            .await
+            .expect("HTTP/2 handshake");
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut out = Vec::new();
+        let mut client = client;
+        for request in requests {
+            out.push(call_on(&mut client, port, request).await);
+        }
+        out
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no answer within {limit:?}"))
 }
 
-async fn call_inner(port: u16, request: RawRequest) -> RawResponse {
+async fn call_on(
+    client: &mut h2::client::SendRequest<Bytes>,
+    port: u16,
+    request: RawRequest,
+) -> RawResponse {
     let mut out = RawResponse::default();
-    let tcp = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    let (client, connection) = h2::client::Builder::new()
-        // Let the server, not this client, decide what is too large.
-        .max_header_list_size(u32::MAX)
-        .handshake::<_, Bytes>(tcp)
-        .await
-        .expect("HTTP/2 handshake");
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let mut client = match client.ready().await {
+    let mut client = match client.clone().ready().await {
         Ok(client) => client,
         Err(e) => {
             out.h2_error = Some(e.to_string());

@@ -5,12 +5,15 @@
 //! big-endian length) and the payload; DATA frames may split or join messages
 //! anywhere. A66 wants the compressed payload sizes without the prefix, so we
 //! follow the prefixes and add up the lengths they announce.
+//!
+//! [`FrameParser`] is public: the transport's call policy follows the same
+//! prefixes to see a unary request's second message.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The position in the message stream: inside a prefix or inside a payload.
+/// The position in a gRPC message stream: inside a prefix or inside a payload.
 #[derive(Debug, Default)]
-pub(crate) struct FrameParser {
+pub struct FrameParser {
     prefix: [u8; 5],
     prefix_len: usize,
     payload_left: u64,
@@ -18,7 +21,7 @@ pub(crate) struct FrameParser {
 
 impl FrameParser {
     /// Feeds one DATA chunk; returns (messages started, payload bytes they announce).
-    pub(crate) fn feed(&mut self, mut chunk: &[u8]) -> (u64, u64) {
+    pub fn feed(&mut self, mut chunk: &[u8]) -> (u64, u64) {
         let (mut messages, mut bytes) = (0, 0);
         while !chunk.is_empty() {
             if self.payload_left > 0 {
