@@ -775,3 +775,129 @@ async fn crash_durability_a_damaged_frame_the_tables_lack_is_refused_after_sigki
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// A damaged SQLite WAL.
+
+/// Starts a server on `data`, writes with two unary and one client-stream
+/// writer until `at_least` readings are acknowledged, and SIGKILLs it.
+async fn ingest_then_kill(data: &Path, tag: &str, at_least: usize, base: i64) -> Vec<WriterLog> {
+    let server = SpawnedServer::start(data, TOKEN, &[]);
+    let progress = Arc::new(Progress::default());
+    let mut writers = Vec::new();
+    for (kind, count) in [(Kind::ClientStream, 1), (Kind::Unary, 2)] {
+        for w in 0..count {
+            let sensor = format!("wal-{tag}-{kind:?}-{w}");
+            let client = connect(&server).await;
+            writers.push(tokio::spawn(write(
+                client,
+                kind,
+                sensor,
+                base,
+                progress.clone(),
+            )));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while progress.acked.load(Ordering::SeqCst) < at_least {
+        assert!(Instant::now() < deadline, "no ingest progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    progress.killed.store(true, Ordering::SeqCst);
+    tokio::task::spawn_blocking(move || drop(server))
+        .await
+        .expect("kill");
+    let mut logs = Vec::new();
+    for writer in writers {
+        logs.push(
+            tokio::time::timeout(Duration::from_secs(20), writer)
+                .await
+                .expect("every writer notices the kill")
+                .expect("writer"),
+        );
+    }
+    let errors = progress.errors_before_kill.lock().unwrap().clone();
+    assert!(errors.is_empty(), "errors before the kill: {errors:?}");
+    logs
+}
+
+/// Restarts on `data` and checks that every reading of `logs` that was
+/// acknowledged is there; returns the server (SIGKILLed when dropped).
+async fn assert_all_there(data: &Path, logs: &[WriterLog], base: i64, what: &str) -> SpawnedServer {
+    let server = match try_serve(data) {
+        Ok(()) => SpawnedServer::start(data, TOKEN, &[]),
+        Err((code, stderr)) => panic!("{what}: the restart was refused ({code:?}):\n{stderr}"),
+    };
+    let mut client = connect(&server).await;
+    let stats: BTreeMap<String, u64> = client
+        .get_sensor_stats(StatsRequest::default())
+        .await
+        .expect("GetSensorStats")
+        .into_inner()
+        .sensors
+        .into_iter()
+        .map(|s| (s.sensor_id, s.count))
+        .collect();
+    let mut stored = 0;
+    for log in logs {
+        let readings = read_back(&mut client, &log.sensor).await;
+        stored += check_writer(
+            log,
+            base,
+            &readings,
+            stats.get(&log.sensor).copied().unwrap_or(0),
+        );
+    }
+    eprintln!("{what}: all {stored} readings there");
+    server
+}
+
+/// Flips a byte in the first frame of the store's WAL, if it holds one:
+/// SQLite ignores a frame that fails its checksum and every frame after
+/// it, without a word. Returns whether there was a frame to damage.
+fn damage_wal(data: &Path) -> bool {
+    let wal = data.join("readings.db-wal");
+    let Ok(mut bytes) = std::fs::read(&wal) else {
+        return false;
+    };
+    // The WAL header (32 bytes), the first frame's header (24), its page.
+    if bytes.len() < 32 + 24 + 4096 {
+        return false;
+    }
+    bytes[32 + 24 + 100] ^= 0x5a;
+    std::fs::write(&wal, &bytes).unwrap();
+    true
+}
+
+/// Issue 13 §2: readings the indexer committed to the WAL, whose journal
+/// file was then deleted, vanished when the WAL was damaged. Now a journal
+/// file goes only once the database file holds it (startup checkpoints
+/// after its replay), so a crashed store whose WAL is damaged replays them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_durability_a_damaged_wal_of_a_crashed_store_loses_nothing() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let base = unix_now() - DAYS_BACK * 86_400;
+    let mut all = ingest_then_kill(data.path(), "a", 3 * BATCH, base).await;
+
+    // A restart replays what the tables lacked, and is killed at once:
+    // before, the journal was deleted then with those readings in the WAL
+    // only, and a damaged WAL started the next server silently short.
+    let server = assert_all_there(data.path(), &all, base, "after the first kill").await;
+    tokio::task::spawn_blocking(move || drop(server))
+        .await
+        .unwrap();
+    let damaged = damage_wal(data.path());
+    eprintln!("a WAL frame after the restart to damage: {damaged}");
+    let server = assert_all_there(data.path(), &all, base, "restarted, killed, WAL damaged").await;
+    drop(server);
+
+    // Writes after a restart, then a kill: their readings are in the WAL
+    // and the journal both; damaging the WAL loses none of them.
+    all.extend(ingest_then_kill(data.path(), "b", 3 * BATCH, base).await);
+    assert!(
+        damage_wal(data.path()),
+        "the WAL holds the writes since the restart"
+    );
+    let server = assert_all_there(data.path(), &all, base, "written, killed, WAL damaged").await;
+    drop(server);
+}

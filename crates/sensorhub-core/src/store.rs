@@ -47,7 +47,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::{Alert, AlertRules, Reading, SensorStats, StoredReading};
 
 use self::{
-    indexer::{Backlog, Indexer},
+    indexer::{Backlog, Checkpoints, Indexer},
     journal::Journal,
     reader::ReaderPool,
     writer::{Command, Loaded, Outlets, WriteRequest, Writer},
@@ -83,6 +83,9 @@ pub struct StoreConfig {
     pub queue_depth: usize,
     /// Sensors whose last temperature is exported as a gauge (the first ones seen).
     pub max_tracked_sensors: usize,
+    /// How large a journal file grows before the next one starts (64 MiB);
+    /// a closed file is deleted once the database file holds all of it.
+    pub journal_file_bytes: u64,
 }
 
 impl StoreConfig {
@@ -94,6 +97,7 @@ impl StoreConfig {
             max_batch: 65_536,
             queue_depth: 1_024,
             max_tracked_sensors: 1_000,
+            journal_file_bytes: journal::SEGMENT_BYTES,
         }
     }
 }
@@ -202,9 +206,11 @@ impl Store {
         );
         let mut writer = Writer::new(loaded, &config);
         let backlog = Arc::new(Backlog::new(INDEX_BACKLOG));
+        let checkpoints = Arc::new(Checkpoints::default());
         let mut indexer = Indexer::new(
             conn,
             backlog.clone(),
+            checkpoints.clone(),
             target.display.clone(),
             config.retention,
         );
@@ -221,11 +227,23 @@ impl Store {
                     "replayed acknowledged readings from the journal into the tables"
                 );
             }
+            // The journal's files go next: first the database file must
+            // hold all they held, not only its WAL.
+            let checkpointed = indexer
+                .checkpoint_fully(writer.last_seq())
+                .map_err(|e| target.classify(e))?;
+            if !checkpointed {
+                return Err(StoreError::Open {
+                    path: target.display.clone(),
+                    reason: "its WAL could not be checkpointed into the database file (is another program reading it?); the journal was kept".into(),
+                });
+            }
             let journal =
-                Journal::start(dir, writer.last_seq() + 1).map_err(|e| StoreError::Open {
-                    path: dir.clone(),
-                    reason: e.to_string(),
-                })?;
+                Journal::start_with(dir, writer.last_seq() + 1, config.journal_file_bytes)
+                    .map_err(|e| StoreError::Open {
+                        path: dir.clone(),
+                        reason: e.to_string(),
+                    })?;
             writer.use_journal(journal);
         }
         let last_seq = writer.last_seq();
@@ -239,7 +257,7 @@ impl Store {
             index: index_tx,
             backlog: backlog.clone(),
             acknowledged: acknowledged.clone(),
-            indexed: indexed_rx.clone(),
+            checkpoints,
         };
         let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -539,5 +557,102 @@ mod tests {
             let stats = store.stats(Some("a")).await.unwrap();
             assert_eq!(stats[0].count, i as u64 + 1);
         }
+    }
+
+    /// Copies what a crash would leave of a store: the journal, the
+    /// database file and its WAL (not the WAL index, which SQLite rebuilds).
+    fn copy_as_crashed(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to.join("journal")).unwrap();
+        for entry in std::fs::read_dir(from.join("journal")).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), to.join("journal").join(entry.file_name())).unwrap();
+        }
+        for file in ["readings.db", "readings.db-wal"] {
+            std::fs::copy(from.join(file), to.join(file)).unwrap();
+        }
+    }
+
+    /// Flips a byte in the first frame of a WAL: SQLite then ignores that
+    /// frame and every one after it, and says nothing.
+    fn damage_wal(dir: &Path) {
+        let wal = dir.join("readings.db-wal");
+        let mut bytes = std::fs::read(&wal).unwrap();
+        assert!(bytes.len() > 32 + 24 + 4096, "the WAL holds frames");
+        bytes[32 + 24 + 100] ^= 0x5a;
+        std::fs::write(&wal, &bytes).unwrap();
+    }
+
+    /// Issue 13 §2: readings the indexer committed to the WAL but no
+    /// checkpoint copied into the database file. A journal file is kept
+    /// until a checkpoint has copied all of it, so when the WAL of a crashed
+    /// store is damaged, replay restores every reading from the journal.
+    #[tokio::test]
+    async fn a_damaged_wal_loses_nothing_the_journal_kept() {
+        let (live, crashed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut small_files = config(live.path());
+        small_files.journal_file_bytes = 16 << 10;
+        let store = Store::open(small_files).unwrap();
+        let mut i = 0;
+        for _ in 0..60 {
+            let group: Vec<Reading> = (0..200)
+                .map(|_| {
+                    i += 1;
+                    reading(["a", "b", "c"][i as usize % 3], i)
+                })
+                .collect();
+            store.append(group).await.unwrap();
+        }
+        assert_eq!(store.caught_up_seq().await.unwrap(), 12_000);
+        // Let a checkpoint the last transaction asked for finish, so the
+        // copy is of files at rest, as a crash would leave them.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let files = std::fs::read_dir(live.path().join("journal"))
+            .unwrap()
+            .count();
+        assert!(
+            files > 1,
+            "closed journal files wait for a checkpoint: {files}"
+        );
+        copy_as_crashed(live.path(), crashed.path());
+        drop(store);
+        damage_wal(crashed.path());
+
+        let store = Store::open(config(crashed.path())).unwrap();
+        let counts: u64 = store
+            .stats(None)
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| s.count)
+            .sum();
+        assert_eq!(counts, 12_000);
+        assert_eq!(*store.visible_seq().borrow(), 12_000);
+        let receipt = store.append(vec![reading("a", 0)]).await.unwrap();
+        assert_eq!(receipt.first_seq, 12_001);
+    }
+
+    /// Closed journal files are deleted once a checkpoint has copied them
+    /// into the database file, without waiting for the store to close.
+    #[tokio::test]
+    async fn closed_journal_files_go_once_checkpointed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut small_files = config(dir.path());
+        small_files.journal_file_bytes = 16 << 10;
+        let store = Store::open(small_files).unwrap();
+        let journal_files = || {
+            std::fs::read_dir(dir.path().join("journal"))
+                .unwrap()
+                .count()
+        };
+        let mut most = 0;
+        for i in 0..200 {
+            store
+                .append((0..50).map(|j| reading("a", i * 50 + j)).collect())
+                .await
+                .unwrap();
+            store.caught_up_seq().await.unwrap();
+            most = most.max(journal_files());
+        }
+        assert!(most < 5, "{most} journal files at once");
     }
 }

@@ -7,6 +7,16 @@
 //! statistics as of its last reading and `meta.last_seq`, so after a crash
 //! the tables are a prefix of the journal, ending exactly where replay starts.
 //!
+//! It also says how far the database file itself holds the readings
+//! ([`Checkpoints`]): a commit reaches SQLite's WAL, and only a checkpoint
+//! that completes copies it into `readings.db`. The journal keeps each file
+//! until then, because SQLite ignores every WAL frame after one that fails
+//! its checksum: with the journal file gone, a damaged WAL would lose
+//! committed readings without a word. So once the journal's oldest closed
+//! file is indexed, the next transaction is followed by a passive
+//! checkpoint (one per closed journal file, 64 MiB); SQLite's own
+//! auto-checkpoint runs as before.
+//!
 //! Invariant: this thread is the only code that writes to the database. It
 //! knows rows, not requests: it never answers a caller, and a failure here
 //! loses nothing, since the journal still holds every reading it was given.
@@ -14,7 +24,11 @@
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::{Condvar, LazyLock, Mutex, mpsc},
+    sync::{
+        Arc, Condvar, LazyLock, Mutex,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -93,6 +107,38 @@ impl Backlog {
     }
 }
 
+/// How far the database file holds the readings, and how far the journal
+/// needs it to: shared by the writer, which deletes journal files, and the
+/// indexer, which checkpoints.
+#[derive(Debug, Default)]
+pub(super) struct Checkpoints {
+    /// Every reading up to this sequence number is in the database file
+    /// itself, not only in its WAL.
+    done: AtomicU64,
+    /// The journal's oldest closed file ends here (0: there is none).
+    wanted: AtomicU64,
+}
+
+impl Checkpoints {
+    pub(super) fn done(&self) -> u64 {
+        self.done.load(Ordering::Acquire)
+    }
+
+    /// The writer: the journal's oldest closed file now ends at `last`.
+    pub(super) fn want(&self, last: Option<u64>) {
+        self.wanted.store(last.unwrap_or(0), Ordering::Release);
+    }
+
+    fn wanted_by(&self, indexed: u64) -> bool {
+        let wanted = self.wanted.load(Ordering::Acquire);
+        wanted > self.done() && indexed >= wanted
+    }
+
+    fn reached(&self, seq: u64) {
+        self.done.fetch_max(seq, Ordering::AcqRel);
+    }
+}
+
 pub(super) enum IndexCommand {
     Index(IndexBatch),
     /// A query waits for what is queued: index it now.
@@ -103,7 +149,8 @@ pub(super) enum IndexCommand {
 
 pub(super) struct Indexer {
     conn: Connection,
-    backlog: std::sync::Arc<Backlog>,
+    backlog: Arc<Backlog>,
+    checkpoints: Arc<Checkpoints>,
     display: PathBuf,
     retention: Option<Duration>,
     last_retention: Option<Instant>,
@@ -113,13 +160,15 @@ pub(super) struct Indexer {
 impl Indexer {
     pub(super) fn new(
         conn: Connection,
-        backlog: std::sync::Arc<Backlog>,
+        backlog: Arc<Backlog>,
+        checkpoints: Arc<Checkpoints>,
         display: PathBuf,
         retention: Option<Duration>,
     ) -> Self {
         Self {
             conn,
             backlog,
+            checkpoints,
             display,
             retention,
             last_retention: None,
@@ -177,13 +226,14 @@ impl Indexer {
                 nudged = false;
             }
             if let Some(done) = close {
-                self.finish();
+                self.finish(*indexed.borrow());
                 let _ = done.send(());
                 return;
             }
+            self.checkpoint_if_wanted(*indexed.borrow());
             self.apply_retention_if_due();
         }
-        self.finish();
+        self.finish(*indexed.borrow());
     }
 
     /// Indexes `batches`, trying again (with a growing wait) until it
@@ -316,11 +366,53 @@ impl Indexer {
         }
     }
 
-    fn finish(&mut self) {
-        if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
-            tracing::warn!(error = %e, "final WAL checkpoint failed; the WAL will be replayed on next open");
+    /// A passive checkpoint (it waits for no reader), once the journal's
+    /// oldest closed file is all indexed; if it copies the whole WAL, the
+    /// database file holds everything up to `indexed`. One that readers
+    /// kept short is tried again after the next transaction.
+    fn checkpoint_if_wanted(&mut self, indexed: u64) {
+        if !self.checkpoints.wanted_by(indexed) {
+            return;
+        }
+        match checkpoint(&self.conn, "PASSIVE") {
+            Ok(true) => self.checkpoints.reached(indexed),
+            Ok(false) => tracing::debug!("a checkpoint was cut short by readers; will retry"),
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; will retry"),
         }
     }
+
+    /// Copies the whole WAL into the database file and empties it; fails
+    /// unless it completes. At startup, before the journal files whose
+    /// readings the WAL holds are deleted (no reader is open yet).
+    pub(super) fn checkpoint_fully(&mut self, indexed: u64) -> rusqlite::Result<bool> {
+        let complete = checkpoint(&self.conn, "TRUNCATE")?;
+        if complete {
+            self.checkpoints.reached(indexed);
+        }
+        Ok(complete)
+    }
+
+    fn finish(&mut self, indexed: u64) {
+        match self.checkpoint_fully(indexed) {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "the final WAL checkpoint was cut short; the journal keeps what the WAL holds"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "final WAL checkpoint failed; the journal keeps what the WAL holds")
+            }
+        }
+    }
+}
+
+/// Runs `PRAGMA wal_checkpoint(mode)`; whether it copied every frame of the
+/// WAL into the database file (and synced it: `synchronous=FULL`).
+fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<bool> {
+    let (busy, log, copied): (i64, i64, i64) =
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    Ok(busy == 0 && log == copied)
 }
 
 /// Collects rows and inserts them `ROWS_PER_INSERT` at a time, which

@@ -22,8 +22,9 @@
 //! as unused space. In a closed file that would hide nothing: the next file
 //! must start at the sequence number where this one's frames end.
 //!
-//! Invariant: the log knows readings and sequence numbers only; what the
-//! indexer has made durable is told to it ([`Journal::trim`]). Recovery
+//! Invariant: the log knows readings and sequence numbers only; how far the
+//! database file holds them is told to it ([`Journal::trim`]), and a file
+//! goes only once the database file (not merely its WAL) holds all of it. Recovery
 //! (`journal/recovery.rs`) cuts off only a write that was never
 //! acknowledged, the interrupted last frame of the newest file; damage
 //! anywhere else refuses the start and changes nothing.
@@ -43,9 +44,9 @@ pub(super) use self::recovery::Recovered;
 use super::StoreError;
 use crate::Reading;
 
-/// A file is closed and a new one started past this size; closed files are
-/// deleted once everything in them is durable in SQLite.
-const SEGMENT_BYTES: u64 = 64 << 20;
+/// A file is closed and a new one started past this size (by default);
+/// closed files are deleted once everything in them is in the database file.
+pub(super) const SEGMENT_BYTES: u64 = 64 << 20;
 /// How far the open file is grown at a time, ahead of its frames.
 const GROW_BYTES: u64 = 4 << 20;
 
@@ -61,6 +62,8 @@ pub(super) struct Journal {
     current_size: u64,
     /// Closed files, oldest first: (first seq, path).
     sealed: VecDeque<(u64, PathBuf)>,
+    /// A file is closed once its frames reach this size.
+    segment_bytes: u64,
     encoded: Vec<u8>,
     /// Set by a failed write or fsync: after one, what the file holds is
     /// unknown, so nothing more is appended until a restart recovers it.
@@ -83,9 +86,21 @@ impl Journal {
         recovery::recover(dir, indexed)
     }
 
-    /// Starts an empty log whose first frame will hold `next_seq`, deleting
-    /// every file there. Only once SQLite holds everything those files held.
+    /// [`Journal::start_with`] files of the usual size.
+    #[cfg(test)]
     pub(super) fn start(dir: &Path, next_seq: u64) -> std::io::Result<Journal> {
+        Journal::start_with(dir, next_seq, SEGMENT_BYTES)
+    }
+
+    /// Starts an empty log whose first frame will hold `next_seq`, deleting
+    /// every file there: only once the database file holds everything those
+    /// files held (checkpointed, not only in its WAL). A file is closed once
+    /// its frames reach `segment_bytes`.
+    pub(super) fn start_with(
+        dir: &Path,
+        next_seq: u64,
+        segment_bytes: u64,
+    ) -> std::io::Result<Journal> {
         fs::create_dir_all(dir)?;
         for segment in list_segments(dir)? {
             fs::remove_file(segment.path)?;
@@ -99,6 +114,7 @@ impl Journal {
             current_len: 0,
             current_size: 0,
             sealed: VecDeque::new(),
+            segment_bytes: segment_bytes.max(1),
             encoded: Vec::new(),
             broken: None,
         })
@@ -134,7 +150,7 @@ impl Journal {
             return Err(why);
         }
         self.current_len += self.encoded.len() as u64;
-        if self.current_len >= SEGMENT_BYTES {
+        if self.current_len >= self.segment_bytes {
             self.rotate(first_seq + count as u64);
         }
         Ok(())
@@ -150,16 +166,17 @@ impl Journal {
         Ok(())
     }
 
-    /// Deletes closed files whose readings are all at or below `indexed`
-    /// (durable in SQLite).
-    pub(super) fn trim(&mut self, indexed: u64) {
+    /// Deletes closed files whose readings are all at or below
+    /// `checkpointed`: in the database file itself. Readings SQLite holds
+    /// only in its WAL are not safe yet: SQLite ignores every WAL frame after
+    /// one that fails its checksum, so a damaged WAL would lose them without
+    /// a word, and the journal is what replays them then.
+    pub(super) fn trim(&mut self, checkpointed: u64) {
         while let Some((_, path)) = self.sealed.front() {
-            let last = self
-                .sealed
-                .get(1)
-                .map_or(self.current_first, |(first, _)| *first)
-                - 1;
-            if last > indexed {
+            if self
+                .oldest_sealed_last()
+                .is_some_and(|last| last > checkpointed)
+            {
                 break;
             }
             if let Err(e) = fs::remove_file(path) {
@@ -168,6 +185,17 @@ impl Journal {
             }
             self.sealed.pop_front();
         }
+    }
+
+    /// The last sequence number of the oldest closed file: the database
+    /// file must hold this much before that file can go.
+    pub(super) fn oldest_sealed_last(&self) -> Option<u64> {
+        self.sealed.front()?;
+        let next = self
+            .sealed
+            .get(1)
+            .map_or(self.current_first, |(first, _)| *first);
+        Some(next - 1)
     }
 
     fn rotate(&mut self, next_seq: u64) {

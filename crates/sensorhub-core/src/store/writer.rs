@@ -25,11 +25,11 @@ use std::{
 };
 
 use rusqlite::Connection;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
     StoreConfig, StoreError, WriteReceipt,
-    indexer::{Backlog, IndexBatch, IndexCommand, Row},
+    indexer::{Backlog, Checkpoints, IndexBatch, IndexCommand, Row},
     journal::Journal,
     metrics::StoreMetrics,
 };
@@ -120,8 +120,8 @@ pub(super) struct Outlets {
     pub(super) backlog: Arc<Backlog>,
     /// The last sequence number answered to a caller (read-your-writes).
     pub(super) acknowledged: Arc<AtomicU64>,
-    /// The last sequence number the indexer holds durably (journal trimming).
-    pub(super) indexed: watch::Receiver<u64>,
+    /// How far the database file holds the readings (journal trimming).
+    pub(super) checkpoints: Arc<Checkpoints>,
 }
 
 impl Writer {
@@ -232,7 +232,7 @@ impl Writer {
             );
         }
         if let Some(journal) = &mut self.journal {
-            journal.trim(*outlets.indexed.borrow());
+            trim(journal, &outlets.checkpoints);
         }
     }
 
@@ -312,8 +312,15 @@ impl Writer {
             let _ = indexed.recv();
         }
         if let Some(journal) = &mut self.journal {
-            journal.trim(*outlets.indexed.borrow());
+            trim(journal, &outlets.checkpoints);
         }
         tracing::info!(last_seq = self.last_seq, "store closed");
     }
+}
+
+/// Deletes the journal files the database file holds all of, and tells the
+/// indexer how far the next checkpoint must reach for the next one to go.
+fn trim(journal: &mut Journal, checkpoints: &Checkpoints) {
+    journal.trim(checkpoints.done());
+    checkpoints.want(journal.oldest_sealed_last());
 }

@@ -141,12 +141,20 @@ pub(in crate::store) fn recover(dir: &Path, indexed: u64) -> Result<Recovered, S
         }
         next = Some(expected);
     }
-    if !recovered.readings.is_empty() && recovered.first_seq != indexed + 1 {
+    // The journal must take over where the tables end. If it begins later,
+    // and reaches beyond them (its frames do, or an empty file's name says
+    // its numbering does), readings in between are in neither.
+    if let (Some(oldest), Some(next)) = (segments.first(), next)
+        && next > indexed + 1
+        && oldest.first_seq > indexed + 1
+    {
         return Err(corrupt(
             dir,
             format!(
-                "the store's tables end at sequence {indexed} but the journal resumes at {}; readings in between are missing",
-                recovered.first_seq
+                "the tables end at sequence {indexed}, but the journal begins at {}: readings {} to {} are in neither (was readings.db-wal damaged or deleted, or readings.db replaced by an older copy?)",
+                oldest.first_seq,
+                indexed + 1,
+                oldest.first_seq - 1
             ),
         ));
     }
@@ -576,7 +584,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         drop(write(dir.path(), 20, &groups()));
         let err = recover(dir.path(), 10).unwrap_err();
-        assert!(err.to_string().contains("missing"), "{err}");
+        assert!(
+            err.to_string().contains("readings 11 to 19 are in neither"),
+            "{err}"
+        );
+    }
+
+    /// The tables lost readings (a damaged WAL) that the journal no longer
+    /// holds: its numbering, even an empty file's name, says they existed.
+    #[test]
+    fn a_journal_that_begins_after_the_tables_end_is_refused_even_when_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Journal::start(dir.path(), 31).unwrap());
+        let err = recover(dir.path(), 20).unwrap_err();
+        assert!(
+            err.to_string().contains("readings 21 to 30 are in neither"),
+            "{err}"
+        );
+        // Tables that end where the journal begins, or beyond: nothing is missing.
+        assert!(recover(dir.path(), 30).unwrap().readings.is_empty());
+        assert!(recover(dir.path(), 40).unwrap().readings.is_empty());
     }
 
     #[test]
