@@ -1,13 +1,19 @@
 //! `sensorhub serve`: the gRPC server. Refuses to start without TLS unless
 //! `--insecure`, and without tokens unless `--no-auth`.
 
-use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    net::SocketAddr,
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
 use clap::Args;
 use sensorhub_core::{AlertRules, ReadingLimits, Store, StoreConfig, store::StoreLocation};
 use sensorhub_grpc::{
-    MetricsEndpoint, Reload, ServerConfig, ServiceConfig,
+    MetricsEndpoint, Reload, RunningServer, ServerConfig, ServiceConfig,
     auth::{RateLimit, TokenSet},
     listener::ConnectionLimits,
     tls::ServerTlsFiles,
@@ -97,6 +103,11 @@ pub struct ServeArgs {
     /// which calls get RESOURCE_EXHAUSTED; 0: no limit.
     #[arg(long, env = "SENSORHUB_RATE_LIMIT", default_value_t = 20_000)]
     pub rate_limit: u32,
+    /// Once both listeners are bound, write their addresses to this file
+    /// (`grpc=ADDR` and `http=ADDR` lines), so that whoever started the
+    /// server with port 0 learns the ports it got.
+    #[arg(long, env = "SENSORHUB_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -195,6 +206,9 @@ pub async fn run(args: ServeArgs, telemetry: &Telemetry) -> anyhow::Result<ExitC
     }
     let store = Store::open(store_config)?;
     let server = sensorhub_grpc::start(config, store).await?;
+    if let Some(path) = &args.ready_file {
+        write_ready_file(path, &server)?;
+    }
     #[cfg(unix)]
     tokio::spawn(reload_on_sighup(args, server.reload()));
     let stop = server.stop_token();
@@ -205,6 +219,19 @@ pub async fn run(args: ServeArgs, telemetry: &Telemetry) -> anyhow::Result<ExitC
     });
     server.wait().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The ready file, written whole under a temporary name and renamed, so a
+/// reader never sees half of it.
+fn write_ready_file(path: &Path, server: &RunningServer) -> anyhow::Result<()> {
+    let mut text = format!("grpc={}\n", server.grpc_addr());
+    if let Some(http) = server.http_addr() {
+        text.push_str(&format!("http={http}\n"));
+    }
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, text)
+        .and_then(|()| std::fs::rename(&partial, path))
+        .with_context(|| format!("--ready-file {}", path.display()))
 }
 
 /// On every SIGHUP: the tokens file and the TLS files are read again. New

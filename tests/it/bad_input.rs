@@ -18,14 +18,10 @@
 //! Every case must pass: there is no list of known bugs (SECURITY.md's known
 //! gaps name what is not refused as it should be, and none is in this table).
 
-use crate::support::raw_grpc;
-use crate::support::spawned_server;
-
 use std::{
     io::{Read, Write},
     net::TcpStream,
     path::Path,
-    process::{Child, Stdio},
     time::Duration,
 };
 
@@ -39,10 +35,13 @@ use sensorhub_proto::{
     SensorReading, SensorRequest, ServerMessageKind, StatsRequest,
     sensor_service_client::SensorServiceClient,
 };
-use spawned_server::SpawnedServer;
+use spawned_server::{Serve, SpawnedServer};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Status, transport::Channel};
+
+use crate::support::raw_grpc;
+use crate::support::spawned_server;
 
 const TOKEN: &str = "bad-input-token-5f2c";
 const WRONG_TOKEN: &str = "bad-input-token-5f2d";
@@ -824,7 +823,7 @@ fn cases() -> Vec<Case> {
 
 /// `sensorhub serve` with TLS, a client CA (mutual TLS) and a token.
 struct MutualTlsServer {
-    child: Child,
+    _server: SpawnedServer,
     port: u16,
     certs: BundleFiles,
     _dir: tempfile::TempDir,
@@ -837,19 +836,22 @@ impl MutualTlsServer {
             .expect("certificates")
             .write_to(&dir.path().join("certs"))
             .expect("write certificates");
-        let (child, port) =
-            spawned_server::spawn_tls_serve(&certs.server_cert, &certs.server_key, |command| {
-                command
-                    .arg("--client-ca")
-                    .arg(&certs.ca_cert)
-                    .arg("--data")
-                    .arg(dir.path().join("data"))
-                    .env("SENSORHUB_TOKENS", TOKEN)
-                    .stderr(Stdio::null());
-            });
+        let mut serve = Serve::new();
+        serve
+            .command()
+            .arg("--tls-cert")
+            .arg(&certs.server_cert)
+            .arg("--tls-key")
+            .arg(&certs.server_key)
+            .arg("--client-ca")
+            .arg(&certs.ca_cert)
+            .arg("--data")
+            .arg(dir.path().join("data"))
+            .env("SENSORHUB_TOKENS", TOKEN);
+        let server = serve.start();
         MutualTlsServer {
-            child,
-            port,
+            port: server.grpc,
+            _server: server,
             certs,
             _dir: dir,
         }
@@ -866,13 +868,6 @@ impl MutualTlsServer {
         config.tls.cert = Some(cert.to_owned());
         config.tls.key = Some(key.to_owned());
         config
-    }
-}
-
-impl Drop for MutualTlsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

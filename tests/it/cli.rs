@@ -2,30 +2,9 @@
 //! `certs`, `serve` + `sensor` + `readings` + `stats` over TLS with a token,
 //! a clean stop on SIGTERM, and `demo`.
 
-use std::{
-    net::TcpListener,
-    path::Path,
-    process::{Command, Output, Stdio},
-    time::{Duration, Instant},
-};
+use std::{path::Path, process::Output, time::Duration};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sensorhub");
-
-fn sensorhub(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run sensorhub")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::support::spawned_server::{Serve, SpawnedServer, command, sensorhub};
 
 #[test]
 fn serve_refuses_to_start_insecure_or_open_unless_told_by_name() {
@@ -99,9 +78,8 @@ fn certs_writes_a_ca_and_leaves_with_private_keys_0600() {
 }
 
 struct ServeProcess {
-    child: std::process::Child,
+    server: SpawnedServer,
     url: String,
-    http: u16,
 }
 
 impl ServeProcess {
@@ -112,45 +90,25 @@ impl ServeProcess {
                 .status
                 .success()
         );
-        let (port, http) = (free_port(), free_port());
-        let child = Command::new(BIN)
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--http",
-                &format!("127.0.0.1:{http}"),
-            ])
+        let mut serve = Serve::new();
+        serve
+            .command()
             .arg("--tls-cert")
             .arg(certs.join("server.pem"))
             .arg("--tls-key")
             .arg(certs.join("server.key"))
             .arg("--data")
             .arg(dir.join("data"))
-            .env("SENSORHUB_TOKENS", token)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn serve");
-        let server = ServeProcess {
-            child,
-            url: format!("https://localhost:{port}"),
-            http,
-        };
-        server.wait_ready();
-        server
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.http)).is_err() {
-            assert!(Instant::now() < deadline, "server did not start");
-            std::thread::sleep(Duration::from_millis(50));
+            .env("SENSORHUB_TOKENS", token);
+        let server = serve.start();
+        ServeProcess {
+            url: format!("https://localhost:{}", server.grpc),
+            server,
         }
     }
 
     fn client(&self, dir: &Path, token: &str, args: &[&str]) -> Output {
-        Command::new(BIN)
+        command()
             .args(args)
             .args([
                 "--server",
@@ -232,15 +190,7 @@ fn serve_sensor_readings_stats_then_sigterm_stops_cleanly() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("Invalid token"));
 
     // SIGTERM: graceful stop, exit 0, and the token never reached the logs.
-    let pid = server.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let out = server.child.wait_with_output().unwrap();
+    let (out, _) = server.server.terminate(Duration::from_secs(20));
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
     assert!(log.contains("sensorhub stopped"), "{log}");

@@ -16,12 +16,9 @@
 //!   the restart is refused with the file and the offset, the file is left
 //!   as it was, and once the damage is undone nothing acknowledged is missing.
 
-use crate::support::spawned_server;
-
 use std::{
     collections::BTreeMap,
     path::Path,
-    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -31,12 +28,14 @@ use std::{
 
 use sensorhub_grpc::{
     ClientConfig, SensorClient,
-    testing::{read_back, unix_now},
+    testing::{read_back, stored_count, unix_now},
 };
 use sensorhub_proto::{SensorReading, ServerMessageKind, StatsRequest};
-use spawned_server::SpawnedServer;
+use spawned_server::{Serve, SpawnedServer};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+
+use crate::support::spawned_server;
 
 const TOKEN: &str = "crash-durability-token";
 /// Readings per client-stream call.
@@ -100,13 +99,6 @@ impl Progress {
     }
 }
 
-fn stored_count(status: &tonic::Status) -> Option<usize> {
-    status
-        .metadata()
-        .get("sensorhub-stored-count")
-        .map(|v| v.to_str().unwrap().parse().unwrap())
-}
-
 async fn write(
     mut client: SensorClient,
     kind: Kind,
@@ -142,7 +134,7 @@ async fn write(
                 }
                 Err(status) => {
                     // The trailer, when there is one, acknowledges a prefix.
-                    let stored = stored_count(&status).unwrap_or(0);
+                    let stored = stored_count(&status).unwrap_or(0) as usize;
                     log.acked = first + stored;
                     log.ended_by = format!(
                         "{:?} {:?}, stored {stored}",
@@ -366,44 +358,15 @@ async fn crash_durability_every_acknowledged_reading_survives_sigkill() {
 // ---------------------------------------------------------------------------
 // Damaged files.
 
-/// Starts `sensorhub serve` on `data` and waits until it either listens
-/// (`Ok`) or exits (`Err` with its exit code and stderr).
+/// Starts `sensorhub serve` on `data` and waits until it either is ready
+/// (`Ok`, then stops it) or exits (`Err` with its exit code and log).
 fn try_serve(data: &Path) -> Result<(), (Option<i32>, String)> {
-    let port = spawned_server::free_port();
-    let mut command = Command::new(spawned_server::BIN);
-    command
-        .args(["serve", "--insecure", "--http", "off"])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data")
-        .arg(data)
-        .env("SENSORHUB_TOKENS", TOKEN)
-        .env("NO_COLOR", "1");
-    spawned_server::clean_env(&mut command);
-    let mut child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sensorhub serve");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            let output = child.wait_with_output().expect("output");
-            return Err((
-                output.status.code(),
-                String::from_utf8_lossy(&output.stderr).into_owned(),
-            ));
-        }
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Ok(());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the server neither served nor exited"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut serve = Serve::insecure(data, TOKEN);
+    serve.command().env("NO_COLOR", "1");
+    serve
+        .start_or_exit()
+        .map(drop)
+        .map_err(|exited| (exited.status.code(), exited.log))
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -3,29 +3,21 @@
 //! endless follow stream cut by its deadline no longer counts as an active
 //! stream, and the server goes on serving.
 
-use crate::support::spawned_server;
-
 use std::time::{Duration, Instant};
 
-use sensorhub_grpc::{
-    ClientConfig, SensorClient,
-    testing::{reading, unix_now},
-};
+use sensorhub_grpc::testing::{reading, unix_now};
 use sensorhub_proto::SensorRequest;
-use spawned_server::{SpawnedServer, http_get};
+use spawned_server::{SpawnedServer, client};
 use tonic::{Code, Request};
+
+use crate::support::http;
+use crate::support::spawned_server;
 
 const TOKEN: &str = "deadline-token";
 
-async fn client(server: &SpawnedServer) -> SensorClient {
-    let mut config = ClientConfig::new(server.url());
-    config.token = Some(TOKEN.to_owned());
-    sensorhub_grpc::connect(&config).await.expect("connect")
-}
-
 /// `sensorhub_streams_active{sensorhub_rpc_kind="server_stream"}` on /metrics.
 fn active_server_streams(server: &SpawnedServer) -> f64 {
-    let (status, page) = http_get(server.http, "/metrics");
+    let (status, page) = http::get(server.http, "/metrics");
     assert_eq!(status, 200, "{page}");
     page.lines()
         .find(|l| {
@@ -41,7 +33,7 @@ fn active_server_streams(server: &SpawnedServer) -> f64 {
 async fn deadlines_end_a_follow_stream_and_free_it_on_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let server = SpawnedServer::start(dir.path(), TOKEN, &[]);
-    let mut client = client(&server).await;
+    let mut client = client(&server.url(), TOKEN).await;
     client
         .send_single_reading(reading("deadline-1", 20.0, unix_now()))
         .await

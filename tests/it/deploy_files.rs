@@ -17,8 +17,6 @@
 //!   Prometheus exporter, logs to Loki, and every component is used;
 //! - four sensors, one per RPC kind; the dashboards' datasources exist.
 
-use crate::support::deploy_stack;
-
 use std::collections::{BTreeMap, BTreeSet};
 
 use deploy_stack::{
@@ -26,6 +24,8 @@ use deploy_stack::{
     sensor_services, yaml,
 };
 use serde_norway::Value;
+
+use crate::support::deploy_stack;
 
 fn services(compose: &Value) -> BTreeMap<String, Value> {
     compose["services"]

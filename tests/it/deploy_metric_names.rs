@@ -13,16 +13,15 @@
 //!   metrics (no collector runs here) are among the names the collector
 //!   writes (see deploy_stack.rs); other jobs are scrape jobs that exist.
 
-use crate::support::deploy_stack;
-
-use crate::support::deploy_traffic;
-
 use std::{collections::BTreeSet, time::Duration};
 
 use deploy_stack::{
     COLLECTOR_METRICS, PROMETHEUS_BUILTIN, SPAN_METRICS, Selector, dashboard_queries, deploy,
     rules, selectors, yaml,
 };
+
+use crate::support::deploy_stack;
+use crate::support::deploy_traffic;
 
 /// Where each expression comes from, and its selectors.
 fn used_selectors() -> Vec<(String, Selector)> {
@@ -93,7 +92,7 @@ async fn every_metric_the_dashboards_and_rules_use_exists() {
         .collect();
 
     let dir = tempfile::tempdir().unwrap();
-    let server = deploy_traffic::start_server(&dir.path().join("data"));
+    let (server, _collector) = deploy_traffic::start_server(&dir.path().join("data"));
     deploy_traffic::drive(&server).await;
     let (page, live) = deploy_traffic::scrape_until(&server, deploy_traffic::AFTER_TRAFFIC).await;
 

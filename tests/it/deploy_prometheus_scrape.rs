@@ -13,26 +13,23 @@
 //!
 //! The binary is required (`cargo xtask test` installs it).
 
-use crate::support::spawned_server;
-
-use crate::support::deploy_stack;
-
-use crate::support::deploy_traffic;
-
-use crate::support::prometheus_process;
-
 use std::{
     collections::BTreeSet,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
-use crate::support::system_tools::prometheus;
 use deploy_stack::{
     PROMETHEUS_BUILTIN, as_promql, dashboard_queries, deploy, rules, selectors, yaml,
 };
 use prometheus_process::PrometheusProcess;
 use serde_norway::Value;
+
+use crate::support::deploy_stack;
+use crate::support::deploy_traffic;
+use crate::support::prometheus_process;
+use crate::support::spawned_server;
+use crate::support::system_tools::prometheus;
 
 /// A child process killed (and reaped) when dropped, whatever happened.
 struct KillOnDrop(Child);
@@ -91,7 +88,7 @@ fn test_config(target: &str) -> String {
 async fn prometheus_with_the_project_config_serves_every_dashboard_query() {
     let binary = prometheus();
     let dir = tempfile::tempdir().unwrap();
-    let server = deploy_traffic::start_server(&dir.path().join("data"));
+    let (server, _collector) = deploy_traffic::start_server(&dir.path().join("data"));
 
     let config = dir.path().join("prometheus.yml");
     std::fs::write(&config, test_config(&format!("127.0.0.1:{}", server.http))).unwrap();
@@ -100,7 +97,7 @@ async fn prometheus_with_the_project_config_serves_every_dashboard_query() {
     deploy_traffic::drive(&server).await;
     deploy_traffic::scrape_until(&server, deploy_traffic::AFTER_TRAFFIC).await;
     // Keep traffic flowing while Prometheus scrapes, as the stack's sensors do.
-    let mut sensor = Command::new(spawned_server::BIN);
+    let mut sensor = spawned_server::command();
     sensor
         .args([
             "sensor",
@@ -113,7 +110,6 @@ async fn prometheus_with_the_project_config_serves_every_dashboard_query() {
         .env("SENSORHUB_TOKEN", deploy_traffic::TOKEN)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    spawned_server::clean_env(&mut sensor);
     let background = KillOnDrop(sensor.spawn().expect("spawn a background sensor"));
 
     // Ready, scraping, and the recording rules evaluated over two scrapes.

@@ -12,13 +12,13 @@
 //!
 //! The tools are required (`cargo xtask test` installs them).
 
-use crate::support::deploy_stack;
-
 use std::{collections::BTreeMap, path::Path, process::Command};
 
-use crate::support::system_tools::{amtool, promtool};
 use deploy_stack::{deploy, output_text, rule_files, rules, run, yaml};
 use serde_norway::Value;
+
+use crate::support::deploy_stack;
+use crate::support::system_tools::{amtool, promtool};
 
 fn test_files(dir: &Path) -> Vec<std::path::PathBuf> {
     deploy_stack::files_under(dir, &[".test.yml"])

@@ -13,22 +13,21 @@
 //!   Alertmanager sends it; with Debian's `prometheus-alertmanager`, the
 //!   project's alertmanager.yml routes a page to it end to end.
 
-use crate::support::spawned_server;
-
-use crate::support::deploy_stack;
-
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::TcpStream,
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
-use crate::support::system_tools::{self, amtool};
 use deploy_stack::{deploy, output_text, run, yaml};
-use spawned_server::{BIN, clean_env, free_port};
+use spawned_server::{BIN, Serve, clean_env};
+
+use crate::support::deploy_stack;
+use crate::support::spawned_server;
+use crate::support::system_tools::{self, amtool};
+use crate::support::{http, ports::ClosedPort, prometheus_process::listening_port};
 
 /// A child process killed (and reaped) when dropped, whatever happened.
 struct KillOnDrop(Child);
@@ -63,14 +62,6 @@ fn init(dir: &Path, python_token: Option<&str>) -> std::process::Output {
     };
     clean_env(&mut command);
     run(&mut command)
-}
-
-fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} never listened on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn healthcheck(http: &str) -> std::process::Output {
@@ -117,24 +108,19 @@ fn init_serve_healthcheck_and_a_sensor_through_the_entrypoint() {
     assert!(tokens.lines().any(|l| l == "sensor_token_abc"), "{tokens}");
 
     // The server as compose runs it: TLS and the tokens file from the init.
-    let (grpc, http) = (free_port(), free_port());
-    let mut serve = Command::new(BIN);
+    let mut serve = Serve::without_listen_flags();
     serve
-        .arg("serve")
-        .env("SENSORHUB_LISTEN", format!("127.0.0.1:{grpc}"))
-        .env("SENSORHUB_HTTP", format!("127.0.0.1:{http}"))
+        .command()
+        .env("SENSORHUB_LISTEN", "127.0.0.1:0")
+        .env("SENSORHUB_HTTP", "127.0.0.1:0")
         .env("SENSORHUB_TLS_CERT", certs.join("server.pem"))
         .env("SENSORHUB_TLS_KEY", certs.join("server.key"))
         .env("SENSORHUB_TOKENS_FILE", certs.join("tokens"))
         .env("SENSORHUB_DATA", dir.path().join("data"))
         .env("SENSORHUB_LOG_FORMAT", "json")
-        .env_remove("SENSORHUB_TOKENS")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    clean_env(&mut serve);
-    let server = KillOnDrop(serve.spawn().expect("spawn serve"));
-    wait_for_port(grpc, "the server");
-    wait_for_port(http, "the HTTP listener");
+        .env_remove("SENSORHUB_TOKENS");
+    let server = serve.start();
+    let (grpc, http) = (server.grpc, server.http);
 
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -149,7 +135,8 @@ fn init_serve_healthcheck_and_a_sensor_through_the_entrypoint() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let out = healthcheck(&format!("0.0.0.0:{}", free_port()));
+    let nothing = ClosedPort::new();
+    let out = healthcheck(&format!("0.0.0.0:{}", nothing.port));
     assert!(
         !out.status.success(),
         "the health check passed with nothing listening"
@@ -185,13 +172,10 @@ fn init_serve_healthcheck_and_a_sensor_through_the_entrypoint() {
         output_text(&out)
     );
 
-    let mut stats = Command::new(BIN);
-    stats
+    let out = run(spawned_server::command()
         .args(["stats", "--server", &format!("https://localhost:{grpc}")])
         .env("SENSORHUB_CA", certs.join("ca.pem"))
-        .env("SENSORHUB_TOKEN", &token);
-    clean_env(&mut stats);
-    let out = run(&mut stats);
+        .env("SENSORHUB_TOKEN", &token));
     assert!(out.status.success(), "stats:\n{}", output_text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("entrypoint-sensor"),
@@ -211,14 +195,13 @@ fn init_serve_healthcheck_and_a_sensor_through_the_entrypoint() {
     drop(server);
 }
 
-/// The alert log, started on a free port: the child and a channel of its
-/// stdout lines.
+/// The alert log, started on port 0: the child, the port it reported and a
+/// channel of its later stdout lines.
 fn start_alert_log() -> (KillOnDrop, u16, mpsc::Receiver<String>) {
     let python = system_tools::python3();
-    let port = free_port();
     let mut child = Command::new(python)
         .arg(deploy().join("alert-log/alert_log.py"))
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--host", "127.0.0.1", "--port", "0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -233,26 +216,13 @@ fn start_alert_log() -> (KillOnDrop, u16, mpsc::Receiver<String>) {
         }
     });
     let child = KillOnDrop(child);
-    wait_for_port(port, "alert_log.py");
+    let listening = wait_for_line(&rx, &["alert-log listening on"], Duration::from_secs(20));
+    let port = listening
+        .rsplit(':')
+        .next()
+        .and_then(|port| port.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no port in {listening:?}"));
     (child, port, rx)
-}
-
-fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        tcp,
-        "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = String::new();
-    tcp.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    (
-        head.split(' ').nth(1).unwrap().parse().unwrap(),
-        body.to_owned(),
-    )
 }
 
 fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &[&str], limit: Duration) -> String {
@@ -271,8 +241,8 @@ fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &[&str], limit: Duration) 
 #[test]
 fn the_alert_log_prints_and_lists_notifications() {
     let (_child, port, rx) = start_alert_log();
-    assert_eq!(http(port, "GET", "/healthz", "").0, 200);
-    let (status, page) = http(port, "GET", "/", "");
+    assert_eq!(http::get(port, "/healthz").0, 200);
+    let (status, page) = http::get(port, "/");
     assert_eq!(status, 200);
     assert!(page.contains("No notification"), "{page}");
 
@@ -281,18 +251,18 @@ fn the_alert_log_prints_and_lists_notifications() {
         "groupLabels":{"alertname":"SensorSilent"},"commonLabels":{},"commonAnnotations":{},
         "alerts":[{"status":"firing","labels":{"alertname":"SensorSilent","severity":"warning","sensor_id":"sensor-7"},
         "annotations":{"summary":"Sensor sensor-7 went silent"},"startsAt":"2026-01-01T00:00:00Z"}]}"#;
-    let (status, _) = http(port, "POST", "/alerts", notification);
+    let (status, _) = http::post_json(port, "/alerts", notification);
     assert_eq!(status, 200);
     let line = wait_for_line(&rx, &["FIRING", "SensorSilent"], Duration::from_secs(5));
     assert!(line.contains("severity=warning"), "{line}");
     assert!(line.contains("sensor_id=sensor-7"), "{line}");
     assert!(line.contains("Sensor sensor-7 went silent"), "{line}");
-    let (_, page) = http(port, "GET", "/", "");
+    let (_, page) = http::get(port, "/");
     assert!(
         page.contains("SensorSilent") && page.contains("sensor-7"),
         "{page}"
     );
-    assert_eq!(http(port, "POST", "/alerts", "not json").0, 400);
+    assert_eq!(http::post_json(port, "/alerts", "not json").0, 400);
 }
 
 #[test]
@@ -311,22 +281,22 @@ fn alertmanager_with_the_project_config_notifies_the_alert_log() {
     let file = dir.path().join("alertmanager.yml");
     std::fs::write(&file, serde_norway::to_string(&config).unwrap()).unwrap();
 
-    let web = free_port();
-    let _am = KillOnDrop(
+    let log = dir.path().join("alertmanager.log");
+    let mut am = KillOnDrop(
         Command::new(&alertmanager)
             .arg(format!("--config.file={}", file.display()))
             .arg(format!(
                 "--storage.path={}",
                 dir.path().join("data").display()
             ))
-            .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+            .arg("--web.listen-address=127.0.0.1:0")
             .arg("--cluster.listen-address=")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn alertmanager"),
     );
-    wait_for_port(web, "alertmanager");
+    let web = listening_port(&mut am.0, &log);
     let url = format!("--alertmanager.url=http://127.0.0.1:{web}");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -12,27 +12,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sensorhub_grpc::{
-    convert::STORED_COUNT_METADATA,
-    testing::{CALL_TIMEOUT, TestOptions, TestServer, reading, unix_now},
+use sensorhub_grpc::testing::{
+    CALL_TIMEOUT, TestOptions, TestServer, reading, stored_count, unix_now,
 };
 use sensorhub_proto::{SensorReading, StatsRequest};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Status};
+use tonic::Code;
+
+use crate::support::http;
 
 const STREAMS: usize = 2;
-
-fn stored_count(status: &Status) -> u64 {
-    status
-        .metadata()
-        .get(STORED_COUNT_METADATA)
-        .unwrap_or_else(|| panic!("no stored count on {status:?}"))
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
 
 /// Feeds a client stream until the call ends; returns what it acknowledged.
 async fn client_stream(server: &TestServer, sensor: String) -> tokio::task::JoinHandle<u64> {
@@ -60,7 +50,7 @@ async fn client_stream(server: &TestServer, sensor: String) -> tokio::task::Join
             Err(status) => {
                 assert_eq!(status.code(), Code::Unavailable, "{status:?}");
                 assert!(status.message().contains("shutting down"), "{status:?}");
-                stored_count(&status)
+                stored_count(&status).unwrap_or_else(|| panic!("no stored count on {status:?}"))
             }
         }
     })
@@ -73,7 +63,7 @@ async fn graceful_shutdown_under_load_keeps_everything_acknowledged() {
         ..TestOptions::default()
     })
     .await;
-    let http = server.http_addr.expect("http listener");
+    let addr = server.http_addr.expect("http listener");
 
     let mut streams = Vec::new();
     for i in 0..STREAMS {
@@ -127,7 +117,30 @@ async fn graceful_shutdown_under_load_keeps_everything_acknowledged() {
         })
     };
 
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Stop only once every writer has had readings stored.
+    let mut observer = server.client().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = observer
+            .get_sensor_stats(StatsRequest::default())
+            .await
+            .expect("stats")
+            .into_inner();
+        let writing = stats
+            .sensors
+            .iter()
+            .filter(|s| s.sensor_id.starts_with("drain-") && s.count > 0)
+            .count();
+        if writing == STREAMS + 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the load never started: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(observer);
     let stop_started = Instant::now();
     server.stop_token().cancel();
 
@@ -135,7 +148,7 @@ async fn graceful_shutdown_under_load_keeps_everything_acknowledged() {
     let ready = tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(1);
         loop {
-            let code = readyz(http);
+            let code = http::try_get(addr.port(), "/readyz").map(|(code, _)| code);
             if code == Some(503) || Instant::now() > deadline {
                 return code;
             }
@@ -146,19 +159,20 @@ async fn graceful_shutdown_under_load_keeps_everything_acknowledged() {
     .unwrap();
     assert_eq!(ready, Some(503), "/readyz while draining");
 
-    // A new connection gets no call through.
-    let refused = tokio::time::timeout(CALL_TIMEOUT, async {
+    // A new connection gets no call through: it is refused, or its call is.
+    let late = tokio::time::timeout(CALL_TIMEOUT, async {
         match server.try_client(server.client_config()).await {
             Err(_) => None,
-            Ok(mut late) => late
-                .send_single_reading(reading("drain-late", 20.0, unix_now()))
-                .await
-                .err(),
+            Ok(mut late) => Some(
+                late.send_single_reading(reading("drain-late", 20.0, unix_now()))
+                    .await,
+            ),
         }
     })
     .await
     .expect("refused promptly");
-    if let Some(status) = &refused {
+    if let Some(call) = late {
+        let status = call.expect_err("a call on a new connection was accepted while draining");
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     }
 
@@ -214,18 +228,4 @@ async fn graceful_shutdown_under_load_keeps_everything_acknowledged() {
         stored <= acknowledged + 1 + 64,
         "{stored} stored, {acknowledged} acknowledged"
     );
-}
-
-fn readyz(port: std::net::SocketAddr) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut tcp = std::net::TcpStream::connect(port).ok()?;
-    tcp.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        tcp,
-        "GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    tcp.read_to_string(&mut raw).ok()?;
-    raw.split(' ').nth(1)?.parse().ok()
 }

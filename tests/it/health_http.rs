@@ -1,42 +1,19 @@
 //! The plain-HTTP health listener: `/healthz` and `/readyz` answer 200 while
 //! the server runs.
 
-use std::{net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
 use sensorhub_grpc::testing::{TestOptions, TestServer};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
 
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::support::http;
 
-/// One HTTP/1.1 GET over a fresh connection: (status code, body).
+/// One GET: (status code, body). Off the runtime's threads, which serve
+/// the in-process server.
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    tokio::time::timeout(REQUEST_TIMEOUT, async {
-        let mut tcp = TcpStream::connect(addr)
-            .await
-            .expect("connect to the HTTP listener");
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-        tcp.write_all(request.as_bytes())
-            .await
-            .expect("send request");
-        let mut raw = Vec::new();
-        tcp.read_to_end(&mut raw).await.expect("read response");
-        let text = String::from_utf8(raw).expect("utf-8 response");
-        let (head, body) = text.split_once("\r\n\r\n").expect("headers and body");
-        let status_line = head.lines().next().expect("status line");
-        let mut parts = status_line.splitn(3, ' ');
-        assert_eq!(parts.next(), Some("HTTP/1.1"), "{status_line}");
-        let code = parts
-            .next()
-            .and_then(|c| c.parse().ok())
-            .expect("status code");
-        (code, body.to_owned())
-    })
-    .await
-    .expect("HTTP answer in time")
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || http::get(addr.port(), &path))
+        .await
+        .expect("the GET")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

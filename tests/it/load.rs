@@ -6,24 +6,15 @@
 //!   for every call and a non-zero exit, unless `--max-error-rate` allows it;
 //! - an open loop sends exactly the calls its schedule holds, at its rate.
 
-use crate::support::spawned_server;
-
-use std::{
-    collections::BTreeMap,
-    process::{Command, Output},
-};
+use std::collections::BTreeMap;
 
 use serde_json::Value;
-use spawned_server::{BIN, SpawnedServer, clean_env};
+use spawned_server::{SpawnedServer, sensorhub};
+
+use crate::support::ports::ClosedPort;
+use crate::support::spawned_server;
 
 const TOKEN: &str = "load-test-token-5d1c";
-
-fn sensorhub(args: &[&str]) -> Output {
-    let mut command = Command::new(BIN);
-    command.args(args);
-    clean_env(&mut command);
-    command.output().expect("run sensorhub")
-}
 
 /// Runs `sensorhub load --json` against `server`: (exit success, the report).
 fn load(server: &SpawnedServer, token: &str, args: &[&str]) -> (bool, Value) {
@@ -185,13 +176,8 @@ fn errors_are_counted_by_status_and_fail_the_run() {
     assert_eq!(report["errors"]["UNAUTHENTICATED"], 10);
 
     // No server there: an error before any call, not a report.
-    let out = sensorhub(&[
-        "load",
-        "--server",
-        &format!("http://127.0.0.1:{}", spawned_server::free_port()),
-        "--count",
-        "1",
-    ]);
+    let nothing = ClosedPort::new();
+    let out = sensorhub(&["load", "--server", &nothing.url(), "--count", "1"]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("cannot connect"),

@@ -3,71 +3,35 @@
 //! them; a connection opened before keeps working; files that do not load
 //! leave the old material in use.
 
-use crate::support::spawned_server;
-
-use std::{
-    io::Read,
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{path::Path, time::Duration};
 
 use sensorhub_grpc::{
     ClientConfig, SensorClient, pki,
     testing::{CALL_TIMEOUT, reading, unix_now},
     tls::ClientTlsFiles,
 };
-use spawned_server::spawn_tls_serve;
+use spawned_server::{Serve, SpawnedServer};
 use tonic::Code;
 
-struct Server {
-    child: Child,
-    port: u16,
-}
+use crate::support::spawned_server;
 
-impl Server {
-    fn start(certs: &pki::BundleFiles, tokens_file: &Path, data: &Path) -> Server {
-        let (child, port) = spawn_tls_serve(&certs.server_cert, &certs.server_key, |command| {
-            command
-                .arg("--tokens-file")
-                .arg(tokens_file)
-                .arg("--data")
-                .arg(data)
-                .env("OTEL_SDK_DISABLED", "true")
-                .stderr(Stdio::piped());
-        });
-        Server { child, port }
-    }
+/// How long a reload may take to be logged after SIGHUP.
+const RELOAD_LIMIT: Duration = Duration::from_secs(10);
 
-    fn hangup(&self) {
-        let status = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn stop(mut self) -> String {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let mut stderr = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
-        let _ = self.child.wait();
-        stderr
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start(certs: &pki::BundleFiles, tokens_file: &Path, data: &Path) -> SpawnedServer {
+    let mut serve = Serve::new();
+    serve
+        .command()
+        .arg("--tls-cert")
+        .arg(&certs.server_cert)
+        .arg("--tls-key")
+        .arg(&certs.server_key)
+        .arg("--tokens-file")
+        .arg(tokens_file)
+        .arg("--data")
+        .arg(data)
+        .env("OTEL_SDK_DISABLED", "true");
+    serve.start()
 }
 
 async fn client(port: u16, ca: &Path, token: &str) -> Result<SensorClient, String> {
@@ -92,22 +56,6 @@ async fn call(client: &mut SensorClient) -> Result<(), Code> {
     .expect("answered")
     .map(|_| ())
     .map_err(|status| status.code())
-}
-
-/// Retries `attempt` until it gives `Ok` (the reload is asynchronous).
-async fn eventually<F, Fut>(what: &str, mut attempt: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), String>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match attempt().await {
-            Ok(()) => return,
-            Err(e) if Instant::now() > deadline => panic!("{what}: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
 }
 
 #[tokio::test]
@@ -138,21 +86,18 @@ async fn reload_on_sighup_rotates_tokens_and_certificates_without_dropping_conne
         "# rotated by the test\ntoken-one\nstanding-token-7\n",
     )
     .unwrap();
-    let server = Server::start(&live, &tokens, &dir.path().join("data"));
+    let server = start(&live, &tokens, &dir.path().join("data"));
+    let port = server.grpc;
 
-    let mut kept = client(server.port, &old.ca_cert, "standing-token-7")
+    let mut kept = client(port, &old.ca_cert, "standing-token-7")
         .await
         .unwrap();
     call(&mut kept)
         .await
         .expect("the kept token before the reload");
-    let mut one = client(server.port, &old.ca_cert, "token-one")
-        .await
-        .unwrap();
+    let mut one = client(port, &old.ca_cert, "token-one").await.unwrap();
     call(&mut one).await.expect("token-one before the reload");
-    let mut two = client(server.port, &old.ca_cert, "token-two")
-        .await
-        .unwrap();
+    let mut two = client(port, &old.ca_cert, "token-two").await.unwrap();
     assert_eq!(call(&mut two).await, Err(Code::Unauthenticated));
 
     // Rotate both: a new token replaces token-one, a certificate from a new CA.
@@ -163,26 +108,24 @@ async fn reload_on_sighup_rotates_tokens_and_certificates_without_dropping_conne
     ] {
         std::fs::copy(from, to).unwrap();
     }
-    server.hangup();
+    server.signal("HUP");
+    server.wait_for_log("tokens reloaded", 1, RELOAD_LIMIT);
+    server.wait_for_log("TLS certificate and key reloaded", 1, RELOAD_LIMIT);
 
-    eventually(
-        "a new connection trusting the new CA, with the new token",
-        || async {
-            let mut c = client(server.port, &new.ca_cert, "token-two").await?;
-            call(&mut c).await.map_err(|code| format!("{code:?}"))
-        },
-    )
-    .await;
-    let mut one_again = client(server.port, &new.ca_cert, "token-one")
+    let mut c = client(port, &new.ca_cert, "token-two")
         .await
-        .unwrap();
+        .expect("a new connection trusting the new CA");
+    call(&mut c)
+        .await
+        .expect("a new connection with the new token");
+    let mut one_again = client(port, &new.ca_cert, "token-one").await.unwrap();
     assert_eq!(
         call(&mut one_again).await,
         Err(Code::Unauthenticated),
         "the removed token is refused"
     );
     assert!(
-        client(server.port, &old.ca_cert, "standing-token-7")
+        client(port, &old.ca_cert, "standing-token-7")
             .await
             .is_err(),
         "a new connection now gets the new certificate, which the old CA does not sign"
@@ -194,14 +137,16 @@ async fn reload_on_sighup_rotates_tokens_and_certificates_without_dropping_conne
     // A broken rotation keeps what works: garbage for a certificate, no tokens.
     std::fs::write(&live.server_cert, "not a certificate").unwrap();
     std::fs::write(&tokens, "# nothing\n").unwrap();
-    server.hangup();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut after = client(server.port, &new.ca_cert, "token-two")
+    server.signal("HUP");
+    server.wait_for_log("TLS files not reloaded", 1, RELOAD_LIMIT);
+    server.wait_for_log("tokens not reloaded", 1, RELOAD_LIMIT);
+    let mut after = client(port, &new.ca_cert, "token-two")
         .await
         .expect("the new certificate stays in use");
     call(&mut after).await.expect("the new tokens stay in use");
 
-    let stderr = server.stop();
+    let (out, _) = server.terminate(Duration::from_secs(15));
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("tokens reloaded"), "{stderr}");
     assert!(
         stderr.contains("TLS certificate and key reloaded"),

@@ -5,30 +5,28 @@
 //! or two in the server. When they read again, everything arrives and
 //! nothing was lost.
 
-use crate::support::spawned_server;
+use std::time::{Duration, Instant};
 
-use std::time::Duration;
+/// How often a settling value is sampled, and for how many samples in a row
+/// it must not move before the test takes it.
+const POLL: Duration = Duration::from_millis(100);
+const SETTLED_POLLS: u32 = 5;
+/// RSS moves by a few pages on its own.
+const RSS_NOISE: u64 = 256 * 1024;
 
 use futures_util::StreamExt;
-use sensorhub_grpc::{
-    ClientConfig, SensorClient,
-    testing::{reading, unix_now},
-};
+use sensorhub_grpc::testing::{reading, unix_now};
 use sensorhub_proto::{SensorRequest, StatsRequest};
-use spawned_server::SpawnedServer;
+use spawned_server::{SpawnedServer, client};
+
+use crate::support::spawned_server;
 
 const TOKEN: &str = "slow-consumer-token";
 /// Growth of the server's resident memory that counts as bounded.
 const BOUND: u64 = 48 * 1024 * 1024;
 
-async fn client(server: &SpawnedServer) -> SensorClient {
-    let mut config = ClientConfig::new(server.url());
-    config.token = Some(TOKEN.to_owned());
-    sensorhub_grpc::connect(&config).await.expect("connect")
-}
-
 async fn stored(server: &SpawnedServer, sensor: &str) -> u64 {
-    client(server)
+    client(&server.url(), TOKEN)
         .await
         .get_sensor_stats(StatsRequest {
             sensor_id: sensor.to_owned(),
@@ -57,16 +55,25 @@ async fn slow_consumers_a_chat_that_never_reads_is_held_back_not_buffered() {
             now - (i % 600) as i64,
         )
     });
-    let mut replies = client(&server)
+    let mut replies = client(&server.url(), TOKEN)
         .await
         .sensor_chat(readings)
         .await
         .expect("chat opens")
         .into_inner();
 
-    // Not reading: the server fills its reply window and stops taking readings.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let held = stored(&server, "slow-chat").await;
+    // Not reading: the server fills its reply window and stops taking
+    // readings; wait until the count stored stops moving.
+    let mut held = stored(&server, "slow-chat").await;
+    let mut unchanged = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while unchanged < SETTLED_POLLS || held == 0 {
+        assert!(Instant::now() < deadline, "the chat never settled: {held}");
+        tokio::time::sleep(POLL).await;
+        let now = stored(&server, "slow-chat").await;
+        unchanged = if now == held { unchanged + 1 } else { 0 };
+        held = now;
+    }
     let grown = server.rss_bytes().saturating_sub(baseline);
     eprintln!(
         "chat: {held} of {SENT} taken while not reading; RSS +{} KiB",
@@ -101,7 +108,7 @@ async fn slow_consumers_a_paused_history_reader_holds_a_page_not_the_history() {
     let now = unix_now();
     let history = futures_util::stream::iter(0..HISTORY)
         .map(move |i| reading("slow-history", 21.0, now - 6_000 + (i / 200) as i64));
-    let ack = client(&server)
+    let ack = client(&server.url(), TOKEN)
         .await
         .stream_sensor_readings(history)
         .await
@@ -110,7 +117,7 @@ async fn slow_consumers_a_paused_history_reader_holds_a_page_not_the_history() {
     assert_eq!(ack.count, HISTORY);
     let baseline = server.rss_bytes();
 
-    let mut pages = client(&server)
+    let mut pages = client(&server.url(), TOKEN)
         .await
         .get_sensor_readings(SensorRequest {
             sensor_id: "slow-history".into(),
@@ -120,8 +127,23 @@ async fn slow_consumers_a_paused_history_reader_holds_a_page_not_the_history() {
         .expect("history")
         .into_inner();
     assert!(pages.message().await.expect("first").is_some());
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let grown = server.rss_bytes().saturating_sub(baseline);
+    // The server reads ahead until its channel is full; wait until its
+    // memory stops growing, then compare.
+    let mut rss = server.rss_bytes();
+    let mut unchanged = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while unchanged < SETTLED_POLLS {
+        assert!(Instant::now() < deadline, "the server's RSS never settled");
+        tokio::time::sleep(POLL).await;
+        let now = server.rss_bytes();
+        unchanged = if now <= rss + RSS_NOISE {
+            unchanged + 1
+        } else {
+            0
+        };
+        rss = rss.max(now);
+    }
+    let grown = rss.saturating_sub(baseline);
     eprintln!("history: RSS +{} KiB while paused", grown >> 10);
     assert!(
         grown < BOUND,

@@ -5,6 +5,8 @@
 
 pub mod deploy_stack;
 pub mod deploy_traffic;
+pub mod http;
+pub mod ports;
 pub mod prometheus_process;
 pub mod raw_grpc;
 pub mod spawned_server;

@@ -10,17 +10,17 @@
 //! - log records carry the trace id of the call that logged them;
 //! - `service.name` per process; no token anywhere in what was exported.
 
-use crate::support::spawned_server;
+use std::time::Duration;
 
-use std::{process::Command, time::Duration};
-
-use sensorhub_grpc::{ClientConfig, SensorClient};
+use sensorhub_grpc::testing;
 use sensorhub_proto::{SensorReading, StatsRequest};
 use sensorhub_telemetry::{
     otlp_receiver::{OtlpReceiver, ReceivedSpan},
     rpc::conventions::a66,
 };
-use spawned_server::{BIN, SpawnedServer, clean_env};
+use spawned_server::{SpawnedServer, client, command};
+
+use crate::support::spawned_server;
 
 const TOKEN: &str = "telemetry-test-token-5f1d";
 const WAIT: Duration = Duration::from_secs(20);
@@ -35,21 +35,9 @@ fn fast_export(endpoint: String, protocol: &str) -> Vec<(&'static str, String)> 
     ]
 }
 
-async fn client(url: &str, token: &str) -> SensorClient {
-    let mut config = ClientConfig::new(url);
-    config.token = Some(token.to_owned());
-    sensorhub_grpc::connect(&config).await.expect("connect")
-}
-
+/// A reading of `sensor` taken now.
 fn reading(sensor: &str, temperature: f64) -> SensorReading {
-    SensorReading {
-        sensor_id: sensor.into(),
-        temperature,
-        timestamp: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64,
-    }
+    testing::reading(sensor, temperature, testing::unix_now())
 }
 
 fn find_server_span<'a>(
@@ -76,9 +64,7 @@ async fn server_and_sensor_export_traces_metrics_and_logs() {
     );
 
     // 1. A sensor process: client spans and client metrics over OTLP/HTTP.
-    let mut sensor = Command::new(BIN);
-    clean_env(&mut sensor);
-    let out = sensor
+    let out = command()
         .args([
             "sensor",
             "--server",

@@ -4,8 +4,6 @@
 //! (`otel_sdk_exporter_span_exported_total{error_type=..}` on `/metrics`),
 //! and SIGTERM still ends the process within a bounded time.
 
-use crate::support::spawned_server;
-
 use std::{
     net::TcpListener,
     time::{Duration, Instant},
@@ -13,7 +11,10 @@ use std::{
 
 use sensorhub_grpc::ClientConfig;
 use sensorhub_proto::SensorReading;
-use spawned_server::{SpawnedServer, free_port, http_get};
+use spawned_server::SpawnedServer;
+
+use crate::support::spawned_server;
+use crate::support::{http, ports::ClosedPort};
 
 const TOKEN: &str = "fault-test-token-77e2";
 
@@ -59,7 +60,7 @@ async fn survives(endpoint: String) {
     // The failed exports are counted, visible on /metrics.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (code, body) = http_get(server.http, "/metrics");
+        let (code, body) = http::get(server.http, "/metrics");
         assert_eq!(code, 200);
         if body.lines().any(|l| {
             l.starts_with("otel_sdk_exporter_span_exported_total") && l.contains("error_type=")
@@ -87,8 +88,8 @@ async fn survives(endpoint: String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn collector_down_costs_nothing_but_dropped_telemetry() {
-    // Nothing listens on this port.
-    survives(format!("http://127.0.0.1:{}", free_port())).await;
+    let collector = ClosedPort::new();
+    survives(collector.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

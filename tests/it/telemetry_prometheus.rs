@@ -14,23 +14,18 @@
 //!   well-formed to our eyes but accepted by the consumer it is written for.
 //!   The binary is required (`cargo xtask test` installs it).
 
-use crate::support::spawned_server;
-
-use crate::support::prometheus_process;
-
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
     path::Path,
     time::{Duration, Instant},
 };
 
 use prometheus_process::PrometheusProcess;
-use sensorhub_grpc::{
-    ClientConfig, SensorClient,
-    testing::{reading, unix_now},
-};
-use spawned_server::{SpawnedServer, http_get};
+use sensorhub_grpc::testing::{reading, unix_now};
+use spawned_server::{SpawnedServer, client};
+
+use crate::support::http;
+use crate::support::prometheus_process;
+use crate::support::spawned_server;
 
 const TOKEN: &str = "prometheus-test-token-c41e";
 const WRONG_TOKEN: &str = "wrong-token-77b0";
@@ -63,12 +58,6 @@ impl Server {
 }
 
 /// A child process killed (and reaped) when dropped, whatever happened.
-async fn client(url: &str, token: &str) -> SensorClient {
-    let mut config = ClientConfig::new(url);
-    config.token = Some(token.to_owned());
-    sensorhub_grpc::connect(&config).await.expect("connect")
-}
-
 /// `calls` accepted SendSingleReading calls.
 async fn send_readings(url: &str, sensor: &str, calls: usize) {
     let mut client = client(url, TOKEN).await;
@@ -80,26 +69,10 @@ async fn send_readings(url: &str, sensor: &str, calls: usize) {
     }
 }
 
-/// One HTTP/1.0 GET (so never a chunked body): status, headers (names in
-/// lower case), body.
+/// A GET: status, headers (names in lower case), body.
 fn get_with_headers(port: u16, path: &str) -> (u16, Vec<(String, String)>, String) {
-    let mut tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(tcp, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
-    let mut raw = String::new();
-    tcp.read_to_string(&mut raw).expect("read the response");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("headers and body");
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .expect("status code");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    (status, headers, body.to_owned())
+    let response = http::get_response(port, path);
+    (response.status, response.headers, response.body)
 }
 
 /// The lines of a Prometheus text page for `name` (exactly: `name{` or `name `)
@@ -240,9 +213,9 @@ async fn metrics_endpoint_serves_the_a66_series_after_traffic() {
         &[("OTEL_SDK_DISABLED", "true".to_owned())],
     );
     send_readings(&off.get().url(), "prom-off", 1).await;
-    let (status, body) = http_get(off.get().http, "/metrics");
+    let (status, body) = http::get(off.get().http, "/metrics");
     assert_eq!(status, 404, "{body}");
-    let (status, body) = http_get(off.get().http, "/healthz");
+    let (status, body) = http::get(off.get().http, "/healthz");
     assert_eq!(status, 200, "{body}");
     off.stop();
 }

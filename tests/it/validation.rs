@@ -3,7 +3,7 @@
 //! `google.rpc.BadRequest` detail), stores nothing, and leaves the server
 //! serving. Over-size messages are `RESOURCE_EXHAUSTED`.
 
-use sensorhub_grpc::testing::{CALL_TIMEOUT, read_back, reading, unix_now};
+use sensorhub_grpc::testing::{CALL_TIMEOUT, read_back, reading, stored_count, unix_now};
 use sensorhub_grpc::{SensorClient, testing::TestServer};
 use sensorhub_proto::{SensorReading, StatsRequest};
 use tokio::sync::mpsc;
@@ -135,13 +135,6 @@ fn assert_refusal(status: &Status, case: &Case, detail_field: &str) {
         !bad_request.field_violations[0].description.is_empty(),
         "{name}"
     );
-}
-
-fn stored_count(status: &Status) -> Option<u64> {
-    status
-        .metadata()
-        .get("sensorhub-stored-count")
-        .map(|v| v.to_str().unwrap().parse().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

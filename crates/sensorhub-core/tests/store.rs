@@ -206,49 +206,6 @@ async fn writes_after_close_are_refused() {
         Err(StoreError::Closed)
     ));
 }
-
-#[test]
-fn history_and_tail_queries_use_the_indexes() {
-    // The plan must be an index range search, never a scan plus sort: a
-    // sensor with ten million readings is read page by page.
-    let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let store = open(dir.path());
-        store.append(vec![reading("s", 1.0, 1)]).await.unwrap();
-        store.close().await.unwrap();
-    });
-    let conn = rusqlite_plan_connection(&dir.path().join("readings.db"));
-    let plan = |sql: &str| -> String {
-        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-        let rows = stmt.query_map([], |r| r.get::<_, String>(3)).unwrap();
-        rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
-    };
-    let history = plan(
-        "SELECT ts, seq, temperature FROM readings WHERE sensor = 1 AND (ts, seq) > (5, 0) AND ts < 9 AND seq <= 100 ORDER BY ts, seq LIMIT 10",
-    );
-    assert!(
-        history.contains("SEARCH readings USING PRIMARY KEY (sensor=? AND"),
-        "{history}"
-    );
-    assert!(!history.contains("TEMP B-TREE"), "{history}");
-    let tail = plan(
-        "SELECT ts, seq, temperature FROM readings WHERE sensor = 1 AND seq > 5 ORDER BY seq LIMIT 10",
-    );
-    assert!(
-        tail.contains("readings_by_arrival (sensor=? AND seq>?)"),
-        "{tail}"
-    );
-    assert!(!tail.contains("TEMP B-TREE"), "{tail}");
-    // A page of every sensor's statistics reads the name index from the cursor on.
-    let stats = plan(
-        "SELECT name, count, sum, min, max, last, last_ts, rolling_mean, alerts FROM sensors WHERE name > 'a' ORDER BY name LIMIT 10",
-    );
-    assert!(stats.contains("SEARCH sensors USING INDEX"), "{stats}");
-    assert!(stats.contains("(name>?)"), "{stats}");
-    assert!(!stats.contains("TEMP B-TREE"), "{stats}");
-}
-
 #[tokio::test]
 async fn stats_pages_cover_every_sensor_once_in_id_order() {
     let store = Store::open(StoreConfig::new(StoreLocation::Memory)).unwrap();
@@ -277,8 +234,4 @@ async fn stats_pages_cover_every_sensor_once_in_id_order() {
     // After the last id (é: 0xC3 sorts after every ASCII byte), nothing.
     assert_eq!(ids.last().map(String::as_str), Some("é"));
     assert!(store.stats_page("é", 10).await.unwrap().is_empty());
-}
-
-fn rusqlite_plan_connection(path: &std::path::Path) -> rusqlite::Connection {
-    rusqlite::Connection::open(path).unwrap()
 }

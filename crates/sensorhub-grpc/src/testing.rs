@@ -199,6 +199,16 @@ pub fn reading(
     }
 }
 
+/// The `sensorhub-stored-count` a failed client stream or chat reports: how
+/// many of its readings were stored before the error.
+pub fn stored_count(status: &tonic::Status) -> Option<u64> {
+    let value = status
+        .metadata()
+        .get(crate::convert::STORED_COUNT_METADATA)?;
+    let text = value.to_str().expect("an ASCII stored count");
+    Some(text.parse().expect("a numeric stored count"))
+}
+
 /// Every stored reading of `sensor_id`, through GetSensorReadings, within [`CALL_TIMEOUT`].
 pub async fn read_back(
     client: &mut SensorClient,

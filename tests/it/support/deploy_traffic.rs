@@ -4,38 +4,31 @@
 //! refused readings, and readings that raise each temperature alert.
 
 use std::{
-    net::TcpListener,
     path::Path,
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
-use sensorhub_grpc::{
-    ClientConfig, SensorClient,
-    testing::{reading, unix_now},
-};
+use sensorhub_grpc::testing::{reading, unix_now};
 
 use super::{
     deploy_stack::{
         Exposition, compose, environment_of, local_sensor_args, parse_exposition, sensor_services,
     },
-    spawned_server::{BIN, SpawnedServer, clean_env, http_get},
+    http,
+    ports::ClosedPort,
+    spawned_server::{SpawnedServer, client, command},
 };
 
 pub const TOKEN: &str = "deploy-test-token-5be1";
 
-/// A port nothing listens on: the OTLP exports fail there, so the SDK's
-/// `otel_sdk_exporter_*` series (with `error_type`) appear as in a stack
-/// whose collector is down.
-fn closed_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 /// `sensorhub serve` with the OTEL_* settings of the compose file's
-/// `sensorhub` service (the OTLP endpoint moved to a local closed port,
-/// batches flushed quickly).
-pub fn start_server(data: &Path) -> SpawnedServer {
+/// `sensorhub` service, batches flushed quickly, and the OTLP endpoint moved
+/// to the returned port where nothing listens: the exports fail there, so
+/// the SDK's `otel_sdk_exporter_*` series (with `error_type`) appear as in a
+/// stack whose collector is down.
+pub fn start_server(data: &Path) -> (SpawnedServer, ClosedPort) {
+    let collector = ClosedPort::new();
     let compose = compose();
     let service_env = environment_of(&compose, "sensorhub");
     assert!(
@@ -47,7 +40,7 @@ pub fn start_server(data: &Path) -> SpawnedServer {
         .filter(|(key, _)| key.starts_with("OTEL_"))
         .map(|(key, value)| {
             if key == "OTEL_EXPORTER_OTLP_ENDPOINT" {
-                (key, format!("http://127.0.0.1:{}", closed_port()))
+                (key, collector.url())
             } else {
                 (key, value)
             }
@@ -70,24 +63,15 @@ pub fn start_server(data: &Path) -> SpawnedServer {
         .iter()
         .map(|(key, value)| (key.as_str(), value.clone()))
         .collect();
-    SpawnedServer::start(data, TOKEN, &env)
-}
-
-async fn client(url: &str, token: &str) -> SensorClient {
-    let mut config = ClientConfig::new(url);
-    config.token = Some(token.to_owned());
-    sensorhub_grpc::connect(&config).await.expect("connect")
+    (SpawnedServer::start(data, TOKEN, &env), collector)
 }
 
 /// Runs `sensorhub <args>` against the server with `token`; its exit status.
 fn sensor(url: &str, token: &str, args: &[String]) -> std::process::Child {
-    let mut command = Command::new(BIN);
-    command
+    command()
         .args(args)
         .args(["--server", url])
-        .env("SENSORHUB_TOKEN", token);
-    clean_env(&mut command);
-    command
+        .env("SENSORHUB_TOKEN", token)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -196,7 +180,7 @@ pub async fn drive(server: &SpawnedServer) {
 pub async fn scrape_until(server: &SpawnedServer, wanted: &[&str]) -> (String, Exposition) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (status, page) = http_get(server.http, "/metrics");
+        let (status, page) = http::get(server.http, "/metrics");
         let exposition = parse_exposition(&page);
         let missing: Vec<&&str> = wanted
             .iter()

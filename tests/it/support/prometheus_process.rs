@@ -1,15 +1,53 @@
-//! A real Prometheus for tests: the Debian `prometheus` binary started on a
-//! free port with a given configuration and its own TSDB directory, killed
-//! (and waited for) when dropped.
+//! A real Prometheus for tests: the Debian `prometheus` binary started on
+//! port 0 with a given configuration and its own TSDB directory, killed (and
+//! waited for) when dropped. [`listening_port`] reads the port it got from
+//! its log, as for Alertmanager, which logs the same way.
 
 use std::{
     fs::File,
-    io::{Read, Write},
-    net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
+
+use super::http;
+
+/// The port a Prometheus-project program (Prometheus, Alertmanager) got for
+/// `--web.listen-address=127.0.0.1:0`, from its log line
+/// `msg="Listening on" address=127.0.0.1:PORT`. Fails at once, with the
+/// log, if the program exits first.
+pub fn listening_port(child: &mut Child, log: &Path) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let port = text
+            .lines()
+            .filter(|line| line.contains(r#"msg="Listening on""#))
+            .find_map(|line| {
+                line.split("address=")
+                    .nth(1)?
+                    .rsplit(':')
+                    .next()?
+                    .parse()
+                    .ok()
+            });
+        if let Some(port) = port {
+            return port;
+        }
+        if let Some(exit) = child.try_wait().expect("poll the child") {
+            panic!(
+                "{} exited ({exit}) before it listened:\n{text}",
+                log.display()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no \"Listening on\" in {} within 30 s:\n{text}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 /// A running Prometheus.
 pub struct PrometheusProcess {
@@ -22,22 +60,19 @@ pub struct PrometheusProcess {
 impl PrometheusProcess {
     /// Starts `binary` with `config`; the TSDB and the log go under `dir`.
     pub fn start(binary: &Path, config: &Path, dir: &Path) -> PrometheusProcess {
-        let web = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
         let log = dir.join("prometheus.log");
-        let child = Command::new(binary)
+        let mut child = Command::new(binary)
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
                 dir.join("tsdb").display()
             ))
-            .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+            .arg("--web.listen-address=127.0.0.1:0")
             .stdout(Stdio::null())
             .stderr(File::create(&log).expect("create the Prometheus log"))
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display()));
+        let web = listening_port(&mut child, &log);
         PrometheusProcess { child, web, log }
     }
 
@@ -46,17 +81,9 @@ impl PrometheusProcess {
         self.child.try_wait().expect("poll the Prometheus process")
     }
 
-    /// One HTTP/1.0 GET (so never a chunked body) to its web port: status
-    /// and body; `None` while nothing listens yet.
+    /// A GET to its web port: status and body; `None` while it does not answer.
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut tcp = TcpStream::connect(("127.0.0.1", self.web)).ok()?;
-        tcp.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        write!(tcp, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-        let mut raw = String::new();
-        tcp.read_to_string(&mut raw).ok()?;
-        let (head, body) = raw.split_once("\r\n\r\n")?;
-        let status = head.split(' ').nth(1)?.parse().ok()?;
-        Some((status, body.to_owned()))
+        http::try_get(self.web, path)
     }
 
     /// Whether it answers `/-/ready` with 200.
@@ -67,7 +94,7 @@ impl PrometheusProcess {
 
     /// An instant query: the `data.result` array, or the error Prometheus gave.
     pub fn query(&self, promql: &str) -> Result<Vec<serde_json::Value>, String> {
-        let path = format!("/api/v1/query?query={}", url_encode(promql));
+        let path = format!("/api/v1/query?query={}", http::query_value(promql));
         let (status, body) = self.get(&path).ok_or("no answer")?;
         let json: serde_json::Value =
             serde_json::from_str(&body).map_err(|e| format!("{status}: {e}: {body}"))?;
@@ -93,17 +120,4 @@ impl Drop for PrometheusProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Percent-encodes a query-string value: everything but unreserved characters.
-fn url_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() * 3);
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }

@@ -1,77 +1,240 @@
 //! `sensorhub serve` as a child process, for tests of what only a whole
-//! process shows: its exported telemetry, `/metrics`, its shutdown.
+//! process shows: its exported telemetry, `/metrics`, its signals, its
+//! shutdown, its log.
+//!
+//! Every server listens on port 0 and reports the ports it got through
+//! `--ready-file`, so no test guesses a free port. A server that exits
+//! before it is ready fails the test at once, with its log. The log (stderr)
+//! goes to a file, readable while the server runs.
 
 use std::{
-    io::{Read, Write},
-    net::{TcpListener, TcpStream},
-    path::Path,
-    process::{Child, Command, Output, Stdio},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
     time::{Duration, Instant},
 };
 
+use sensorhub_grpc::{ClientConfig, SensorClient};
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_sensorhub");
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// How long a server may take to bind its listeners.
+const START_LIMIT: Duration = Duration::from_secs(30);
+
+/// A `sensorhub` command without the inherited settings that would change
+/// what it exports (`OTEL_*`, `RUST_LOG`).
+pub fn command() -> Command {
+    let mut command = Command::new(BIN);
+    clean_env(&mut command);
+    command
 }
 
-/// A running `sensorhub serve --insecure` with a token, its gRPC and HTTP ports.
-pub struct SpawnedServer {
-    /// `None` once [`SpawnedServer::terminate`] took it.
-    child: Option<Child>,
-    pub grpc: u16,
-    pub http: u16,
+/// `sensorhub <args>` run to completion.
+pub fn sensorhub(args: &[&str]) -> Output {
+    command().args(args).output().expect("run sensorhub")
 }
 
-impl SpawnedServer {
-    /// Starts the server with `env` added to a clean telemetry environment
-    /// (no inherited `OTEL_*` or `RUST_LOG`), and waits until it listens.
-    pub fn start(data: &Path, token: &str, env: &[(&str, String)]) -> SpawnedServer {
-        let (grpc, http) = (free_port(), free_port());
-        let mut command = Command::new(BIN);
+/// Removes inherited settings that would change what a child process exports.
+pub fn clean_env(command: &mut Command) {
+    for (key, _) in std::env::vars() {
+        if key.starts_with("OTEL_") || key == "RUST_LOG" {
+            command.env_remove(key);
+        }
+    }
+}
+
+/// A plaintext client of `url` that sends `token`.
+pub async fn client(url: &str, token: &str) -> SensorClient {
+    let mut config = ClientConfig::new(url);
+    config.token = Some(token.to_owned());
+    sensorhub_grpc::connect(&config).await.expect("connect")
+}
+
+/// A `sensorhub serve` command being put together; [`Serve::start`] runs it.
+pub struct Serve {
+    command: Command,
+    dir: tempfile::TempDir,
+}
+
+impl Serve {
+    /// `sensorhub serve` with gRPC and HTTP on port 0 of 127.0.0.1. The rest
+    /// (TLS or `--insecure`, tokens, data) is the caller's.
+    pub fn new() -> Serve {
+        let mut serve = Serve::without_listen_flags();
+        serve
+            .command
+            .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"]);
+        serve
+    }
+
+    /// `sensorhub serve` with the ready file only: the caller says where it
+    /// listens (flags or `SENSORHUB_LISTEN`/`SENSORHUB_HTTP`, port 0).
+    pub fn without_listen_flags() -> Serve {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut command = command();
         command
-            .args([
-                "serve",
-                "--insecure",
-                "--listen",
-                &format!("127.0.0.1:{grpc}"),
-                "--http",
-                &format!("127.0.0.1:{http}"),
-                "--shutdown-grace",
-                "2s",
-            ])
+            .arg("serve")
+            .arg("--ready-file")
+            .arg(dir.path().join("ready"));
+        Serve { command, dir }
+    }
+
+    /// Plaintext with one token and a durable store in `data`, as most
+    /// process tests run it.
+    pub fn insecure(data: &Path, token: &str) -> Serve {
+        let mut serve = Serve::new();
+        serve
+            .command
+            .args(["--insecure", "--shutdown-grace", "2s"])
             .arg("--data")
             .arg(data)
             .env("SENSORHUB_TOKENS", token);
-        clean_env(&mut command);
-        for (key, value) in env {
-            command.env(key, value);
+        serve
+    }
+
+    /// The command, to add flags and environment.
+    pub fn command(&mut self) -> &mut Command {
+        &mut self.command
+    }
+
+    /// Starts the server and waits until both listeners are bound; fails the
+    /// test with the log if it exits first.
+    pub fn start(self) -> SpawnedServer {
+        match self.start_or_exit() {
+            Ok(server) => server,
+            Err(exited) => panic!(
+                "sensorhub serve exited before it was ready ({}):\n{}",
+                exited.status, exited.log
+            ),
         }
-        let child = command
+    }
+
+    /// Starts the server: `Ok` once it is ready, `Err` if it exits first
+    /// (for tests of servers that must refuse to start).
+    pub fn start_or_exit(mut self) -> Result<SpawnedServer, Exited> {
+        let log = self.dir.path().join("serve.log");
+        let child = self
+            .command
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("create the server log"))
             .spawn()
             .expect("spawn sensorhub serve");
-        let server = SpawnedServer {
+        let mut server = SpawnedServer {
             child: Some(child),
-            grpc,
-            http,
+            grpc: 0,
+            http: 0,
+            log,
+            _dir: self.dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", grpc)).is_err() {
-            assert!(Instant::now() < deadline, "the server did not start");
-            std::thread::sleep(Duration::from_millis(50));
+        let ready = server._dir.path().join("ready");
+        let deadline = Instant::now() + START_LIMIT;
+        loop {
+            if let Some(status) = server.child_mut().try_wait().expect("poll the server") {
+                server.child = None;
+                return Err(Exited {
+                    status,
+                    log: server.log(),
+                });
+            }
+            if let Ok(text) = std::fs::read_to_string(&ready) {
+                let (grpc, http) = parse_ready_file(&text);
+                server.grpc = grpc.port();
+                server.http = http
+                    .unwrap_or_else(|| panic!("the server reported no HTTP listener: {text}"))
+                    .port();
+                return Ok(server);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sensorhub serve was not ready within {START_LIMIT:?}:\n{}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
-        server
+    }
+}
+
+/// A server that exited before it was ready.
+#[derive(Debug)]
+pub struct Exited {
+    pub status: ExitStatus,
+    pub log: String,
+}
+
+/// The `grpc=` and `http=` lines `--ready-file` writes.
+fn parse_ready_file(text: &str) -> (SocketAddr, Option<SocketAddr>) {
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+            .map(|addr| {
+                addr.parse()
+                    .unwrap_or_else(|e| panic!("ready file: {key}={addr}: {e}"))
+            })
+    };
+    (
+        field("grpc").unwrap_or_else(|| panic!("ready file without grpc=: {text}")),
+        field("http"),
+    )
+}
+
+/// A running `sensorhub serve`: its gRPC and HTTP ports, its log.
+pub struct SpawnedServer {
+    /// `None` once it has exited or [`SpawnedServer::terminate`] took it.
+    child: Option<Child>,
+    pub grpc: u16,
+    pub http: u16,
+    log: PathBuf,
+    /// Holds the log and the ready file.
+    _dir: tempfile::TempDir,
+}
+
+impl SpawnedServer {
+    /// `sensorhub serve --insecure` with `token` and a store in `data`, `env`
+    /// added to a clean telemetry environment.
+    pub fn start(data: &Path, token: &str, env: &[(&str, String)]) -> SpawnedServer {
+        let mut serve = Serve::insecure(data, token);
+        serve.command().envs(env.iter().map(|(k, v)| (k, v)));
+        serve.start()
+    }
+
+    fn child_mut(&mut self) -> &mut Child {
+        self.child.as_mut().expect("running")
     }
 
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends `signal` (`HUP`, `TERM`, `KILL`, ...).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Everything the server has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log has `count` lines containing `needle`; the log.
+    pub fn wait_for_log(&self, needle: &str, count: usize, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let log = self.log();
+            if log.lines().filter(|l| l.contains(needle)).count() >= count {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {count} log lines with {needle:?} within {limit:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The server's resident memory now, in bytes (Linux `/proc`).
@@ -90,27 +253,33 @@ impl SpawnedServer {
         format!("http://127.0.0.1:{}", self.grpc)
     }
 
-    /// SIGTERM, then waits (at most `limit`) for the exit: the output and how long it took.
+    /// SIGTERM, then waits (at most `limit`) for the exit: its status and
+    /// log (as `stderr`), and how long it took.
     pub fn terminate(mut self, limit: Duration) -> (Output, Duration) {
-        let mut child = self.child.take().expect("running");
         let started = Instant::now();
-        let pid = child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        while child.try_wait().unwrap().is_none() {
+        self.signal("TERM");
+        let mut child = self.child.take().expect("running");
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
             if started.elapsed() > limit {
                 let _ = child.kill();
-                panic!("the server did not exit within {limit:?} of SIGTERM");
+                let _ = child.wait();
+                panic!(
+                    "the server did not exit within {limit:?} of SIGTERM:\n{}",
+                    self.log()
+                );
             }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         let elapsed = started.elapsed();
-        (child.wait_with_output().unwrap(), elapsed)
+        let output = Output {
+            status,
+            stdout: Vec::new(),
+            stderr: self.log().into_bytes(),
+        };
+        (output, elapsed)
     }
 }
 
@@ -122,70 +291,4 @@ impl Drop for SpawnedServer {
             let _ = child.wait();
         }
     }
-}
-
-/// Removes inherited settings that would change what a child process exports.
-/// `sensorhub serve` with TLS (`cert`, `key`) on a free port of 127.0.0.1 and
-/// no HTTP listener; `configure` adds the rest (tokens, data, more flags).
-/// Returns once the port accepts connections, with the child and its port.
-pub fn spawn_tls_serve(
-    cert: &Path,
-    key: &Path,
-    configure: impl FnOnce(&mut Command),
-) -> (Child, u16) {
-    let port = free_port();
-    let mut command = Command::new(BIN);
-    command
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--http",
-            "off",
-        ])
-        .arg("--tls-cert")
-        .arg(cert)
-        .arg("--tls-key")
-        .arg(key)
-        .stdout(Stdio::null());
-    clean_env(&mut command);
-    configure(&mut command);
-    let mut child = command.spawn().expect("spawn sensorhub serve");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Some(exit) = child.try_wait().expect("wait") {
-            panic!("the server exited at startup: {exit}");
-        }
-        assert!(Instant::now() < deadline, "the server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (child, port)
-}
-
-pub fn clean_env(command: &mut Command) {
-    for (key, _) in std::env::vars() {
-        if key.starts_with("OTEL_") || key == "RUST_LOG" {
-            command.env_remove(key);
-        }
-    }
-}
-
-/// One HTTP/1.1 GET: (status code, body).
-pub fn http_get(port: u16, path: &str) -> (u16, String) {
-    let mut tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect to the HTTP listener");
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        tcp,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    tcp.read_to_string(&mut raw).expect("read the response");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("headers and body");
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status code");
-    (code, body.to_owned())
 }

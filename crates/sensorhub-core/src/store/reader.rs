@@ -76,6 +76,19 @@ fn stored(sensor_id: &str, ts: i64, seq: i64, temperature: f64) -> StoredReading
     }
 }
 
+/// One page of a sensor's history in time order, after a `(ts, seq)` cursor.
+const HISTORY_PAGE: &str = "SELECT ts, seq, temperature FROM readings
+     WHERE sensor = ?1 AND (ts, seq) > (?2, ?3) AND ts < ?4 AND seq <= ?5
+     ORDER BY ts, seq LIMIT ?6";
+
+/// One page of a sensor's live tail in arrival order, after a `seq`.
+const TAIL_PAGE: &str = "SELECT ts, seq, temperature FROM readings WHERE sensor = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3";
+
+/// One page of every sensor's statistics, by name after a cursor.
+const STATS_PAGE: &str =
+    "SELECT name, count, sum, min, max, last, last_ts, rolling_mean, alerts FROM sensors
+     WHERE name > ?1 ORDER BY name LIMIT ?2";
+
 pub(super) fn history_page(
     conn: &Connection,
     query: &HistoryQuery,
@@ -90,11 +103,7 @@ pub(super) fn history_page(
         .last
         .map(|(ts, seq)| (ts, seq as i64))
         .unwrap_or((query.since.unwrap_or(i64::MIN), 0));
-    let mut stmt = conn.prepare_cached(
-        "SELECT ts, seq, temperature FROM readings
-         WHERE sensor = ?1 AND (ts, seq) > (?2, ?3) AND ts < ?4 AND seq <= ?5
-         ORDER BY ts, seq LIMIT ?6",
-    )?;
+    let mut stmt = conn.prepare_cached(HISTORY_PAGE)?;
     let rows = stmt.query_map(
         params![
             sensor,
@@ -118,9 +127,7 @@ pub(super) fn tail_page(
     let Some(sensor) = sensor_key(conn, sensor_id)? else {
         return Ok(Vec::new());
     };
-    let mut stmt = conn.prepare_cached(
-        "SELECT ts, seq, temperature FROM readings WHERE sensor = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-    )?;
+    let mut stmt = conn.prepare_cached(TAIL_PAGE)?;
     let rows = stmt.query_map(params![sensor, after_seq as i64, page_size as i64], |r| {
         Ok(stored(sensor_id, r.get(0)?, r.get(1)?, r.get(2)?))
     })?;
@@ -147,10 +154,7 @@ pub(super) fn stats_page(
     after: &str,
     limit: usize,
 ) -> rusqlite::Result<Vec<SensorStats>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT name, count, sum, min, max, last, last_ts, rolling_mean, alerts FROM sensors
-         WHERE name > ?1 ORDER BY name LIMIT ?2",
-    )?;
+    let mut stmt = conn.prepare_cached(STATS_PAGE)?;
     let rows = stmt.query_map(params![after, limit as i64], |r| sensor_stats(r, 0))?;
     rows.collect()
 }
@@ -169,4 +173,55 @@ pub(super) fn sensor_stats(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Resu
         rolling_mean: row.get(at + 7)?,
         alerts: row.get::<_, i64>(at + 8)? as u64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Reading, Store, StoreConfig, store::StoreLocation};
+
+    /// The plans of the statements the reader runs must be index range
+    /// searches, never a scan plus a sort: a sensor with ten million
+    /// readings is read page by page.
+    #[test]
+    fn history_and_tail_pages_use_the_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let store = Store::open(StoreConfig::new(StoreLocation::Directory(
+                dir.path().to_owned(),
+            )))
+            .unwrap();
+            let reading = Reading {
+                sensor_id: "s".into(),
+                temperature: 1.0,
+                timestamp: 1,
+            };
+            store.append(vec![reading]).await.unwrap();
+            store.close().await.unwrap();
+        });
+        let conn = Connection::open(dir.path().join("readings.db")).unwrap();
+        let plan = |sql: &str| -> String {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let rows = stmt.query_map([], |r| r.get::<_, String>(3)).unwrap();
+            rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+        };
+        let history = plan(HISTORY_PAGE);
+        assert!(
+            history.contains("SEARCH readings USING PRIMARY KEY (sensor=? AND"),
+            "{history}"
+        );
+        assert!(!history.contains("TEMP B-TREE"), "{history}");
+        let tail = plan(TAIL_PAGE);
+        assert!(
+            tail.contains("readings_by_arrival (sensor=? AND seq>?)"),
+            "{tail}"
+        );
+        assert!(!tail.contains("TEMP B-TREE"), "{tail}");
+        // A page of every sensor's statistics reads the name index from the cursor on.
+        let stats = plan(STATS_PAGE);
+        assert!(stats.contains("SEARCH sensors USING INDEX"), "{stats}");
+        assert!(stats.contains("(name>?)"), "{stats}");
+        assert!(!stats.contains("TEMP B-TREE"), "{stats}");
+    }
 }
