@@ -203,7 +203,9 @@ mod tests {
         let conn = Connection::open(dir.path().join("readings.db")).unwrap();
         let plan = |sql: &str| -> String {
             let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-            let rows = stmt.query_map([], |r| r.get::<_, String>(3)).unwrap();
+            let params =
+                rusqlite::params_from_iter(std::iter::repeat_n(1_i64, stmt.parameter_count()));
+            let rows = stmt.query_map(params, |r| r.get::<_, String>(3)).unwrap();
             rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
         };
         let history = plan(HISTORY_PAGE);
