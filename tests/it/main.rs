@@ -22,6 +22,7 @@ mod durability;
 mod follow;
 mod graceful_shutdown;
 mod health_http;
+mod journal_replay;
 mod limits;
 mod load;
 mod overload;

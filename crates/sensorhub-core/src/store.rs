@@ -215,14 +215,18 @@ impl Store {
             config.retention,
         );
         if let Some(dir) = &target.journal {
-            let recovered = Journal::recover(dir, writer.last_seq())?;
-            if !recovered.readings.is_empty() {
-                let batch = writer.replay(&recovered.readings);
+            // Each batch is one transaction: should this start stop half-way,
+            // the tables are still a prefix of the journal.
+            let recovered = Journal::recover(dir, writer.last_seq(), |readings| {
+                let batch = writer.replay(readings);
                 indexer
                     .index(std::slice::from_ref(&batch))
-                    .map_err(|e| target.classify(e))?;
+                    .map(drop)
+                    .map_err(|e| target.classify(e))
+            })?;
+            if recovered.replayed > 0 {
                 tracing::info!(
-                    readings = recovered.readings.len(),
+                    readings = recovered.replayed,
                     first_seq = recovered.first_seq,
                     "replayed acknowledged readings from the journal into the tables"
                 );

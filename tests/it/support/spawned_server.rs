@@ -239,14 +239,22 @@ impl SpawnedServer {
 
     /// The server's resident memory now, in bytes (Linux `/proc`).
     pub fn rss_bytes(&self) -> u64 {
+        self.proc_status_kib("VmRSS:") * 1024
+    }
+
+    /// The most resident memory the server has had so far, in bytes.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        self.proc_status_kib("VmHWM:") * 1024
+    }
+
+    fn proc_status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
             .expect("read /proc/PID/status");
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .expect("a VmRSS line")
-            * 1024
+            .unwrap_or_else(|| panic!("a {field} line"))
     }
 
     pub fn url(&self) -> String {

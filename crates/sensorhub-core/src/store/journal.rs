@@ -31,6 +31,7 @@
 
 mod format;
 mod recovery;
+mod segment_reader;
 
 use std::{
     collections::VecDeque,
@@ -79,11 +80,17 @@ struct Segment {
 }
 
 impl Journal {
-    /// Reads every file of the log in `dir` and returns the readings after
-    /// `indexed` (the last sequence number SQLite holds durably). Cuts off an
-    /// interrupted write at the end; refuses anything else that is damaged.
-    pub(super) fn recover(dir: &Path, indexed: u64) -> Result<Recovered, StoreError> {
-        recovery::recover(dir, indexed)
+    /// Reads every file of the log in `dir` and hands the readings after
+    /// `indexed` (the last sequence number SQLite holds durably) to
+    /// `replay`, in order and in bounded batches. Cuts off an interrupted
+    /// write at the end; refuses anything else that is damaged, before
+    /// anything is replayed.
+    pub(super) fn recover(
+        dir: &Path,
+        indexed: u64,
+        replay: impl FnMut(&[Reading]) -> Result<(), StoreError>,
+    ) -> Result<Recovered, StoreError> {
+        recovery::recover(dir, indexed, replay)
     }
 
     /// [`Journal::start_with`] files of the usual size.
@@ -298,6 +305,28 @@ mod testing {
         bytes
     }
 
+    /// What recovery handed over, all of it.
+    #[derive(Debug)]
+    pub(super) struct Got {
+        pub(super) first_seq: u64,
+        pub(super) readings: Vec<Reading>,
+        pub(super) torn_bytes: u64,
+    }
+
+    pub(super) fn recover_all(dir: &Path, indexed: u64) -> Result<Got, StoreError> {
+        let mut readings = Vec::new();
+        let recovered = Journal::recover(dir, indexed, |batch| {
+            readings.extend_from_slice(batch);
+            Ok(())
+        })?;
+        assert_eq!(recovered.replayed, readings.len() as u64);
+        Ok(Got {
+            first_seq: recovered.first_seq,
+            readings,
+            torn_bytes: recovered.torn_bytes,
+        })
+    }
+
     pub(super) fn groups() -> Vec<Vec<Reading>> {
         vec![
             vec![reading("a", 1), reading("b", 2)],
@@ -310,7 +339,7 @@ mod testing {
     pub(super) fn frame_starts(bytes: &[u8]) -> (Vec<usize>, usize) {
         let mut starts = Vec::new();
         let mut at = 0;
-        while at < bytes.len() && !recovery::is_zero(&bytes[at..]) {
+        while at < bytes.len() && bytes[at..].iter().any(|b| *b != 0) {
             starts.push(at);
             at += Version::V2.head(&bytes[at..]).unwrap().frame_len as usize;
         }
@@ -350,7 +379,7 @@ mod tests {
         );
         assert_eq!(fs::metadata(&path).unwrap().len(), GROW_BYTES);
         assert!(end < GROW_BYTES);
-        let recovered = Journal::recover(dir.path(), 0).unwrap();
+        let recovered = recover_all(dir.path(), 0).unwrap();
         assert_eq!(recovered.readings, groups.concat());
         assert_eq!(recovered.torn_bytes, 0);
         // Nothing was cut off.
@@ -368,7 +397,7 @@ mod tests {
             fs::metadata(&path).unwrap().len(),
             end.next_multiple_of(GROW_BYTES)
         );
-        let recovered = Journal::recover(dir.path(), 0).unwrap();
+        let recovered = recover_all(dir.path(), 0).unwrap();
         assert_eq!(recovered.readings.len(), 6 + big.len());
     }
 
@@ -402,7 +431,7 @@ mod tests {
             .unwrap()
             .set_len(GROW_BYTES)
             .unwrap();
-        assert_eq!(Journal::recover(dir.path(), 0).unwrap().readings.len(), 8);
+        assert_eq!(recover_all(dir.path(), 0).unwrap().readings.len(), 8);
         journal.trim(5);
         assert_eq!(list_segments(dir.path()).unwrap().len(), 3);
         journal.trim(6);
@@ -411,7 +440,7 @@ mod tests {
         assert_eq!(list_segments(dir.path()).unwrap().len(), 1);
         // What is left still recovers, continuing across files.
         journal.append(9, 1, [reading("c", 9)].iter()).unwrap();
-        let recovered = Journal::recover(dir.path(), 8).unwrap();
+        let recovered = recover_all(dir.path(), 8).unwrap();
         assert_eq!(recovered.first_seq, 9);
         assert_eq!(recovered.readings, vec![reading("c", 9)]);
     }

@@ -29,6 +29,9 @@
 //! length below 256. Recovery relies on this to tell a sector a crash never
 //! wrote (zeros) from damage to a frame that was written whole.
 
+use std::io;
+
+use super::segment_reader::SegmentReader;
 use crate::Reading;
 
 /// Bytes of a version 2 frame header.
@@ -160,65 +163,77 @@ impl Version {
     }
 }
 
-/// A frame whose checksums hold, not yet decoded.
-#[derive(Debug)]
-pub(super) struct Frame<'a> {
+/// What a frame's checked bytes say besides its readings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Frame {
     pub(super) first_seq: u64,
     pub(super) count: u32,
-    /// The encoded readings.
-    readings: &'a [u8],
+    /// File offsets: where its readings start, and where the frame ends.
+    pub(super) readings_at: u64,
+    pub(super) end: u64,
 }
 
-impl<'a> Frame<'a> {
-    /// The frame in `frame` (exactly its bytes), whose header said `head`
-    /// and whose body checksum holds.
-    pub(super) fn decode(version: Version, head: Head, frame: &'a [u8]) -> Result<Self, String> {
-        let body = &frame[head.body_at..];
-        match version {
+impl Frame {
+    /// The frame at `at` of `file`, whose header said `head` and whose body
+    /// checksum holds: its sequence numbers and where its readings are.
+    pub(super) fn read(
+        version: Version,
+        file: &mut SegmentReader,
+        at: u64,
+        head: Head,
+    ) -> io::Result<Result<Frame, String>> {
+        let end = at + head.frame_len;
+        let body = at + head.body_at as u64;
+        let u32_at = |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4"));
+        Ok(match version {
             Version::V1 => {
-                let (fixed, readings) = body
-                    .split_at_checked(V1_PAYLOAD_HEADER)
-                    .ok_or("the frame is too short to hold its header")?;
+                let fixed = file.bytes(body, V1_PAYLOAD_HEADER)?;
+                if body + V1_PAYLOAD_HEADER as u64 > end || fixed.len() < V1_PAYLOAD_HEADER {
+                    return Ok(Err("the frame is too short to hold its header".into()));
+                }
                 Ok(Frame {
                     first_seq: u64::from_le_bytes(fixed[0..8].try_into().expect("8")),
-                    count: u32::from_le_bytes(fixed[8..12].try_into().expect("4")),
-                    readings,
+                    count: u32_at(fixed, 8),
+                    readings_at: body + V1_PAYLOAD_HEADER as u64,
+                    end,
                 })
             }
             Version::V2 => {
-                let header = &frame[..V2_HEADER];
-                let keyed = u32::from_le_bytes(body[0..4].try_into().expect("4"));
+                let header = file.bytes(at, V2_HEADER + V2_BODY_HEADER)?;
+                let keyed = u32_at(header, V2_HEADER);
                 if keyed != 0 {
-                    return Err(format!(
+                    Err(format!(
                         "the frame holds {keyed} keyed writes, which this build does not know (written by a newer sensorhub?)"
-                    ));
+                    ))
+                } else {
+                    Ok(Frame {
+                        first_seq: u64::from_le_bytes(header[4..12].try_into().expect("8")),
+                        count: u32_at(header, 12),
+                        readings_at: body + V2_BODY_HEADER as u64,
+                        end,
+                    })
                 }
-                Ok(Frame {
-                    first_seq: u64::from_le_bytes(header[4..12].try_into().expect("8")),
-                    count: u32::from_le_bytes(header[12..16].try_into().expect("4")),
-                    readings: &body[V2_BODY_HEADER..],
-                })
             }
-        }
+        })
     }
 
-    /// Calls `each` with every reading and its sequence number, in order;
-    /// fails if the readings do not fill the frame exactly.
+    /// Decodes the frame's readings, handing each to `each` with its
+    /// sequence number; fails unless they fill the frame exactly.
     pub(super) fn for_each_reading(
         &self,
-        mut each: impl FnMut(u64, Reading),
-    ) -> Result<(), String> {
-        let mut rest = self.readings;
-        for i in 0..u64::from(self.count) {
-            let (reading, tail) = decode_reading(rest)
-                .ok_or_else(|| format!("reading {i} of {} cannot be decoded", self.count))?;
-            rest = tail;
-            each(self.first_seq + i, reading);
-        }
-        if !rest.is_empty() {
-            return Err(format!("{} bytes after its last reading", rest.len()));
-        }
-        Ok(())
+        file: &mut SegmentReader,
+        mut each: impl FnMut(u64, &str, i64, f64),
+    ) -> io::Result<Result<(), String>> {
+        let mut i = 0;
+        let decoded = read_readings(file, self.readings_at, self.end, self.count, |id, ts, t| {
+            each(self.first_seq + i, id, ts, t);
+            i += 1;
+        })?;
+        Ok(match decoded {
+            Ok(end) if end == self.end => Ok(()),
+            Ok(end) => Err(format!("{} bytes after its last reading", self.end - end)),
+            Err(i) => Err(format!("reading {i} of {} cannot be decoded", self.count)),
+        })
     }
 }
 
@@ -252,34 +267,55 @@ pub(super) fn encode<'a>(
     out[20..24].copy_from_slice(&head_crc.to_le_bytes());
 }
 
-fn decode_reading(bytes: &[u8]) -> Option<(Reading, &[u8])> {
-    let (id_len, rest) = bytes.split_first_chunk::<2>()?;
-    let (id, rest) = rest.split_at_checked(u16::from_le_bytes(*id_len) as usize)?;
-    let (ts, rest) = rest.split_first_chunk::<8>()?;
-    let (temperature, rest) = rest.split_first_chunk::<8>()?;
-    Some((
-        Reading {
-            sensor_id: std::str::from_utf8(id).ok()?.to_owned(),
-            timestamp: i64::from_le_bytes(*ts),
-            temperature: f64::from_le_bytes(*temperature),
-        },
-        rest,
-    ))
+/// Decodes `count` readings from `from` on, none past `limit`, handing
+/// each to `each` without allocating. Returns where they end, or the index
+/// of the first that cannot be decoded.
+fn read_readings(
+    file: &mut SegmentReader,
+    from: u64,
+    limit: u64,
+    count: u32,
+    mut each: impl FnMut(&str, i64, f64),
+) -> io::Result<Result<u64, u32>> {
+    let mut at = from;
+    for i in 0..count {
+        let id_len = match file.bytes(at, 2)? {
+            [a, b] => u16::from_le_bytes([*a, *b]) as usize,
+            _ => return Ok(Err(i)),
+        };
+        let end = at + (2 + id_len + 16) as u64;
+        if end > limit {
+            return Ok(Err(i));
+        }
+        let bytes = file.bytes(at + 2, id_len + 16)?;
+        let (id, numbers) = bytes.split_at(id_len);
+        let Ok(id) = std::str::from_utf8(id) else {
+            return Ok(Err(i));
+        };
+        let ts = i64::from_le_bytes(numbers[0..8].try_into().expect("8"));
+        let temperature = f64::from_le_bytes(numbers[8..16].try_into().expect("8"));
+        each(id, ts, temperature);
+        at = end;
+    }
+    Ok(Ok(at))
 }
 
-/// Version 1 only: the length the frame at the start of `bytes` really has
-/// if its payload is whole and only its `len` was damaged. Decodes the
-/// readings its payload header counts and checks the payload checksum
-/// over exactly them.
-pub(super) fn v1_whole_frame_len(bytes: &[u8], crc: u32) -> Option<u64> {
-    let payload = bytes.get(V1_HEADER..)?;
-    let count = u32::from_le_bytes(payload.get(8..12)?.try_into().ok()?);
-    let mut rest = &payload[V1_PAYLOAD_HEADER..];
-    for _ in 0..count {
-        rest = decode_reading(rest)?.1;
+/// Version 1 only: the length the frame at `at` really has if its payload
+/// is whole and only its `len` was damaged. Decodes the readings its
+/// payload header counts and checks the payload checksum over exactly them.
+pub(super) fn v1_whole_frame_len(file: &mut SegmentReader, at: u64) -> io::Result<Option<u64>> {
+    let header = file.bytes(at, V1_HEADER + V1_PAYLOAD_HEADER)?;
+    if header.len() < V1_HEADER + V1_PAYLOAD_HEADER {
+        return Ok(None);
     }
-    let len = payload.len() - rest.len();
-    (crc32fast::hash(&payload[..len]) == crc).then_some((V1_HEADER + len) as u64)
+    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4"));
+    let count = u32::from_le_bytes(header[16..20].try_into().expect("4"));
+    let readings_at = at + (V1_HEADER + V1_PAYLOAD_HEADER) as u64;
+    let Ok(end) = read_readings(file, readings_at, file.len(), count, |_, _, _| {})? else {
+        return Ok(None);
+    };
+    let payload = at + V1_HEADER as u64;
+    Ok((file.crc(payload, end)? == crc).then_some(end - at))
 }
 
 #[cfg(test)]
@@ -302,10 +338,32 @@ mod tests {
         let head = Version::V2.head(&out).unwrap();
         assert_eq!(head.frame_len, out.len() as u64);
         assert_eq!(crc32fast::hash(&out[head.body_at..]), head.body_crc);
-        let frame = Frame::decode(Version::V2, head, &out).unwrap();
-        assert_eq!((frame.first_seq, frame.count), (41, 3));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        // Behind another frame's worth of bytes: offsets are the file's.
+        std::fs::write(&path, [vec![7; 5], out.clone()].concat()).unwrap();
+        let mut file = SegmentReader::open(&path).unwrap();
+        let frame = Frame::read(Version::V2, &mut file, 5, head)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (frame.first_seq, frame.count, frame.end),
+            (41, 3, 5 + out.len() as u64)
+        );
         let mut got = Vec::new();
-        frame.for_each_reading(|seq, r| got.push((seq, r))).unwrap();
+        frame
+            .for_each_reading(&mut file, |seq, id, timestamp, temperature| {
+                got.push((
+                    seq,
+                    Reading {
+                        sensor_id: id.into(),
+                        temperature,
+                        timestamp,
+                    },
+                ))
+            })
+            .unwrap()
+            .unwrap();
         assert_eq!(got, (41..).zip(readings).collect::<Vec<_>>());
     }
 

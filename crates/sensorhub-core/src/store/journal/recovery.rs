@@ -25,30 +25,43 @@
 //! Anything else is refused with the file and the byte offset, and nothing
 //! is changed: the one change recovery makes, cutting off the interrupted
 //! write, happens only after every file has been checked.
+//!
+//! Memory: recovery reads each file through one fixed window
+//! (`segment_reader.rs`) and replays in batches of at most
+//! [`REPLAY_BATCH`] readings, so recovering a 64 MiB file, or tables far
+//! behind the journal, costs a bounded amount of memory. That takes two
+//! passes: the first checks every file and replays nothing, so a store
+//! refused for damage is left exactly as it was, tables included; the
+//! second reads again only the frames the tables lack.
 
 use std::{
-    fs::{self, OpenOptions},
+    fs::OpenOptions,
+    io,
     path::{Path, PathBuf},
 };
 
 use super::{
-    StoreError,
-    format::{Frame, HeadFault, Version, v1_whole_frame_len},
+    Segment, StoreError,
+    format::{Frame, Head, HeadFault, Version, v1_whole_frame_len},
     list_segments,
+    segment_reader::SegmentReader,
 };
 use crate::Reading;
 
 /// Disk sectors are at least this large and are written whole or not at all.
 const SECTOR: u64 = 512;
 /// A share of a sector this long that reads as zeros was never written.
-const HOLE: usize = 16;
+const HOLE: u64 = 16;
+/// Readings handed to the store at once when replaying.
+pub(in crate::store) const REPLAY_BATCH: usize = 16_384;
 
 /// What recovery found in the log beyond what SQLite already holds.
 #[derive(Debug, Default)]
 pub(in crate::store) struct Recovered {
-    /// The sequence number of `readings[0]`; the rest follow without a gap.
+    /// The sequence number of the first reading replayed.
     pub(in crate::store) first_seq: u64,
-    pub(in crate::store) readings: Vec<Reading>,
+    /// Readings replayed, numbered on from `first_seq` without a gap.
+    pub(in crate::store) replayed: u64,
     /// Bytes of an interrupted last write that were cut off.
     pub(in crate::store) torn_bytes: u64,
 }
@@ -61,85 +74,57 @@ struct Torn {
     reason: &'static str,
 }
 
-/// Reads every file of the log in `dir` and returns the readings after
-/// `indexed` (the last sequence number SQLite holds durably). Cuts off an
-/// interrupted write at the end; refuses anything else that is damaged.
-pub(in crate::store) fn recover(dir: &Path, indexed: u64) -> Result<Recovered, StoreError> {
-    let corrupt = |path: &Path, reason: String| StoreError::Corrupt {
+/// One file after the first pass: where its checked frames end, and the
+/// sequence number the frame after them would start at.
+struct CheckedFile<'a> {
+    segment: &'a Segment,
+    frames_end: u64,
+    next_seq: u64,
+}
+
+fn corrupt(path: &Path, reason: String) -> StoreError {
+    StoreError::Corrupt {
         path: path.to_path_buf(),
         reason,
-    };
+    }
+}
+
+/// Reads every file of the log in `dir` and hands the readings after
+/// `indexed` (the last sequence number SQLite holds durably) to `replay`,
+/// in order, at most [`REPLAY_BATCH`] at a time. Cuts off an interrupted
+/// write at the end; refuses anything else that is damaged, before
+/// anything is replayed or changed.
+pub(in crate::store) fn recover(
+    dir: &Path,
+    indexed: u64,
+    mut replay: impl FnMut(&[Reading]) -> Result<(), StoreError>,
+) -> Result<Recovered, StoreError> {
     let segments = list_segments(dir).map_err(|e| StoreError::Open {
         path: dir.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let mut recovered = Recovered::default();
+    let mut files = Vec::with_capacity(segments.len());
     let mut torn = None;
-    // Where the frames so far end: the next frame holds this sequence number.
     let mut next: Option<u64> = None;
     for (i, segment) in segments.iter().enumerate() {
-        let (first, version, path) = (segment.first_seq, segment.version, &segment.path);
-        let newest = i + 1 == segments.len();
+        let path = &segment.path;
         if let Some(next) = next
-            && first != next
+            && segment.first_seq != next
         {
             return Err(corrupt(
                 path,
                 format!(
-                    "the file is named for sequence {first}, but the file before it ends at {}",
+                    "the file is named for sequence {}, but the file before it ends at {}",
+                    segment.first_seq,
                     next - 1
                 ),
             ));
         }
-        let bytes = fs::read(path).map_err(|e| corrupt(path, e.to_string()))?;
-        let mut at = 0usize;
-        let mut expected = first;
-        while at < bytes.len() && !is_zero(&bytes[at..]) {
-            let rest = &bytes[at..];
-            let frame = match checked_frame(version, rest) {
-                Ok(frame) => frame,
-                Err(fault) if newest && fault.may_be_torn(version, rest, at as u64) => {
-                    torn = Some(Torn {
-                        path: path.clone(),
-                        at: at as u64,
-                        bytes: fault.frame_bytes(version, rest),
-                        reason: fault.reason(),
-                    });
-                    break;
-                }
-                Err(fault) => {
-                    return Err(corrupt(
-                        path,
-                        format!("frame at byte {at}: {}", fault.explain(version, rest)),
-                    ));
-                }
-            };
-            let frame_len = frame.len;
-            let frame = Frame::decode(version, frame.head, &rest[..frame_len])
-                .map_err(|why| corrupt(path, format!("frame at byte {at}: {why}")))?;
-            if frame.first_seq != expected {
-                return Err(corrupt(
-                    path,
-                    format!(
-                        "frame at byte {at} starts at sequence {}, expected {expected}",
-                        frame.first_seq
-                    ),
-                ));
-            }
-            expected = frame.first_seq + u64::from(frame.count);
-            frame
-                .for_each_reading(|seq, reading| {
-                    if seq > indexed {
-                        if recovered.readings.is_empty() {
-                            recovered.first_seq = seq;
-                        }
-                        recovered.readings.push(reading);
-                    }
-                })
-                .map_err(|why| corrupt(path, format!("frame at byte {at}: {why}")))?;
-            at += frame_len;
-        }
-        next = Some(expected);
+        let newest = i + 1 == segments.len();
+        let checked =
+            check_file(segment, newest, &mut torn).map_err(|e| corrupt(path, e.to_string()))??;
+        next = Some(checked.next_seq);
+        files.push(checked);
     }
     // The journal must take over where the tables end. If it begins later,
     // and reaches beyond them (its frames do, or an empty file's name says
@@ -158,6 +143,7 @@ pub(in crate::store) fn recover(dir: &Path, indexed: u64) -> Result<Recovered, S
             ),
         ));
     }
+    let mut recovered = Recovered::default();
     if let Some(torn) = torn {
         tracing::warn!(
             journal = %torn.path.display(),
@@ -169,16 +155,127 @@ pub(in crate::store) fn recover(dir: &Path, indexed: u64) -> Result<Recovered, S
         truncate(&torn.path, torn.at).map_err(|e| corrupt(&torn.path, e.to_string()))?;
         recovered.torn_bytes = torn.bytes;
     }
+    let mut batch = Vec::with_capacity(REPLAY_BATCH);
+    for file in files.iter().filter(|f| f.next_seq > indexed + 1) {
+        let path = &file.segment.path;
+        replay_file(file, indexed, &mut batch, &mut recovered, &mut replay)
+            .map_err(|e| corrupt(path, format!("read again for replay: {e}")))??;
+    }
+    if !batch.is_empty() {
+        replay(&batch)?;
+    }
     Ok(recovered)
 }
 
-/// A frame whose header and body check out.
-struct Checked {
-    head: super::format::Head,
-    len: usize,
+/// The first pass over one file: checks every frame and reads nothing
+/// into memory. The newest file's interrupted last write goes to `torn`.
+fn check_file<'a>(
+    segment: &'a Segment,
+    newest: bool,
+    torn: &mut Option<Torn>,
+) -> io::Result<Result<CheckedFile<'a>, StoreError>> {
+    let (version, path) = (segment.version, &segment.path);
+    let mut file = SegmentReader::open(path)?;
+    let len = file.len();
+    let mut at = 0;
+    let mut expected = segment.first_seq;
+    while at < len && !file.is_zero(at, len)? {
+        let head = match checked_frame(version, &mut file, at)? {
+            Ok(head) => head,
+            Err(fault) if newest && fault.may_be_torn(version, &mut file, at)? => {
+                *torn = Some(Torn {
+                    path: path.clone(),
+                    at,
+                    bytes: fault.frame_bytes(version, at, len),
+                    reason: fault.reason(),
+                });
+                break;
+            }
+            Err(fault) => {
+                let why = fault.explain(version, &mut file, at)?;
+                return Ok(Err(corrupt(path, format!("frame at byte {at}: {why}"))));
+            }
+        };
+        let frame = match Frame::read(version, &mut file, at, head)? {
+            Ok(frame) => frame,
+            Err(why) => return Ok(Err(corrupt(path, format!("frame at byte {at}: {why}")))),
+        };
+        if frame.first_seq != expected {
+            return Ok(Err(corrupt(
+                path,
+                format!(
+                    "frame at byte {at} starts at sequence {}, expected {expected}",
+                    frame.first_seq
+                ),
+            )));
+        }
+        if let Err(why) = frame.for_each_reading(&mut file, |_, _, _, _| {})? {
+            return Ok(Err(corrupt(path, format!("frame at byte {at}: {why}"))));
+        }
+        expected = frame.first_seq + u64::from(frame.count);
+        at = frame.end;
+    }
+    Ok(Ok(CheckedFile {
+        segment,
+        frames_end: at,
+        next_seq: expected,
+    }))
 }
 
-/// Why the frame at the start of `rest` does not check out.
+/// The second pass over one checked file: the readings after `indexed`,
+/// into `batch`, which goes to `replay` whenever it is full.
+fn replay_file(
+    checked: &CheckedFile<'_>,
+    indexed: u64,
+    batch: &mut Vec<Reading>,
+    recovered: &mut Recovered,
+    replay: &mut impl FnMut(&[Reading]) -> Result<(), StoreError>,
+) -> io::Result<Result<(), StoreError>> {
+    let version = checked.segment.version;
+    let mut file = SegmentReader::open(&checked.segment.path)?;
+    let mut at = 0;
+    while at < checked.frames_end {
+        let header = file.bytes(at, version.header_len())?;
+        let head = version
+            .head(header)
+            .map_err(|f| io::Error::other(f.reason()))?;
+        let frame = Frame::read(version, &mut file, at, head)?.map_err(io::Error::other)?;
+        at = frame.end;
+        if frame.first_seq + u64::from(frame.count) <= indexed + 1 {
+            continue;
+        }
+        if file.crc(frame.end - head.frame_len + head.body_at as u64, frame.end)? != head.body_crc {
+            return Err(io::Error::other("a frame changed since it was checked"));
+        }
+        let mut failed = None;
+        frame
+            .for_each_reading(&mut file, |seq, id, timestamp, temperature| {
+                if seq <= indexed || failed.is_some() {
+                    return;
+                }
+                if recovered.replayed == 0 {
+                    recovered.first_seq = seq;
+                }
+                recovered.replayed += 1;
+                batch.push(Reading {
+                    sensor_id: id.to_owned(),
+                    temperature,
+                    timestamp,
+                });
+                if batch.len() == REPLAY_BATCH {
+                    failed = replay(batch).err();
+                    batch.clear();
+                }
+            })?
+            .map_err(io::Error::other)?;
+        if let Some(e) = failed {
+            return Ok(Err(e));
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// Why the frame at a given offset does not check out.
 #[derive(Debug)]
 enum Fault {
     Head(HeadFault),
@@ -192,56 +289,54 @@ enum Fault {
     },
 }
 
-fn checked_frame(version: Version, rest: &[u8]) -> Result<Checked, Fault> {
-    let head = version.head(rest).map_err(Fault::Head)?;
-    let end = head.frame_len;
-    let Some(frame) = usize::try_from(end).ok().and_then(|end| rest.get(..end)) else {
-        return Err(Fault::CutShort { end });
+/// The header of the frame at `at`, once it and the body check out.
+fn checked_frame(
+    version: Version,
+    file: &mut SegmentReader,
+    at: u64,
+) -> io::Result<Result<Head, Fault>> {
+    let header = file.bytes(at, version.header_len())?;
+    let head = match version.head(header) {
+        Ok(head) => head,
+        Err(fault) => return Ok(Err(Fault::Head(fault))),
     };
-    if crc32fast::hash(&frame[head.body_at..]) != head.body_crc {
-        return Err(Fault::Body { end });
+    let end = at.saturating_add(head.frame_len);
+    if end > file.len() {
+        return Ok(Err(Fault::CutShort { end }));
     }
-    Ok(Checked {
-        head,
-        len: frame.len(),
-    })
+    if file.crc(at + head.body_at as u64, end)? != head.body_crc {
+        return Ok(Err(Fault::Body { end }));
+    }
+    Ok(Ok(head))
 }
 
 impl Fault {
     /// Whether this can be the write a crash interrupted, by the rules in
-    /// the module docs. `rest` runs from the frame to the end of the
-    /// newest file; `at` is the frame's offset in it.
-    fn may_be_torn(&self, version: Version, rest: &[u8], at: u64) -> bool {
-        let header = version.header_len();
-        match (version, self) {
+    /// the module docs. The frame is at `at` of the newest file.
+    fn may_be_torn(&self, version: Version, file: &mut SegmentReader, at: u64) -> io::Result<bool> {
+        let len = file.len();
+        Ok(match (version, self) {
             (_, Fault::Head(HeadFault::CutShort)) | (Version::V2, Fault::CutShort { .. }) => true,
-            (Version::V2, Fault::Head(HeadFault::Checksum)) => is_zero(&rest[header..]),
+            (Version::V2, Fault::Head(HeadFault::Checksum)) => {
+                file.is_zero(at + version.header_len() as u64, len)?
+            }
             (_, Fault::Head(_)) => false,
             (Version::V2, Fault::Body { end }) => {
-                let end = *end as usize;
-                is_zero(&rest[end..]) && has_hole(&rest[..end], at)
+                file.is_zero(*end, len)? && has_hole(file, at, *end)?
             }
-            (Version::V1, Fault::CutShort { .. } | Fault::Body { .. }) => {
+            (Version::V1, Fault::CutShort { end } | Fault::Body { end }) => {
                 // `len` is unchecked: where it says the frame ends proves nothing.
-                let end = self.frame_bytes(version, rest) as usize;
-                let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4"));
-                let torn =
-                    self.runs_past(rest) || is_zero(&rest[end..]) && has_hole(&rest[..end], at);
-                torn && v1_whole_frame_len(rest, crc).is_none()
+                let torn = *end > len || file.is_zero(*end, len)? && has_hole(file, at, *end)?;
+                torn && v1_whole_frame_len(file, at)?.is_none()
             }
-        }
+        })
     }
 
-    fn runs_past(&self, rest: &[u8]) -> bool {
-        matches!(self, Fault::CutShort { end } if *end > rest.len() as u64)
-    }
-
-    /// Bytes of the file the frame takes, as far as the file goes.
-    fn frame_bytes(&self, version: Version, rest: &[u8]) -> u64 {
-        let len = rest.len() as u64;
+    /// Bytes of the file (`len` long) that the frame at `at` takes.
+    fn frame_bytes(&self, version: Version, at: u64, len: u64) -> u64 {
         match self {
-            Fault::Head(_) => len.min(version.header_len() as u64),
-            Fault::CutShort { end } | Fault::Body { end } => (*end).min(len),
+            Fault::Head(_) => (len - at).min(version.header_len() as u64),
+            Fault::CutShort { end } | Fault::Body { end } => (*end).min(len) - at,
         }
     }
 
@@ -254,18 +349,20 @@ impl Fault {
     }
 
     /// Why this is damage, for the operator.
-    fn explain(&self, version: Version, rest: &[u8]) -> String {
+    fn explain(&self, version: Version, file: &mut SegmentReader, at: u64) -> io::Result<String> {
         let reason = self.reason();
         if version == Version::V1
-            && let Some(whole) =
-                v1_whole_frame_len(rest, u32::from_le_bytes(rest[4..8].try_into().expect("4")))
+            && let Some(whole) = v1_whole_frame_len(file, at)?
         {
-            return format!(
-                "{reason}: its length field says {} bytes, but its readings end after {whole} and check out there, so the length field is damaged",
-                self.frame_bytes(version, rest)
-            );
+            let claimed = match self {
+                Fault::CutShort { end } | Fault::Body { end } => end - at,
+                Fault::Head(_) => 0,
+            };
+            return Ok(format!(
+                "{reason}: its length field says {claimed} bytes, but its readings end after {whole} and check out there, so the length field is damaged"
+            ));
         }
-        match self {
+        Ok(match self {
             Fault::Head(HeadFault::Checksum) => {
                 format!("{reason}, and data follows it: it was written whole and damaged since")
             }
@@ -273,34 +370,26 @@ impl Fault {
                 "{reason}, and no part of it reads as never written: it was written whole and damaged since"
             ),
             _ => reason.to_owned(),
-        }
+        })
     }
 }
 
-/// Whether some disk sector's share of `frame` (which starts at byte `at`
-/// of its file), at least [`HOLE`] bytes of it, reads as zeros: a sector
-/// the crash never wrote.
-fn has_hole(frame: &[u8], at: u64) -> bool {
-    let end = at + frame.len() as u64;
+/// Whether some disk sector's share of the frame from `at` to `end`, at
+/// least [`HOLE`] bytes of it, reads as zeros: a sector the crash never wrote.
+fn has_hole(file: &mut SegmentReader, at: u64, end: u64) -> io::Result<bool> {
     let mut start = at;
     while start < end {
-        let sector_end = ((start / SECTOR) + 1) * SECTOR;
-        let share = &frame[(start - at) as usize..(sector_end.min(end) - at) as usize];
-        if share.len() >= HOLE && is_zero(share) {
-            return true;
+        let sector_end = (start / SECTOR + 1) * SECTOR;
+        let share_end = sector_end.min(end);
+        if share_end - start >= HOLE && file.is_zero(start, share_end)? {
+            return Ok(true);
         }
         start = sector_end;
     }
-    false
+    Ok(false)
 }
 
-/// Whether `bytes` are all zeros: space the file was grown by and no frame
-/// reached (no frame is all zeros).
-pub(super) fn is_zero(bytes: &[u8]) -> bool {
-    bytes.iter().all(|b| *b == 0)
-}
-
-fn truncate(path: &Path, len: u64) -> std::io::Result<()> {
+fn truncate(path: &Path, len: u64) -> io::Result<()> {
     let file = OpenOptions::new().write(true).open(path)?;
     file.set_len(len)?;
     file.sync_all()
@@ -308,6 +397,8 @@ fn truncate(path: &Path, len: u64) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::super::{Journal, testing::*};
     use super::*;
     use crate::store::journal::format::V2_HEADER;
@@ -321,8 +412,12 @@ mod tests {
         ("header crc", 20, 4),
     ];
 
-    fn recover(dir: &Path, indexed: u64) -> Result<Recovered, StoreError> {
-        Journal::recover(dir, indexed)
+    fn recover(dir: &Path, indexed: u64) -> Result<Got, StoreError> {
+        recover_all(dir, indexed)
+    }
+
+    fn is_zero(bytes: &[u8]) -> bool {
+        bytes.iter().all(|b| *b == 0)
     }
 
     /// Asserts that recovery refuses `path`'s damage at frame `at`, naming
@@ -376,6 +471,58 @@ mod tests {
 
         let none = recover(dir.path(), 16).unwrap();
         assert!(none.readings.is_empty());
+    }
+
+    /// Replay comes in batches of at most REPLAY_BATCH readings, in order
+    /// and across files; and only once every file has checked out: damage
+    /// in the newest file's last frame stops recovery before one reading
+    /// is handed over.
+    #[test]
+    fn replay_comes_in_bounded_batches_only_after_every_file_checked_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let groups: Vec<Vec<Reading>> = (0..12)
+            .map(|g| (0..5_000).map(|i| reading("r", g * 5_000 + i)).collect())
+            .collect();
+        let mut journal = write(dir.path(), 1, &groups[..6]);
+        journal.rotate(30_001);
+        for (g, group) in groups[6..].iter().enumerate() {
+            let seq = 30_001 + g as u64 * 5_000;
+            journal.append(seq, group.len(), group.iter()).unwrap();
+        }
+        drop(journal);
+        let all = groups.concat();
+        for indexed in [0, 2_500, 30_000, 41_234] {
+            let mut batches = Vec::new();
+            let recovered = Journal::recover(dir.path(), indexed, |batch| {
+                batches.push(batch.to_vec());
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(recovered.first_seq, indexed + 1);
+            assert!(
+                batches
+                    .iter()
+                    .all(|b| !b.is_empty() && b.len() <= REPLAY_BATCH)
+            );
+            assert!(batches.len() > 1);
+            assert_eq!(batches.concat(), all[indexed as usize..], "after {indexed}");
+        }
+
+        let segments = list_segments(dir.path()).unwrap();
+        shrink_unused(&segments[1].path);
+        let bytes = fs::read(&segments[1].path).unwrap();
+        let (starts, _) = frame_starts(&bytes);
+        rewrite(&segments[1].path, |b| {
+            b[*starts.last().unwrap() + 2] ^= 0x01
+        });
+        let mut handed = 0;
+        let err = Journal::recover(dir.path(), 0, |batch| {
+            handed += batch.len();
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert_eq!(handed, 0);
     }
 
     /// The issue 13 damage: every bit of every header field of the first, a
@@ -506,7 +653,8 @@ mod tests {
                 fs::write(&path, &damaged).unwrap();
                 let what = format!("{pattern} {zeroed:?}");
                 let header_lost = from == at;
-                let provable = to - from >= HOLE || pattern == "suffix" && from < at + V2_HEADER;
+                let provable =
+                    to - from >= HOLE as usize || pattern == "suffix" && from < at + V2_HEADER;
                 match recover(dir.path(), 0) {
                     Ok(recovered) => {
                         assert!(
