@@ -169,6 +169,8 @@ async fn every_metric_the_dashboards_and_rules_use_exists() {
         "sensorhub_streams_active",
         "sensorhub_store_commit_duration_seconds_bucket",
         "otel_sdk_exporter_span_exported_total",
+        "otel_sdk_processor_span_processed_total",
+        "otel_sdk_processor_log_processed_total",
     ] {
         assert!(
             server_metrics.contains(expected),

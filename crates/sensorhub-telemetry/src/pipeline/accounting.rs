@@ -8,6 +8,14 @@
 //! `otel.sdk.exporter.{span,log}.exported` (with `error.type` on failure)
 //! and warn at most once per [`WARN_EVERY`]. Metrics need no wrapper: they
 //! are cumulative, so the next successful export carries the totals.
+//!
+//! What a full batch queue drops never reaches an exporter, so it is not
+//! counted here: the SDK counts it itself, in the semconv
+//! `otel.sdk.processor.{span,log}.processed` with `error.type=queue_full`
+//! (the `experimental_metrics_bound_instruments` feature of
+//! `opentelemetry_sdk`, on for the workspace). Those counters are made when
+//! the batch processors are built, which is why the meter provider is
+//! installed first (`pipeline.rs`).
 
 use std::{
     sync::{Arc, Mutex, OnceLock},
