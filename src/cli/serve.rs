@@ -16,6 +16,7 @@ use sensorhub_grpc::{
     MetricsEndpoint, Reload, RunningServer, ServerConfig, ServiceConfig,
     auth::{RateLimit, TokenSet},
     listener::ConnectionLimits,
+    request_budget::RequestLimits,
     tls::ServerTlsFiles,
 };
 use sensorhub_telemetry::pipeline::{PROMETHEUS_CONTENT_TYPE, PrometheusText, Telemetry};
@@ -84,6 +85,15 @@ pub struct ServeArgs {
     /// Largest accepted message, bytes (after decompression).
     #[arg(long, env = "SENSORHUB_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub max_message_bytes: usize,
+    /// Bytes of request messages that have begun to arrive but are not
+    /// complete, over all calls; a call whose message would go over it gets
+    /// UNAVAILABLE instead of being buffered.
+    #[arg(long, env = "SENSORHUB_MAX_BUFFERED_REQUEST_BYTES", default_value_t = RequestLimits::default().max_buffered_bytes)]
+    pub max_buffered_request_bytes: usize,
+    /// How long a request message may take to arrive once begun (a unary
+    /// request: the whole request); slower ones get DEADLINE_EXCEEDED.
+    #[arg(long, env = "SENSORHUB_MESSAGE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub message_timeout: Duration,
     /// Concurrent calls (HTTP/2 streams) per connection.
     #[arg(long, env = "SENSORHUB_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
     pub max_concurrent_streams: u32,
@@ -163,6 +173,10 @@ impl ServeArgs {
         config.service.max_message_bytes = self.max_message_bytes;
         config.service.max_unary_in_flight = self.max_unary_in_flight;
         config.max_concurrent_streams = self.max_concurrent_streams;
+        config.requests = RequestLimits {
+            max_buffered_bytes: self.max_buffered_request_bytes,
+            message_timeout: self.message_timeout,
+        };
         config.shutdown_grace = self.shutdown_grace;
         config.connections = ConnectionLimits {
             max_connections: self.max_connections,

@@ -19,6 +19,7 @@ mod deploy_prometheus_scrape;
 mod deploy_rules;
 mod deploy_scripts;
 mod durability;
+mod exhaustion;
 mod follow;
 mod graceful_shutdown;
 mod health_http;

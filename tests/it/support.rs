@@ -3,6 +3,7 @@
 //! programs read them. In-process servers come from
 //! `sensorhub_grpc::testing`.
 
+pub mod attacker;
 pub mod deploy_stack;
 pub mod deploy_traffic;
 pub mod http;

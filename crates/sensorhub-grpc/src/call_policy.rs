@@ -21,7 +21,9 @@
 //!   lists what this server serves, where tonic sends no message at all;
 //! - an over-size message gets `RESOURCE_EXHAUSTED`, not `OUT_OF_RANGE`,
 //!   and so does a zstd message asking for a window over the decoder's
-//!   limit, not `INTERNAL` ([`convert::remap_trailers_only_status`]).
+//!   limit, not `INTERNAL` ([`convert::remap_trailers_only_status`]); the
+//!   message states the limit of the method that was called (health and
+//!   reflection have a smaller one than `SensorService`).
 //!
 //! The last four are rewrites of the trailers-only answers tonic gives before
 //! a handler runs, not early answers: an unknown `SensorService` method still
@@ -94,27 +96,26 @@ pub struct CallPolicyLayer {
 
 struct Policy {
     /// The registered methods, `package.Service/Method`, without the leading
-    /// slash, and how many request messages each takes.
-    methods: HashMap<Arc<str>, Requests>,
+    /// slash: how many request messages each takes, and its decode limit.
+    methods: HashMap<Arc<str>, (Requests, usize)>,
     /// Every served service, with its methods: what an unknown path is told.
     services: Vec<(String, Vec<String>)>,
     served: String,
-    max_message_bytes: usize,
 }
 
 impl CallPolicyLayer {
     /// `methods`: every path the server registers, as `package.Service/Method`
-    /// without the leading slash, with how many request messages it takes;
-    /// `max_message_bytes`: the decoding limit, stated when a message is over it.
-    pub fn new<M: AsRef<str>>(
-        methods: impl IntoIterator<Item = (M, Requests)>,
-        max_message_bytes: usize,
-    ) -> Self {
+    /// without the leading slash, with how many request messages it takes
+    /// and its decoding limit (stated when a message is over it).
+    pub fn new<M: AsRef<str>>(methods: impl IntoIterator<Item = (M, Requests, usize)>) -> Self {
         let mut set = HashMap::new();
         let mut services: Vec<(String, Vec<String>)> = Vec::new();
-        for (method, requests) in methods {
+        for (method, requests, max_message_bytes) in methods {
             let method = method.as_ref();
-            if set.insert(Arc::<str>::from(method), requests).is_some() {
+            if set
+                .insert(Arc::<str>::from(method), (requests, max_message_bytes))
+                .is_some()
+            {
                 continue;
             }
             let (service, name) = method.rsplit_once('/').unwrap_or((method, ""));
@@ -135,7 +136,6 @@ impl CallPolicyLayer {
                 methods: set,
                 services,
                 served,
-                max_message_bytes,
             }),
         }
     }
@@ -145,8 +145,7 @@ impl fmt::Debug for CallPolicyLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CallPolicyLayer")
             .field("served", &self.policy.served)
-            .field("max_message_bytes", &self.policy.max_message_bytes)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -202,8 +201,11 @@ where
             .methods
             .get_key_value(path.strip_prefix('/').unwrap_or(path))
         {
-            Some((method, requests)) => (
-                Route::Known(method.clone()),
+            Some((method, (requests, max_message_bytes))) => (
+                Route::Known {
+                    method: method.clone(),
+                    max_message_bytes: *max_message_bytes,
+                },
                 (*requests == Requests::One).then(|| method.clone()),
             ),
             None => (
@@ -221,7 +223,6 @@ where
         CallPolicyFuture(State::Called {
             inner: self.inner.call(request),
             route: Some(route),
-            max_message_bytes: self.policy.max_message_bytes,
         })
     }
 }
@@ -275,19 +276,18 @@ fn quoted(path: &str) -> &str {
 
 /// What the response may need to say about the request's path.
 enum Route {
-    /// A registered method, `package.Service/Method`.
-    Known(Arc<str>),
+    /// A registered method, `package.Service/Method`, and its decode limit.
+    Known {
+        method: Arc<str>,
+        max_message_bytes: usize,
+    },
     /// Anything else: the path as requested (cut to a quotable length).
     Unknown { path: Box<str>, policy: Arc<Policy> },
 }
 
 enum State<F> {
     Refused(Option<Response<Body>>),
-    Called {
-        inner: F,
-        route: Option<Route>,
-        max_message_bytes: usize,
-    },
+    Called { inner: F, route: Option<Route> },
 }
 
 /// The response future of [`CallPolicy`].
@@ -310,18 +310,14 @@ where
             State::Refused(response) => {
                 Poll::Ready(Ok(response.take().expect("polled after completion")))
             }
-            State::Called {
-                inner,
-                route,
-                max_message_bytes,
-            } => {
+            State::Called { inner, route } => {
                 let mut response = match Pin::new(inner).poll(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
                     Poll::Ready(Ok(response)) => response,
                 };
                 let route = route.take().expect("polled after completion");
-                remap(response.headers_mut(), &route, *max_message_bytes);
+                remap(response.headers_mut(), &route);
                 Poll::Ready(Ok(response))
             }
         }
@@ -330,21 +326,24 @@ where
 
 /// Rewrites a trailers-only answer of tonic's (the status is in the head);
 /// any other response is left alone after one header lookup.
-fn remap(headers: &mut HeaderMap, route: &Route, max_message_bytes: usize) {
+fn remap(headers: &mut HeaderMap, route: &Route) {
     let Some(code) = headers.get(tonic::Status::GRPC_STATUS) else {
         return;
     };
     let code = Code::from_bytes(code.as_bytes());
     match (code, route) {
-        (Code::Internal, Route::Known(method))
+        (Code::Internal, Route::Known { method, .. })
             if convert::trailers_only_message(headers).as_deref()
                 == Some(TONIC_MISSING_MESSAGE) =>
         {
             convert::set_trailers_only_status(headers, &convert::request_message_missing(method));
         }
-        (Code::OutOfRange | Code::Internal, _) => {
-            convert::remap_trailers_only_status(headers, max_message_bytes)
-        }
+        (
+            Code::OutOfRange | Code::Internal,
+            Route::Known {
+                max_message_bytes, ..
+            },
+        ) => convert::remap_trailers_only_status(headers, *max_message_bytes),
         (Code::Unimplemented, Route::Unknown { path, policy })
             if !headers.contains_key(tonic::Status::GRPC_MESSAGE) =>
         {
@@ -369,15 +368,12 @@ mod tests {
     use super::*;
 
     fn layer() -> CallPolicyLayer {
-        CallPolicyLayer::new(
-            [
-                ("grpc.health.v1.Health/Check", Requests::One),
-                ("grpc.health.v1.Health/Watch", Requests::One),
-                ("SensorService/SendSingleReading", Requests::One),
-                ("SensorService/SensorChat", Requests::Stream),
-            ],
-            65_536,
-        )
+        CallPolicyLayer::new([
+            ("grpc.health.v1.Health/Check", Requests::One, 1_024),
+            ("grpc.health.v1.Health/Watch", Requests::One, 1_024),
+            ("SensorService/SendSingleReading", Requests::One, 65_536),
+            ("SensorService/SensorChat", Requests::Stream, 65_536),
+        ])
     }
 
     fn trailers_only(code: Code, message: &str) -> HeaderMap {
@@ -430,8 +426,8 @@ mod tests {
     #[test]
     fn a_missing_unary_message_becomes_unimplemented() {
         let mut headers = trailers_only(Code::Internal, TONIC_MISSING_MESSAGE);
-        let route = Route::Known("SensorService/SendSingleReading".into());
-        remap(&mut headers, &route, 65_536);
+        let route = known("SensorService/SendSingleReading", 65_536);
+        remap(&mut headers, &route);
         assert_eq!(headers["grpc-status"], "12");
         let said = message(&headers);
         assert!(
@@ -440,7 +436,7 @@ mod tests {
         );
         // Other INTERNAL statuses are left alone.
         let mut headers = trailers_only(Code::Internal, "failed to decode Protobuf message");
-        remap(&mut headers, &route, 65_536);
+        remap(&mut headers, &route);
         assert_eq!(headers["grpc-status"], "13");
     }
 
@@ -453,7 +449,7 @@ mod tests {
                 path: path.into(),
                 policy: policy.clone(),
             };
-            remap(&mut headers, &route, 65_536);
+            remap(&mut headers, &route);
             assert_eq!(headers["grpc-status"], "12");
             message(&headers)
         };
@@ -472,7 +468,7 @@ mod tests {
             path: "/a%/b".into(),
             policy: policy.clone(),
         };
-        remap(&mut headers, &route, 65_536);
+        remap(&mut headers, &route);
         let raw = headers["grpc-message"].to_str().expect("ASCII");
         assert!(raw.starts_with("unknown%20service%20a%25%20"), "{raw}");
 
@@ -482,23 +478,50 @@ mod tests {
             path: "/x/y".into(),
             policy,
         };
-        remap(&mut headers, &route, 65_536);
+        remap(&mut headers, &route);
         assert_eq!(message(&headers), "Content is compressed with `br`");
     }
 
+    fn known(method: &str, max_message_bytes: usize) -> Route {
+        Route::Known {
+            method: method.into(),
+            max_message_bytes,
+        }
+    }
+
     #[test]
-    fn an_over_size_message_is_resource_exhausted() {
+    fn an_over_size_message_is_resource_exhausted_with_the_method_s_limit() {
         let mut headers = trailers_only(
             Code::OutOfRange,
             "Error, decoded message length too large: found 102400 bytes, the limit is: 65536 bytes",
         );
         remap(
             &mut headers,
-            &Route::Known("SensorService/SendSingleReading".into()),
-            65_536,
+            &known("SensorService/SendSingleReading", 65_536),
         );
         assert_eq!(headers["grpc-status"], "8");
         assert!(message(&headers).contains("65536 bytes"));
+        // Health has its own, smaller limit, and that is the one stated.
+        let mut headers = trailers_only(
+            Code::OutOfRange,
+            "Error, decoded message length too large: found 5000000 bytes, the limit is: 1024 bytes",
+        );
+        remap(&mut headers, &known("grpc.health.v1.Health/Check", 1_024));
+        let said = message(&headers);
+        assert!(
+            said.contains("1024 bytes") && !said.contains("65536"),
+            "{said}"
+        );
+        // An unknown path has no limit to state; tonic's answer is left alone.
+        let mut headers = trailers_only(Code::OutOfRange, "too large");
+        remap(
+            &mut headers,
+            &Route::Unknown {
+                path: "/x/y".into(),
+                policy: layer().policy,
+            },
+        );
+        assert_eq!(headers["grpc-status"], "11");
     }
 
     #[test]
@@ -509,8 +532,7 @@ mod tests {
         );
         remap(
             &mut headers,
-            &Route::Known("SensorService/SendSingleReading".into()),
-            65_536,
+            &known("SensorService/SendSingleReading", 65_536),
         );
         assert_eq!(headers["grpc-status"], "8");
         let said = message(&headers);

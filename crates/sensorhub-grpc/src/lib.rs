@@ -6,6 +6,7 @@
 //! - [`convert`]: wire messages ↔ domain values, domain errors → gRPC statuses.
 //! - [`auth`]: the token check (an interceptor, before any message is read).
 //! - [`tls`] and [`pki`]: loading PEM files; making a CA and certificates.
+//! - [`request_budget`]: what the server holds of request messages still arriving.
 //! - [`server`]: assembling and running the server, health, reflection, shutdown.
 //! - [`client`]: connecting with TLS and the token, for the CLI and tests.
 //!
@@ -20,6 +21,7 @@ mod deadline;
 pub mod health_http;
 pub mod listener;
 pub mod pki;
+pub mod request_budget;
 pub mod server;
 pub mod service;
 mod service_metrics;

@@ -31,6 +31,7 @@ use crate::{
     call_policy::{CallPolicyLayer, HTTP2_MAX_HEADER_LIST_BYTES, Requests},
     health_http::{self, MetricsEndpoint},
     listener::{self, ConnectionLimits, ServerTls},
+    request_budget::{MethodShape, RequestBudgetLayer, RequestLimits},
     service::{Lifecycle, SensorHub, ServiceConfig},
     tls::{ServerTlsFiles, TlsFileError},
 };
@@ -58,6 +59,24 @@ pub struct ServerConfig {
     pub connections: ConnectionLimits,
     /// Calls per second per token. `None`: no limit.
     pub rate_limit: Option<RateLimit>,
+    /// What the server holds of request messages still arriving, and for how long.
+    pub requests: RequestLimits,
+}
+
+/// The decode limit of health and reflection: their requests are a service
+/// name or a symbol, a few hundred bytes at most. Anyone may call them, so
+/// they must not let a stranger make the server reserve more.
+pub const SMALL_MESSAGE_BYTES: usize = 1024;
+
+/// The HTTP/2 windows for a decode limit: a stream may send one whole
+/// message (and the start of the next) without waiting for a window update,
+/// and a connection four such streams. h2 holds at most the connection
+/// window of request bytes that no handler has read yet.
+fn http2_windows(max_message_bytes: usize) -> (u32, u32) {
+    let stream = (max_message_bytes + 5)
+        .next_power_of_two()
+        .clamp(65_535, 1 << 24);
+    (stream as u32, (stream * 4) as u32)
 }
 
 impl ServerConfig {
@@ -76,6 +95,7 @@ impl ServerConfig {
             keepalive_timeout: Duration::from_secs(10),
             connections: ConnectionLimits::default(),
             rate_limit: None,
+            requests: RequestLimits::default(),
         }
     }
 }
@@ -171,7 +191,11 @@ impl RunningServer {
 /// Binds the listeners and starts serving. The server owns `store` and
 /// closes it when it stops.
 pub async fn start(config: ServerConfig, store: Store) -> Result<RunningServer, ServeError> {
+    let max_message_bytes = config.service.max_message_bytes;
+    let (stream_window, connection_window) = http2_windows(max_message_bytes);
     let builder = Server::builder()
+        .initial_stream_window_size(stream_window)
+        .initial_connection_window_size(connection_window)
         // Oversized metadata reaches the call policy, which refuses it with
         // a status (call_policy.rs).
         .http2_max_header_list_size(HTTP2_MAX_HEADER_LIST_BYTES)
@@ -194,17 +218,19 @@ pub async fn start(config: ServerConfig, store: Store) -> Result<RunningServer, 
 
     let life = Lifecycle::default();
     let (health, health_service) = tonic_health::server::health_reporter();
+    let health_service = health_service.max_decoding_message_size(SMALL_MESSAGE_BYTES);
     health
         .set_service_status(SERVICE_NAME, ServingStatus::Serving)
         .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+        .build_v1()?
+        .max_decoding_message_size(SMALL_MESSAGE_BYTES);
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+        .build_v1alpha()?
+        .max_decoding_message_size(SMALL_MESSAGE_BYTES);
 
-    let max_message_bytes = config.service.max_message_bytes;
     let hub = SensorHub::new(store.clone(), config.service.clone(), life.clone());
     let sensors = SensorServiceServer::new(hub)
         .max_decoding_message_size(max_message_bytes)
@@ -215,15 +241,25 @@ pub async fn start(config: ServerConfig, store: Store) -> Result<RunningServer, 
     let token_check = TokenCheck::new(config.tokens.clone(), config.rate_limit);
     let sensors = InterceptedService::new(sensors, token_check.clone());
 
-    let methods = registered_methods();
+    let methods = registered_methods(max_message_bytes);
     let router = builder
         // Outermost: it sees every call, also those refused by the token
         // check or by the call policy, with their final status.
-        .layer(GrpcServerLayer::new(methods.iter().map(|(m, _)| m.clone())))
+        .layer(GrpcServerLayer::new(methods.iter().map(|m| m.path.clone())))
         // Right around the router: 415 for a non-gRPC content-type, and
         // clear statuses for too much metadata, a missing or second unary
         // message, an unknown path or an over-size message (see call_policy.rs).
-        .layer(CallPolicyLayer::new(methods, max_message_bytes))
+        .layer(CallPolicyLayer::new(
+            methods
+                .iter()
+                .map(|m| (&m.path, m.requests, m.max_message_bytes)),
+        ))
+        // Every request body: the server-wide budget for partial messages
+        // and their deadline (see request_budget.rs).
+        .layer(RequestBudgetLayer::new(
+            config.requests,
+            methods.iter().map(|m| (&m.path, m.shape())),
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -323,21 +359,45 @@ pub async fn start(config: ServerConfig, store: Store) -> Result<RunningServer, 
     })
 }
 
-/// Every method this server registers, as `package.Service/Method`, with
-/// how many request messages it takes: the SensorService's from its
-/// descriptor set, then health and reflection. Telemetry records any other
-/// path as `other`.
-fn registered_methods() -> Vec<(String, Requests)> {
+/// A method this server registers: its path, `package.Service/Method`, how
+/// many request messages it takes, and its decode limit.
+#[derive(Debug)]
+struct RegisteredMethod {
+    path: String,
+    requests: Requests,
+    max_message_bytes: usize,
+}
+
+impl RegisteredMethod {
+    /// What the request budget needs to know of it.
+    fn shape(&self) -> MethodShape {
+        MethodShape {
+            client_streaming: self.requests == Requests::Stream,
+            max_message_bytes: self.max_message_bytes,
+        }
+    }
+}
+
+/// Every method this server registers: the SensorService's from its
+/// descriptor set (decode limit `max_message_bytes`), then health and
+/// reflection ([`SMALL_MESSAGE_BYTES`]). Telemetry records any other path
+/// as `other`.
+fn registered_methods(max_message_bytes: usize) -> Vec<RegisteredMethod> {
     use prost::Message as _;
+    let small = |path: &str, requests| RegisteredMethod {
+        path: path.to_owned(),
+        requests,
+        max_message_bytes: SMALL_MESSAGE_BYTES,
+    };
     let mut methods = vec![
-        ("grpc.health.v1.Health/Check".to_owned(), Requests::One),
-        ("grpc.health.v1.Health/Watch".to_owned(), Requests::One),
-        (
-            "grpc.reflection.v1.ServerReflection/ServerReflectionInfo".to_owned(),
+        small("grpc.health.v1.Health/Check", Requests::One),
+        small("grpc.health.v1.Health/Watch", Requests::One),
+        small(
+            "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
             Requests::Stream,
         ),
-        (
-            "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo".to_owned(),
+        small(
+            "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
             Requests::Stream,
         ),
     ];
@@ -357,7 +417,11 @@ fn registered_methods() -> Vec<(String, Requests)> {
                 } else {
                     Requests::One
                 };
-                methods.push((format!("{service_path}/{}", method.name()), requests));
+                methods.push(RegisteredMethod {
+                    path: format!("{service_path}/{}", method.name()),
+                    requests,
+                    max_message_bytes,
+                });
             }
         }
     }
@@ -367,21 +431,34 @@ fn registered_methods() -> Vec<(String, Requests)> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn registered_methods_are_the_wire_paths() {
-        let methods = super::registered_methods();
+    fn registered_methods_are_the_wire_paths_with_their_limits() {
+        let methods = super::registered_methods(65_536);
         use super::Requests::{One, Stream};
         for expected in [
-            ("SensorService/SendSingleReading", One),
-            ("SensorService/StreamSensorReadings", Stream),
-            ("SensorService/GetSensorReadings", One),
-            ("SensorService/SensorChat", Stream),
-            ("SensorService/GetSensorStats", One),
-            ("grpc.health.v1.Health/Check", One),
+            ("SensorService/SendSingleReading", One, 65_536),
+            ("SensorService/StreamSensorReadings", Stream, 65_536),
+            ("SensorService/GetSensorReadings", One, 65_536),
+            ("SensorService/SensorChat", Stream, 65_536),
+            ("SensorService/GetSensorStats", One, 65_536),
+            ("grpc.health.v1.Health/Check", One, 1_024),
+            (
+                "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                Stream,
+                1_024,
+            ),
         ] {
             assert!(
-                methods.iter().any(|(m, r)| (m.as_str(), *r) == expected),
+                methods
+                    .iter()
+                    .any(|m| (m.path.as_str(), m.requests, m.max_message_bytes) == expected),
                 "{expected:?} in {methods:?}"
             );
         }
+    }
+
+    #[test]
+    fn windows_hold_a_whole_message() {
+        assert_eq!(super::http2_windows(65_536), (131_072, 524_288));
+        assert_eq!(super::http2_windows(100), (65_535, 262_140));
     }
 }

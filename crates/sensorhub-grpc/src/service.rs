@@ -174,10 +174,12 @@ impl pb::sensor_service_server::SensorService for SensorHub {
         );
         let mut chunk = Vec::with_capacity(self.config.ingest_chunk);
         let mut index: u64 = 0;
-        let ended_by: Option<Status> = loop {
+        // `Err(None)`: the server is shutting down; `Err(Some(status))`: the
+        // request stream failed (a decode error, the request budget, ...).
+        let ended_by: Result<(), Option<Status>> = loop {
             let next = tokio::select! {
                 biased;
-                _ = self.life.cancelled.cancelled() => break Some(Status::unavailable("")),
+                _ = self.life.cancelled.cancelled() => break Err(None),
                 next = inbound.message() => next,
             };
             match next {
@@ -198,20 +200,22 @@ impl pb::sensor_service_server::SensorService for SensorHub {
                         ingest.push(full).await?;
                     }
                 }
-                Ok(None) => break None,
-                Err(status) => break Some(decode_status(status, self.config.max_message_bytes)),
+                Ok(None) => break Ok(()),
+                Err(status) => {
+                    break Err(Some(decode_status(status, self.config.max_message_bytes)));
+                }
             }
         };
         // Whatever ended the stream, what was received and valid is stored.
         ingest.push(chunk).await?;
         let stored = ingest.finish().await?;
         match ended_by {
-            None => Ok(Response::new(pb::Ack {
+            Ok(()) => Ok(Response::new(pb::Ack {
                 message: "All readings stored.".into(),
                 count: stored,
             })),
-            Some(status) if status.code() == tonic::Code::Unavailable => Err(shutting_down(stored)),
-            Some(mut status) => {
+            Err(None) => Err(shutting_down(stored)),
+            Err(Some(mut status)) => {
                 set_stored_count(&mut status, stored);
                 Err(status)
             }

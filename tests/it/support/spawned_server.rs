@@ -257,6 +257,13 @@ impl SpawnedServer {
             .unwrap_or_else(|| panic!("a {field} line"))
     }
 
+    /// The server's open file descriptors now (Linux `/proc`).
+    pub fn open_descriptors(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("read /proc/PID/fd")
+            .count()
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.grpc)
     }
