@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::Args;
-use sensorhub_grpc::pki;
+use sensorhub_pki as pki;
 
 #[derive(Debug, Args)]
 pub struct CertsArgs {

@@ -15,9 +15,9 @@ use sensorhub_core::{Store, StoreConfig, store::StoreLocation};
 use sensorhub_grpc::{
     ClientConfig, ServerConfig,
     auth::TokenSet,
-    pki,
     tls::{ClientTlsFiles, ServerTlsFiles},
 };
+use sensorhub_pki as pki;
 use sensorhub_proto::StatsRequest;
 use sensorhub_telemetry::pipeline::Telemetry;
 use tokio::time::Instant;

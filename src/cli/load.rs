@@ -563,7 +563,7 @@ fn progress_bar(args: &LoadArgs, duration: Option<Duration>) -> ProgressBar {
 
 /// The canonical name of a status code, as gRPC's own metrics spell it.
 fn code_name(code: tonic::Code) -> &'static str {
-    sensorhub_telemetry::rpc::conventions::status_name(code as i32)
+    sensorhub_rpc_telemetry::conventions::status_name(code as i32)
 }
 
 /// `1234567.8` as `1,234,568`.

@@ -27,10 +27,8 @@ use std::{
 
 use prost::Message;
 use raw_grpc::{RawRequest, frame, frame_declaring, gzip, zstd_demanding_window};
-use sensorhub_grpc::{
-    pki::{self, BundleFiles},
-    testing::{reading, unix_now},
-};
+use sensorhub_grpc::testing::{reading, unix_now};
+use sensorhub_pki::{self as pki, BundleFiles};
 use sensorhub_proto::{
     SensorReading, SensorRequest, ServerMessageKind, StatsRequest,
     sensor_service_client::SensorServiceClient,

@@ -6,10 +6,11 @@
 use std::{path::Path, time::Duration};
 
 use sensorhub_grpc::{
-    ClientConfig, SensorClient, pki,
+    ClientConfig, SensorClient,
     testing::{CALL_TIMEOUT, reading, unix_now},
     tls::ClientTlsFiles,
 };
+use sensorhub_pki as pki;
 use spawned_server::{Serve, SpawnedServer};
 use tonic::Code;
 

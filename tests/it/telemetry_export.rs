@@ -14,10 +14,8 @@ use std::time::Duration;
 
 use sensorhub_grpc::testing;
 use sensorhub_proto::{SensorReading, StatsRequest};
-use sensorhub_telemetry::{
-    otlp_receiver::{OtlpReceiver, ReceivedSpan},
-    rpc::conventions::a66,
-};
+use sensorhub_rpc_telemetry::conventions::a66;
+use sensorhub_telemetry::otlp_receiver::{OtlpReceiver, ReceivedSpan};
 use spawned_server::{SpawnedServer, client, command};
 
 use crate::support::spawned_server;

@@ -4,9 +4,9 @@
 use sensorhub_grpc::testing::{CALL_TIMEOUT, unix_now};
 use sensorhub_grpc::{
     ClientConfig,
-    pki::{self, BundleFiles},
     testing::{TEST_TOKEN, TestOptions, TestServer},
 };
+use sensorhub_pki::{self as pki, BundleFiles};
 use sensorhub_proto::{SensorReading, StatsRequest};
 
 /// A CA (and leaves) the server has never heard of.

@@ -12,7 +12,7 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
-use sensorhub_telemetry::rpc::{GrpcClientLayer, GrpcClientService};
+use sensorhub_rpc_telemetry::{GrpcClientLayer, GrpcClientService};
 use tower::Layer as _;
 
 use crate::{auth::AUTHORIZATION, tls::ClientTlsFiles};

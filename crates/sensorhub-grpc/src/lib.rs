@@ -5,7 +5,7 @@
 //! - [`stats_paging`]: `GetSensorStats` for every sensor in replies a client accepts.
 //! - [`convert`]: wire messages ↔ domain values, domain errors → gRPC statuses.
 //! - [`auth`]: the token check (an interceptor, before any message is read).
-//! - [`tls`] and [`pki`]: loading PEM files; making a CA and certificates.
+//! - [`tls`]: loading PEM files (`sensorhub-pki` makes them).
 //! - [`request_budget`]: what the server holds of request messages still arriving.
 //! - [`server`]: assembling and running the server, health, reflection, shutdown.
 //! - [`client`]: connecting with TLS and the token, for the CLI and tests.
@@ -20,7 +20,6 @@ pub mod convert;
 mod deadline;
 pub mod health_http;
 pub mod listener;
-pub mod pki;
 pub mod request_budget;
 pub mod server;
 pub mod service;

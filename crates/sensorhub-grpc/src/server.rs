@@ -18,7 +18,7 @@ use sensorhub_core::Store;
 use sensorhub_proto::{
     FILE_DESCRIPTOR_SET, SERVICE_NAME, sensor_service_server::SensorServiceServer,
 };
-use sensorhub_telemetry::rpc::GrpcServerLayer;
+use sensorhub_rpc_telemetry::GrpcServerLayer;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::{

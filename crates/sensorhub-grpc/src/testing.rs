@@ -5,12 +5,12 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use sensorhub_core::{Store, StoreConfig, store::StoreLocation};
+use sensorhub_pki::{self as pki, BundleFiles};
 
 use crate::{
     ClientConfig, RunningServer, SensorClient, ServerConfig,
     auth::TokenSet,
     client::ConnectError,
-    pki::{self, BundleFiles},
     tls::{ClientTlsFiles, ServerTlsFiles},
 };
 

@@ -1,17 +1,16 @@
-//! OpenTelemetry for tonic services.
+//! The OpenTelemetry SDK wiring of the `sensorhub` binary.
 //!
-//! - [`rpc`]: server and client tower layers (spans, gRFC A66 and semconv
-//!   metrics, propagation) that know nothing of the service they observe.
-//! - [`pipeline`]: the SDK wiring, configured from the standard `OTEL_*`
-//!   environment: OTLP (gRPC or HTTP/protobuf), console, Prometheus text,
-//!   the `tracing` bridges for spans and logs, and a bounded shutdown.
+//! - [`pipeline`]: configured from the standard `OTEL_*` environment: OTLP
+//!   (gRPC or HTTP/protobuf), console, Prometheus text, the `tracing`
+//!   bridges for spans and logs, and a bounded shutdown.
+//! - `otlp_receiver` (feature `test-util`): a real OTLP receiver for tests.
 //!
-//! Invariant: this crate knows nothing of sensors; the domain and transport
-//! crates use only `tracing` and the OpenTelemetry API, never this crate's
-//! pipeline, so where telemetry goes is decided in one place (the binary).
+//! Invariant: only the binary depends on this crate. The domain and the
+//! transport use `tracing` and the OpenTelemetry API (the layers live in
+//! `sensorhub-rpc-telemetry`), so where telemetry goes is decided in one
+//! place, and Cargo keeps the SDK and exporters out of the transport.
 
 pub mod pipeline;
-pub mod rpc;
 
 #[cfg(feature = "test-util")]
 pub mod otlp_receiver;

@@ -25,7 +25,7 @@ use std::{
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use sensorhub_telemetry::rpc::FrameParser;
+use sensorhub_rpc_telemetry::FrameParser;
 
 use crate::convert;
 

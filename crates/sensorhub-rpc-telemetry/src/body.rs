@@ -17,7 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 use opentelemetry::Context;
 use pin_project_lite::pin_project;
 
-use super::{
+use crate::{
     conventions::grpc_status,
     frames::{FrameParser, Tally},
 };

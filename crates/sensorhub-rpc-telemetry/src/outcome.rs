@@ -9,7 +9,7 @@ use opentelemetry::{
     trace::{Status, TraceContextExt},
 };
 
-use super::conventions::{a66, grpc_status, semconv, status_from_http};
+use crate::conventions::{a66, grpc_status, semconv, status_from_http};
 
 /// A latency histogram in seconds with explicit buckets.
 pub(crate) fn latency_histogram(

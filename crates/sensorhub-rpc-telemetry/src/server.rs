@@ -3,7 +3,8 @@
 //!
 //! Invariant: knows gRPC over HTTP/2 and OpenTelemetry's API, nothing of any
 //! particular service; the SDK and exporters are wired elsewhere
-//! ([`crate::pipeline`]), so with no SDK installed every record is a no-op.
+//! (the binary's `sensorhub-telemetry`), so with no SDK installed every
+//! record is a no-op.
 
 use std::{
     collections::HashMap,
@@ -17,15 +18,16 @@ use std::{
 
 use http::{Request, Response};
 use opentelemetry::{
-    Context, KeyValue, Value, global,
-    metrics::{Counter, Histogram},
+    Context, KeyValue, Value,
+    global::{self, BoxedTracer, ObjectSafeTracerProvider},
+    metrics::{Counter, Histogram, Meter, MeterProvider},
     trace::{FutureExt as _, SpanKind, TraceContextExt, Tracer},
 };
 use pin_project_lite::pin_project;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 
-use super::{
+use crate::{
     body::{CANCELLED, CallEnd, CountedBody, ObservedBody, UNKNOWN},
     conventions::{a66, is_server_error, semconv, status_name},
     frames::Tally,
@@ -47,9 +49,31 @@ impl GrpcServerLayer {
     /// slash (`SensorService/SendSingleReading`); any other path is recorded
     /// as `other` (A66) and `_OTHER` (semconv), so a scanner cannot blow up
     /// the metrics' cardinality.
+    ///
+    /// Records through the global tracer and meter providers.
     pub fn new<M: Into<String>>(methods: impl IntoIterator<Item = M>) -> Self {
         let scope = instrumentation_scope();
         let meter = global::meter_with_scope(scope.clone());
+        Self::build(methods, global::tracer_with_scope(scope), &meter)
+    }
+
+    /// Like [`GrpcServerLayer::new`], recording through the given providers
+    /// instead of the global ones.
+    pub fn with_providers<M: Into<String>>(
+        methods: impl IntoIterator<Item = M>,
+        tracers: &dyn ObjectSafeTracerProvider,
+        meters: &dyn MeterProvider,
+    ) -> Self {
+        let scope = instrumentation_scope();
+        let tracer = BoxedTracer::new(tracers.boxed_tracer(scope.clone()));
+        Self::build(methods, tracer, &meters.meter_with_scope(scope))
+    }
+
+    fn build<M: Into<String>>(
+        methods: impl IntoIterator<Item = M>,
+        tracer: BoxedTracer,
+        meter: &Meter,
+    ) -> Self {
         let methods = methods
             .into_iter()
             .map(|m| {
@@ -61,30 +85,30 @@ impl GrpcServerLayer {
         Self {
             shared: Arc::new(ServerShared {
                 methods,
-                tracer: global::tracer_with_scope(scope),
+                tracer,
                 started: meter
                     .u64_counter(a66::SERVER_CALL_STARTED)
                     .with_unit("{call}")
                     .with_description("Number of calls started on the server")
                     .build(),
                 duration: latency_histogram(
-                    &meter,
+                    meter,
                     a66::SERVER_CALL_DURATION,
                     "Time from the first request header to the trailers being sent",
                     a66::LATENCY_BUCKETS,
                 ),
                 sent: size_histogram(
-                    &meter,
+                    meter,
                     a66::SERVER_SENT_SIZE,
                     "Compressed payload bytes the server sent in one call",
                 ),
                 rcvd: size_histogram(
-                    &meter,
+                    meter,
                     a66::SERVER_RCVD_SIZE,
                     "Compressed payload bytes the server received in one call",
                 ),
                 semconv_duration: latency_histogram(
-                    &meter,
+                    meter,
                     semconv::SERVER_CALL_DURATION,
                     "Duration of server calls (RPC semantic conventions)",
                     semconv::DURATION_BUCKETS,
@@ -107,7 +131,7 @@ impl<S> Layer<S> for GrpcServerLayer {
 
 struct ServerShared {
     methods: HashMap<String, Value>,
-    tracer: global::BoxedTracer,
+    tracer: BoxedTracer,
     started: Counter<u64>,
     duration: Histogram<f64>,
     sent: Histogram<u64>,

@@ -2,8 +2,13 @@
 //! OpenTelemetry: spans that cover a whole streaming call, the gRPC A66
 //! metrics and the semconv `rpc.*.call.duration`, W3C context propagation.
 //!
-//! Invariant: nothing here knows sensors, exporters or the SDK. The layers
-//! use the global OpenTelemetry API; [`crate::pipeline`] decides where data goes.
+//! A crate of its own so that the transport, which needs the layers, links
+//! only the OpenTelemetry API: the SDK and the exporters are wired by the
+//! binary (`sensorhub-telemetry`), and Cargo keeps it that way.
+//!
+//! Invariant: nothing here knows sensors, exporters or the SDK (the SDK is a
+//! dev-dependency, for the tests' in-memory exporters). The layers record
+//! through the global providers, or through providers they are given.
 
 mod body;
 mod client;

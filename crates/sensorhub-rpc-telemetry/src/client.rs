@@ -14,14 +14,15 @@ use std::{
 
 use http::{Request, Response};
 use opentelemetry::{
-    Context, KeyValue, Value, global,
-    metrics::{Counter, Histogram},
+    Context, KeyValue, Value,
+    global::{self, BoxedTracer, ObjectSafeTracerProvider},
+    metrics::{Counter, Histogram, Meter, MeterProvider},
     trace::{SpanKind, TraceContextExt, Tracer},
 };
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use super::{
+use crate::{
     body::{CANCELLED, CallEnd, CountedBody, ObservedBody, status_of_error},
     conventions::{a66, semconv, status_name},
     frames::Tally,
@@ -39,9 +40,27 @@ pub struct GrpcClientLayer {
 impl GrpcClientLayer {
     /// `target`: the server as the channel was given it (`https://host:port`),
     /// recorded as A66's `grpc.target` and semconv's `server.address`/`server.port`.
+    ///
+    /// Records through the global tracer and meter providers.
     pub fn new(target: &str) -> Self {
         let scope = instrumentation_scope();
         let meter = global::meter_with_scope(scope.clone());
+        Self::build(target, global::tracer_with_scope(scope), &meter)
+    }
+
+    /// Like [`GrpcClientLayer::new`], recording through the given providers
+    /// instead of the global ones.
+    pub fn with_providers(
+        target: &str,
+        tracers: &dyn ObjectSafeTracerProvider,
+        meters: &dyn MeterProvider,
+    ) -> Self {
+        let scope = instrumentation_scope();
+        let tracer = BoxedTracer::new(tracers.boxed_tracer(scope.clone()));
+        Self::build(target, tracer, &meters.meter_with_scope(scope))
+    }
+
+    fn build(target: &str, tracer: BoxedTracer, meter: &Meter) -> Self {
         let uri: Option<http::Uri> = target.parse().ok();
         let host = uri.as_ref().and_then(|u| u.host().map(str::to_owned));
         let port = uri.as_ref().and_then(|u| {
@@ -56,36 +75,36 @@ impl GrpcClientLayer {
                 target: Value::from(Arc::<str>::from(target)),
                 host,
                 port,
-                tracer: global::tracer_with_scope(scope),
+                tracer,
                 started: meter
                     .u64_counter(a66::CLIENT_ATTEMPT_STARTED)
                     .with_unit("{attempt}")
                     .with_description("Number of call attempts started by the client")
                     .build(),
                 attempt_duration: latency_histogram(
-                    &meter,
+                    meter,
                     a66::CLIENT_ATTEMPT_DURATION,
                     "Time from the start of an attempt to its status",
                     a66::LATENCY_BUCKETS,
                 ),
                 call_duration: latency_histogram(
-                    &meter,
+                    meter,
                     a66::CLIENT_CALL_DURATION,
                     "Time from the start of a call to its status, as the application sees it",
                     a66::LATENCY_BUCKETS,
                 ),
                 sent: size_histogram(
-                    &meter,
+                    meter,
                     a66::CLIENT_SENT_SIZE,
                     "Compressed payload bytes the client sent in one attempt",
                 ),
                 rcvd: size_histogram(
-                    &meter,
+                    meter,
                     a66::CLIENT_RCVD_SIZE,
                     "Compressed payload bytes the client received in one attempt",
                 ),
                 semconv_duration: latency_histogram(
-                    &meter,
+                    meter,
                     semconv::CLIENT_CALL_DURATION,
                     "Duration of client calls (RPC semantic conventions)",
                     semconv::DURATION_BUCKETS,
@@ -110,7 +129,7 @@ struct ClientShared {
     target: Value,
     host: Option<String>,
     port: Option<u16>,
-    tracer: global::BoxedTracer,
+    tracer: BoxedTracer,
     started: Counter<u64>,
     attempt_duration: Histogram<f64>,
     call_duration: Histogram<f64>,

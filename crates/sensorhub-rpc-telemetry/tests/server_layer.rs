@@ -1,0 +1,284 @@
+//! `GrpcServerLayer` around a plain tower service, recording into the SDK's
+//! in-memory exporters: when a call ends (on its trailers, on a
+//! trailers-only head, when its body is dropped) and what it is recorded as.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Empty, channel::Channel};
+use opentelemetry::{KeyValue, Value};
+use opentelemetry_sdk::{
+    metrics::{
+        InMemoryMetricExporter, PeriodicReader, SdkMeterProvider,
+        data::{AggregatedMetrics, MetricData},
+    },
+    trace::{InMemorySpanExporter, SdkTracerProvider, SpanData},
+};
+use sensorhub_rpc_telemetry::{
+    GrpcServerLayer,
+    conventions::{a66, semconv},
+};
+use tower::{Layer, Service, ServiceExt, service_fn};
+
+const METHOD: &str = "Test/Stream";
+
+/// The providers a layer records into, and what they received.
+struct Recorded {
+    spans: InMemorySpanExporter,
+    metrics: InMemoryMetricExporter,
+    tracers: SdkTracerProvider,
+    meters: SdkMeterProvider,
+}
+
+impl Recorded {
+    fn new() -> Recorded {
+        let spans = InMemorySpanExporter::default();
+        let metrics = InMemoryMetricExporter::default();
+        let tracers = SdkTracerProvider::builder()
+            .with_simple_exporter(spans.clone())
+            .build();
+        let meters = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(metrics.clone()).build())
+            .build();
+        Recorded {
+            spans,
+            metrics,
+            tracers,
+            meters,
+        }
+    }
+
+    fn layer(&self) -> GrpcServerLayer {
+        GrpcServerLayer::with_providers([METHOD], &self.tracers, &self.meters)
+    }
+
+    fn spans(&self) -> Vec<SpanData> {
+        self.tracers.force_flush().expect("flush spans");
+        self.spans.get_finished_spans().expect("spans")
+    }
+
+    /// `grpc.server.call.duration` points: (grpc.method, grpc.status, count).
+    fn a66_calls(&self) -> Vec<(String, String, u64)> {
+        self.meters.force_flush().expect("flush metrics");
+        let mut calls = Vec::new();
+        for resource in self.metrics.get_finished_metrics().expect("metrics") {
+            for scope in resource.scope_metrics() {
+                for metric in scope.metrics() {
+                    if metric.name() != a66::SERVER_CALL_DURATION {
+                        continue;
+                    }
+                    let AggregatedMetrics::F64(MetricData::Histogram(histogram)) = metric.data()
+                    else {
+                        panic!("{} is not an f64 histogram", metric.name());
+                    };
+                    for point in histogram.data_points() {
+                        let attrs: Vec<&KeyValue> = point.attributes().collect();
+                        calls.push((
+                            attribute(&attrs, a66::METHOD),
+                            attribute(&attrs, a66::STATUS),
+                            point.count(),
+                        ));
+                    }
+                }
+            }
+        }
+        self.metrics.reset();
+        calls
+    }
+}
+
+fn attribute(attrs: &[&KeyValue], key: &str) -> String {
+    attrs
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.as_str().into_owned())
+        .unwrap_or_else(|| panic!("no {key} in {attrs:?}"))
+}
+
+fn span_attribute(span: &SpanData, key: &str) -> Option<Value> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.clone())
+}
+
+fn request(path: &str) -> Request<tonic::body::Body> {
+    Request::builder()
+        .uri(format!("http://localhost{path}"))
+        .header("content-type", "application/grpc")
+        .body(tonic::body::Body::empty())
+        .expect("a request")
+}
+
+/// One gRPC message: the 5-byte prefix and `payload`.
+fn message(payload: &[u8]) -> Bytes {
+    let mut frame = vec![0];
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(payload);
+    Bytes::from(frame)
+}
+
+fn trailers(code: u8) -> HeaderMap {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from(u16::from(code)));
+    trailers
+}
+
+/// A streaming call: its span and metrics end when the trailers pass, not
+/// when the response head is ready; its status is the trailers'.
+#[tokio::test]
+async fn a_streaming_call_ends_on_its_trailers() {
+    let recorded = Recorded::new();
+    let (mut sender, body) = Channel::<Bytes>::new(4);
+    let mut body = Some(body);
+    let mut service = recorded.layer().layer(service_fn(move |_request| {
+        let body = body.take().expect("one call");
+        async move { Ok::<_, std::convert::Infallible>(Response::new(body)) }
+    }));
+    let response = service
+        .ready()
+        .await
+        .unwrap()
+        .call(request(&format!("/{METHOD}")))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    assert!(recorded.spans().is_empty(), "the span ended with the head");
+
+    sender.send_data(message(b"hello")).await.unwrap();
+    let frame = body.frame().await.unwrap().unwrap();
+    assert!(frame.is_data());
+    sender.send_data(message(b"world!")).await.unwrap();
+    body.frame().await.unwrap().unwrap();
+    assert!(
+        recorded.spans().is_empty(),
+        "the span ended before the trailers"
+    );
+
+    sender.send_trailers(trailers(0)).await.unwrap();
+    let frame = body.frame().await.unwrap().unwrap();
+    assert!(frame.is_trailers());
+    let spans = recorded.spans();
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    let span = &spans[0];
+    assert_eq!(span.name, METHOD);
+    assert_eq!(
+        span_attribute(span, semconv::RPC_RESPONSE_STATUS_CODE),
+        Some(Value::from("OK"))
+    );
+    assert_eq!(
+        span_attribute(span, semconv::RESPONSE_MESSAGES),
+        Some(Value::I64(2))
+    );
+    assert_eq!(
+        span_attribute(span, semconv::RESPONSE_BYTES),
+        Some(Value::I64(11))
+    );
+    assert_eq!(
+        recorded.a66_calls(),
+        [(METHOD.to_owned(), "OK".to_owned(), 1)]
+    );
+}
+
+/// A trailers-only answer (the status in the head, as for a refused call)
+/// ends the call with the head, with that status.
+#[tokio::test]
+async fn a_trailers_only_answer_ends_with_the_head() {
+    let recorded = Recorded::new();
+    let mut service = recorded.layer().layer(service_fn(|_request| async {
+        let mut response = Response::new(Empty::<Bytes>::new());
+        response
+            .headers_mut()
+            .insert("grpc-status", HeaderValue::from(16u16));
+        Ok::<_, std::convert::Infallible>(response)
+    }));
+    let response = service
+        .ready()
+        .await
+        .unwrap()
+        .call(request(&format!("/{METHOD}")))
+        .await
+        .unwrap();
+    let spans = recorded.spans();
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    assert_eq!(
+        span_attribute(&spans[0], semconv::RPC_RESPONSE_STATUS_CODE),
+        Some(Value::from("UNAUTHENTICATED"))
+    );
+    assert_eq!(
+        recorded.a66_calls(),
+        [(METHOD.to_owned(), "UNAUTHENTICATED".to_owned(), 1)]
+    );
+    drop(response);
+    assert_eq!(recorded.spans().len(), 1, "the call ended twice");
+}
+
+/// A response body dropped before its trailers (the client went away) ends
+/// the call as CANCELLED.
+#[tokio::test]
+async fn a_dropped_body_is_cancelled() {
+    let recorded = Recorded::new();
+    let (mut sender, body) = Channel::<Bytes>::new(4);
+    let mut body = Some(body);
+    let mut service = recorded.layer().layer(service_fn(move |_request| {
+        let body = body.take().expect("one call");
+        async move { Ok::<_, std::convert::Infallible>(Response::new(body)) }
+    }));
+    let response = service
+        .ready()
+        .await
+        .unwrap()
+        .call(request(&format!("/{METHOD}")))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    sender.send_data(message(b"partial")).await.unwrap();
+    body.frame().await.unwrap().unwrap();
+    drop(body);
+
+    let spans = recorded.spans();
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    assert_eq!(
+        span_attribute(&spans[0], semconv::RPC_RESPONSE_STATUS_CODE),
+        Some(Value::from("CANCELLED"))
+    );
+    assert_eq!(
+        recorded.a66_calls(),
+        [(METHOD.to_owned(), "CANCELLED".to_owned(), 1)]
+    );
+}
+
+/// A path the server does not register is recorded as `other` (A66) and
+/// `_OTHER` (semconv), with the original path kept on the span only.
+#[tokio::test]
+async fn an_unknown_method_is_other() {
+    let recorded = Recorded::new();
+    let mut service = recorded.layer().layer(service_fn(|_request| async {
+        let mut response = Response::new(Empty::<Bytes>::new());
+        response
+            .headers_mut()
+            .insert("grpc-status", HeaderValue::from(12u16));
+        Ok::<_, std::convert::Infallible>(response)
+    }));
+    service
+        .ready()
+        .await
+        .unwrap()
+        .call(request("/Scanner/Probe"))
+        .await
+        .unwrap();
+    let spans = recorded.spans();
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    assert_eq!(spans[0].name, semconv::OTHER_METHOD);
+    assert_eq!(
+        span_attribute(&spans[0], semconv::RPC_METHOD),
+        Some(Value::from(semconv::OTHER_METHOD))
+    );
+    assert_eq!(
+        span_attribute(&spans[0], semconv::RPC_METHOD_ORIGINAL),
+        Some(Value::from("Scanner/Probe"))
+    );
+    assert_eq!(
+        recorded.a66_calls(),
+        [(a66::OTHER_METHOD.to_owned(), "UNIMPLEMENTED".to_owned(), 1)]
+    );
+}
