@@ -15,11 +15,11 @@
 
 mod driver;
 mod fleet;
+mod report;
 mod tally;
 mod wire;
 
 use std::{
-    fmt::Write as _,
     io::IsTerminal as _,
     process::ExitCode,
     sync::{Arc, atomic::Ordering},
@@ -28,17 +28,16 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sensorhub_grpc::ClientConfig;
-use serde_json::json;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use self::{
     driver::{Job, Plan},
     fleet::Fleet,
-    tally::{CODES, KindTally, Live, Tally},
+    report::{Report, code_name, thousands},
+    tally::{Live, Tally},
 };
 use super::ConnectArgs;
 use crate::{simulator::Kind, time_arg::unix_now};
@@ -559,293 +558,4 @@ fn progress_bar(args: &LoadArgs, duration: Option<Duration>) -> ProgressBar {
     .progress_chars("=> ");
     ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr_with_hz(5))
         .with_style(style)
-}
-
-/// The canonical name of a status code, as gRPC's own metrics spell it.
-fn code_name(code: tonic::Code) -> &'static str {
-    sensorhub_rpc_telemetry::conventions::status_name(code as i32)
-}
-
-/// `1234567.8` as `1,234,568`.
-fn thousands(x: f64) -> String {
-    let digits = format!("{:.0}", x.max(0.0));
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-struct Report<'a> {
-    args: &'a LoadArgs,
-    rate: Option<f64>,
-    concurrency: usize,
-    query_sensor: &'a str,
-    /// From the start of counting to the last counted call's end.
-    elapsed: Duration,
-    interrupted: bool,
-    tally: Tally,
-}
-
-/// Latency percentiles in milliseconds.
-fn percentiles(h: Option<&Histogram<u64>>) -> serde_json::Value {
-    let Some(h) = h else {
-        return serde_json::Value::Null;
-    };
-    let ms = |us: u64| us as f64 / 1000.0;
-    json!({
-        "p50": ms(h.value_at_quantile(0.50)),
-        "p90": ms(h.value_at_quantile(0.90)),
-        "p99": ms(h.value_at_quantile(0.99)),
-        "p99_9": ms(h.value_at_quantile(0.999)),
-        "max": ms(h.max()),
-        "mean": h.mean() / 1000.0,
-    })
-}
-
-fn errors(kind: &KindTally) -> serde_json::Map<String, serde_json::Value> {
-    (0..CODES)
-        .filter(|c| kind.failed[*c] > 0)
-        .map(|c| {
-            (
-                code_name(tonic::Code::from_i32(c as i32)).to_owned(),
-                kind.failed[c].into(),
-            )
-        })
-        .collect()
-}
-
-impl Report<'_> {
-    fn per_s(&self, n: u64) -> f64 {
-        let secs = self.elapsed.as_secs_f64();
-        if secs > 0.0 { n as f64 / secs } else { 0.0 }
-    }
-
-    fn error_rate(&self, total: &KindTally) -> f64 {
-        let bad = total.failed_total() + total.unfinished;
-        let all = total.ok + bad;
-        if all == 0 {
-            0.0
-        } else {
-            bad as f64 / all as f64
-        }
-    }
-
-    fn loop_name(&self) -> &'static str {
-        if self.rate.is_some() {
-            "open"
-        } else {
-            "closed"
-        }
-    }
-
-    fn kind_json(&self, kind: &KindTally) -> serde_json::Value {
-        json!({
-            "calls": kind.ok + kind.failed_total(),
-            "ok": kind.ok,
-            "failed": kind.failed_total(),
-            "unfinished": kind.unfinished,
-            "calls_per_s": self.per_s(kind.ok + kind.failed_total()),
-            "readings_sent": kind.readings_sent,
-            "readings_received": kind.readings_received,
-            "readings_per_s": self.per_s(kind.readings_sent + kind.readings_received),
-            "alerts": kind.alerts,
-            "errors": errors(kind),
-            "latency_ms": percentiles(kind.latency()),
-        })
-    }
-
-    fn json(&self) -> serde_json::Value {
-        let total = self.tally.total();
-        let mut out = self.kind_json(&total);
-        let object = out.as_object_mut().expect("an object");
-        let args = self.args;
-        object.insert("mode".into(), args.mode.name().into());
-        object.insert("loop".into(), self.loop_name().into());
-        object.insert("server".into(), args.connect.server.clone().into());
-        object.insert("connections".into(), args.connections.into());
-        object.insert("concurrency".into(), self.concurrency.into());
-        object.insert("sensors".into(), args.sensors.into());
-        object.insert("batch".into(), args.batch.into());
-        object.insert("target_rate".into(), self.rate.into());
-        object.insert("elapsed_s".into(), self.elapsed.as_secs_f64().into());
-        object.insert("warmup_s".into(), args.warmup.as_secs_f64().into());
-        object.insert("interrupted".into(), self.interrupted.into());
-        object.insert(
-            "readings_sent_per_s".into(),
-            self.per_s(total.readings_sent).into(),
-        );
-        object.insert(
-            "readings_received_per_s".into(),
-            self.per_s(total.readings_received).into(),
-        );
-        object.insert("error_rate".into(), self.error_rate(&total).into());
-        object.insert(
-            "latency_from".into(),
-            if self.rate.is_some() {
-                "schedule"
-            } else {
-                "send"
-            }
-            .into(),
-        );
-        if self.rate.is_some() {
-            object.insert(
-                "schedule".into(),
-                json!({
-                    "late_sends": self.tally.late_sends,
-                    "max_send_lag_ms": self.tally.max_send_lag.as_secs_f64() * 1000.0,
-                }),
-            );
-        }
-        if args.mode == LoadMode::ServerStream || args.mode == LoadMode::Mix {
-            object.insert("query_sensor".into(), self.query_sensor.into());
-        }
-        if args.mode == LoadMode::Mix {
-            let kinds: serde_json::Map<_, _> = Kind::ALL
-                .into_iter()
-                .map(|k| {
-                    (
-                        k.name().to_owned(),
-                        self.kind_json(&self.tally.kinds[k as usize]),
-                    )
-                })
-                .collect();
-            object.insert("kinds".into(), kinds.into());
-        }
-        out
-    }
-
-    fn text(&self) -> String {
-        let args = self.args;
-        let total = self.tally.total();
-        let mut out = String::new();
-        let shape = match self.rate {
-            Some(rate) => format!(
-                "open loop at {} calls/s (at most {} in flight)",
-                thousands(rate),
-                self.concurrency
-            ),
-            None if args.mode == LoadMode::Chat => {
-                format!("closed loop, {} streams", self.concurrency)
-            }
-            None => format!("closed loop, {} in flight", self.concurrency),
-        };
-        let _ = writeln!(
-            out,
-            "sensorhub load: {} against {}\n  {shape}, {} connections, {} sensors{}",
-            args.mode.name(),
-            args.connect.server,
-            args.connections,
-            args.sensors,
-            if self.interrupted {
-                " (interrupted)"
-            } else {
-                ""
-            },
-        );
-        let calls = total.ok + total.failed_total();
-        let _ = writeln!(
-            out,
-            "  elapsed     {:.2} s{}",
-            self.elapsed.as_secs_f64(),
-            if args.warmup.is_zero() {
-                String::new()
-            } else {
-                format!(" after {:.1} s warm-up", args.warmup.as_secs_f64())
-            }
-        );
-        let _ = writeln!(
-            out,
-            "  calls       {:>12}/s   {} ok, {} failed, {} unfinished",
-            thousands(self.per_s(calls)),
-            thousands(total.ok as f64),
-            thousands(total.failed_total() as f64),
-            thousands(total.unfinished as f64),
-        );
-        if total.readings_sent > 0 || total.readings_received == 0 {
-            let _ = writeln!(
-                out,
-                "  sent        {:>12}/s   {} readings",
-                thousands(self.per_s(total.readings_sent)),
-                thousands(total.readings_sent as f64)
-            );
-        }
-        if total.readings_received > 0 {
-            let _ = writeln!(
-                out,
-                "  read back   {:>12}/s   {} readings",
-                thousands(self.per_s(total.readings_received)),
-                thousands(total.readings_received as f64)
-            );
-        }
-        if total.alerts > 0 {
-            let _ = writeln!(out, "  alerts      {}", thousands(total.alerts as f64));
-        }
-        let from = if self.rate.is_some() {
-            "from each call's time on the schedule"
-        } else {
-            "from send"
-        };
-        let _ = writeln!(
-            out,
-            "  latency     {}  ({from})",
-            latency_line(total.latency())
-        );
-        if self.rate.is_some() {
-            let _ = writeln!(
-                out,
-                "  schedule    {} sends over 1 ms late, at most {:.1} ms",
-                thousands(self.tally.late_sends as f64),
-                self.tally.max_send_lag.as_secs_f64() * 1000.0
-            );
-        }
-        let errs = errors(&total);
-        let _ = writeln!(
-            out,
-            "  errors      {}",
-            if errs.is_empty() {
-                "none".to_owned()
-            } else {
-                errs.iter()
-                    .map(|(k, v)| format!("{k} {v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        );
-        if args.mode == LoadMode::Mix {
-            let _ = writeln!(out, "  by kind");
-            for kind in Kind::ALL {
-                let t = &self.tally.kinds[kind as usize];
-                let _ = writeln!(
-                    out,
-                    "    {:<14} {:>10} calls/s {:>12} readings/s  {}  failed {}",
-                    kind.name(),
-                    thousands(self.per_s(t.ok + t.failed_total())),
-                    thousands(self.per_s(t.readings_sent + t.readings_received)),
-                    latency_line(t.latency()),
-                    t.failed_total()
-                );
-            }
-        }
-        out
-    }
-}
-
-fn latency_line(h: Option<&Histogram<u64>>) -> String {
-    let Some(h) = h else {
-        return "n/a".to_owned();
-    };
-    let ms = |us: u64| us as f64 / 1000.0;
-    format!(
-        "p50 {:.3} ms  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
-        ms(h.value_at_quantile(0.5)),
-        ms(h.value_at_quantile(0.9)),
-        ms(h.value_at_quantile(0.99)),
-        ms(h.value_at_quantile(0.999)),
-        ms(h.max())
-    )
 }
