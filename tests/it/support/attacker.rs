@@ -17,10 +17,10 @@ use std::{
 use bytes::Bytes;
 use sensorhub_grpc::{
     ClientConfig, SensorClient,
-    pki::{self, BundleFiles},
     testing::{TEST_TOKEN, reading, unix_now},
     tls::ClientTlsFiles,
 };
+use sensorhub_pki::{self as pki, BundleFiles};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::{TlsConnector, client::TlsStream};
 
