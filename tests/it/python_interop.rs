@@ -6,83 +6,32 @@
 //! Needs Python 3 with grpcio: `cargo xtask test` makes a venv with it and
 //! sets `$SENSORHUB_TEST_PYTHON`; without that variable it is `python3`.
 
-use std::{
-    path::{Path, PathBuf},
-    process::{Output, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use sensorhub_grpc::testing::TestServer;
 use sensorhub_proto::SensorRequest;
-use tokio::process::Command;
+
+use crate::support::python::{self, require_modules, run, text};
 
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
-const REQUIREMENTS_HINT: &str =
-    "run `cargo xtask test`, which makes a venv from tests/python/requirements.txt";
-
-fn python() -> String {
-    std::env::var("SENSORHUB_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned())
-}
-
-fn repo_path(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-/// Runs `cmd` to completion; `None` if it had to be killed at `timeout`.
-async fn run(mut cmd: Command, timeout: Duration) -> Option<Output> {
-    let program = format!("{cmd:?}");
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {program}: {e}\n{REQUIREMENTS_HINT} (or set SENSORHUB_TEST_PYTHON)")
-        });
-    tokio::time::timeout(timeout, child.wait_with_output())
-        .await
-        .ok()
-        .map(|output| output.expect("wait for child"))
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_grpcio_client_runs_all_four_rpc_kinds() {
-    let python = python();
-
     // grpcio missing must fail loudly, never skip.
-    let mut probe = Command::new(&python);
-    probe.args([
-        "-c",
-        "import grpc, grpc_tools.protoc; print(grpc.__version__)",
-    ]);
-    let probe = run(probe, Duration::from_secs(30)).await;
-    assert!(
-        probe.as_ref().is_some_and(|p| p.status.success()),
-        "Python grpcio is not importable with `{python}` (set SENSORHUB_TEST_PYTHON to choose the interpreter).\n\
-         {REQUIREMENTS_HINT}\n--- stderr ---\n{}",
-        probe.map(|p| text(&p.stderr)).unwrap_or_default()
-    );
+    require_modules(&["grpc", "grpc_tools.protoc"]).await;
 
     let server = TestServer::start().await;
     let sensor_id = format!("py-interop-{}", std::process::id());
     let target = format!("localhost:{}", server.addr.port());
 
-    let mut cmd = Command::new(&python);
-    cmd.arg(repo_path("tests/python/interop_client.py"))
-        .args(["--target", &target])
+    let mut cmd = python::script("tests/python/interop_client.py");
+    cmd.args(["--target", &target])
         .arg("--ca")
         .arg(&server.certs.ca_cert)
         .args(["--token", sensorhub_grpc::testing::TEST_TOKEN])
         .args(["--sensor-id", &sensor_id])
         .arg("--proto")
-        .arg(repo_path("proto/sensor.proto"))
-        .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1");
+        .arg(python::repo_path("proto/sensor.proto"));
     let Some(done) = run(cmd, SCRIPT_TIMEOUT).await else {
         panic!("the Python grpcio client did not finish within {SCRIPT_TIMEOUT:?}");
     };

@@ -9,6 +9,7 @@ pub mod deploy_traffic;
 pub mod http;
 pub mod ports;
 pub mod prometheus_process;
+pub mod python;
 pub mod raw_grpc;
 pub mod spawned_server;
 pub mod system_tools;

@@ -222,12 +222,10 @@ pub async fn start(config: ServerConfig, store: Store) -> Result<RunningServer, 
     health
         .set_service_status(SERVICE_NAME, ServingStatus::Serving)
         .await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+    let reflection_v1 = reflection()
         .build_v1()?
         .max_decoding_message_size(SMALL_MESSAGE_BYTES);
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+    let reflection_v1alpha = reflection()
         .build_v1alpha()?
         .max_decoding_message_size(SMALL_MESSAGE_BYTES);
 
@@ -357,6 +355,26 @@ pub async fn start(config: ServerConfig, store: Store) -> Result<RunningServer, 
             tokens: token_check,
         },
     })
+}
+
+/// The encoded descriptor sets of every service the router serves:
+/// SensorService, health (tonic-health ships its set) and both reflection
+/// versions. Reflection lists and describes all of them, so a service added
+/// to the router goes here too.
+const SERVED_DESCRIPTOR_SETS: [&[u8]; 4] = [
+    FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+];
+
+/// A reflection builder that knows every served service, for v1 and
+/// v1alpha alike (by default each version would list only itself).
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    SERVED_DESCRIPTOR_SETS.iter().fold(
+        tonic_reflection::server::Builder::configure().include_reflection_service(false),
+        |builder, set| builder.register_encoded_file_descriptor_set(set),
+    )
 }
 
 /// A method this server registers: its path, `package.Service/Method`, how
