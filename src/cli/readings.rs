@@ -23,7 +23,8 @@ pub struct ReadingsArgs {
     /// Only readings before this time (same forms as --since).
     #[arg(long, value_parser = parse_time)]
     pub until: Option<i64>,
-    /// At most this many readings of history.
+    /// At most this many readings of history: the first N from --since, or with --follow
+    /// the last N before following (like `tail -n N -f`).
     #[arg(long)]
     pub limit: Option<u64>,
     /// After the history, keep printing new readings as they are stored (Ctrl-C to stop).

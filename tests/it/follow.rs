@@ -244,3 +244,145 @@ async fn follow_ends_with_unavailable_on_shutdown() {
     // The test server's grace period is 2 s; needing it would mean a call was still open.
     assert!(took < Duration::from_secs(2), "graceful stop took {took:?}");
 }
+
+/// `limit` with `follow` is `tail -n N -f`: the last N readings of the
+/// history, then the live tail. Without `follow`, `limit` is the first N.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_with_a_limit_sends_the_last_n_then_the_tail() {
+    let server = TestServer::start().await;
+    let mut writer = server.client().await;
+    let mut follower = server.client().await;
+    let t = unix_now() - 600;
+    let history: Vec<_> = (0..10)
+        .map(|i| reading("tail-n", 20.0 + i as f64, t + i))
+        .collect();
+    writer
+        .stream_sensor_readings(tokio_stream::iter(history.clone()))
+        .await
+        .expect("history");
+
+    let first_three = SensorRequest {
+        sensor_id: "tail-n".into(),
+        limit: 3,
+        ..Default::default()
+    };
+    let mut stream = follower
+        .get_sensor_readings(first_three)
+        .await
+        .expect("history with a limit")
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(r) = stream.message().await.expect("history stream") {
+        got.push(r);
+    }
+    assert_eq!(got, history[..3], "without follow: the first 3");
+
+    let mut stream = follower
+        .get_sensor_readings(SensorRequest {
+            limit: 3,
+            ..follow("tail-n")
+        })
+        .await
+        .expect("follow with a limit")
+        .into_inner();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(next(&mut stream).await);
+    }
+    assert_eq!(got, history[7..], "with follow: the last 3");
+    let live = reading("tail-n", 30.0, t + 20);
+    writer
+        .send_single_reading(live.clone())
+        .await
+        .expect("live write");
+    assert_eq!(next(&mut stream).await, live, "then the tail, no gap");
+    let quiet = tokio::time::timeout(Duration::from_millis(300), stream.message()).await;
+    assert!(quiet.is_err(), "unexpected extra message: {quiet:?}");
+
+    // A limit larger than the history: all of it, then the tail.
+    let mut stream = follower
+        .get_sensor_readings(SensorRequest {
+            limit: 100,
+            ..follow("tail-n")
+        })
+        .await
+        .expect("follow with a large limit")
+        .into_inner();
+    let mut got = Vec::new();
+    for _ in 0..11 {
+        got.push(next(&mut stream).await);
+    }
+    let mut all = history.clone();
+    all.push(live);
+    assert_eq!(got, all);
+}
+
+/// A reading stored while the last-N history is still being sent comes
+/// once, after the history (it is not in the history's snapshot), and no
+/// reading of the history is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_with_a_limit_has_no_gap_and_no_repeat_when_a_write_lands_mid_history() {
+    const HISTORY: usize = 50_000;
+    const LIMIT: usize = 40_000;
+    let server = TestServer::start().await;
+    let mut writer = server.client().await;
+    let t = unix_now() - 100_000;
+    let history: Vec<_> = (0..HISTORY)
+        .map(|i| reading("mid-history", (i % 1000) as f64 / 10.0, t + i as i64))
+        .collect();
+    let ack = writer
+        .stream_sensor_readings(tokio_stream::iter(history.clone()))
+        .await
+        .expect("history")
+        .into_inner();
+    assert_eq!(ack.count, HISTORY as u64);
+
+    // A reader with small HTTP/2 windows: after its first reading, the
+    // server holds at most a few pages and its send buffer (about 20,000
+    // readings of ~40 bytes), so most of the 40,000 are still to be read
+    // from the store when the live reading is stored.
+    let endpoint = sensorhub_grpc::client::endpoint(&server.client_config())
+        .expect("endpoint")
+        .initial_stream_window_size(Some(16 * 1024))
+        .initial_connection_window_size(Some(16 * 1024));
+    let channel = endpoint.connect().await.expect("connect");
+    let mut follower = sensorhub_grpc::client::client_for(
+        channel,
+        &server.url(),
+        Some(sensorhub_grpc::testing::TEST_TOKEN),
+    )
+    .expect("client");
+    let mut stream = follower
+        .get_sensor_readings(SensorRequest {
+            limit: LIMIT as u64,
+            ..follow("mid-history")
+        })
+        .await
+        .expect("follow with a limit")
+        .into_inner();
+    let skipped = HISTORY - LIMIT;
+    assert_eq!(
+        next(&mut stream).await,
+        history[skipped],
+        "the history starts at the {LIMIT}th reading from the end"
+    );
+
+    // Its timestamp falls inside the part of the history not yet sent.
+    let live = reading("mid-history", 99.5, t + (HISTORY as i64) - 5);
+    writer
+        .send_single_reading(live.clone())
+        .await
+        .expect("live write");
+
+    for (i, want) in history[skipped + 1..].iter().enumerate() {
+        let got = next(&mut stream).await;
+        assert_eq!(&got, want, "history reading {} of {LIMIT}", i + 2);
+    }
+    assert_eq!(
+        next(&mut stream).await,
+        live,
+        "the live reading, once, after the history"
+    );
+    let quiet = tokio::time::timeout(Duration::from_millis(300), stream.message()).await;
+    assert!(quiet.is_err(), "unexpected extra message: {quiet:?}");
+}

@@ -164,6 +164,15 @@ pub struct HistoryCursor {
 }
 
 impl HistoryCursor {
+    /// A cursor whose next page starts at the reading (`timestamp`, `seq`).
+    fn at(timestamp: i64, seq: u64) -> Self {
+        // Pages continue after (ts, seq) > the cursor: every seq is at
+        // least 1, so (timestamp, seq - 1) is just before this reading.
+        Self {
+            last: Some((timestamp, seq - 1)),
+        }
+    }
+
     /// Moves the cursor past the last reading of `page`.
     pub fn advance(&mut self, page: &[StoredReading]) {
         if let Some(r) = page.last() {
@@ -358,6 +367,26 @@ impl Store {
             .readers
             .with(move |conn| reader::history_page(conn, &query, cursor, page_size))
             .await
+    }
+
+    /// Where to start reading `query` so that only its last `n` readings
+    /// (in history order) remain: the start of `tail -n N`. Beginning of
+    /// the range when it holds `n` readings or fewer.
+    pub async fn history_last(
+        &self,
+        query: &HistoryQuery,
+        n: u64,
+    ) -> Result<HistoryCursor, StoreError> {
+        self.see_acknowledged().await?;
+        let query = query.clone();
+        let start = self
+            .inner
+            .readers
+            .with(move |conn| reader::nth_from_end(conn, &query, n))
+            .await?;
+        Ok(start.map_or_else(HistoryCursor::default, |(ts, seq)| {
+            HistoryCursor::at(ts, seq)
+        }))
     }
 
     /// Readings of `sensor_id` committed after `after_seq`, in commit order.

@@ -21,7 +21,15 @@ fn open(dir: &std::path::Path) -> Store {
 }
 
 async fn all_history(store: &Store, query: &HistoryQuery, page: usize) -> Vec<(i64, f64, u64)> {
-    let mut cursor = HistoryCursor::default();
+    history_from(store, query, HistoryCursor::default(), page).await
+}
+
+async fn history_from(
+    store: &Store,
+    query: &HistoryQuery,
+    mut cursor: HistoryCursor,
+    page: usize,
+) -> Vec<(i64, f64, u64)> {
     let mut out = Vec::new();
     loop {
         let rows = store.history_page(query, cursor, page).await.unwrap();
@@ -205,6 +213,67 @@ async fn writes_after_close_are_refused() {
         store.append(vec![reading("s", 1.0, 1)]).await,
         Err(StoreError::Closed)
     ));
+}
+
+/// `tail -n N`: the cursor from `history_last` leaves exactly the last N
+/// readings of the range, in history order, ties on the timestamp included.
+#[tokio::test]
+async fn history_last_leaves_the_last_n_readings_of_the_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store
+        .append(vec![
+            reading("a", 3.0, 30),
+            reading("a", 1.0, 10),
+            reading("b", 9.0, 5),
+            reading("a", 2.0, 10),
+            reading("a", 4.0, 40),
+            reading("a", 5.0, 20),
+        ])
+        .await
+        .unwrap();
+    let full = all_history(&store, &query("a"), 100).await;
+    assert_eq!(
+        full,
+        vec![
+            (10, 1.0, 2),
+            (10, 2.0, 4),
+            (20, 5.0, 6),
+            (30, 3.0, 1),
+            (40, 4.0, 5)
+        ]
+    );
+    let last = |q: HistoryQuery, n: u64| {
+        let store = store.clone();
+        async move {
+            let start = store.history_last(&q, n).await.unwrap();
+            history_from(&store, &q, start, 2).await
+        }
+    };
+    for n in 1..=7u64 {
+        let keep = full.len().min(n as usize);
+        assert_eq!(
+            last(query("a"), n).await,
+            full[full.len() - keep..],
+            "n = {n}"
+        );
+    }
+    let ranged = HistoryQuery {
+        since: Some(10),
+        until: Some(40),
+        ..query("a")
+    };
+    assert_eq!(
+        last(ranged.clone(), 2).await,
+        vec![(20, 5.0, 6), (30, 3.0, 1)]
+    );
+    assert_eq!(last(ranged, 9).await, full[..4]);
+    let snapshot = HistoryQuery {
+        up_to_seq: Some(4),
+        ..query("a")
+    };
+    assert_eq!(last(snapshot, 2).await, vec![(10, 2.0, 4), (30, 3.0, 1)]);
+    assert_eq!(last(query("nobody"), 3).await, vec![]);
 }
 #[tokio::test]
 async fn stats_pages_cover_every_sensor_once_in_id_order() {

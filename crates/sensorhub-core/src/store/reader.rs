@@ -81,6 +81,12 @@ const HISTORY_PAGE: &str = "SELECT ts, seq, temperature FROM readings
      WHERE sensor = ?1 AND (ts, seq) > (?2, ?3) AND ts < ?4 AND seq <= ?5
      ORDER BY ts, seq LIMIT ?6";
 
+/// Where the last N readings of a sensor's history start: the N-th from
+/// the end, walking the primary key backwards from `until`.
+const LAST_N_START: &str = "SELECT ts, seq FROM readings
+     WHERE sensor = ?1 AND ts >= ?2 AND ts < ?3 AND seq <= ?4
+     ORDER BY ts DESC, seq DESC LIMIT 1 OFFSET ?5";
+
 /// One page of a sensor's live tail in arrival order, after a `seq`.
 const TAIL_PAGE: &str = "SELECT ts, seq, temperature FROM readings WHERE sensor = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3";
 
@@ -116,6 +122,34 @@ pub(super) fn history_page(
         |r| Ok(stored(&query.sensor_id, r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
     rows.collect()
+}
+
+/// The (timestamp, seq) of the `n`-th reading of `query` counted back from
+/// its end, or `None` when it holds fewer than `n` (or `n` is 0). Walks the
+/// primary key backwards from `until`: a range scan of `n` index entries.
+pub(super) fn nth_from_end(
+    conn: &Connection,
+    query: &HistoryQuery,
+    n: u64,
+) -> rusqlite::Result<Option<(i64, u64)>> {
+    let Some(sensor) = sensor_key(conn, &query.sensor_id)? else {
+        return Ok(None);
+    };
+    if n == 0 {
+        return Ok(None);
+    }
+    conn.prepare_cached(LAST_N_START)?
+        .query_row(
+            params![
+                sensor,
+                query.since.unwrap_or(i64::MIN),
+                query.until.unwrap_or(i64::MAX),
+                query.up_to_seq.map_or(i64::MAX, |s| s as i64),
+                i64::try_from(n - 1).unwrap_or(i64::MAX),
+            ],
+            |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
+        )
+        .optional()
 }
 
 pub(super) fn tail_page(
@@ -214,6 +248,13 @@ mod tests {
             "{history}"
         );
         assert!(!history.contains("TEMP B-TREE"), "{history}");
+        // The start of the last N (follow with a limit): the same key, backwards.
+        let last_n = plan(LAST_N_START);
+        assert!(
+            last_n.contains("SEARCH readings USING PRIMARY KEY (sensor=? AND ts>? AND ts<?)"),
+            "{last_n}"
+        );
+        assert!(!last_n.contains("TEMP B-TREE"), "{last_n}");
         let tail = plan(TAIL_PAGE);
         assert!(
             tail.contains("readings_by_arrival (sensor=? AND seq>?)"),

@@ -112,7 +112,18 @@ impl HistoryReader {
         if self.follow {
             query.up_to_seq = Some(snapshot);
         }
-        let mut cursor = HistoryCursor::default();
+        // `limit` with follow is `tail -n N -f`: the last N readings of the
+        // history, then the tail. Without follow, the first N from `since`.
+        let mut cursor = match (self.follow, self.limit) {
+            (true, Some(n)) => {
+                let start = self.store.history_last(&query, n);
+                tokio::select! {
+                    _ = tx.closed() => return Ok(()),
+                    start = start => start.map_err(|e| store_status(&e))?,
+                }
+            }
+            _ => HistoryCursor::default(),
+        };
         let mut remaining = self.limit.unwrap_or(u64::MAX);
         while remaining > 0 {
             let page_size = remaining.min(self.page_size as u64) as usize;
