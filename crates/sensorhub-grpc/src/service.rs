@@ -189,3 +189,85 @@ impl pb::sensor_service_server::SensorService for SensorHub {
         stats::get_sensor_stats(self, request).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::{BufMut, Bytes, BytesMut};
+    use http_body::Frame;
+    use prost::Message as _;
+    use sensorhub_core::StoreConfig;
+    use sensorhub_core::store::StoreLocation;
+    use tonic::{Code, codec::Codec as _};
+
+    use super::*;
+    use pb::sensor_service_server::SensorService as _;
+
+    /// One gRPC length-prefixed message.
+    fn framed(reading: &pb::SensorReading) -> Bytes {
+        let body = reading.encode_to_vec();
+        let mut frame = BytesMut::with_capacity(5 + body.len());
+        frame.put_u8(0);
+        frame.put_u32(body.len() as u32);
+        frame.put_slice(&body);
+        frame.freeze()
+    }
+
+    /// A client stream whose request body delivers `readings`, then fails
+    /// with `error`, as the transport reports a reset or a dropped peer.
+    fn failing_stream(
+        readings: &[pb::SensorReading],
+        error: Status,
+    ) -> Request<Streaming<pb::SensorReading>> {
+        let mut frames: Vec<Result<Frame<Bytes>, Status>> = readings
+            .iter()
+            .map(|r| Ok(Frame::data(framed(r))))
+            .collect();
+        frames.push(Err(error));
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+        let decoder =
+            sensorhub_proto::codec::CompactCodec::<pb::Ack, pb::SensorReading>::default().decoder();
+        Request::new(Streaming::new_request(decoder, body, None, None))
+    }
+
+    /// An UNAVAILABLE from the stream itself (here the reset code a peer
+    /// sends for "refused") is that status, with the count stored, and not
+    /// the server's "shutting down", which only a real shutdown may say.
+    #[tokio::test]
+    async fn an_unavailable_inbound_stream_is_not_reported_as_shutdown() {
+        let store = Store::open(StoreConfig::new(StoreLocation::Memory)).expect("store");
+        let hub = SensorHub::new(
+            store.clone(),
+            ServiceConfig::default(),
+            Lifecycle::default(),
+        );
+        let reading = pb::SensorReading {
+            sensor_id: "reset".into(),
+            temperature: 21.5,
+            timestamp: unix_now() - 1,
+        };
+        let cause = "h2 protocol error: stream error received: refused stream before processing any application logic";
+        let status = hub
+            .stream_sensor_readings(failing_stream(
+                &[reading.clone(), reading],
+                Status::unavailable(cause),
+            ))
+            .await
+            .expect_err("the stream failed");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            status.message().contains("refused stream")
+                && !status.message().contains("shutting down"),
+            "{}",
+            status.message()
+        );
+        assert_eq!(
+            status
+                .metadata()
+                .get(crate::convert::STORED_COUNT_METADATA)
+                .and_then(|v| v.to_str().ok()),
+            Some("2"),
+            "what arrived before the failure is stored"
+        );
+        store.close().await.expect("close");
+    }
+}
