@@ -3,6 +3,14 @@
 //! (or, in `random` mode, of a kind picked per cycle), and reports a
 //! temperature that follows a plausible random walk around a base value,
 //! with rare spikes that the server's jump alert should catch.
+//!
+//! It must work against any SensorService, the original grpcio server
+//! included, so it assumes nothing a server may leave out: a chat's first
+//! reading goes out before the response headers arrive (grpcio sends them
+//! only with its first reply), an `Ack` without a count is reported as
+//! such, and every call has a deadline. A chat ends with a half-close and
+//! its last replies read, never by dropping the call (`CANCELLED`). A signal
+//! (see [`Stop`]) cancels a call still in progress.
 
 use std::{
     sync::{
@@ -104,6 +112,42 @@ pub struct SensorConfig {
     pub spike_probability: f64,
     /// Whose readings server-streaming calls read back (default: its own).
     pub query_sensor: Option<String>,
+    /// How long one call may take: a unary or streaming call to its answer,
+    /// a chat reading to its reply (the chat's opening included), a chat's end.
+    pub timeout: Duration,
+}
+
+/// How simulated sensors are told to stop.
+#[derive(Debug, Clone)]
+pub struct Stop {
+    /// Cancelled by [`Stop::abort`]: a call in progress is cancelled too.
+    abort: CancellationToken,
+    /// Cancelled by either: no new call starts, an open chat is ended cleanly.
+    finish: CancellationToken,
+}
+
+impl Stop {
+    pub fn new() -> Self {
+        let abort = CancellationToken::new();
+        let finish = abort.child_token();
+        Self { abort, finish }
+    }
+
+    /// After the call in progress: no new call, an open chat is half-closed
+    /// and its remaining replies read.
+    pub fn finish(&self) {
+        self.finish.cancel();
+    }
+
+    /// At once: the call in progress is cancelled (a signal, the user wants out).
+    pub fn abort(&self) {
+        self.abort.cancel();
+    }
+
+    /// The token that [`Stop::abort`] cancels, for a signal handler.
+    pub fn abort_token(&self) -> CancellationToken {
+        self.abort.clone()
+    }
 }
 
 /// A random walk that drifts back towards its base.
@@ -133,14 +177,42 @@ struct Chat {
     replies: tonic::Streaming<sensorhub_proto::ServerMessage>,
 }
 
-/// Runs one simulated sensor until `count` calls are done or `stop` is
-/// cancelled. Returns how many calls failed (failures are logged and the
-/// sensor carries on, as a real one would).
+impl Chat {
+    /// Ends the chat the way the protocol means: half-close, then read the
+    /// replies still due (alerts for the last reading) until the server ends
+    /// the call with its status.
+    async fn close(self, counters: &Counters) -> Result<(), tonic::Status> {
+        let Chat {
+            outbound,
+            mut replies,
+        } = self;
+        drop(outbound);
+        while let Some(message) = replies.message().await? {
+            note_late_reply(&message, counters);
+        }
+        Ok(())
+    }
+}
+
+/// A chat message read after the reply the sensor waited for.
+fn note_late_reply(message: &sensorhub_proto::ServerMessage, counters: &Counters) {
+    if message.kind == ServerMessageKind::Alert as i32 {
+        counters.alerts_received.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(kind = "chat", alert = %message.message, "alert");
+    } else {
+        tracing::info!(kind = "chat", reply = %message.message, "late reply");
+    }
+}
+
+/// Runs one simulated sensor until `count` calls are done or `stop` says
+/// so. Returns how many calls failed (failures are logged and the sensor
+/// carries on, as a real one would). A call cancelled by [`Stop::abort`]
+/// is not a failure.
 pub async fn run(
     mut client: SensorClient,
     config: SensorConfig,
     counters: Arc<Counters>,
-    stop: CancellationToken,
+    stop: Stop,
 ) -> u64 {
     let mut rng = StdRng::from_os_rng();
     let mut walk = TemperatureWalk {
@@ -154,7 +226,7 @@ pub async fn run(
     while config.count.is_none_or(|c| done < c) {
         let pause = config.interval_max.mul_f64(rng.random_range(0.0..=1.0));
         tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = stop.finish.cancelled() => break,
             _ = tokio::time::sleep(pause) => {}
         }
         let kind = match config.mode {
@@ -176,7 +248,7 @@ pub async fn run(
             sensor.id = %config.sensor_id,
             sensorhub.rpc.kind = kind.name()
         );
-        let result = async {
+        let call = async {
             match kind {
                 Kind::Unary => unary(&mut client, reading(), &counters).await,
                 Kind::ClientStream => {
@@ -191,16 +263,40 @@ pub async fn run(
                     server_stream(&mut client, sensor, &counters).await
                 }
                 Kind::Chat => {
-                    let result = chat_once(&mut client, &mut chat, reading(), &counters).await;
-                    if result.is_err() || config.mode == Mode::Random {
+                    let mut result = chat_once(&mut client, &mut chat, reading(), &counters).await;
+                    if result.is_err() {
                         chat = None;
+                    } else if config.mode == Mode::Random
+                        && let Some(open) = chat.take()
+                    {
+                        // One reading per chat in random mode, as the original.
+                        result = open.close(&counters).await;
                     }
                     result
                 }
             }
+        };
+        let deadline = config.timeout;
+        let call = async {
+            tokio::time::timeout(deadline, call)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(tonic::Status::deadline_exceeded(format!(
+                        "no answer from the server within {} (--timeout)",
+                        humantime::format_duration(deadline)
+                    )))
+                })
         }
-        .instrument(cycle)
-        .await;
+        .instrument(cycle);
+        let result = tokio::select! {
+            biased;
+            _ = stop.abort.cancelled() => None,
+            result = call => Some(result),
+        };
+        let Some(result) = result else {
+            tracing::info!(sensor = %config.sensor_id, kind = kind.name(), "stopped: the call in progress was cancelled");
+            return failures;
+        };
         counters.record(kind, result.is_ok());
         if let Err(status) = result {
             failures += 1;
@@ -208,8 +304,35 @@ pub async fn run(
         }
         done += 1;
     }
+    // Stopped between calls: end an open chat cleanly, promptly when aborted.
+    if let Some(open) = chat.take() {
+        let aborted = stop.abort.is_cancelled();
+        let within = if aborted {
+            config.timeout.min(CLOSE_AFTER_ABORT)
+        } else {
+            config.timeout
+        };
+        let closed = tokio::select! {
+            biased;
+            _ = stop.abort.cancelled(), if !aborted => None,
+            closed = tokio::time::timeout(within, open.close(&counters)) => Some(closed),
+        };
+        match closed {
+            Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(status))) => {
+                failures += 1;
+                tracing::warn!(sensor = %config.sensor_id, kind = "chat", code = ?status.code(), message = status.message(), "the chat ended with an error");
+            }
+            Some(Err(_)) | None => {
+                tracing::warn!(sensor = %config.sensor_id, kind = "chat", "the server did not end the chat in time; it is cancelled");
+            }
+        }
+    }
     failures
 }
+
+/// How long a chat may take to end once a signal arrived between calls.
+const CLOSE_AFTER_ABORT: Duration = Duration::from_secs(1);
 
 async fn unary(
     client: &mut SensorClient,
@@ -228,15 +351,22 @@ async fn client_stream(
     batch: Vec<SensorReading>,
     counters: &Counters,
 ) -> Result<(), tonic::Status> {
-    let sent = batch.len();
+    let sent = batch.len() as u64;
     let ack = client
         .stream_sensor_readings(futures_util::stream::iter(batch))
         .await?
         .into_inner();
-    counters
-        .readings_sent
-        .fetch_add(ack.count, Ordering::Relaxed);
-    tracing::info!(kind = "client-stream", sent, stored = ack.count, reply = %ack.message, "sent");
+    // `Ack.count` is a sensorhub addition: an original server leaves it 0,
+    // and an OK with 0 for a non-empty stream means "not reported".
+    if ack.count == 0 && sent > 0 {
+        counters.readings_sent.fetch_add(sent, Ordering::Relaxed);
+        tracing::info!(kind = "client-stream", sent, stored = "not reported by the server (its Ack has no count)", reply = %ack.message, "sent");
+    } else {
+        counters
+            .readings_sent
+            .fetch_add(ack.count, Ordering::Relaxed);
+        tracing::info!(kind = "client-stream", sent, stored = ack.count, reply = %ack.message, "sent");
+    }
     Ok(())
 }
 
@@ -270,24 +400,35 @@ async fn chat_once(
     reading: SensorReading,
     counters: &Counters,
 ) -> Result<(), tonic::Status> {
-    if chat.is_none() {
-        let (outbound, rx) = mpsc::channel(16);
-        let replies = client
-            .sensor_chat(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        *chat = Some(Chat { outbound, replies });
-    }
-    let session = chat.as_mut().expect("chat just opened");
     let temperature = reading.temperature;
-    if session.outbound.send(reading).await.is_err() {
-        return Err(tonic::Status::unavailable("the chat stream closed"));
-    }
+    let session = match chat {
+        Some(session) => {
+            if session.outbound.send(reading).await.is_err() {
+                return Err(tonic::Status::unavailable("the chat stream closed"));
+            }
+            session
+        }
+        None => {
+            // The first reading is queued before the call opens: a server
+            // may hold its response headers until its first reply (grpcio
+            // does), so waiting for them before sending would wait for ever.
+            let (outbound, rx) = mpsc::channel(16);
+            outbound
+                .try_send(reading)
+                .map_err(|_| tonic::Status::internal("a new chat's queue is full"))?;
+            let replies = client
+                .sensor_chat(ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            chat.insert(Chat { outbound, replies })
+        }
+    };
     // The reply to this reading, then any alerts it raised, arrive in order.
     loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), session.replies.message())
-            .await
-            .map_err(|_| tonic::Status::deadline_exceeded("no chat reply within 10 s"))??
+        let message = session
+            .replies
+            .message()
+            .await?
             .ok_or_else(|| tonic::Status::unavailable("the server ended the chat"))?;
         if message.kind == ServerMessageKind::Alert as i32 {
             counters.alerts_received.fetch_add(1, Ordering::Relaxed);

@@ -23,6 +23,9 @@ into a temporary directory (no generated code is committed).
 
     python3 bench/python-original/server.py --listen 127.0.0.1:50053 [--token sensor_token_abc]
 
+It prints `python original SensorService on HOST:PORT` to stderr once it
+serves (the port it got, with --listen HOST:0).
+
 Needs: pip install -r bench/python-original/requirements.txt
 """
 
@@ -162,7 +165,9 @@ def main():
         if port == 0:
             sys.exit(f"cannot listen on {args.listen}")
         server.start()
-        print(f"python original SensorService on {args.listen}", file=sys.stderr, flush=True)
+        # The port bound, also when --listen asked for port 0.
+        host = args.listen.rsplit(":", 1)[0]
+        print(f"python original SensorService on {host}:{port}", file=sys.stderr, flush=True)
 
         stopped = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

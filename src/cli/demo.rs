@@ -21,9 +21,11 @@ use sensorhub_pki as pki;
 use sensorhub_proto::StatsRequest;
 use sensorhub_telemetry::pipeline::Telemetry;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use crate::simulator::{self, Counters, Kind, Mode, SensorConfig};
+use crate::simulator::{self, Counters, Kind, Mode, SensorConfig, Stop};
+
+/// How long the sensors get to finish their calls when the demo stops.
+const SENSORS_FINISH: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -97,7 +99,7 @@ pub async fn run(args: DemoArgs, telemetry: &Telemetry) -> anyhow::Result<ExitCo
     );
     println!();
 
-    let stop = CancellationToken::new();
+    let stop = Stop::new();
     let counters = Arc::new(Counters::default());
     let mut sensors = Vec::new();
     for (sensor_id, mode, query_sensor) in [
@@ -121,6 +123,7 @@ pub async fn run(args: DemoArgs, telemetry: &Telemetry) -> anyhow::Result<ExitCo
             base_temperature: 22.0,
             spike_probability: 0.03,
             query_sensor,
+            timeout: Duration::from_secs(10),
         };
         sensors.push(tokio::spawn(simulator::run(
             client,
@@ -144,10 +147,21 @@ pub async fn run(args: DemoArgs, telemetry: &Telemetry) -> anyhow::Result<ExitCo
         }
     }
 
-    stop.cancel();
+    // Each sensor finishes its call in progress and ends its chat with a
+    // half-close, so the last table shows completed calls, not CANCELLED
+    // ones. A sensor still busy after a few seconds is cancelled.
+    stop.finish();
+    let abort_later = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            tokio::time::sleep(SENSORS_FINISH).await;
+            stop.abort();
+        }
+    });
     for sensor in sensors {
         let _ = sensor.await;
     }
+    abort_later.abort();
     print_summary(&mut client, &counters, started.elapsed(), telemetry).await;
     match telemetry.recorder().and_then(|r| r.render_complete_trace()) {
         Some(tree) => {

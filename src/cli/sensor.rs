@@ -3,10 +3,9 @@
 use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use clap::Args;
-use tokio_util::sync::CancellationToken;
 
 use super::ConnectArgs;
-use crate::simulator::{self, Counters, Mode, SensorConfig};
+use crate::simulator::{self, Counters, Mode, SensorConfig, Stop};
 
 #[derive(Debug, Args)]
 pub struct SensorArgs {
@@ -36,6 +35,9 @@ pub struct SensorArgs {
     /// Whose readings server-streaming calls read back [default: its own].
     #[arg(long)]
     pub query_sensor: Option<String>,
+    /// How long one call may take (a chat: each reading's reply, and its opening).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
 }
 
 pub async fn run(args: SensorArgs) -> anyhow::Result<ExitCode> {
@@ -44,8 +46,10 @@ pub async fn run(args: SensorArgs) -> anyhow::Result<ExitCode> {
         .sensor_id
         .unwrap_or_else(|| format!("sensor-{:04x}", rand::random::<u16>()));
     tracing::info!(sensor = %sensor_id, mode = ?args.mode, server = %args.connect.server, "sensor started");
-    let stop = CancellationToken::new();
-    super::cancel_on_shutdown_signal(stop.clone());
+    // Ctrl-C or SIGTERM cancels a call in progress; a chat open between
+    // calls is ended cleanly.
+    let stop = Stop::new();
+    super::cancel_on_shutdown_signal(stop.abort_token());
     let config = SensorConfig {
         sensor_id,
         mode: args.mode,
@@ -55,6 +59,7 @@ pub async fn run(args: SensorArgs) -> anyhow::Result<ExitCode> {
         base_temperature: args.base_temperature,
         spike_probability: args.spike_probability,
         query_sensor: args.query_sensor,
+        timeout: args.timeout,
     };
     let failures = simulator::run(client, config, Arc::new(Counters::default()), stop).await;
     if failures > 0 {

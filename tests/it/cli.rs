@@ -232,5 +232,21 @@ fn demo_runs_four_sensors_and_stops_by_itself() {
         calls.split(", ").all(|kind| kind.ends_with("/ 0 failed")),
         "failures: {calls}"
     );
+    // The last table lists the server's calls by status: the chat sensor
+    // ended its stream cleanly (half-close), so nothing was cancelled.
+    let rpcs = stdout
+        .rsplit("server RPCs (grpc.server.call.duration):")
+        .next()
+        .and_then(|table| table.split("\n\n").next())
+        .unwrap_or_default();
+    assert!(
+        rpcs.lines()
+            .any(|l| l.contains("SensorService/SensorChat") && l.contains(" OK ")),
+        "no completed chat in the last table:\n{rpcs}"
+    );
+    assert!(
+        !rpcs.contains("CANCELLED"),
+        "a cancelled call in the last table:\n{rpcs}"
+    );
     assert!(stdout.contains("demo stopped cleanly"));
 }

@@ -28,6 +28,7 @@ mod limits;
 mod load;
 mod overload;
 mod python_interop;
+mod python_original;
 mod reflection;
 mod reload;
 mod slow_consumers;

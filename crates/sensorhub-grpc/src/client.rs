@@ -1,6 +1,9 @@
 //! Connecting to a sensorhub server: TLS from PEM files, and the token
 //! attached to every call the way the original clients sent it (bare value in
-//! `authorization`).
+//! `authorization`). A connection that fails says why in plain words
+//! (`client/diagnosis.rs`).
+
+mod diagnosis;
 
 use std::time::Duration;
 
@@ -56,12 +59,28 @@ pub enum ConnectError {
     Token,
     #[error(transparent)]
     TlsFile(#[from] crate::tls::TlsFileError),
-    #[error("cannot connect to {server}: {source}")]
-    Connect {
-        server: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
+    /// `reason` is the cause in words, said once (no error source: printing
+    /// the chain would repeat it).
+    #[error("cannot connect to {server}: {reason}")]
+    Connect { server: String, reason: String },
+}
+
+impl ConnectError {
+    /// Why connecting as `config` says failed with `error`, explained.
+    pub fn connect(config: &ClientConfig, error: &tonic::transport::Error) -> Self {
+        let host = http::Uri::try_from(config.server.as_str())
+            .ok()
+            .and_then(|uri| uri.host().map(|h| h.trim_matches(['[', ']']).to_owned()));
+        let name = config.tls.domain.clone().or(host).unwrap_or_default();
+        let attempt = diagnosis::Attempt {
+            name: &name,
+            ca: config.tls.ca.as_deref(),
+        };
+        ConnectError::Connect {
+            server: config.server.clone(),
+            reason: diagnosis::explain(error, attempt),
+        }
+    }
 }
 
 /// Attaches `authorization: <token>` to each request.
@@ -100,13 +119,9 @@ pub fn endpoint(config: &ClientConfig) -> Result<Endpoint, ConnectError> {
         .connect_timeout(config.connect_timeout)
         .tcp_nodelay(true);
     if url.starts_with("https://") {
-        endpoint =
-            endpoint
-                .tls_config(config.tls.load()?)
-                .map_err(|source| ConnectError::Connect {
-                    server: url.clone(),
-                    source,
-                })?;
+        endpoint = endpoint
+            .tls_config(config.tls.load()?)
+            .map_err(|e| ConnectError::connect(config, &e))?;
     } else if !url.starts_with("http://") {
         return Err(ConnectError::Url(url.clone()));
     }
@@ -118,10 +133,7 @@ pub async fn connect(config: &ClientConfig) -> Result<SensorClient, ConnectError
     let channel = endpoint(config)?
         .connect()
         .await
-        .map_err(|source| ConnectError::Connect {
-            server: config.server.clone(),
-            source,
-        })?;
+        .map_err(|e| ConnectError::connect(config, &e))?;
     client_for(channel, &config.server, config.token.as_deref())
 }
 

@@ -38,10 +38,7 @@ pub async fn connect(config: &ClientConfig, n: usize) -> Result<Vec<Conn>, Conne
     let opening = (0..n).map(|_| endpoint.connect());
     let mut conns = Vec::with_capacity(n);
     for channel in futures_util::future::join_all(opening).await {
-        let channel = channel.map_err(|source| ConnectError::Connect {
-            server: config.server.clone(),
-            source,
-        })?;
+        let channel = channel.map_err(|e| ConnectError::connect(config, &e))?;
         conns.push(tonic::client::Grpc::new(InterceptedService::new(
             channel,
             token.clone(),
