@@ -288,7 +288,7 @@ fn a_signal_cancels_a_call_in_progress_in_every_mode() {
         let status = wait_within(&mut blocked, Duration::from_secs(5))
             .unwrap_or_else(|| panic!("{mode}: SIGTERM did not end the sensor within 5 s"));
         let took = signalled.elapsed();
-        let lines: Vec<String> = log.try_iter().collect();
+        let lines = rest_of(&log);
         assert!(status.success(), "{mode}: exit {status}\n{lines:#?}");
         assert!(
             lines
@@ -355,6 +355,16 @@ fn wait_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitS
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The lines still to come from a child that has exited (until its pipe closes).
+fn rest_of(lines: &mpsc::Receiver<String>) -> Vec<String> {
+    let deadline = Instant::now() + HANG;
+    let mut rest = Vec::new();
+    while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        rest.push(line);
+    }
+    rest
 }
 
 fn wait_for(lines: &mpsc::Receiver<String>, needle: &str, what: &str) {
