@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use sensorhub_grpc::testing::TestServer;
 use sensorhub_grpc::testing::{reading, unix_now};
+use sensorhub_grpc::{SensorClient, testing::TestServer};
 use sensorhub_proto::{SensorReading, SensorRequest};
 use tonic::{Code, Streaming};
 
@@ -277,19 +277,12 @@ async fn follow_with_a_limit_sends_the_last_n_then_the_tail() {
     }
     assert_eq!(got, history[..3], "without follow: the first 3");
 
-    let mut stream = follower
-        .get_sensor_readings(SensorRequest {
-            limit: 3,
-            ..follow("tail-n")
-        })
-        .await
-        .expect("follow with a limit")
-        .into_inner();
-    let mut got = Vec::new();
-    for _ in 0..3 {
-        got.push(next(&mut stream).await);
-    }
-    assert_eq!(got, history[7..], "with follow: the last 3");
+    let mut stream = follow_with_limit(&mut follower, "tail-n", 3).await;
+    assert_eq!(
+        next_n(&mut stream, 3).await,
+        history[7..],
+        "with follow: the last 3"
+    );
     let live = reading("tail-n", 30.0, t + 20);
     writer
         .send_single_reading(live.clone())
@@ -300,21 +293,33 @@ async fn follow_with_a_limit_sends_the_last_n_then_the_tail() {
     assert!(quiet.is_err(), "unexpected extra message: {quiet:?}");
 
     // A limit larger than the history: all of it, then the tail.
-    let mut stream = follower
-        .get_sensor_readings(SensorRequest {
-            limit: 100,
-            ..follow("tail-n")
-        })
-        .await
-        .expect("follow with a large limit")
-        .into_inner();
-    let mut got = Vec::new();
-    for _ in 0..11 {
-        got.push(next(&mut stream).await);
-    }
+    let mut stream = follow_with_limit(&mut follower, "tail-n", 100).await;
     let mut all = history.clone();
     all.push(live);
-    assert_eq!(got, all);
+    assert_eq!(next_n(&mut stream, 11).await, all);
+}
+
+async fn follow_with_limit(
+    client: &mut SensorClient,
+    sensor_id: &str,
+    limit: u64,
+) -> Streaming<SensorReading> {
+    client
+        .get_sensor_readings(SensorRequest {
+            limit,
+            ..follow(sensor_id)
+        })
+        .await
+        .expect("follow with a limit")
+        .into_inner()
+}
+
+async fn next_n(stream: &mut Streaming<SensorReading>, n: usize) -> Vec<SensorReading> {
+    let mut got = Vec::with_capacity(n);
+    for _ in 0..n {
+        got.push(next(stream).await);
+    }
+    got
 }
 
 /// A reading stored while the last-N history is still being sent comes
@@ -352,14 +357,7 @@ async fn follow_with_a_limit_has_no_gap_and_no_repeat_when_a_write_lands_mid_his
         Some(sensorhub_grpc::testing::TEST_TOKEN),
     )
     .expect("client");
-    let mut stream = follower
-        .get_sensor_readings(SensorRequest {
-            limit: LIMIT as u64,
-            ..follow("mid-history")
-        })
-        .await
-        .expect("follow with a limit")
-        .into_inner();
+    let mut stream = follow_with_limit(&mut follower, "mid-history", LIMIT as u64).await;
     let skipped = HISTORY - LIMIT;
     assert_eq!(
         next(&mut stream).await,

@@ -19,7 +19,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::support::{python, spawned_server::BIN};
+use crate::support::{
+    python,
+    spawned_server::{command, sensorhub},
+};
 const TOKEN: &str = "sensor_token_abc";
 /// Longer than any run here should take; reaching it means a hang.
 const HANG: Duration = Duration::from_secs(30);
@@ -109,12 +112,7 @@ fn lines_of(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<Strin
 /// `sensorhub certs` into `dir/name`; returns that directory.
 fn certs(dir: &Path, name: &str) -> PathBuf {
     let out = dir.join(name);
-    let done = Command::new(BIN)
-        .arg("certs")
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("run sensorhub certs");
+    let done = sensorhub(&["certs", "--out", out.to_str().expect("a UTF-8 path")]);
     assert!(done.status.success(), "{}", text(&done.stderr));
     out
 }
@@ -125,14 +123,13 @@ fn text(bytes: &[u8]) -> String {
 
 /// A `sensorhub sensor` command against `url` trusting `ca`, logging JSON.
 fn sensor(url: &str, ca: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(BIN);
+    let mut command = command();
     command
         .args(["--log-format", "json", "sensor", "--server", url])
         .arg("--ca")
         .arg(ca)
         .args(["--token", TOKEN, "--spike-probability", "0"])
         .args(args)
-        .env_remove("RUST_LOG")
         .env("OTEL_SDK_DISABLED", "true")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -161,7 +158,7 @@ fn finish(mut command: Command, what: &str) -> Output {
 /// How many readings `sensor_id` has on the server, read back with
 /// `sensorhub readings` (the original streams every stored reading).
 fn stored(server: &PythonServer, ca: &Path, sensor_id: &str) -> usize {
-    let mut command = Command::new(BIN);
+    let mut command = command();
     command
         .args(["readings", "--server", &server.url(), "--json"])
         .arg("--ca")
