@@ -107,8 +107,10 @@ fn explain_certificate(error: &CertificateError, attempt: Attempt<'_>) -> String
             "the server's certificate has expired{}. Issue a new one (`sensorhub certs`) and \
              send the server SIGHUP to load it",
             match error {
-                CertificateError::ExpiredContext { not_after, .. } =>
-                    format!(" (valid until {})", date(not_after.as_secs())),
+                CertificateError::ExpiredContext { time, not_after } => format!(
+                    " ({} ago)",
+                    span(time.as_secs().saturating_sub(not_after.as_secs()))
+                ),
                 _ => String::new(),
             }
         ),
@@ -116,8 +118,10 @@ fn explain_certificate(error: &CertificateError, attempt: Attempt<'_>) -> String
             "the server's certificate is not valid yet{}: check this machine's clock and the \
              server's",
             match error {
-                CertificateError::NotValidYetContext { not_before, .. } =>
-                    format!(" (valid from {})", date(not_before.as_secs())),
+                CertificateError::NotValidYetContext { time, not_before } => format!(
+                    " (valid {} from now)",
+                    span(not_before.as_secs().saturating_sub(time.as_secs()))
+                ),
                 _ => String::new(),
             }
         ),
@@ -158,14 +162,13 @@ fn is_ca_used_as_end_entity(other: &rustls::OtherError) -> bool {
         .is_some_and(|e| matches!(e, webpki::Error::CaUsedAsEndEntity))
 }
 
-fn date(unix_seconds: u64) -> String {
-    i64::try_from(unix_seconds)
-        .ok()
-        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
-        .map_or_else(
-            || format!("{unix_seconds} (Unix time)"),
-            |t| t.date().to_string(),
-        )
+/// A duration in the largest whole unit that fits: days, hours or minutes.
+fn span(seconds: u64) -> String {
+    match seconds {
+        s if s >= 86_400 => format!("{} days", s / 86_400),
+        s if s >= 3_600 => format!("{} hours", s / 3_600),
+        s => format!("{} minutes", s / 60),
+    }
 }
 
 /// The first error of type `T` in `error`'s source chain.
