@@ -23,6 +23,7 @@ mod exhaustion;
 mod follow;
 mod graceful_shutdown;
 mod health_http;
+mod idempotency;
 mod journal_replay;
 mod limits;
 mod load;

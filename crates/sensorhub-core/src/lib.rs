@@ -5,6 +5,7 @@
 //! - [`validation`]: the rules a reading must meet before anything of it is stored.
 //! - [`analysis`]: per-sensor running statistics and alert rules, applied
 //!   incrementally in commit order.
+//! - [`idempotency`]: idempotency keys, so that a retried write is stored once.
 //! - [`store`]: the embedded SQLite store with group commit, time-ordered
 //!   history queries with bounded memory, and a live tail.
 //!
@@ -14,6 +15,7 @@
 //! the OpenTelemetry metrics API only; where the data goes is decided by the binary.
 
 pub mod analysis;
+pub mod idempotency;
 pub mod reading;
 pub mod store;
 pub mod validation;

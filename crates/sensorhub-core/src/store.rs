@@ -44,7 +44,10 @@ use std::{
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::{Alert, AlertRules, Reading, SensorStats, StoredReading};
+use crate::{
+    Alert, AlertRules, Reading, SensorStats, StoredReading,
+    idempotency::{KeyLimits, KeyedPart},
+};
 
 use self::{
     indexer::{Backlog, Checkpoints, Indexer},
@@ -86,6 +89,8 @@ pub struct StoreConfig {
     /// How large a journal file grows before the next one starts (64 MiB);
     /// a closed file is deleted once the database file holds all of it.
     pub journal_file_bytes: u64,
+    /// How many idempotency keys are remembered, and for how long.
+    pub idempotency: KeyLimits,
 }
 
 impl StoreConfig {
@@ -98,6 +103,7 @@ impl StoreConfig {
             queue_depth: 1_024,
             max_tracked_sensors: 1_000,
             journal_file_bytes: journal::SEGMENT_BYTES,
+            idempotency: KeyLimits::default(),
         }
     }
 }
@@ -121,6 +127,9 @@ pub enum StoreError {
     Write(String),
     #[error("reading from the store failed: {0}")]
     Read(String),
+    /// A keyed write whose key stored other readings: nothing was stored.
+    #[error("{0}")]
+    KeyConflict(String),
 }
 
 /// What one durable write did.
@@ -130,6 +139,9 @@ pub struct WriteReceipt {
     pub first_seq: u64,
     /// How many readings were stored.
     pub count: usize,
+    /// How many of the write's first readings were not stored because an
+    /// earlier write with the same idempotency key had stored them.
+    pub already_stored: usize,
     /// Alerts raised by these readings, in order.
     pub alerts: Vec<Alert>,
 }
@@ -226,8 +238,8 @@ impl Store {
         if let Some(dir) = &target.journal {
             // Each batch is one transaction: should this start stop half-way,
             // the tables are still a prefix of the journal.
-            let recovered = Journal::recover(dir, writer.last_seq(), |readings| {
-                let batch = writer.replay(readings);
+            let recovered = Journal::recover(dir, writer.last_seq(), |readings, keys| {
+                let batch = writer.replay(readings, keys);
                 indexer
                     .index(std::slice::from_ref(&batch))
                     .map(drop)
@@ -325,10 +337,34 @@ impl Store {
     /// only while the writer's queue is full. Await the result to know the
     /// readings are durable.
     pub async fn enqueue(&self, readings: Vec<Reading>) -> Result<PendingWrite, StoreError> {
+        self.enqueue_write(readings, None).await
+    }
+
+    /// [`enqueue`](Self::enqueue) for a keyed write: `readings` are the
+    /// part `part` of its key's sequence, and only those no earlier write
+    /// with the key stored are stored (`crate::idempotency`). The receipt
+    /// counts both; [`StoreError::KeyConflict`] if the key holds others.
+    pub async fn enqueue_keyed(
+        &self,
+        readings: Vec<Reading>,
+        part: KeyedPart,
+    ) -> Result<PendingWrite, StoreError> {
+        self.enqueue_write(readings, Some(Box::new(part))).await
+    }
+
+    async fn enqueue_write(
+        &self,
+        readings: Vec<Reading>,
+        keyed: Option<Box<KeyedPart>>,
+    ) -> Result<PendingWrite, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.inner
             .commands
-            .send(Command::Write(WriteRequest { readings, reply }))
+            .send(Command::Write(WriteRequest {
+                readings,
+                keyed,
+                reply,
+            }))
             .await
             .map_err(|_| StoreError::Closed)?;
         Ok(PendingWrite(rx))
@@ -337,6 +373,15 @@ impl Store {
     /// Stores `readings` durably: [`enqueue`](Self::enqueue) then wait for the commit.
     pub async fn append(&self, readings: Vec<Reading>) -> Result<WriteReceipt, StoreError> {
         self.enqueue(readings).await?.committed().await
+    }
+
+    /// [`enqueue_keyed`](Self::enqueue_keyed) then wait for the commit.
+    pub async fn append_keyed(
+        &self,
+        readings: Vec<Reading>,
+        part: KeyedPart,
+    ) -> Result<WriteReceipt, StoreError> {
+        self.enqueue_keyed(readings, part).await?.committed().await
     }
 
     /// Waits until queries see every write acknowledged so far, then returns
@@ -494,7 +539,7 @@ mod tests {
         }
         // The crashed store: `after` reached the journal, not the tables.
         let mut journal = Journal::start(&crashed.path().join("journal"), 51).unwrap();
-        journal.append(51, after.len(), after.iter()).unwrap();
+        journal.append(51, after.len(), after.iter(), &[]).unwrap();
         drop(journal);
         let store = Store::open(config(reference.path())).unwrap();
         store.append(after.clone()).await.unwrap();
@@ -523,6 +568,52 @@ mod tests {
         // The next write continues the numbering.
         let receipt = replayed.append(vec![reading("a", 80)]).await.unwrap();
         assert_eq!(receipt.first_seq, 81);
+    }
+
+    /// A keyed write acknowledged, then a crash before the tables held it:
+    /// replay restores its key's state from the journal, so a retry after
+    /// the restart stores nothing.
+    #[tokio::test]
+    async fn a_keyed_write_the_journal_alone_holds_is_stored_once_after_replay() {
+        use crate::idempotency::{Fingerprint, IdempotencyKey, KeyState, KeyedPart};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(config(dir.path())).unwrap();
+        store.append(vec![reading("a", 0)]).await.unwrap();
+        store.close().await.unwrap();
+        drop(store);
+        let readings = vec![reading("a", 1), reading("a", 2)];
+        let key = IdempotencyKey::parse("crash-key").unwrap();
+        let part = KeyedPart::new(key.clone(), 0, Fingerprint::EMPTY, &readings);
+        let entry = journal::KeyEntry {
+            key: key.as_str().into(),
+            state: KeyState {
+                through: 2,
+                fingerprint: part.after,
+                first_seq: 2,
+                // Now: a key first used a day ago would be forgotten.
+                first_used: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs() as i64,
+            },
+        };
+        let mut journal = Journal::start(&dir.path().join("journal"), 2).unwrap();
+        journal.append(2, 2, readings.iter(), &[entry]).unwrap();
+        drop(journal);
+
+        let store = Store::open(config(dir.path())).unwrap();
+        let receipt = store
+            .append_keyed(readings.clone(), part.clone())
+            .await
+            .unwrap();
+        assert_eq!((receipt.count, receipt.already_stored), (0, 2));
+        assert_eq!(store.stats(Some("a")).await.unwrap()[0].count, 3);
+        // And the tables hold it now too.
+        store.close().await.unwrap();
+        drop(store);
+        let store = Store::open(config(dir.path())).unwrap();
+        let receipt = store.append_keyed(readings, part).await.unwrap();
+        assert_eq!((receipt.count, receipt.already_stored), (0, 2));
     }
 
     /// Retention (run by the indexer when it starts, then at most once a

@@ -130,6 +130,10 @@ pub fn store_status(e: &StoreError) -> Status {
         StoreError::Closed => {
             Status::unavailable("the server is shutting down; retry against a running server")
         }
+        StoreError::KeyConflict(why) => Status::failed_precondition(format!(
+            "{}: {why}; nothing of this call was stored",
+            crate::idempotency_key::METADATA_KEY
+        )),
         other => {
             tracing::error!(error = %other, "store failure");
             Status::internal(

@@ -4,6 +4,7 @@
 //!   what it measures (readings stored and refused, active streams).
 //! - [`stats_paging`]: `GetSensorStats` for every sensor in replies a client accepts.
 //! - [`convert`]: wire messages ↔ domain values, domain errors → gRPC statuses.
+//! - [`idempotency_key`]: the `sensorhub-idempotency-key` metadata.
 //! - [`auth`]: the token check (an interceptor, before any message is read).
 //! - [`tls`]: loading PEM files (`sensorhub-pki` makes them).
 //! - [`request_budget`]: what the server holds of request messages still arriving.
@@ -19,6 +20,7 @@ pub mod client;
 pub mod convert;
 mod deadline;
 pub mod health_http;
+pub mod idempotency_key;
 pub mod listener;
 pub mod request_budget;
 pub mod server;

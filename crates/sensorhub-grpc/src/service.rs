@@ -23,13 +23,17 @@ use std::{
 };
 
 use futures_util::Stream;
-use sensorhub_core::{Reading, ReadingLimits, Store};
+use sensorhub_core::{
+    Reading, ReadingLimits, Store,
+    idempotency::{Fingerprint, KeyedPart},
+};
 use sensorhub_proto as pb;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert::{invalid_reading, reading_from_wire, set_stored_count, store_status};
+use crate::idempotency_key;
 use crate::service_metrics::{RpcKind, ServiceMetrics};
 use crate::store_spans::StoreSpans;
 
@@ -141,17 +145,24 @@ impl pb::sensor_service_server::SensorService for SensorHub {
         request: Request<pb::SensorReading>,
     ) -> Result<Response<pb::Ack>, Status> {
         let _slot = self.admit()?;
+        let key = idempotency_key::from_metadata(request.metadata())?;
         let reading = reading_from_wire(request.into_inner());
         self.check(&reading).map_err(|v| invalid_reading(&v))?;
-        let receipt = self
-            .spans
-            .insert(1, self.store.append(vec![reading]))
-            .await
-            .map_err(|e| store_status(&e))?;
+        let written = match key {
+            None => self.spans.insert(1, self.store.append(vec![reading])).await,
+            Some(key) => {
+                let part =
+                    KeyedPart::new(key, 0, Fingerprint::EMPTY, std::slice::from_ref(&reading));
+                let write = self.store.append_keyed(vec![reading], part);
+                self.spans.insert(1, write).await
+            }
+        };
+        let receipt = written.map_err(|e| store_status(&e))?;
         self.metrics.stored(RpcKind::Unary, receipt.count as u64);
         Ok(Response::new(pb::Ack {
             message: "Reading received.".into(),
-            count: receipt.count as u64,
+            // A retry with a key answers as the call that stored it did.
+            count: (receipt.count + receipt.already_stored) as u64,
         }))
     }
 

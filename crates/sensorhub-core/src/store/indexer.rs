@@ -35,7 +35,7 @@ use std::{
 use rusqlite::{Connection, params};
 use tokio::sync::watch;
 
-use super::metrics::IndexMetrics;
+use super::{journal::KeyEntry, metrics::IndexMetrics};
 use crate::SensorStats;
 
 /// Rows per multi-row INSERT: one statement step for this many readings
@@ -66,6 +66,10 @@ pub(super) struct IndexBatch {
     /// The statistics of each sensor the rows touch, as of the last row
     /// (key: the sensor's integer id).
     pub(super) sensors: Vec<(i64, SensorStats)>,
+    /// Idempotency keys the rows' writes moved on, as of the last row, and
+    /// keys forgotten (by their `first_seq`).
+    pub(super) keys: Vec<KeyEntry>,
+    pub(super) forget_keys: Vec<u64>,
     /// The sequence number of the last row.
     pub(super) last_seq: u64,
 }
@@ -317,6 +321,29 @@ impl Indexer {
                     s.rolling_mean,
                     s.alerts as i64
                 ])?;
+            }
+            for batch in batches
+                .iter()
+                .filter(|b| !b.keys.is_empty() || !b.forget_keys.is_empty())
+            {
+                let mut upsert = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO idempotency_keys (row, key, through, fingerprint, first_used)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for KeyEntry { key, state } in &batch.keys {
+                    upsert.execute(params![
+                        state.first_seq as i64,
+                        key,
+                        state.through as i64,
+                        state.fingerprint.0 as i64,
+                        state.first_used
+                    ])?;
+                }
+                let mut forget =
+                    tx.prepare_cached("DELETE FROM idempotency_keys WHERE row = ?1")?;
+                for row in &batch.forget_keys {
+                    forget.execute([*row as i64])?;
+                }
             }
             tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?1)")?
                 .execute([last_seq as i64])?;

@@ -41,7 +41,7 @@ use std::{
 };
 
 use self::format::Version;
-pub(super) use self::recovery::Recovered;
+pub(super) use self::{format::KeyEntry, recovery::Recovered};
 use super::StoreError;
 use crate::Reading;
 
@@ -88,7 +88,7 @@ impl Journal {
     pub(super) fn recover(
         dir: &Path,
         indexed: u64,
-        replay: impl FnMut(&[Reading]) -> Result<(), StoreError>,
+        replay: impl FnMut(&[Reading], &[KeyEntry]) -> Result<(), StoreError>,
     ) -> Result<Recovered, StoreError> {
         recovery::recover(dir, indexed, replay)
     }
@@ -127,13 +127,16 @@ impl Journal {
         })
     }
 
-    /// Appends one group commit (`readings`, numbered from `first_seq`) and
-    /// returns once it is on disk. A group of no readings writes nothing.
+    /// Appends one group commit (`readings`, numbered from `first_seq`, and
+    /// the states its keyed writes left their keys in) and returns once it
+    /// is on disk. A group of no readings writes nothing (its keyed writes
+    /// stored nothing, so changed no key).
     pub(super) fn append<'a>(
         &mut self,
         first_seq: u64,
         count: usize,
         readings: impl Iterator<Item = &'a Reading>,
+        keys: &[KeyEntry],
     ) -> Result<(), String> {
         if let Some(why) = &self.broken {
             return Err(why.clone());
@@ -141,7 +144,7 @@ impl Journal {
         if count == 0 {
             return Ok(());
         }
-        format::encode(&mut self.encoded, first_seq, count, readings);
+        format::encode(&mut self.encoded, first_seq, count, readings, keys);
         let end = self.current_len + self.encoded.len() as u64;
         let written = self
             .grow_to(end)
@@ -290,7 +293,7 @@ mod testing {
         let mut journal = Journal::start(dir, next_seq).unwrap();
         let mut seq = next_seq;
         for group in groups {
-            journal.append(seq, group.len(), group.iter()).unwrap();
+            journal.append(seq, group.len(), group.iter(), &[]).unwrap();
             seq += group.len() as u64;
         }
         journal
@@ -315,7 +318,7 @@ mod testing {
 
     pub(super) fn recover_all(dir: &Path, indexed: u64) -> Result<Got, StoreError> {
         let mut readings = Vec::new();
-        let recovered = Journal::recover(dir, indexed, |batch| {
+        let recovered = Journal::recover(dir, indexed, |batch, _| {
             readings.extend_from_slice(batch);
             Ok(())
         })?;
@@ -390,7 +393,7 @@ mod tests {
         let big: Vec<Reading> = (0..GROW_BYTES / 16)
             .map(|i| reading("a", i as i64))
             .collect();
-        journal.append(7, big.len(), big.iter()).unwrap();
+        journal.append(7, big.len(), big.iter(), &[]).unwrap();
         let end = journal.current_len;
         assert!(end > GROW_BYTES);
         assert_eq!(
@@ -406,7 +409,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut journal = write(dir.path(), 1, &groups());
         let end = journal.current_len;
-        journal.append(7, 0, [].iter()).unwrap();
+        journal.append(7, 0, [].iter(), &[]).unwrap();
         assert_eq!(journal.current_len, end);
     }
 
@@ -417,7 +420,7 @@ mod tests {
         let first_end = journal.current_len;
         journal.rotate(7);
         journal
-            .append(7, 2, [reading("a", 7), reading("b", 8)].iter())
+            .append(7, 2, [reading("a", 7), reading("b", 8)].iter(), &[])
             .unwrap();
         journal.rotate(9);
         let segments = list_segments(dir.path()).unwrap();
@@ -439,7 +442,7 @@ mod tests {
         journal.trim(100);
         assert_eq!(list_segments(dir.path()).unwrap().len(), 1);
         // What is left still recovers, continuing across files.
-        journal.append(9, 1, [reading("c", 9)].iter()).unwrap();
+        journal.append(9, 1, [reading("c", 9)].iter(), &[]).unwrap();
         let recovered = recover_all(dir.path(), 8).unwrap();
         assert_eq!(recovered.first_seq, 9);
         assert_eq!(recovered.readings, vec![reading("c", 9)]);

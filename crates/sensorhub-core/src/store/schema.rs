@@ -10,6 +10,12 @@
 //!   the running statistics, updated in the same transaction as the readings.
 //! - `meta(key, value)`: `last_seq`, so sequence numbers never repeat, even
 //!   after retention has deleted the newest readings' predecessors.
+//! - `idempotency_keys(row, key, through, fingerprint, first_used)`: what
+//!   each remembered key has stored (`crate::idempotency::KeyState`). Keyed
+//!   by `row`, the sequence number of the key's first reading, not by the
+//!   key: new keys then append at the b-tree's end and expired ones go from
+//!   its start, instead of touching a random page each; the store reads
+//!   them all into memory when it opens.
 
 use std::{fs::File, path::PathBuf, sync::atomic::AtomicU64, time::Duration};
 
@@ -21,7 +27,8 @@ use super::{StoreError, StoreLocation};
 /// user_version`): the tables and the journal beside them. 2: journal
 /// format 2 (`journal/format.rs`), whose files a build of version 1 would
 /// not see, so it must refuse the store rather than start without them.
-const SCHEMA_VERSION: i64 = 2;
+/// 3: the `idempotency_keys` table, and journal frames with key entries.
+const SCHEMA_VERSION: i64 = 3;
 const DB_FILE: &str = "readings.db";
 const LOCK_FILE: &str = "sensorhub.lock";
 const JOURNAL_DIR: &str = "journal";
@@ -57,6 +64,13 @@ CREATE TABLE IF NOT EXISTS readings (
     PRIMARY KEY (sensor, ts, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS readings_by_arrival ON readings (sensor, seq);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    row INTEGER PRIMARY KEY,
+    key TEXT NOT NULL,
+    through INTEGER NOT NULL,
+    fingerprint INTEGER NOT NULL,
+    first_used INTEGER NOT NULL
+);
 ";
 
 /// Where connections go, and the lock that keeps a second process out.

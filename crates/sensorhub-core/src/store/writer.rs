@@ -30,10 +30,13 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     StoreConfig, StoreError, WriteReceipt,
     indexer::{Backlog, Checkpoints, IndexBatch, IndexCommand, Row},
-    journal::Journal,
+    journal::{Journal, KeyEntry},
     metrics::StoreMetrics,
 };
-use crate::{AlertRules, Reading, SensorStats};
+use crate::{
+    AlertRules, Reading, SensorStats,
+    idempotency::{self, Decision, Fingerprint, KeyRegistry, KeyState, KeyedPart},
+};
 
 pub(super) enum Command {
     Write(WriteRequest),
@@ -43,6 +46,8 @@ pub(super) enum Command {
 
 pub(super) struct WriteRequest {
     pub(super) readings: Vec<Reading>,
+    /// Set for a write with an idempotency key (boxed: most writes have none).
+    pub(super) keyed: Option<Box<KeyedPart>>,
     pub(super) reply: oneshot::Sender<Result<WriteReceipt, StoreError>>,
 }
 
@@ -56,6 +61,8 @@ struct SensorEntry {
 pub(super) struct Loaded {
     sensors: HashMap<String, SensorEntry>,
     pub(super) last_seq: u64,
+    /// Idempotency keys, oldest first.
+    keys: Vec<KeyEntry>,
 }
 
 impl Loaded {
@@ -84,7 +91,27 @@ impl Loaded {
         let max_stored: Option<i64> =
             conn.query_row("SELECT max(seq) FROM readings", [], |r| r.get(0))?;
         let last_seq = meta.unwrap_or(0).max(max_stored.unwrap_or(0)) as u64;
-        Ok(Loaded { sensors, last_seq })
+        let mut stmt = conn.prepare(
+            "SELECT row, key, through, fingerprint, first_used FROM idempotency_keys ORDER BY row",
+        )?;
+        let keys = stmt
+            .query_map([], |r| {
+                Ok(KeyEntry {
+                    key: r.get(1)?,
+                    state: KeyState {
+                        first_seq: r.get::<_, i64>(0)? as u64,
+                        through: r.get::<_, i64>(2)? as u64,
+                        fingerprint: Fingerprint(r.get::<_, i64>(3)? as u64),
+                        first_used: r.get(4)?,
+                    },
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(Loaded {
+            sensors,
+            last_seq,
+            keys,
+        })
     }
 
     pub(super) fn sensor_count(&self) -> usize {
@@ -96,11 +123,23 @@ impl Loaded {
 /// to the writer's state only once the journal holds it.
 struct Sequenced {
     rows: Vec<Row>,
-    receipts: Vec<WriteReceipt>,
+    /// Per write, in order: its receipt, or why it stores nothing (a keyed
+    /// write whose key holds other readings).
+    receipts: Vec<Result<WriteReceipt, StoreError>>,
+    /// Per write: how many of its first readings an earlier attempt stored.
+    skips: Vec<usize>,
     /// Copies of the sensors the group touches, as of its last reading.
     touched: HashMap<String, SensorEntry>,
+    /// The keys the group's keyed writes moved on, as of its end.
+    keys: Vec<KeyEntry>,
     next_sensor_id: i64,
     last_seq: u64,
+}
+
+/// One write as the group commit sees it.
+struct Part<'a> {
+    readings: &'a [Reading],
+    keyed: Option<&'a KeyedPart>,
 }
 
 pub(super) struct Writer {
@@ -112,6 +151,8 @@ pub(super) struct Writer {
     metrics: StoreMetrics,
     /// `None` for `--memory`: nothing to make durable.
     journal: Option<Journal>,
+    /// The idempotency keys remembered (`crate::idempotency`).
+    keys: KeyRegistry,
 }
 
 /// Where the writer's results go.
@@ -127,6 +168,10 @@ pub(super) struct Outlets {
 impl Writer {
     pub(super) fn new(loaded: Loaded, config: &StoreConfig) -> Writer {
         let next_sensor_id = loaded.sensors.values().map(|s| s.id).max().unwrap_or(0) + 1;
+        let mut keys = KeyRegistry::new(config.idempotency);
+        for entry in &loaded.keys {
+            keys.insert(&entry.key, entry.state);
+        }
         Writer {
             sensors: loaded.sensors,
             next_sensor_id,
@@ -135,6 +180,7 @@ impl Writer {
             max_batch: config.max_batch.max(1),
             metrics: StoreMetrics::new(config.max_tracked_sensors),
             journal: None,
+            keys,
         }
     }
 
@@ -148,11 +194,16 @@ impl Writer {
     }
 
     /// Takes readings the journal held beyond the tables (numbered from
-    /// `last_seq + 1`) back into the statistics, as if written now, and
-    /// returns them for the indexer. Nobody is answered and nothing counted:
-    /// they were acknowledged before the restart.
-    pub(super) fn replay(&mut self, readings: &[Reading]) -> IndexBatch {
-        let sequenced = self.sequence([readings]);
+    /// `last_seq + 1`) back into the statistics, as if written now, and the
+    /// key states their frames recorded; returns them for the indexer.
+    /// Nobody is answered and nothing counted: they were acknowledged
+    /// before the restart.
+    pub(super) fn replay(&mut self, readings: &[Reading], keys: &[KeyEntry]) -> IndexBatch {
+        let mut sequenced = self.sequence([Part {
+            readings,
+            keyed: None,
+        }]);
+        sequenced.keys = keys.to_vec();
         self.accept(sequenced)
     }
 
@@ -196,12 +247,18 @@ impl Writer {
     /// before any caller hears back, so a query after a receipt waits for it.
     fn commit(&mut self, batch: Vec<WriteRequest>, outlets: &Outlets) {
         let started = Instant::now();
-        let readings: usize = batch.iter().map(|w| w.readings.len()).sum();
-        let mut sequenced = self.sequence(batch.iter().map(|w| w.readings.as_slice()));
+        let mut sequenced = self.sequence(batch.iter().map(|w| Part {
+            readings: &w.readings,
+            keyed: w.keyed.as_deref(),
+        }));
+        let readings = sequenced.rows.len();
         if let Some(journal) = &mut self.journal {
             let first_seq = self.last_seq + 1;
-            let all = batch.iter().flat_map(|w| w.readings.iter());
-            if let Err(why) = journal.append(first_seq, readings, all) {
+            let stored = batch
+                .iter()
+                .zip(&sequenced.skips)
+                .flat_map(|(w, skip)| w.readings[*skip..].iter());
+            if let Err(why) = journal.append(first_seq, readings, stored, &sequenced.keys) {
                 let error = StoreError::Write(why);
                 for request in batch {
                     let _ = request.reply.send(Err(error.clone()));
@@ -212,7 +269,10 @@ impl Writer {
         self.metrics.committed(
             started.elapsed(),
             readings,
-            sequenced.receipts.iter().flat_map(|r| r.alerts.iter()),
+            sequenced
+                .receipts
+                .iter()
+                .flat_map(|r| r.iter().flat_map(|r| r.alerts.iter())),
             sequenced
                 .touched
                 .iter()
@@ -222,11 +282,13 @@ impl Writer {
         let index = self.accept(sequenced);
         outlets.acknowledged.store(self.last_seq, Ordering::Release);
         for (request, receipt) in batch.into_iter().zip(receipts) {
-            let _ = request.reply.send(Ok(receipt));
+            let _ = request.reply.send(receipt);
         }
+        // A group whose writes were all stored before has nothing to index.
+        let empty = index.rows.is_empty() && index.keys.is_empty() && index.forget_keys.is_empty();
         // Waits while the indexer is far behind: backpressure on the callers.
         outlets.backlog.reserve(index.rows.len());
-        if outlets.index.send(IndexCommand::Index(index)).is_err() {
+        if !empty && outlets.index.send(IndexCommand::Index(index)).is_err() {
             tracing::error!(
                 "the indexer has stopped; acknowledged readings stay in the journal until the next start"
             );
@@ -236,17 +298,42 @@ impl Writer {
         }
     }
 
-    /// Numbers and analyses `groups` against copies of the sensors they
-    /// touch, leaving the writer's own state as it was.
-    fn sequence<'a>(&self, groups: impl IntoIterator<Item = &'a [Reading]>) -> Sequenced {
+    /// Numbers and analyses `parts` against copies of the sensors and keys
+    /// they touch, leaving the writer's own state as it was. A keyed part
+    /// skips what an earlier attempt with its key stored
+    /// ([`idempotency::decide`]).
+    fn sequence<'a>(&self, parts: impl IntoIterator<Item = Part<'a>>) -> Sequenced {
         let mut touched: HashMap<String, SensorEntry> = HashMap::new();
+        let mut keys: HashMap<&str, KeyState> = HashMap::new();
         let mut next_sensor_id = self.next_sensor_id;
         let mut seq = self.last_seq;
         let mut rows = Vec::new();
         let mut receipts = Vec::new();
-        for readings in groups {
+        let mut skips = Vec::new();
+        let mut now = None;
+        for Part { readings, keyed } in parts {
+            let mut skip = 0;
+            if let Some(part) = keyed {
+                let key = part.key.as_str();
+                let state = keys.get(key).or_else(|| self.keys.get(key)).copied();
+                match idempotency::decide(state.as_ref(), part, readings) {
+                    Decision::Store { skip: s } => skip = s,
+                    Decision::Conflict(why) => {
+                        receipts.push(Err(StoreError::KeyConflict(why)));
+                        skips.push(readings.len());
+                        continue;
+                    }
+                }
+                let now = *now.get_or_insert_with(unix_now);
+                if let Some(next) =
+                    idempotency::next_state(state.as_ref(), part, readings, skip, seq + 1, now)
+                {
+                    keys.insert(key, next);
+                }
+            }
+            let stored = &readings[skip..];
             let mut alerts = Vec::new();
-            for reading in readings {
+            for reading in stored {
                 let entry = match touched.get_mut(&reading.sensor_id) {
                     Some(entry) => entry,
                     None => {
@@ -273,16 +360,26 @@ impl Writer {
                     temperature: reading.temperature,
                 });
             }
-            receipts.push(WriteReceipt {
-                first_seq: seq + 1 - readings.len() as u64,
-                count: readings.len(),
+            receipts.push(Ok(WriteReceipt {
+                first_seq: seq + 1 - stored.len() as u64,
+                count: stored.len(),
+                already_stored: skip,
                 alerts,
-            });
+            }));
+            skips.push(skip);
         }
         Sequenced {
             rows,
             receipts,
+            skips,
             touched,
+            keys: keys
+                .into_iter()
+                .map(|(key, state)| KeyEntry {
+                    key: key.to_owned(),
+                    state,
+                })
+                .collect(),
             next_sensor_id,
             last_seq: seq,
         }
@@ -298,9 +395,18 @@ impl Writer {
         self.sensors.extend(sequenced.touched);
         self.next_sensor_id = sequenced.next_sensor_id;
         self.last_seq = sequenced.last_seq;
+        let mut forget = Vec::new();
+        if !sequenced.keys.is_empty() || !self.keys.is_empty() {
+            for entry in &sequenced.keys {
+                self.keys.insert(&entry.key, entry.state);
+            }
+            forget = self.keys.expire(unix_now());
+        }
         IndexBatch {
             rows: sequenced.rows,
             sensors,
+            keys: sequenced.keys,
+            forget_keys: forget,
             last_seq: sequenced.last_seq,
         }
     }
@@ -323,4 +429,10 @@ impl Writer {
 fn trim(journal: &mut Journal, checkpoints: &Checkpoints) {
     journal.trim(checkpoints.done());
     checkpoints.want(journal.oldest_sealed_last());
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }

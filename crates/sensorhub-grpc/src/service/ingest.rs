@@ -4,7 +4,11 @@
 
 use std::collections::VecDeque;
 
-use sensorhub_core::{Reading, Store, StoreError, store::PendingWrite};
+use sensorhub_core::{
+    Reading, Store, StoreError,
+    idempotency::{Fingerprint, IdempotencyKey, KeyedPart},
+    store::PendingWrite,
+};
 use sensorhub_proto as pb;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -12,6 +16,7 @@ use super::{SensorHub, shutting_down};
 use crate::convert::{
     decode_status, invalid_reading_in_stream, reading_from_wire, set_stored_count, store_status,
 };
+use crate::idempotency_key;
 use crate::service_metrics::{RpcKind, ServiceMetrics};
 use crate::store_spans::StoreSpans;
 
@@ -22,6 +27,7 @@ pub(super) async fn stream_sensor_readings(
     hub: &SensorHub,
     request: Request<Streaming<pb::SensorReading>>,
 ) -> Result<Response<pb::Ack>, Status> {
+    let key = idempotency_key::from_metadata(request.metadata())?;
     let mut inbound = request.into_inner();
     let _active = hub.metrics.stream(RpcKind::ClientStream);
     let mut ingest = Ingest::new(
@@ -30,6 +36,7 @@ pub(super) async fn stream_sensor_readings(
         hub.metrics.clone(),
         hub.spans.clone(),
     );
+    ingest.key = key.map(|key| (key, 0, Fingerprint::EMPTY));
     let mut chunk = Vec::with_capacity(hub.config.ingest_chunk);
     let mut index: u64 = 0;
     // `Err(None)`: the server is shutting down; `Err(Some(status))`: the
@@ -82,6 +89,9 @@ pub(super) async fn stream_sensor_readings(
 /// `max_in_flight` chunks queued, the count of what is durable so far.
 struct Ingest {
     store: Store,
+    /// The call's idempotency key, the readings sent so far, and their
+    /// fingerprint: each chunk is the next part of the key's sequence.
+    key: Option<(IdempotencyKey, u64, Fingerprint)>,
     /// Queued writes and their sizes, oldest first.
     in_flight: VecDeque<(PendingWrite, usize)>,
     max_in_flight: usize,
@@ -94,6 +104,7 @@ impl Ingest {
     fn new(store: Store, max_in_flight: usize, metrics: ServiceMetrics, spans: StoreSpans) -> Self {
         Self {
             store,
+            key: None,
             spans,
             in_flight: VecDeque::new(),
             max_in_flight: max_in_flight.max(1),
@@ -114,11 +125,15 @@ impl Ingest {
             return Ok(());
         }
         let readings = chunk.len();
-        let pending = self
-            .store
-            .enqueue(chunk)
-            .await
-            .map_err(|e| self.failed(&e))?;
+        let queued = match &mut self.key {
+            None => self.store.enqueue(chunk).await,
+            Some((key, offset, before)) => {
+                let part = KeyedPart::new(key.clone(), *offset, *before, &chunk);
+                (*offset, *before) = (*offset + readings as u64, part.after);
+                self.store.enqueue_keyed(chunk, part).await
+            }
+        };
+        let pending = queued.map_err(|e| self.failed(&e))?;
         self.in_flight.push_back((pending, readings));
         while self.in_flight.len() > self.max_in_flight {
             self.commit_oldest().await?;
@@ -133,7 +148,8 @@ impl Ingest {
                 .insert(readings, pending.committed())
                 .await
                 .map_err(|e| self.failed(&e))?;
-            self.stored += receipt.count as u64;
+            // With a key, what an earlier attempt stored counts as stored.
+            self.stored += (receipt.count + receipt.already_stored) as u64;
             self.metrics
                 .stored(RpcKind::ClientStream, receipt.count as u64);
         }

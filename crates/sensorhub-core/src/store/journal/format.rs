@@ -5,7 +5,9 @@
 //! version 2, files <first seq, 20 digits>.v2.journal:
 //!   frame   = header (24 bytes) | body (len bytes)
 //!   header  = len: u32 | first_seq: u64 | count: u32 | crc32(body): u32 | crc32(header bytes 0..20): u32
-//!   body    = keyed: u32 | count × reading
+//!   body    = keyed: u32 | keyed × key entry | count × reading
+//!   key entry = key length: u8 | key (ASCII) | first_seq: u64 | through: u64
+//!               | fingerprint: u64 | first_used: i64
 //!
 //! version 1, files <first seq, 20 digits>.journal (read only):
 //!   frame   = len: u32 | crc32(payload): u32 | payload (len bytes)
@@ -20,8 +22,11 @@
 //! acknowledged frame after it. A version 2 header carries its own checksum
 //! over `len`, the sequence numbers and the count (and the body's checksum),
 //! so recovery trusts where a frame ends only once its header checks out.
-//! `keyed` counts entries for keyed writes (idempotency keys, issue 21); no
-//! build writes any yet, and this one refuses a frame that has some.
+//! A key entry is the state of an idempotency key after the frame's writes
+//! (`crate::idempotency::KeyState`), so that replay restores what the
+//! frame's keyed writes did, and a retry after a crash still stores its
+//! readings once. Entries come before the readings, so a frame ends with a
+//! reading (see the invariant below).
 //!
 //! Invariant: no frame written whole holds 16 zero bytes in a row. The
 //! header's first 16 bytes hold a non-zero `len` and `first_seq`; every
@@ -32,7 +37,10 @@
 use std::io;
 
 use super::segment_reader::SegmentReader;
-use crate::Reading;
+use crate::{
+    Reading,
+    idempotency::{Fingerprint, IdempotencyKey, KeyState},
+};
 
 /// Bytes of a version 2 frame header.
 pub(super) const V2_HEADER: usize = 24;
@@ -163,6 +171,16 @@ impl Version {
     }
 }
 
+/// The state of one idempotency key after a frame's writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(in crate::store) struct KeyEntry {
+    pub(in crate::store) key: String,
+    pub(in crate::store) state: KeyState,
+}
+
+/// Bytes of a key entry after its key.
+const KEY_ENTRY_FIXED: usize = 32;
+
 /// What a frame's checked bytes say besides its readings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Frame {
@@ -175,12 +193,14 @@ pub(super) struct Frame {
 
 impl Frame {
     /// The frame at `at` of `file`, whose header said `head` and whose body
-    /// checksum holds: its sequence numbers and where its readings are.
+    /// checksum holds: its sequence numbers and where its readings are. Its
+    /// key entries are checked, and go to `entries` if given.
     pub(super) fn read(
         version: Version,
         file: &mut SegmentReader,
         at: u64,
         head: Head,
+        entries: Option<&mut Vec<KeyEntry>>,
     ) -> io::Result<Result<Frame, String>> {
         let end = at + head.frame_len;
         let body = at + head.body_at as u64;
@@ -200,18 +220,17 @@ impl Frame {
             }
             Version::V2 => {
                 let header = file.bytes(at, V2_HEADER + V2_BODY_HEADER)?;
+                let first_seq = u64::from_le_bytes(header[4..12].try_into().expect("8"));
+                let count = u32_at(header, 12);
                 let keyed = u32_at(header, V2_HEADER);
-                if keyed != 0 {
-                    Err(format!(
-                        "the frame holds {keyed} keyed writes, which this build does not know (written by a newer sensorhub?)"
-                    ))
-                } else {
-                    Ok(Frame {
-                        first_seq: u64::from_le_bytes(header[4..12].try_into().expect("8")),
-                        count: u32_at(header, 12),
-                        readings_at: body + V2_BODY_HEADER as u64,
+                match read_key_entries(file, body + V2_BODY_HEADER as u64, end, keyed, entries)? {
+                    Ok(readings_at) => Ok(Frame {
+                        first_seq,
+                        count,
+                        readings_at,
                         end,
-                    })
+                    }),
+                    Err(i) => Err(format!("key entry {i} of {keyed} cannot be decoded")),
                 }
             }
         })
@@ -237,18 +256,72 @@ impl Frame {
     }
 }
 
+/// Reads `keyed` key entries from `from` on, none past `limit`, into
+/// `entries` if given. Returns where they end, or the index of the first
+/// that cannot be decoded.
+fn read_key_entries(
+    file: &mut SegmentReader,
+    from: u64,
+    limit: u64,
+    keyed: u32,
+    mut entries: Option<&mut Vec<KeyEntry>>,
+) -> io::Result<Result<u64, u32>> {
+    let mut at = from;
+    for i in 0..keyed {
+        let key_len = match file.bytes(at, 1)? {
+            [len] => *len as usize,
+            _ => return Ok(Err(i)),
+        };
+        let end = at + (1 + key_len + KEY_ENTRY_FIXED) as u64;
+        if end > limit {
+            return Ok(Err(i));
+        }
+        let bytes = file.bytes(at + 1, key_len + KEY_ENTRY_FIXED)?;
+        let (key, fixed) = bytes.split_at(key_len);
+        let Some(key) = std::str::from_utf8(key)
+            .ok()
+            .filter(|k| IdempotencyKey::parse(k).is_ok())
+        else {
+            return Ok(Err(i));
+        };
+        let u64_at = |i: usize| u64::from_le_bytes(fixed[i..i + 8].try_into().expect("8"));
+        if let Some(entries) = entries.as_deref_mut() {
+            entries.push(KeyEntry {
+                key: key.to_owned(),
+                state: KeyState {
+                    first_seq: u64_at(0),
+                    through: u64_at(8),
+                    fingerprint: Fingerprint(u64_at(16)),
+                    first_used: u64_at(24) as i64,
+                },
+            });
+        }
+        at = end;
+    }
+    Ok(Ok(at))
+}
+
 /// Writes one version 2 frame of `count` readings numbered from `first_seq`
-/// into `out` (cleared first).
+/// and the key states `entries` into `out` (cleared first).
 pub(super) fn encode<'a>(
     out: &mut Vec<u8>,
     first_seq: u64,
     count: usize,
     readings: impl Iterator<Item = &'a Reading>,
+    entries: &[KeyEntry],
 ) {
     out.clear();
     out.extend_from_slice(&[0; V2_HEADER]);
-    // No keyed writes.
-    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for entry in entries {
+        // Keys are checked: at most 128 ASCII bytes.
+        out.push(entry.key.len() as u8);
+        out.extend_from_slice(entry.key.as_bytes());
+        out.extend_from_slice(&entry.state.first_seq.to_le_bytes());
+        out.extend_from_slice(&entry.state.through.to_le_bytes());
+        out.extend_from_slice(&entry.state.fingerprint.0.to_le_bytes());
+        out.extend_from_slice(&entry.state.first_used.to_le_bytes());
+    }
     for reading in readings {
         let id = reading.sensor_id.as_bytes();
         // Validation caps sensor ids far below 64 KiB.
@@ -334,7 +407,16 @@ mod tests {
     fn a_version_2_frame_decodes_to_what_was_encoded() {
         let readings = vec![reading("a", 1), reading("ü", 2), reading("a", 0)];
         let mut out = Vec::new();
-        encode(&mut out, 41, readings.len(), readings.iter());
+        let keys = vec![KeyEntry {
+            key: "0f8e1c52-3d6b-4a59".into(),
+            state: KeyState {
+                first_seq: 40,
+                through: 3,
+                fingerprint: Fingerprint(0xdead_beef),
+                first_used: 1_700_000_000,
+            },
+        }];
+        encode(&mut out, 41, readings.len(), readings.iter(), &keys);
         let head = Version::V2.head(&out).unwrap();
         assert_eq!(head.frame_len, out.len() as u64);
         assert_eq!(crc32fast::hash(&out[head.body_at..]), head.body_crc);
@@ -343,9 +425,11 @@ mod tests {
         // Behind another frame's worth of bytes: offsets are the file's.
         std::fs::write(&path, [vec![7; 5], out.clone()].concat()).unwrap();
         let mut file = SegmentReader::open(&path).unwrap();
-        let frame = Frame::read(Version::V2, &mut file, 5, head)
+        let mut entries = Vec::new();
+        let frame = Frame::read(Version::V2, &mut file, 5, head, Some(&mut entries))
             .unwrap()
             .unwrap();
+        assert_eq!(entries, keys);
         assert_eq!(
             (frame.first_seq, frame.count, frame.end),
             (41, 3, 5 + out.len() as u64)
@@ -372,7 +456,7 @@ mod tests {
     #[test]
     fn every_flipped_header_bit_fails_the_header_checksum() {
         let mut out = Vec::new();
-        encode(&mut out, 7, 1, [reading("a", 1)].iter());
+        encode(&mut out, 7, 1, [reading("a", 1)].iter(), &[]);
         for bit in 0..V2_HEADER * 8 {
             let mut damaged = out.clone();
             damaged[bit / 8] ^= 1 << (bit % 8);
@@ -427,9 +511,25 @@ mod tests {
                 timestamp: 256,
             },
         ];
+        // And key entries with small numbers in them.
+        let entries = [KeyEntry {
+            key: "k".into(),
+            state: KeyState {
+                first_seq: 1,
+                through: 256,
+                fingerprint: Fingerprint(1),
+                first_used: 1,
+            },
+        }];
         let mut out = Vec::new();
         for first_seq in [1, 256, 1 << 32] {
-            encode(&mut out, first_seq, readings.len(), readings.iter());
+            encode(
+                &mut out,
+                first_seq,
+                readings.len(),
+                readings.iter(),
+                &entries,
+            );
             assert!(
                 !out.windows(16).any(|w| w.iter().all(|b| *b == 0)),
                 "{first_seq}"

@@ -42,7 +42,7 @@ use std::{
 
 use super::{
     Segment, StoreError,
-    format::{Frame, Head, HeadFault, Version, v1_whole_frame_len},
+    format::{Frame, Head, HeadFault, KeyEntry, Version, v1_whole_frame_len},
     list_segments,
     segment_reader::SegmentReader,
 };
@@ -97,7 +97,7 @@ fn corrupt(path: &Path, reason: String) -> StoreError {
 pub(in crate::store) fn recover(
     dir: &Path,
     indexed: u64,
-    mut replay: impl FnMut(&[Reading]) -> Result<(), StoreError>,
+    mut replay: impl FnMut(&[Reading], &[KeyEntry]) -> Result<(), StoreError>,
 ) -> Result<Recovered, StoreError> {
     let segments = list_segments(dir).map_err(|e| StoreError::Open {
         path: dir.to_path_buf(),
@@ -155,16 +155,40 @@ pub(in crate::store) fn recover(
         truncate(&torn.path, torn.at).map_err(|e| corrupt(&torn.path, e.to_string()))?;
         recovered.torn_bytes = torn.bytes;
     }
-    let mut batch = Vec::with_capacity(REPLAY_BATCH);
+    let mut batch = Batch {
+        readings: Vec::with_capacity(REPLAY_BATCH),
+        keys: Vec::new(),
+    };
     for file in files.iter().filter(|f| f.next_seq > indexed + 1) {
         let path = &file.segment.path;
         replay_file(file, indexed, &mut batch, &mut recovered, &mut replay)
             .map_err(|e| corrupt(path, format!("read again for replay: {e}")))??;
     }
-    if !batch.is_empty() {
-        replay(&batch)?;
+    if !batch.readings.is_empty() {
+        replay(&batch.readings, &batch.keys)?;
     }
     Ok(recovered)
+}
+
+/// Readings on their way to the store, and the key states of the frames
+/// whose last reading is among them: a frame's key states go with its last
+/// reading, so that the tables never hold a keyed write's readings without
+/// its key's state.
+struct Batch {
+    readings: Vec<Reading>,
+    keys: Vec<KeyEntry>,
+}
+
+impl Batch {
+    fn hand_over(
+        &mut self,
+        replay: &mut impl FnMut(&[Reading], &[KeyEntry]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let result = replay(&self.readings, &self.keys);
+        self.readings.clear();
+        self.keys.clear();
+        result
+    }
 }
 
 /// The first pass over one file: checks every frame and reads nothing
@@ -196,7 +220,7 @@ fn check_file<'a>(
                 return Ok(Err(corrupt(path, format!("frame at byte {at}: {why}"))));
             }
         };
-        let frame = match Frame::read(version, &mut file, at, head)? {
+        let frame = match Frame::read(version, &mut file, at, head, None)? {
             Ok(frame) => frame,
             Err(why) => return Ok(Err(corrupt(path, format!("frame at byte {at}: {why}")))),
         };
@@ -227,21 +251,25 @@ fn check_file<'a>(
 fn replay_file(
     checked: &CheckedFile<'_>,
     indexed: u64,
-    batch: &mut Vec<Reading>,
+    batch: &mut Batch,
     recovered: &mut Recovered,
-    replay: &mut impl FnMut(&[Reading]) -> Result<(), StoreError>,
+    replay: &mut impl FnMut(&[Reading], &[KeyEntry]) -> Result<(), StoreError>,
 ) -> io::Result<Result<(), StoreError>> {
     let version = checked.segment.version;
     let mut file = SegmentReader::open(&checked.segment.path)?;
+    let mut keys = Vec::new();
     let mut at = 0;
     while at < checked.frames_end {
         let header = file.bytes(at, version.header_len())?;
         let head = version
             .head(header)
             .map_err(|f| io::Error::other(f.reason()))?;
-        let frame = Frame::read(version, &mut file, at, head)?.map_err(io::Error::other)?;
+        keys.clear();
+        let frame = Frame::read(version, &mut file, at, head, Some(&mut keys))?
+            .map_err(io::Error::other)?;
         at = frame.end;
-        if frame.first_seq + u64::from(frame.count) <= indexed + 1 {
+        let last = frame.first_seq + u64::from(frame.count) - 1;
+        if last <= indexed {
             continue;
         }
         if file.crc(frame.end - head.frame_len + head.body_at as u64, frame.end)? != head.body_crc {
@@ -257,18 +285,24 @@ fn replay_file(
                     recovered.first_seq = seq;
                 }
                 recovered.replayed += 1;
-                batch.push(Reading {
+                batch.readings.push(Reading {
                     sensor_id: id.to_owned(),
                     temperature,
                     timestamp,
                 });
-                if batch.len() == REPLAY_BATCH {
-                    failed = replay(batch).err();
-                    batch.clear();
+                // Not at the frame's last reading: its key states go with it.
+                if batch.readings.len() == REPLAY_BATCH && seq < last {
+                    failed = batch.hand_over(replay).err();
                 }
             })?
             .map_err(io::Error::other)?;
         if let Some(e) = failed {
+            return Ok(Err(e));
+        }
+        batch.keys.append(&mut keys);
+        if batch.readings.len() >= REPLAY_BATCH
+            && let Err(e) = batch.hand_over(replay)
+        {
             return Ok(Err(e));
         }
     }
@@ -487,13 +521,13 @@ mod tests {
         journal.rotate(30_001);
         for (g, group) in groups[6..].iter().enumerate() {
             let seq = 30_001 + g as u64 * 5_000;
-            journal.append(seq, group.len(), group.iter()).unwrap();
+            journal.append(seq, group.len(), group.iter(), &[]).unwrap();
         }
         drop(journal);
         let all = groups.concat();
         for indexed in [0, 2_500, 30_000, 41_234] {
             let mut batches = Vec::new();
-            let recovered = Journal::recover(dir.path(), indexed, |batch| {
+            let recovered = Journal::recover(dir.path(), indexed, |batch, _| {
                 batches.push(batch.to_vec());
                 Ok(())
             })
@@ -516,7 +550,7 @@ mod tests {
             b[*starts.last().unwrap() + 2] ^= 0x01
         });
         let mut handed = 0;
-        let err = Journal::recover(dir.path(), 0, |batch| {
+        let err = Journal::recover(dir.path(), 0, |batch, _| {
             handed += batch.len();
             Ok(())
         })
@@ -537,7 +571,7 @@ mod tests {
         journal.rotate(201);
         let mut seq = 201;
         for group in &groups {
-            journal.append(seq, group.len(), group.iter()).unwrap();
+            journal.append(seq, group.len(), group.iter(), &[]).unwrap();
             seq += group.len() as u64;
         }
         drop(journal);
@@ -610,7 +644,7 @@ mod tests {
             assert_eq!(fs::metadata(&path).unwrap().len(), whole - last_frame);
         }
         let mut journal = write(dir.path(), 1, &groups[..2]);
-        journal.append(4, 1, [reading("d", 9)].iter()).unwrap();
+        journal.append(4, 1, [reading("d", 9)].iter(), &[]).unwrap();
         drop(journal);
         assert_eq!(
             recover(dir.path(), 3).unwrap().readings,
