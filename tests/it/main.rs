@@ -37,6 +37,7 @@ mod stats_pages;
 mod telemetry_export;
 mod telemetry_faults;
 mod telemetry_prometheus;
+mod telemetry_semconv;
 mod test_bidirectional_streaming;
 mod test_client_streaming;
 mod test_server_streaming;

@@ -168,6 +168,23 @@ async fn server_and_sensor_export_traces_metrics_and_logs() {
         })
         .expect("an INSERT readings span under the server span");
     assert_eq!(commit.attr("db.system.name").as_deref(), Some("sqlite"));
+    // One INSERT of many rows is not a batch (db semconv): its size is ours.
+    assert_eq!(
+        commit.attr("sensorhub.store.readings").as_deref(),
+        Some("1")
+    );
+    assert_eq!(commit.attr("db.operation.batch.size"), None);
+    // Resource attributes in semconv's spelling.
+    if std::env::consts::ARCH == "x86_64" {
+        assert_eq!(
+            server_span.resource_attr("host.arch").as_deref(),
+            Some("amd64")
+        );
+    }
+    assert_eq!(
+        server_span.resource_attr("os.type").as_deref(),
+        Some(std::env::consts::OS)
+    );
 
     // The 1.5 s chat: its server span covers the stream, and its status came from trailers.
     let chat = receiver

@@ -65,7 +65,10 @@ async fn survives(endpoint: String) {
         let (code, body) = http::get(server.http, "/metrics");
         assert_eq!(code, 200);
         if body.lines().any(|l| {
-            l.starts_with("otel_sdk_exporter_span_exported_total") && l.contains("error_type=")
+            l.starts_with("otel_sdk_exporter_span_exported_total")
+                && l.contains("error_type=")
+                // The semconv component of the exporter (OTLP/gRPC here).
+                && l.contains("otel_component_type=\"otlp_grpc_span_exporter\"")
         }) {
             break;
         }

@@ -23,6 +23,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::{
+    SemconvStability,
     body::{CANCELLED, CallEnd, CountedBody, ObservedBody, status_of_error},
     conventions::{a66, semconv, status_name},
     frames::Tally,
@@ -41,26 +42,34 @@ impl GrpcClientLayer {
     /// `target`: the server as the channel was given it (`https://host:port`),
     /// recorded as A66's `grpc.target` and semconv's `server.address`/`server.port`.
     ///
-    /// Records through the global tracer and meter providers.
+    /// Records through the global tracer and meter providers, in the
+    /// semantic conventions `OTEL_SEMCONV_STABILITY_OPT_IN` chooses.
     pub fn new(target: &str) -> Self {
-        let scope = instrumentation_scope();
+        let stability = SemconvStability::from_env();
+        let scope = instrumentation_scope(stability);
         let meter = global::meter_with_scope(scope.clone());
-        Self::build(target, global::tracer_with_scope(scope), &meter)
+        Self::build(target, global::tracer_with_scope(scope), &meter, stability)
     }
 
     /// Like [`GrpcClientLayer::new`], recording through the given providers
-    /// instead of the global ones.
+    /// instead of the global ones, in the conventions `stability` names.
     pub fn with_providers(
         target: &str,
         tracers: &dyn ObjectSafeTracerProvider,
         meters: &dyn MeterProvider,
+        stability: SemconvStability,
     ) -> Self {
-        let scope = instrumentation_scope();
+        let scope = instrumentation_scope(stability);
         let tracer = BoxedTracer::new(tracers.boxed_tracer(scope.clone()));
-        Self::build(target, tracer, &meters.meter_with_scope(scope))
+        Self::build(target, tracer, &meters.meter_with_scope(scope), stability)
     }
 
-    fn build(target: &str, tracer: BoxedTracer, meter: &Meter) -> Self {
+    fn build(
+        target: &str,
+        tracer: BoxedTracer,
+        meter: &Meter,
+        stability: SemconvStability,
+    ) -> Self {
         let uri: Option<http::Uri> = target.parse().ok();
         let host = uri.as_ref().and_then(|u| u.host().map(str::to_owned));
         let port = uri.as_ref().and_then(|u| {
@@ -70,12 +79,22 @@ impl GrpcClientLayer {
                 _ => None,
             })
         });
+        let mut server = Vec::with_capacity(2);
+        if let Some(host) = &host {
+            server.push(KeyValue::new(
+                semconv::SERVER_ADDRESS,
+                Value::from(Arc::<str>::from(host.as_str())),
+            ));
+            if let Some(port) = port {
+                server.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
+            }
+        }
         Self {
             shared: Arc::new(ClientShared {
                 target: Value::from(Arc::<str>::from(target)),
-                host,
-                port,
+                server,
                 tracer,
+                stability,
                 started: meter
                     .u64_counter(a66::CLIENT_ATTEMPT_STARTED)
                     .with_unit("{attempt}")
@@ -127,9 +146,11 @@ impl<S> Layer<S> for GrpcClientLayer {
 
 struct ClientShared {
     target: Value,
-    host: Option<String>,
-    port: Option<u16>,
+    /// `server.address` and `server.port` from the target, for the span and
+    /// the semconv metric.
+    server: Vec<KeyValue>,
     tracer: BoxedTracer,
+    stability: SemconvStability,
     started: Counter<u64>,
     attempt_duration: Histogram<f64>,
     call_duration: Histogram<f64>,
@@ -171,15 +192,10 @@ where
         let shared = &self.shared;
         let method: Value = Value::from(request.uri().path().trim_start_matches('/').to_owned());
 
-        let mut attributes = Vec::with_capacity(4);
+        let mut attributes = Vec::with_capacity(2 + shared.server.len());
         attributes.push(KeyValue::new(semconv::RPC_SYSTEM_NAME, "grpc"));
         attributes.push(KeyValue::new(semconv::RPC_METHOD, method.clone()));
-        if let Some(host) = &shared.host {
-            attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, host.clone()));
-        }
-        if let Some(port) = shared.port {
-            attributes.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
-        }
+        attributes.extend_from_slice(&shared.server);
         let parent = Context::current();
         let span = shared
             .tracer
@@ -304,10 +320,12 @@ impl CallEnd for ClientCall {
         shared.rcvd.record(received_bytes, &a66);
 
         let failed = status != 0;
-        shared
-            .semconv_duration
-            .record(elapsed, &semconv_attributes(self.method, name, failed));
+        shared.semconv_duration.record(
+            elapsed,
+            &semconv_attributes(shared.stability, self.method, name, failed, &shared.server),
+        );
         end_span(
+            shared.stability,
             &self.otel,
             name,
             failed,

@@ -1,7 +1,9 @@
 //! Names, units and bucket boundaries from the two conventions we emit, kept
 //! here as our own constants: gRFC A66 (gRPC's OpenTelemetry metrics) and the
-//! OpenTelemetry RPC semantic conventions v1.40 (the `opentelemetry-semantic-conventions`
-//! crate lags the spec, so its constants would be the old names).
+//! OpenTelemetry RPC semantic conventions, v1.40.0 and the rename after
+//! v1.44.0 (`crate::stability` chooses between them; the
+//! `opentelemetry-semantic-conventions` crate lags the spec, so its
+//! constants would be older names still).
 
 /// gRFC A66 instruments.
 pub mod a66 {
@@ -47,7 +49,8 @@ pub mod a66 {
 }
 
 /// OpenTelemetry RPC semantic conventions (v1.40: `rpc.system.name`, fully
-/// qualified `rpc.method`, string `rpc.response.status_code`, durations in seconds).
+/// qualified `rpc.method`, string `rpc.response.status_code`, durations in
+/// seconds; after v1.44: `rpc.status_code`).
 pub mod semconv {
     pub const SEMCONV_VERSION: &str = "1.40.0";
     pub const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.40.0";
@@ -58,7 +61,10 @@ pub mod semconv {
     pub const RPC_SYSTEM_NAME: &str = "rpc.system.name";
     pub const RPC_METHOD: &str = "rpc.method";
     pub const RPC_METHOD_ORIGINAL: &str = "rpc.method_original";
+    /// The status, v1.40.0 to v1.44.0.
     pub const RPC_RESPONSE_STATUS_CODE: &str = "rpc.response.status_code";
+    /// The status after v1.44.0 (semantic-conventions #3921).
+    pub const RPC_STATUS_CODE: &str = "rpc.status_code";
     pub const ERROR_TYPE: &str = "error.type";
     pub const SERVER_ADDRESS: &str = "server.address";
     pub const SERVER_PORT: &str = "server.port";

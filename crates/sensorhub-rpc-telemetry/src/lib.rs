@@ -17,16 +17,21 @@ mod frames;
 mod outcome;
 mod propagation;
 mod server;
+mod stability;
 
 pub use body::ObservedBody;
 pub use client::{ClientCall, ClientFuture, GrpcClientLayer, GrpcClientService};
 pub use frames::FrameParser;
 pub use server::{GrpcServerLayer, GrpcServerService, ServerCall, ServerFuture};
+pub use stability::{OPT_IN_VARIABLE, SemconvStability};
 
-/// The instrumentation scope of everything these layers record.
-fn instrumentation_scope() -> opentelemetry::InstrumentationScope {
-    opentelemetry::InstrumentationScope::builder("sensorhub-telemetry")
-        .with_version(env!("CARGO_PKG_VERSION"))
-        .with_schema_url(conventions::semconv::SCHEMA_URL)
-        .build()
+/// The instrumentation scope of everything these layers record, with the
+/// schema URL of the conventions `stability` emits.
+fn instrumentation_scope(stability: SemconvStability) -> opentelemetry::InstrumentationScope {
+    let scope = opentelemetry::InstrumentationScope::builder("sensorhub-telemetry")
+        .with_version(env!("CARGO_PKG_VERSION"));
+    match stability.schema_url() {
+        Some(url) => scope.with_schema_url(url).build(),
+        None => scope.build(),
+    }
 }

@@ -9,7 +9,10 @@ use opentelemetry::{
     trace::{Status, TraceContextExt},
 };
 
-use crate::conventions::{a66, grpc_status, semconv, status_from_http};
+use crate::{
+    SemconvStability,
+    conventions::{a66, grpc_status, semconv, status_from_http},
+};
 
 /// A latency histogram in seconds with explicit buckets.
 pub(crate) fn latency_histogram(
@@ -51,25 +54,33 @@ pub(crate) fn status_in_head<B>(response: &Response<B>) -> Option<i32> {
     }
 }
 
-/// The attributes of `rpc.{server,client}.call.duration`.
+/// The attributes of `rpc.{server,client}.call.duration`: `server` is what
+/// the client side adds (`server.address`, `server.port`, conditionally
+/// required on the client metric), empty on the server (opt-in there).
 pub(crate) fn semconv_attributes(
+    stability: SemconvStability,
     method: Value,
     status: &'static str,
     failed: bool,
+    server: &[KeyValue],
 ) -> Vec<KeyValue> {
-    let mut attributes = Vec::with_capacity(4);
+    let mut attributes = Vec::with_capacity(5 + server.len());
     attributes.push(KeyValue::new(semconv::RPC_SYSTEM_NAME, "grpc"));
     attributes.push(KeyValue::new(semconv::RPC_METHOD, method));
-    attributes.push(KeyValue::new(semconv::RPC_RESPONSE_STATUS_CODE, status));
+    for key in stability.status_keys() {
+        attributes.push(KeyValue::new(*key, status));
+    }
     if failed {
         attributes.push(KeyValue::new(semconv::ERROR_TYPE, status));
     }
+    attributes.extend_from_slice(server);
     attributes
 }
 
 /// Sets the call's outcome on its span and ends it. `request`/`response`:
 /// messages and compressed bytes in each direction.
 pub(crate) fn end_span(
+    stability: SemconvStability,
     otel: &Context,
     status: &'static str,
     failed: bool,
@@ -78,13 +89,16 @@ pub(crate) fn end_span(
 ) {
     let span = otel.span();
     // One call, one lock of the span's data.
-    span.set_attributes([
-        KeyValue::new(semconv::RPC_RESPONSE_STATUS_CODE, status),
+    let statuses = stability
+        .status_keys()
+        .iter()
+        .map(|key| KeyValue::new(*key, status));
+    span.set_attributes(statuses.chain([
         KeyValue::new(semconv::REQUEST_MESSAGES, request_messages as i64),
         KeyValue::new(semconv::REQUEST_BYTES, request_bytes as i64),
         KeyValue::new(semconv::RESPONSE_MESSAGES, response_messages as i64),
         KeyValue::new(semconv::RESPONSE_BYTES, response_bytes as i64),
-    ]);
+    ]));
     if failed {
         span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, status));
         span.set_status(Status::error(status));

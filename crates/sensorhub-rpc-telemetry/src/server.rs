@@ -28,6 +28,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 
 use crate::{
+    SemconvStability,
     body::{CANCELLED, CallEnd, CountedBody, ObservedBody, UNKNOWN},
     conventions::{a66, is_server_error, semconv, status_name},
     frames::Tally,
@@ -50,29 +51,33 @@ impl GrpcServerLayer {
     /// as `other` (A66) and `_OTHER` (semconv), so a scanner cannot blow up
     /// the metrics' cardinality.
     ///
-    /// Records through the global tracer and meter providers.
+    /// Records through the global tracer and meter providers, in the
+    /// semantic conventions `OTEL_SEMCONV_STABILITY_OPT_IN` chooses.
     pub fn new<M: Into<String>>(methods: impl IntoIterator<Item = M>) -> Self {
-        let scope = instrumentation_scope();
+        let stability = SemconvStability::from_env();
+        let scope = instrumentation_scope(stability);
         let meter = global::meter_with_scope(scope.clone());
-        Self::build(methods, global::tracer_with_scope(scope), &meter)
+        Self::build(methods, global::tracer_with_scope(scope), &meter, stability)
     }
 
     /// Like [`GrpcServerLayer::new`], recording through the given providers
-    /// instead of the global ones.
+    /// instead of the global ones, in the conventions `stability` names.
     pub fn with_providers<M: Into<String>>(
         methods: impl IntoIterator<Item = M>,
         tracers: &dyn ObjectSafeTracerProvider,
         meters: &dyn MeterProvider,
+        stability: SemconvStability,
     ) -> Self {
-        let scope = instrumentation_scope();
+        let scope = instrumentation_scope(stability);
         let tracer = BoxedTracer::new(tracers.boxed_tracer(scope.clone()));
-        Self::build(methods, tracer, &meters.meter_with_scope(scope))
+        Self::build(methods, tracer, &meters.meter_with_scope(scope), stability)
     }
 
     fn build<M: Into<String>>(
         methods: impl IntoIterator<Item = M>,
         tracer: BoxedTracer,
         meter: &Meter,
+        stability: SemconvStability,
     ) -> Self {
         let methods = methods
             .into_iter()
@@ -86,6 +91,7 @@ impl GrpcServerLayer {
             shared: Arc::new(ServerShared {
                 methods,
                 tracer,
+                stability,
                 started: meter
                     .u64_counter(a66::SERVER_CALL_STARTED)
                     .with_unit("{call}")
@@ -132,6 +138,7 @@ impl<S> Layer<S> for GrpcServerLayer {
 struct ServerShared {
     methods: HashMap<String, Value>,
     tracer: BoxedTracer,
+    stability: SemconvStability,
     started: Counter<u64>,
     duration: Histogram<f64>,
     sent: Histogram<u64>,
@@ -143,6 +150,7 @@ impl std::fmt::Debug for ServerShared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerShared")
             .field("methods", &self.methods.len())
+            .field("stability", &self.stability)
             .finish_non_exhaustive()
     }
 }
@@ -330,9 +338,10 @@ impl CallEnd for ServerCall {
         let failed = is_server_error(status);
         shared.semconv_duration.record(
             elapsed,
-            &semconv_attributes(self.semconv_method, name, failed),
+            &semconv_attributes(shared.stability, self.semconv_method, name, failed, &[]),
         );
         end_span(
+            shared.stability,
             &self.otel,
             name,
             failed,

@@ -14,7 +14,7 @@ use opentelemetry_sdk::{
     trace::{InMemorySpanExporter, SdkTracerProvider, SpanData},
 };
 use sensorhub_rpc_telemetry::{
-    GrpcServerLayer,
+    GrpcClientLayer, GrpcServerLayer, SemconvStability,
     conventions::{a66, semconv},
 };
 use tower::{Layer, Service, ServiceExt, service_fn};
@@ -48,7 +48,41 @@ impl Recorded {
     }
 
     fn layer(&self) -> GrpcServerLayer {
-        GrpcServerLayer::with_providers([METHOD], &self.tracers, &self.meters)
+        self.layer_in(SemconvStability::default())
+    }
+
+    fn layer_in(&self, stability: SemconvStability) -> GrpcServerLayer {
+        GrpcServerLayer::with_providers([METHOD], &self.tracers, &self.meters, stability)
+    }
+
+    /// The attribute sets of every point of the histogram `name`, as sorted
+    /// (key, value) lists, with the scope's schema URL.
+    fn points_of(&self, name: &str) -> Vec<(Attributes, Option<String>)> {
+        self.meters.force_flush().expect("flush metrics");
+        let mut points = Vec::new();
+        for resource in self.metrics.get_finished_metrics().expect("metrics") {
+            for scope in resource.scope_metrics() {
+                for metric in scope.metrics() {
+                    if metric.name() != name {
+                        continue;
+                    }
+                    let AggregatedMetrics::F64(MetricData::Histogram(histogram)) = metric.data()
+                    else {
+                        panic!("{} is not an f64 histogram", metric.name());
+                    };
+                    for point in histogram.data_points() {
+                        let mut attrs: Vec<(String, String)> = point
+                            .attributes()
+                            .map(|kv| (kv.key.to_string(), kv.value.as_str().into_owned()))
+                            .collect();
+                        attrs.sort();
+                        points.push((attrs, scope.scope().schema_url().map(str::to_owned)));
+                    }
+                }
+            }
+        }
+        self.metrics.reset();
+        points
     }
 
     fn spans(&self) -> Vec<SpanData> {
@@ -85,6 +119,9 @@ impl Recorded {
         calls
     }
 }
+
+/// A data point's attributes as sorted (key, value) pairs.
+type Attributes = Vec<(String, String)>;
 
 fn attribute(attrs: &[&KeyValue], key: &str) -> String {
     attrs
@@ -281,4 +318,149 @@ async fn an_unknown_method_is_other() {
         recorded.a66_calls(),
         [(a66::OTHER_METHOD.to_owned(), "UNIMPLEMENTED".to_owned(), 1)]
     );
+}
+
+/// One call through `service`, whose head is trailers-only.
+async fn trailers_only_call<S>(service: &mut S, path: &str)
+where
+    S: Service<Request<tonic::body::Body>>,
+    S::Error: std::fmt::Debug,
+{
+    let response = service
+        .ready()
+        .await
+        .unwrap()
+        .call(request(path))
+        .await
+        .unwrap();
+    drop(response);
+}
+
+fn pairs(pairs: &[(&str, &str)]) -> Attributes {
+    let mut pairs: Vec<_> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+/// `OTEL_SEMCONV_STABILITY_OPT_IN`'s three modes on the server: the status
+/// is `rpc.response.status_code` (v1.40.0, unset), `rpc.status_code`
+/// (`rpc`), or both (`rpc/dup`), on the span and on
+/// `rpc.server.call.duration` alike; A66 is the same in every mode.
+#[tokio::test]
+async fn the_server_emits_the_semconv_mode_it_is_given() {
+    for (stability, statuses, schema) in [
+        (
+            SemconvStability::V1_40,
+            &["rpc.response.status_code"][..],
+            Some("https://opentelemetry.io/schemas/1.40.0"),
+        ),
+        (SemconvStability::Latest, &["rpc.status_code"][..], None),
+        (
+            SemconvStability::Duplicate,
+            &["rpc.response.status_code", "rpc.status_code"][..],
+            Some("https://opentelemetry.io/schemas/1.40.0"),
+        ),
+    ] {
+        let recorded = Recorded::new();
+        let mut service = recorded
+            .layer_in(stability)
+            .layer(service_fn(|_request| async {
+                let mut response = Response::new(Empty::<Bytes>::new());
+                response
+                    .headers_mut()
+                    .insert("grpc-status", HeaderValue::from(14u16));
+                Ok::<_, std::convert::Infallible>(response)
+            }));
+        trailers_only_call(&mut service, &format!("/{METHOD}")).await;
+
+        let spans = recorded.spans();
+        assert_eq!(spans.len(), 1, "{stability:?}: {spans:?}");
+        let span = &spans[0];
+        for key in ["rpc.response.status_code", "rpc.status_code"] {
+            let expected = statuses.contains(&key).then(|| Value::from("UNAVAILABLE"));
+            assert_eq!(span_attribute(span, key), expected, "{stability:?}: {key}");
+        }
+        assert_eq!(
+            span_attribute(span, "error.type"),
+            Some(Value::from("UNAVAILABLE"))
+        );
+        assert_eq!(
+            span.instrumentation_scope.schema_url(),
+            schema,
+            "{stability:?}"
+        );
+
+        let mut expected = vec![
+            ("rpc.system.name", "grpc"),
+            ("rpc.method", METHOD),
+            ("error.type", "UNAVAILABLE"),
+        ];
+        expected.extend(statuses.iter().map(|key| (*key, "UNAVAILABLE")));
+        assert_eq!(
+            recorded.points_of(semconv::SERVER_CALL_DURATION),
+            [(pairs(&expected), schema.map(str::to_owned))],
+            "{stability:?}"
+        );
+        assert_eq!(
+            recorded.a66_calls(),
+            [(METHOD.to_owned(), "UNAVAILABLE".to_owned(), 1)],
+            "{stability:?}"
+        );
+    }
+}
+
+/// The client layer in the three modes: the same status keys, and
+/// `rpc.client.call.duration` carries `server.address`/`server.port`
+/// (conditionally required since v1.40.0).
+#[tokio::test]
+async fn the_client_emits_the_semconv_mode_it_is_given() {
+    for (stability, statuses) in [
+        (SemconvStability::V1_40, &["rpc.response.status_code"][..]),
+        (SemconvStability::Latest, &["rpc.status_code"][..]),
+        (
+            SemconvStability::Duplicate,
+            &["rpc.response.status_code", "rpc.status_code"][..],
+        ),
+    ] {
+        let recorded = Recorded::new();
+        let layer = GrpcClientLayer::with_providers(
+            "https://sensors.example:50051",
+            &recorded.tracers,
+            &recorded.meters,
+            stability,
+        );
+        let mut service = layer.layer(service_fn(|_request| async {
+            let mut response = Response::new(Empty::<Bytes>::new());
+            response
+                .headers_mut()
+                .insert("grpc-status", HeaderValue::from(5u16));
+            Ok::<_, std::convert::Infallible>(response)
+        }));
+        trailers_only_call(&mut service, &format!("/{METHOD}")).await;
+
+        let spans = recorded.spans();
+        assert_eq!(spans.len(), 1, "{stability:?}: {spans:?}");
+        for key in ["rpc.response.status_code", "rpc.status_code"] {
+            let expected = statuses.contains(&key).then(|| Value::from("NOT_FOUND"));
+            assert_eq!(
+                span_attribute(&spans[0], key),
+                expected,
+                "{stability:?}: {key}"
+            );
+        }
+        let mut expected = vec![
+            ("rpc.system.name", "grpc"),
+            ("rpc.method", METHOD),
+            ("error.type", "NOT_FOUND"),
+            ("server.address", "sensors.example"),
+            ("server.port", "50051"),
+        ];
+        expected.extend(statuses.iter().map(|key| (*key, "NOT_FOUND")));
+        let points = recorded.points_of(semconv::CLIENT_CALL_DURATION);
+        assert_eq!(points.len(), 1, "{stability:?}: {points:?}");
+        assert_eq!(points[0].0, pairs(&expected), "{stability:?}");
+    }
 }

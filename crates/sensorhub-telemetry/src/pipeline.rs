@@ -187,8 +187,15 @@ impl Telemetry {
             let mut builder = SdkTracerProvider::builder()
                 .with_resource(resource.clone())
                 .with_sampler(sampler(&settings));
-            let account =
-                accounting::ExportAccount::new("traces", "otel.sdk.exporter.span.exported");
+            let account = accounting::ExportAccount::new(
+                "traces",
+                "otel.sdk.exporter.span.exported",
+                "{span}",
+                match settings.traces_protocol {
+                    Protocol::Grpc => "otlp_grpc_span_exporter",
+                    Protocol::HttpProtobuf => "otlp_http_span_exporter",
+                },
+            );
             for exporter in &settings.traces {
                 builder = match exporter {
                     Exporter::Otlp => builder.with_batch_exporter(accounting::Accounted {
@@ -217,7 +224,15 @@ impl Telemetry {
 
         let logger = if enabled && !settings.logs.is_empty() {
             let mut builder = SdkLoggerProvider::builder().with_resource(resource);
-            let account = accounting::ExportAccount::new("logs", "otel.sdk.exporter.log.exported");
+            let account = accounting::ExportAccount::new(
+                "logs",
+                "otel.sdk.exporter.log.exported",
+                "{log_record}",
+                match settings.logs_protocol {
+                    Protocol::Grpc => "otlp_grpc_log_exporter",
+                    Protocol::HttpProtobuf => "otlp_http_log_exporter",
+                },
+            );
             for exporter in &settings.logs {
                 builder = match exporter {
                     Exporter::Otlp => builder.with_batch_exporter(accounting::Accounted {
@@ -333,8 +348,8 @@ fn resource(settings: &Settings, options: &PipelineOptions) -> Resource {
         KeyValue::new("service.version", options.service_version),
         KeyValue::new("process.pid", i64::from(std::process::id())),
         KeyValue::new("process.runtime.name", "rust"),
-        KeyValue::new("os.type", std::env::consts::OS),
-        KeyValue::new("host.arch", std::env::consts::ARCH),
+        KeyValue::new("os.type", os_type()),
+        KeyValue::new("host.arch", host_arch()),
     ];
     if let Some(host) = host_name() {
         defaults.push(KeyValue::new("host.name", host));
@@ -353,6 +368,27 @@ fn resource(settings: &Settings, options: &PipelineOptions) -> Resource {
         builder = builder.with_service_name(name.clone());
     }
     builder.build()
+}
+
+/// `os.type` as semconv spells it (`darwin`, not Rust's `macos`).
+fn os_type() -> &'static str {
+    match std::env::consts::OS {
+        "macos" => "darwin",
+        "dragonfly" => "dragonflybsd",
+        other => other,
+    }
+}
+
+/// `host.arch` as semconv spells it (`amd64`, not Rust's `x86_64`).
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "arm32",
+        "powerpc" => "ppc32",
+        "powerpc64" => "ppc64",
+        other => other,
+    }
 }
 
 fn host_name() -> Option<String> {

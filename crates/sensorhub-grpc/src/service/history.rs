@@ -129,7 +129,7 @@ impl HistoryReader {
             let page_size = remaining.min(self.page_size as u64) as usize;
             let page = tokio::select! {
                 _ = tx.closed() => return Ok(()),
-                page = self.spans.select(page_size, self.store.history_page(&query, cursor, page_size)) => page.map_err(|e| store_status(&e))?,
+                page = self.spans.select(self.store.history_page(&query, cursor, page_size)) => page.map_err(|e| store_status(&e))?,
             };
             let full = page.len() == page_size;
             remaining -= page.len() as u64;

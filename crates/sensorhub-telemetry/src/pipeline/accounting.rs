@@ -41,15 +41,27 @@ pub const TARGET: &str = "sensorhub_telemetry::export";
 pub(crate) struct ExportAccount {
     signal: &'static str,
     metric: &'static str,
+    unit: &'static str,
+    /// `otel.component.type`: `otlp_grpc_span_exporter`, ….
+    component: KeyValue,
     counter: OnceLock<Counter<u64>>,
     warned: Mutex<(Option<Instant>, u64)>,
 }
 
 impl ExportAccount {
-    pub(crate) fn new(signal: &'static str, metric: &'static str) -> Arc<Self> {
+    /// `metric` in `unit` (the semconv SDK metric of the signal), for the
+    /// exporter of `component_type` (semconv's `otel.component.type`).
+    pub(crate) fn new(
+        signal: &'static str,
+        metric: &'static str,
+        unit: &'static str,
+        component_type: &'static str,
+    ) -> Arc<Self> {
         Arc::new(Self {
             signal,
             metric,
+            unit,
+            component: KeyValue::new("otel.component.type", component_type),
             counter: OnceLock::new(),
             warned: Mutex::new((None, 0)),
         })
@@ -61,19 +73,22 @@ impl ExportAccount {
         let counter = self.counter.get_or_init(|| {
             global::meter("sensorhub-telemetry")
                 .u64_counter(self.metric)
-                .with_unit("{item}")
+                .with_unit(self.unit)
                 .with_description("Items the exporter handled; with error.type: dropped")
                 .build()
         });
         match result {
-            Ok(()) => counter.add(items as u64, &[]),
+            Ok(()) => counter.add(items as u64, std::slice::from_ref(&self.component)),
             Err(error) => {
                 let kind = match error {
                     opentelemetry_sdk::error::OTelSdkError::Timeout(_) => "timeout",
                     opentelemetry_sdk::error::OTelSdkError::AlreadyShutdown => "shutdown",
                     opentelemetry_sdk::error::OTelSdkError::InternalFailure(_) => "export_failed",
                 };
-                counter.add(items as u64, &[KeyValue::new("error.type", kind)]);
+                counter.add(
+                    items as u64,
+                    &[self.component.clone(), KeyValue::new("error.type", kind)],
+                );
                 let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
                 warned.1 += items as u64;
                 let due = warned.0.is_none_or(|at| at.elapsed() >= WARN_EVERY);

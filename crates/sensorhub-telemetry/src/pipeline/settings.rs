@@ -223,6 +223,13 @@ impl Settings {
             check_key_values(&env, "OTEL_RESOURCE_ATTRIBUTES", &v)?;
         }
         let service_name = env.get("OTEL_SERVICE_NAME").filter(|s| !s.is_empty());
+        // The layers read it themselves (`SemconvStability::from_env`); a
+        // misspelt RPC value is refused here, before anything is emitted.
+        if let Some(v) = env.get(sensorhub_rpc_telemetry::OPT_IN_VARIABLE) {
+            sensorhub_rpc_telemetry::SemconvStability::parse(&v).map_err(|problem| {
+                env.error(sensorhub_rpc_telemetry::OPT_IN_VARIABLE, &v, &problem)
+            })?;
+        }
 
         Ok(Settings {
             disabled,
@@ -499,6 +506,7 @@ mod tests {
             ("OTEL_METRIC_EXPORT_INTERVAL", "fast", "milliseconds"),
             ("OTEL_BSP_MAX_QUEUE_SIZE", "-1", "whole number"),
             ("OTEL_RESOURCE_ATTRIBUTES", "deployment", "key=value"),
+            ("OTEL_SEMCONV_STABILITY_OPT_IN", "http,rpc/dupe", "rpc/dup"),
         ];
         for (variable, value, hint) in cases {
             let err = settings(&[(variable, value)], true).expect_err(variable);
@@ -515,6 +523,13 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("ratio from 0 to 1"));
+    }
+
+    #[test]
+    fn other_categories_of_the_semconv_opt_in_are_accepted() {
+        for list in ["rpc", "rpc/dup", "http/dup,database", ""] {
+            settings(&[("OTEL_SEMCONV_STABILITY_OPT_IN", list)], true).expect(list);
+        }
     }
 
     #[test]
