@@ -94,6 +94,35 @@ fn every_image_is_pinned_and_the_dockerfile_builds_from_what_it_may_see() {
         }
     }
 
+    // Every other image takes its version from deploy/.env, the one place
+    // versions are written, and every version there is used.
+    let raw = std::fs::read_to_string(deploy().join("compose.yaml")).unwrap();
+    let versions = deploy_stack::versions();
+    let mut used = BTreeSet::new();
+    for line in raw.lines().map(str::trim) {
+        let Some(image) = line.strip_prefix("image: ") else {
+            continue;
+        };
+        if image.starts_with("sensorhub:") {
+            continue;
+        }
+        let name = image
+            .split_once(":${")
+            .and_then(|(_, t)| t.split([':', '}']).next())
+            .unwrap_or_else(|| panic!("{image}: its version is not from deploy/.env"));
+        assert!(
+            versions.contains_key(name),
+            "{image}: deploy/.env has no {name}"
+        );
+        used.insert(name.to_owned());
+    }
+    for name in versions.keys() {
+        assert!(
+            used.contains(name),
+            "deploy/.env: {name} is used by no image"
+        );
+    }
+
     let dockerfile = std::fs::read_to_string(deploy().join("Dockerfile")).unwrap();
     let froms: Vec<&str> = dockerfile
         .lines()
@@ -243,8 +272,10 @@ fn services_wait_for_health_and_depend_on_what_exists() {
         "service_completed_successfully",
     );
     waits("sensorhub", "otel-collector-health", "service_healthy");
-    waits("otel-collector", "jaeger", "service_healthy");
-    waits("otel-collector", "loki", "service_healthy");
+    for store in ["jaeger", "tempo", "loki", "prometheus"] {
+        waits("otel-collector", store, "service_healthy");
+    }
+    waits("tempo", "prometheus", "service_healthy");
     waits("grafana", "prometheus", "service_healthy");
     waits("prometheus", "alertmanager", "service_healthy");
     for sensor in sensor_services(&compose) {
@@ -330,15 +361,6 @@ fn listening() -> BTreeMap<String, BTreeSet<u16>> {
     add(
         "otel-collector",
         host_port(
-            collector["exporters"]["prometheus"]["endpoint"]
-                .as_str()
-                .unwrap(),
-        )
-        .1,
-    );
-    add(
-        "otel-collector",
-        host_port(
             collector["extensions"]["health_check"]["endpoint"]
                 .as_str()
                 .unwrap(),
@@ -357,6 +379,21 @@ fn listening() -> BTreeMap<String, BTreeSet<u16>> {
     add(
         "loki",
         loki["server"]["http_listen_port"].as_u64().unwrap() as u16,
+    );
+
+    let tempo = yaml(&deploy().join("tempo/tempo.yaml"));
+    add(
+        "tempo",
+        tempo["server"]["http_listen_port"].as_u64().unwrap() as u16,
+    );
+    add(
+        "tempo",
+        host_port(
+            tempo["distributor"]["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]
+                .as_str()
+                .unwrap(),
+        )
+        .1,
     );
 
     let alert_log = command_of(&compose, "alert-log");
@@ -504,8 +541,9 @@ fn the_collector_pipelines_are_complete() {
     let pipelines = service["pipelines"].as_mapping().unwrap();
     let expect_exporter = [
         ("traces", "otlp_grpc/jaeger"),
-        ("traces", "spanmetrics"),
-        ("metrics", "prometheus"),
+        ("traces", "otlp_grpc/tempo"),
+        ("traces", "span_metrics"),
+        ("metrics", "otlp_http/prometheus"),
         ("logs", "otlp_http/loki"),
     ];
     for signal in ["traces", "metrics", "logs"] {
@@ -516,9 +554,11 @@ fn the_collector_pipelines_are_complete() {
             Some("memory_limiter"),
             "{signal}: memory_limiter must come first"
         );
+        // Batching is the exporters' sending_queue (below), not the
+        // batch processor, which is heading for deprecation.
         assert!(
-            processors.contains(&"batch".to_owned()),
-            "{signal}: no batch"
+            !processors.contains(&"batch".to_owned()),
+            "{signal}: the batch processor instead of sending_queue.batch"
         );
         assert!(
             strings(&pipeline["receivers"]).contains(&"otlp".to_owned()),
@@ -553,9 +593,30 @@ fn the_collector_pipelines_are_complete() {
     }
     assert!(
         strings(&pipelines[&Value::String("metrics".into())]["receivers"])
-            .contains(&"spanmetrics".to_owned()),
+            .contains(&"span_metrics".to_owned()),
         "the span metrics never reach the metrics pipeline"
     );
+    // Every exporter that sends batches them in its own queue.
+    for (name, exporter) in collector["exporters"].as_mapping().unwrap() {
+        let name = name.as_str().unwrap();
+        let queue = &exporter["sending_queue"];
+        assert!(
+            queue["batch"].is_mapping(),
+            "{name}: no sending_queue.batch"
+        );
+        assert_eq!(queue["sizer"].as_str(), Some("items"), "{name}");
+        let min = queue["batch"]["min_size"].as_u64().unwrap();
+        assert!(
+            min <= queue["queue_size"].as_u64().unwrap(),
+            "{name}: a batch larger than its queue"
+        );
+    }
+    assert!(
+        collector["processors"].get("batch").is_none(),
+        "the batch processor is defined"
+    );
+    // `spanmetrics` is the deprecated alias of `span_metrics`.
+    assert!(collector["connectors"].get("spanmetrics").is_none());
     for kind in [
         "receivers",
         "processors",
@@ -577,23 +638,37 @@ fn the_collector_pipelines_are_complete() {
         }
     }
     // The names deploy_stack::SPAN_METRICS expects.
-    let spanmetrics = &collector["connectors"]["spanmetrics"];
+    let spanmetrics = &collector["connectors"]["span_metrics"];
     assert_eq!(
         spanmetrics["namespace"].as_str(),
         Some("traces.span.metrics")
     );
     assert_eq!(spanmetrics["histogram"]["unit"].as_str(), Some("s"));
     assert_eq!(spanmetrics["exemplars"]["enabled"].as_bool(), Some(true));
+    // Metrics go to Prometheus's own OTLP receiver, which keeps the
+    // exemplars; Tempo's service graph arrives over remote write.
     assert_eq!(
-        collector["exporters"]["prometheus"]["enable_open_metrics"].as_bool(),
-        Some(true),
-        "exemplars are only exported in the OpenMetrics format"
+        collector["exporters"]["otlp_http/prometheus"]["endpoint"].as_str(),
+        Some("http://prometheus:9090/api/v1/otlp")
     );
-    // And Prometheus keeps them.
     let compose = compose();
-    assert!(
-        strings(&compose["services"]["prometheus"]["command"])
-            .contains(&"--enable-feature=exemplar-storage".to_owned())
+    let flags = strings(&compose["services"]["prometheus"]["command"]);
+    for flag in [
+        "--enable-feature=exemplar-storage",
+        "--web.enable-otlp-receiver",
+        "--web.enable-remote-write-receiver",
+    ] {
+        assert!(flags.contains(&flag.to_owned()), "prometheus lacks {flag}");
+    }
+    let tempo = yaml(&deploy().join("tempo/tempo.yaml"));
+    assert_eq!(
+        tempo["metrics_generator"]["storage"]["remote_write"][0]["url"].as_str(),
+        Some("http://prometheus:9090/api/v1/write")
+    );
+    assert_eq!(
+        strings(&tempo["overrides"]["defaults"]["metrics_generator"]["processors"]),
+        ["service-graphs"],
+        "span metrics are the collector's; Tempo makes the service graph only"
     );
 }
 
@@ -653,6 +728,7 @@ fn grafana_provisions_the_datasources_the_dashboards_use() {
     for (uid, kind) in [
         ("prometheus", "prometheus"),
         ("jaeger", "jaeger"),
+        ("tempo", "tempo"),
         ("loki", "loki"),
     ] {
         assert_eq!(uids.get(uid).map(String::as_str), Some(kind), "{uids:?}");
@@ -666,20 +742,48 @@ fn grafana_provisions_the_datasources_the_dashboards_use() {
             .unwrap()
             .clone()
     };
-    // Exemplars and log lines link to traces; spans link to their logs.
-    let exemplars = &by_uid("prometheus")["jsonData"]["exemplarTraceIdDestinations"][0];
-    assert_eq!(exemplars["datasourceUid"].as_str(), Some("jaeger"));
-    assert_eq!(exemplars["name"].as_str(), Some("trace_id"));
-    let derived = &by_uid("loki")["jsonData"]["derivedFields"][0];
-    assert_eq!(derived["datasourceUid"].as_str(), Some("jaeger"));
-    assert_eq!(derived["matcherType"].as_str(), Some("label"));
-    assert_eq!(derived["matcherRegex"].as_str(), Some("trace_id"));
-    // Grafana expands $VAR in provisioning: a Grafana variable must be $${...}.
-    assert_eq!(derived["url"].as_str(), Some("$${__value.raw}"));
+    // Exemplars and log lines link to traces in both stores; spans link to
+    // their logs, Tempo's also to their metrics and the service graph.
+    let targets = |list: &Value| -> Vec<String> {
+        list.as_sequence()
+            .unwrap()
+            .iter()
+            .map(|d| d["datasourceUid"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let exemplars = &by_uid("prometheus")["jsonData"]["exemplarTraceIdDestinations"];
+    assert_eq!(targets(exemplars), ["tempo", "jaeger"]);
+    for destination in exemplars.as_sequence().unwrap() {
+        assert_eq!(destination["name"].as_str(), Some("trace_id"));
+    }
+    let derived = &by_uid("loki")["jsonData"]["derivedFields"];
+    assert_eq!(targets(derived), ["tempo", "jaeger"]);
+    for field in derived.as_sequence().unwrap() {
+        assert_eq!(field["matcherType"].as_str(), Some("label"));
+        assert_eq!(field["matcherRegex"].as_str(), Some("trace_id"));
+        // Grafana expands $VAR in provisioning: a Grafana variable must be $${...}.
+        assert_eq!(field["url"].as_str(), Some("$${__value.raw}"));
+    }
+    for store in ["jaeger", "tempo"] {
+        assert_eq!(
+            by_uid(store)["jsonData"]["tracesToLogsV2"]["datasourceUid"].as_str(),
+            Some("loki"),
+            "{store}"
+        );
+    }
+    let tempo = &by_uid("tempo")["jsonData"];
     assert_eq!(
-        by_uid("jaeger")["jsonData"]["tracesToLogsV2"]["datasourceUid"].as_str(),
-        Some("loki")
+        tempo["tracesToMetrics"]["datasourceUid"].as_str(),
+        Some("prometheus")
     );
+    assert_eq!(
+        tempo["serviceMap"]["datasourceUid"].as_str(),
+        Some("prometheus")
+    );
+    for query in tempo["tracesToMetrics"]["queries"].as_sequence().unwrap() {
+        let query = query["query"].as_str().unwrap();
+        assert!(query.contains("traces_span_metrics_"), "{query}");
+    }
 
     // The dashboards provider reads the directory compose mounts.
     let provider = yaml(&deploy().join("grafana/provisioning/dashboards/dashboards.yaml"));

@@ -38,7 +38,11 @@ pub fn output_text(output: &Output) -> String {
 pub fn yaml(path: &Path) -> Value {
     let text =
         std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let mut value: Value = serde_norway::from_str(&text)
+    parse_yaml(&text, path)
+}
+
+fn parse_yaml(text: &str, path: &Path) -> Value {
+    let mut value: Value = serde_norway::from_str(text)
         .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", path.display()));
     // A merged mapping may itself hold a merge key (an anchor built on
     // another anchor, as compose allows): merge until none is left.
@@ -60,8 +64,57 @@ pub fn json(path: &Path) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", path.display()))
 }
 
+/// `deploy/.env`, the one place the stack's image versions are written:
+/// `NAME=value` lines, `#` comments.
+pub fn versions() -> BTreeMap<String, String> {
+    let path = deploy().join(".env");
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (name, value) = l
+                .split_once('=')
+                .unwrap_or_else(|| panic!("deploy/.env: {l:?} is not NAME=value"));
+            (name.trim().to_owned(), value.trim().to_owned())
+        })
+        .collect()
+}
+
+/// `compose.yaml` as compose reads it: `${NAME}` and `${NAME:?message}`
+/// replaced from `deploy/.env` (a name the file lacks fails the test, as it
+/// would stop compose).
 pub fn compose() -> Value {
-    yaml(&deploy().join("compose.yaml"))
+    let path = deploy().join("compose.yaml");
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    parse_yaml(&interpolate(&text, &versions()), &path)
+}
+
+/// Compose's `${NAME}` / `${NAME:?message}` interpolation, from `values`.
+pub fn interpolate(text: &str, values: &BTreeMap<String, String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let end = rest[at..]
+            .find('}')
+            .unwrap_or_else(|| panic!("unclosed ${{ in {:?}", &rest[at..]));
+        let inner = &rest[at + 2..at + end];
+        let name = inner.split([':', '-', '?']).next().unwrap();
+        match values.get(name) {
+            Some(value) => out.push_str(value),
+            // Defaults (`${NAME:-x}`) are compose's own fallback.
+            None => match inner.split_once(":-") {
+                Some((_, default)) => out.push_str(default),
+                None => panic!("compose.yaml uses ${{{name}}}, which deploy/.env does not set"),
+            },
+        }
+        rest = &rest[at + end + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Files under `dir` (recursively) whose name ends with one of `suffixes`.
@@ -370,7 +423,7 @@ pub const COLLECTOR_METRICS: &[&str] = &[
     "otelcol_receiver_refused_log_records_total",
 ];
 
-/// The span metrics of the collector's spanmetrics connector with
+/// The span metrics of the collector's span_metrics connector with
 /// `namespace: traces.span.metrics` and `histogram.unit: s` (checked against
 /// the collector config by deploy_files.rs).
 pub const SPAN_METRICS: &[&str] = &[
