@@ -103,10 +103,22 @@ pub struct ServeArgs {
     /// Unary calls in progress at once; one more gets UNAVAILABLE at once.
     #[arg(long, env = "SENSORHUB_MAX_UNARY_IN_FLIGHT", default_value_t = ServiceConfig::default().max_unary_in_flight)]
     pub max_unary_in_flight: usize,
-    /// Open connections at once; one more is closed at once.
+    /// Open connections at once; one more is closed at once. Lowered at
+    /// start, if need be, to fit the descriptor limit.
     #[arg(long, env = "SENSORHUB_MAX_CONNECTIONS", default_value_t = ConnectionLimits::default().max_connections)]
     pub max_connections: usize,
-    /// Longest a TLS handshake may take before the connection is closed.
+    /// Open connections from one address (an IPv6 /64); one more is closed
+    /// at once; 0: no such limit.
+    #[arg(long, env = "SENSORHUB_MAX_CONNECTIONS_PER_IP", default_value_t = ConnectionLimits::default().max_connections_per_ip)]
+    pub max_connections_per_ip: usize,
+    /// A new connection that opens no call within this is closed (GOAWAY).
+    #[arg(long, env = "SENSORHUB_FIRST_CALL_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub first_call_timeout: Duration,
+    /// A connection that has served calls and has none open for this long is closed (GOAWAY).
+    #[arg(long, env = "SENSORHUB_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// Longest the TLS handshake, the HTTP/2 preface and the client's first
+    /// SETTINGS may take together before the connection is closed.
     #[arg(long, env = "SENSORHUB_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
     /// Calls per second allowed to each token (a burst of as many), beyond
@@ -180,7 +192,10 @@ impl ServeArgs {
         config.shutdown_grace = self.shutdown_grace;
         config.connections = ConnectionLimits {
             max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
             handshake_timeout: self.handshake_timeout,
+            first_call_timeout: self.first_call_timeout,
+            idle_timeout: self.idle_timeout,
         };
         config.rate_limit =
             NonZeroU32::new(self.rate_limit).map(|calls_per_second| RateLimit { calls_per_second });
@@ -218,6 +233,10 @@ pub async fn run(args: ServeArgs, telemetry: &Telemetry) -> anyhow::Result<ExitC
     if config.tokens.is_none() {
         tracing::warn!("accepting calls without a token (--no-auth)");
     }
+    config.connections.max_connections = fit_descriptors(
+        config.connections.max_connections,
+        config.http.map_or(0, |_| HTTP_LISTENER_CONNECTIONS),
+    );
     let store = Store::open(store_config)?;
     let server = sensorhub_grpc::start(config, store).await?;
     if let Some(path) = &args.ready_file {
@@ -233,6 +252,39 @@ pub async fn run(args: ServeArgs, telemetry: &Telemetry) -> anyhow::Result<ExitC
     });
     server.wait().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The HTTP listener's connection limit, kept free of gRPC connections.
+const HTTP_LISTENER_CONNECTIONS: usize = 64;
+
+/// Raises the soft descriptor limit to the hard one and returns how many of
+/// `requested` connections fit under it, saying so in the log.
+fn fit_descriptors(requested: usize, http_connections: usize) -> usize {
+    let plan = sensorhub_grpc::descriptor_limit::fit_connections(requested, http_connections);
+    if plan.soft != plan.soft_before {
+        tracing::info!(
+            from = plan.soft_before,
+            to = plan.soft,
+            "raised the soft file descriptor limit to the hard limit"
+        );
+    }
+    if plan.lowered() {
+        tracing::warn!(
+            requested = plan.requested,
+            max_connections = plan.max_connections,
+            descriptor_limit = plan.soft,
+            reserved = plan.reserved,
+            "--max-connections lowered to fit the file descriptor limit beside what the store and the HTTP listener need; raise the hard limit (ulimit -Hn, LimitNOFILE=) to allow more"
+        );
+    } else {
+        tracing::info!(
+            max_connections = plan.max_connections,
+            descriptor_limit = plan.soft,
+            reserved = plan.reserved,
+            "connections fit under the file descriptor limit"
+        );
+    }
+    plan.max_connections
 }
 
 /// The ready file, written whole under a temporary name and renamed, so a

@@ -8,7 +8,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::attacker::{ATTACKER, MIB, ServeProcess, grpc_outcome, message_declaring};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::attacker::{
+    ATTACKER, MIB, ServeProcess, grpc_outcome, message_declaring, normal_call_on, tcp_from,
+};
 use sensorhub_grpc::testing::TEST_TOKEN;
 
 const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
@@ -215,4 +219,316 @@ async fn exhaustion_partial_messages_with_a_token_stay_within_the_server_wide_bu
         .normal_call("after")
         .await
         .expect("a normal call after the attack");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhaustion_silent_tls_connections_are_closed_at_the_handshake_deadline() {
+    let server = ServeProcess::start(&["--handshake-timeout", "2s"]);
+    server
+        .normal_call("before")
+        .await
+        .expect("a normal call before");
+    let fds_before = server.fds();
+
+    // 200 connections that finish TLS and then say nothing (no HTTP/2
+    // preface), and one that trickles the preface a byte at a time.
+    let opened = Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..200 {
+        silent.push(server.tls(ATTACKER).await.expect("TLS handshake"));
+    }
+    let mut trickle = server.tls(ATTACKER).await.expect("TLS handshake");
+    let trickling = tokio::spawn(async move {
+        for byte in b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".repeat(4) {
+            if trickle.write_all(&[byte]).await.is_err() || trickle.flush().await.is_err() {
+                return Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("a trickled preface was read for 20 s");
+    });
+    let fds_during = server.fds();
+    server
+        .normal_call("during")
+        .await
+        .expect("a normal call during the attack");
+    eprintln!("silent TLS connections: descriptors {fds_before} -> {fds_during}");
+    assert!(
+        fds_during >= fds_before + 150,
+        "the attack holds its connections"
+    );
+
+    // Every one is closed by the server within the deadline (and some slack).
+    for mut tls in silent {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(6), tls.read(&mut buf))
+            .await
+            .expect("closed by the server, not left open");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    assert!(
+        opened.elapsed() < Duration::from_secs(6),
+        "closed after {:?}",
+        opened.elapsed()
+    );
+    let cut_off = trickling.await.expect("the trickle ends");
+    assert!(cut_off.duration_since(opened) < Duration::from_secs(6));
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fds_after = server.fds();
+    assert!(
+        fds_after <= fds_before + 4,
+        "descriptors after the attack: {fds_before} -> {fds_after}"
+    );
+    server
+        .normal_call("after")
+        .await
+        .expect("a normal call after the attack");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhaustion_connections_without_calls_are_closed_with_goaway() {
+    let server = ServeProcess::start(&["--first-call-timeout", "1s", "--idle-timeout", "3s"]);
+    let fds_before = server.fds();
+
+    // 100 HTTP/2 connections that never open a stream.
+    let opened = Instant::now();
+    let mut unused = Vec::new();
+    for _ in 0..100 {
+        unused.push(server.h2(ATTACKER).await);
+    }
+    // One that serves a call, then stays idle.
+    let mut served = server.h2(ATTACKER).await;
+    let response = served
+        .call(HEALTH_CHECK, None, message_declaring(0, 0))
+        .await
+        .expect("a health check");
+    let fds_during = server.fds();
+    server
+        .normal_call("during")
+        .await
+        .expect("a normal call during the attack");
+    assert!(
+        fds_during >= fds_before + 90,
+        "{fds_before} -> {fds_during}"
+    );
+
+    for h2 in unused {
+        let ended = tokio::time::timeout(Duration::from_secs(6), h2.connection)
+            .await
+            .expect("the server closes an unused connection");
+        assert!(
+            matches!(ended, Ok(Ok(()))),
+            "closed with GOAWAY, not reset: {ended:?}"
+        );
+    }
+    let unused_closed = opened.elapsed();
+    assert!(
+        unused_closed < Duration::from_secs(5),
+        "unused connections closed after {unused_closed:?} (first-call timeout 1 s)"
+    );
+    // The served one outlived them, and goes once idle for 3 s.
+    assert!(grpc_outcome(response).await.is_some());
+    assert!(
+        !served.connection.is_finished(),
+        "a served connection is kept longer"
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(10), served.connection)
+        .await
+        .expect("an idle connection is closed");
+    assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
+    assert!(opened.elapsed() >= Duration::from_secs(3));
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fds_after = server.fds();
+    assert!(fds_after <= fds_before + 4, "{fds_before} -> {fds_after}");
+    server
+        .normal_call("after")
+        .await
+        .expect("a normal call after the attack");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhaustion_one_address_holds_at_most_max_connections_per_ip() {
+    let server = ServeProcess::start(&["--max-connections-per-ip", "20"]);
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for _ in 0..30 {
+        match server.tls(ATTACKER).await {
+            Ok(tls) => admitted.push(tls),
+            Err(_) => refused += 1,
+        }
+    }
+    assert_eq!((admitted.len(), refused), (20, 10));
+    server
+        .normal_call("during")
+        .await
+        .expect("another address is still served");
+    drop(admitted);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(server.tls(ATTACKER).await.is_ok(), "slots come back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhaustion_connections_fit_under_the_descriptor_limit() {
+    // A hard limit of 512 descriptors: 512 - 256 reserved - 64 for the HTTP
+    // listener leaves 192 connections, not the 10,000 asked for.
+    let server = ServeProcess::start_limited(&[], Some(512));
+    let fitted = server
+        .log()
+        .into_iter()
+        .find(|l| l.contains("\"requested\":10000"))
+        .expect("the fit is logged");
+    assert!(
+        fitted.contains("\"max_connections\":192") && fitted.contains("\"requested\":10000"),
+        "{fitted}"
+    );
+    let mut sensor = server.client().await;
+    normal_call_on(&mut sensor, "before")
+        .await
+        .expect("a normal call before");
+
+    // 300 connections: those over the limit are refused cleanly, and the
+    // descriptors never run out.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..300 {
+        match server.tls(ATTACKER).await {
+            Ok(tls) => held.push(tls),
+            Err(_) => refused += 1,
+        }
+    }
+    let fds_during = server.fds();
+    eprintln!(
+        "under a limit of 512: {} admitted, {refused} refused, {fds_during} descriptors",
+        held.len()
+    );
+    assert!(
+        held.len() <= 192 && refused >= 108,
+        "{} admitted",
+        held.len()
+    );
+    assert!(fds_during < 512 - 64, "{fds_during} descriptors open");
+    normal_call_on(&mut sensor, "during")
+        .await
+        .expect("an open connection is served during the attack");
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server
+        .normal_call("after")
+        .await
+        .expect("a normal call after the attack");
+    assert!(
+        !server
+            .log()
+            .iter()
+            .any(|l| l.contains("cannot accept connections")),
+        "the accept loop never ran out of descriptors"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhaustion_out_of_descriptors_backs_off_and_tells_the_truth() {
+    use rustix::process::{Pid, Resource, Rlimit, prlimit};
+    let server = ServeProcess::start(&[]);
+    let pid = Pid::from_raw(server.server.pid() as i32).expect("a pid");
+    // A sensor that connected and wrote before; no read has opened a
+    // reader connection yet.
+    let mut sensor = server.client().await;
+    sensor
+        .send_single_reading(sensorhub_grpc::testing::reading(
+            "fd-1",
+            20.0,
+            sensorhub_grpc::testing::unix_now(),
+        ))
+        .await
+        .expect("a write before");
+
+    // Something else took the descriptors: the limit drops to a few more
+    // than are open, and connections keep coming.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.server.pid()))
+        .expect("read /proc/PID/limits");
+    let (soft, hard) = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .map(|l| {
+            let mut values = l.split_whitespace().map(|v| v.parse::<u64>().ok());
+            (values.next().flatten(), values.next().flatten())
+        })
+        .expect("a Max open files line");
+    let normal = Rlimit {
+        current: soft,
+        maximum: hard,
+    };
+    let tight = Rlimit {
+        current: Some(server.fds() as u64 + 4),
+        maximum: normal.maximum,
+    };
+    prlimit(Some(pid), Resource::Nofile, tight).expect("lower the server's limit");
+    let mut flood = Vec::new();
+    for _ in 0..40 {
+        if let Ok(tcp) = tcp_from(ATTACKER, server.grpc).await {
+            flood.push(tcp);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The accept loop backs off instead of spinning on EMFILE.
+    let ticks = server.server.cpu_ticks();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spent = server.server.cpu_ticks() - ticks;
+    eprintln!("out of descriptors: {spent} ticks of CPU in 2 s");
+    assert!(
+        spent < 40,
+        "the server spent {spent} ticks in 2 s (spinning?)"
+    );
+
+    // A read that needs a descriptor is told the truth; writes on an open
+    // connection still work.
+    let read = sensor
+        .get_sensor_stats(sensorhub_proto::StatsRequest::default())
+        .await;
+    match read {
+        Err(status) => {
+            assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+            assert!(
+                status.message().contains("file descriptors")
+                    && !status.message().contains("acknowledged"),
+                "{status:?}"
+            );
+        }
+        Ok(_) => panic!("a read without a descriptor to open succeeded"),
+    }
+    sensor
+        .send_single_reading(sensorhub_grpc::testing::reading(
+            "fd-1",
+            21.0,
+            sensorhub_grpc::testing::unix_now(),
+        ))
+        .await
+        .expect("a write on an open connection during the attack");
+
+    // Descriptors back: everything works, and the failures were counted.
+    prlimit(Some(pid), Resource::Nofile, normal).expect("restore the limit");
+    drop(flood);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    normal_call_on(&mut sensor, "fd-1")
+        .await
+        .expect("a normal call after the attack");
+    let metrics = server.metrics();
+    let failed: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("sensorhub_connections_accept_errors_total")
+                && l.contains("error_type=\"EMFILE\"")
+                && l.contains("sensorhub_listener=\"grpc\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(failed >= 1.0, "EMFILE accepts counted: {metrics}");
+    let warnings = server
+        .log()
+        .iter()
+        .filter(|l| l.contains("cannot accept connections"))
+        .count();
+    assert!((1..=2).contains(&warnings), "{warnings} warnings in ~3 s");
 }

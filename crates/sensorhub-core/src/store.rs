@@ -130,6 +130,13 @@ pub enum StoreError {
     /// A keyed write whose key stored other readings: nothing was stored.
     #[error("{0}")]
     KeyConflict(String),
+    /// A store file could not be opened because the process has no file
+    /// descriptor left (`EMFILE`, `ENFILE`): a transient overload, not a
+    /// failure of the store.
+    #[error(
+        "the process is out of file descriptors, so a store file could not be opened (too many open connections or files)"
+    )]
+    OutOfDescriptors,
 }
 
 /// What one durable write did.

@@ -134,11 +134,22 @@ pub fn store_status(e: &StoreError) -> Status {
             "{}: {why}; nothing of this call was stored",
             crate::idempotency_key::METADATA_KEY
         )),
-        other => {
-            tracing::error!(error = %other, "store failure");
+        StoreError::OutOfDescriptors => {
+            tracing::warn!(error = %e, "store call refused");
+            Status::unavailable(
+                "the server is out of file descriptors (too many open connections); nothing was changed, retry with backoff",
+            )
+        }
+        StoreError::Write(_) => {
+            tracing::error!(error = %e, "store failure");
             Status::internal(
                 "the store failed; the call's readings were not acknowledged, retry later",
             )
+        }
+        // Only reads reach the store in any other way once it is open.
+        other => {
+            tracing::error!(error = %other, "store read failure");
+            Status::internal("reading from the store failed; nothing was changed, retry later")
         }
     }
 }

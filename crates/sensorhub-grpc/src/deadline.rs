@@ -1,12 +1,19 @@
-//! Deadlines for streamed responses.
+//! A call's deadline (`grpc-timeout`), on its response head and on its
+//! streamed response.
 //!
-//! tonic honours a call's `grpc-timeout` until the response head is ready,
-//! which covers unary and client-streaming calls. A server-streaming or
-//! bidirectional response is a stream that tonic never times: a follow
-//! stream with a deadline would run forever. [`DeadlineStream`] ends such a
-//! response with `DEADLINE_EXCEEDED` when the caller's deadline passes, and
-//! drops the inner stream, so whatever feeds it (the history reader, the
-//! chat loop) sees its receiver gone and stops.
+//! The head: [`HeadDeadline`] gives up on a response that is not ready
+//! when the caller's deadline passes, with tonic's own `TimeoutExpired`
+//! (which tonic's `RecoverError` reports as `CANCELLED`, "Timeout
+//! expired"), exactly as tonic's server does. Its layer is private to
+//! tonic's `serve`, which this server does not use (`connection.rs`).
+//! This covers unary and client-streaming calls.
+//!
+//! A server-streaming or bidirectional response is a stream that nothing
+//! times after its head: a follow stream with a deadline would run
+//! forever. [`DeadlineStream`] ends such a response with
+//! `DEADLINE_EXCEEDED` when the caller's deadline passes, and drops the
+//! inner stream, so whatever feeds it (the history reader, the chat loop)
+//! sees its receiver gone and stops.
 
 use std::{
     pin::Pin,
@@ -15,15 +22,24 @@ use std::{
 };
 
 use futures_util::{Stream, StreamExt};
+use http::HeaderMap;
 use tokio::time::Sleep;
-use tonic::{Status, metadata::MetadataMap};
+use tonic::{Status, TimeoutExpired, metadata::MetadataMap};
+use tower::Service;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// The deadline a call carries in `grpc-timeout`, if any (and if well
 /// formed: at most 8 digits and a unit, as the gRPC HTTP/2 protocol says).
 pub(crate) fn requested_timeout(metadata: &MetadataMap) -> Option<Duration> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    requested_timeout_in(metadata.as_ref())
+}
+
+/// The same, from the request's headers.
+fn requested_timeout_in(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 {
         return None;
@@ -38,6 +54,69 @@ pub(crate) fn requested_timeout(metadata: &MetadataMap) -> Option<Duration> {
         "n" => Duration::from_nanos(amount),
         _ => return None,
     })
+}
+
+/// Fails a response future that outlives the call's `grpc-timeout`.
+#[derive(Debug, Clone)]
+pub(crate) struct HeadDeadline<S> {
+    inner: S,
+}
+
+impl<S> HeadDeadline<S> {
+    pub(crate) fn new(inner: S) -> Self {
+        Self { inner }
+    }
+}
+
+impl<S, B> Service<http::Request<B>> for HeadDeadline<S>
+where
+    S: Service<http::Request<B>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = HeadDeadlineFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let expired = requested_timeout_in(request.headers()).map(tokio::time::sleep);
+        HeadDeadlineFuture {
+            inner: self.inner.call(request),
+            expired,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`HeadDeadline`].
+    pub(crate) struct HeadDeadlineFuture<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        expired: Option<Sleep>,
+    }
+}
+
+impl<F, T, E> Future for HeadDeadlineFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(done) = this.inner.poll(cx) {
+            return Poll::Ready(done.map_err(Into::into));
+        }
+        match this.expired.as_pin_mut().map(|expired| expired.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(TimeoutExpired(()).into())),
+            _ => Poll::Pending,
+        }
+    }
 }
 
 /// `stream`, ended with `DEADLINE_EXCEEDED` once `timeout` has passed.

@@ -17,8 +17,10 @@
 pub mod auth;
 mod call_policy;
 pub mod client;
+mod connection;
 pub mod convert;
 mod deadline;
+pub mod descriptor_limit;
 pub mod health_http;
 pub mod idempotency_key;
 pub mod listener;

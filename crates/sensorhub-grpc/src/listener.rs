@@ -1,66 +1,86 @@
-//! The gRPC listener's accept loop: which connections get in, and their TLS.
+//! The gRPC listener's accept loop: which connections get in, and how they
+//! must prove they are HTTP/2 clients before they are served.
 //!
-//! tonic can accept and handshake by itself, but it cannot do two things
-//! this server needs, so this module does the accepting and hands tonic
-//! finished connections:
+//! tonic can accept and handshake by itself, but not with the limits this
+//! server needs, so this module accepts, and `connection.rs` serves each
+//! admitted connection with hyper:
 //!
-//! - **a connection limit**: at most `max_connections` are open at once; one
-//!   more is closed at once (the client sees `UNAVAILABLE` and retries
-//!   elsewhere) instead of queueing without bound. A connection holds its
-//!   slot until hyper drops it.
+//! - **connection limits**: at most `max_connections` open at once, and at
+//!   most `max_connections_per_ip` from one address (an IPv6 /64 counts as
+//!   one). One more is closed at once (the client sees `UNAVAILABLE` and
+//!   retries elsewhere) instead of queueing without bound. A connection holds
+//!   its slots until it is closed.
+//! - **a handshake deadline**: the TLS handshake, the HTTP/2 connection
+//!   preface and the client's first SETTINGS frame must all arrive within
+//!   `handshake_timeout`, each connection in its own task. A client that
+//!   connects and says nothing, or trickles the preface, holds its slot for
+//!   that long and never delays anyone else's accept. The bytes read to see
+//!   the preface are replayed to hyper.
 //! - **certificates that can be replaced while running**: the handshake
 //!   uses whatever [`ServerTls`] holds when it starts, and
 //!   [`ServerTls::reload`] swaps in new files (on SIGHUP) without touching
 //!   the connections already open.
+//! - **no spinning when out of descriptors**: a failed `accept` (EMFILE)
+//!   backs off, up to a second, is counted, and is logged at most every ten
+//!   seconds.
 //!
-//! Each handshake runs in its own task, with a deadline, so a client that
-//! connects and says nothing holds one slot for a few seconds and never
-//! delays anyone else's accept.
-//!
-//! A connection the server closes cleanly (graceful shutdown) lingers: its
-//! read side is drained for up to [`LINGER`] before the socket is closed.
+//! A connection the server closes cleanly (graceful shutdown, idle) lingers:
+//! its read side is drained for up to [`LINGER`] before the socket is closed.
 //! Closing a socket that still has unread bytes makes the kernel send a TCP
 //! reset, and the client's kernel then drops what the client had not read
 //! yet: a client still streaming readings lost the final status (and its
 //! stored count) that the server had just sent.
 
 use std::{
+    collections::HashMap,
     io,
-    net::SocketAddr,
+    net::IpAddr,
     pin::Pin,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
+use bytes::{Buf, Bytes};
 use opentelemetry::{
     KeyValue, global,
     metrics::{Counter, UpDownCounter},
 };
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
+    sync::{OwnedSemaphorePermit, Semaphore},
 };
-use tokio_rustls::{TlsAcceptor, server::TlsStream};
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::server::Connected;
 
 use crate::tls::{ServerTlsFiles, TlsFileError};
 
-/// How many connections get in, and how long a TLS handshake may take.
+/// Who gets a connection, and how long each stage of it may take.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
+    /// Open connections at once.
     pub max_connections: usize,
+    /// Open connections from one address (an IPv6 /64); 0: no such limit.
+    pub max_connections_per_ip: usize,
+    /// TLS handshake, HTTP/2 preface and first SETTINGS frame, together.
     pub handshake_timeout: Duration,
+    /// A connection that has never opened a call is closed (GOAWAY) after this.
+    pub first_call_timeout: Duration,
+    /// A connection that has served calls and has none open is closed
+    /// (GOAWAY) after at least this.
+    pub idle_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
         Self {
             max_connections: 10_000,
+            max_connections_per_ip: 1_000,
             handshake_timeout: Duration::from_secs(10),
+            first_call_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -104,20 +124,30 @@ impl ServerTls {
 /// How long a cleanly closed connection is drained before its socket closes.
 const LINGER: Duration = Duration::from_secs(2);
 
-/// A connection that got in: its stream, and its slot under the limit.
+/// The HTTP/2 client connection preface (RFC 9113, section 3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// A frame header: length (3), type (1), flags (1), stream id (4).
+const FRAME_HEADER: usize = 9;
+/// The largest first SETTINGS frame a client may send before it knows ours.
+const MAX_INITIAL_FRAME: usize = 16_384;
+
+/// A connection that got in: its stream, and its slots under the limits.
 #[derive(Debug)]
 pub struct Admitted<IO: AsyncRead + Unpin + Send + 'static> {
     /// `None` only once handed to the lingering task.
     io: Option<IO>,
+    /// What was read to check the preface, served again before `io`.
+    replay: Bytes,
     slot: Option<Slot>,
     /// The server has shut down its side (sent its last bytes and a FIN).
     shut_down: bool,
 }
 
 impl<IO: AsyncRead + Unpin + Send + 'static> Admitted<IO> {
-    fn new(io: IO, slot: Slot) -> Self {
+    fn new(io: IO, replay: Bytes, slot: Slot) -> Self {
         Self {
             io: Some(io),
+            replay,
             slot: Some(slot),
             shut_down: false,
         }
@@ -159,19 +189,6 @@ impl<IO: AsyncRead + Unpin + Send + 'static> Drop for Admitted<IO> {
     }
 }
 
-/// Holds one connection's place under the limit and in the gauge.
-#[derive(Debug)]
-struct Slot {
-    _permit: OwnedSemaphorePermit,
-    metrics: ConnectionMetrics,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.metrics.open.add(-1, &[]);
-    }
-}
-
 impl<IO: Connected + AsyncRead + Unpin + Send + 'static> Connected for Admitted<IO> {
     type ConnectInfo = IO::ConnectInfo;
 
@@ -189,6 +206,12 @@ impl<IO: AsyncRead + Unpin + Send + 'static> AsyncRead for Admitted<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.replay.is_empty() {
+            let n = self.replay.len().min(buf.remaining());
+            buf.put_slice(&self.replay[..n]);
+            self.replay.advance(n);
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(self.io()).poll_read(cx, buf)
     }
 }
@@ -227,126 +250,441 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Admitte
     }
 }
 
-/// Connections over the limit and failed handshakes, and the open count.
+/// Reads the HTTP/2 preface and the frame after it, which must be SETTINGS,
+/// and returns the bytes read. Stops early (returning what it has) as soon
+/// as the bytes cannot be that: hyper then refuses them as it would.
+async fn read_preface<IO: AsyncRead + Unpin>(io: &mut IO) -> io::Result<Bytes> {
+    let mut head = vec![0u8; PREFACE.len() + FRAME_HEADER];
+    let mut filled = 0;
+    while filled < head.len() {
+        let n = io.read(&mut head[filled..]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let end = (filled + n).min(PREFACE.len());
+        if head[filled.min(end)..end] != PREFACE[filled.min(end)..end] {
+            head.truncate(filled + n);
+            return Ok(head.into());
+        }
+        filled += n;
+    }
+    let frame = &head[PREFACE.len()..];
+    let len = u32::from_be_bytes([0, frame[0], frame[1], frame[2]]) as usize;
+    const SETTINGS: u8 = 0x4;
+    if frame[3] != SETTINGS || len > MAX_INITIAL_FRAME {
+        return Ok(head.into());
+    }
+    head.resize(head.len() + len, 0);
+    io.read_exact(&mut head[filled..]).await?;
+    Ok(head.into())
+}
+
+/// Holds one connection's place under the limits and in the gauge.
+#[derive(Debug)]
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    per_ip: Option<PerIpSlot>,
+    metrics: ConnectionMetrics,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.metrics.open.add(-1, &[]);
+        if let Some(per_ip) = self.per_ip.take() {
+            per_ip.release();
+        }
+    }
+}
+
+/// Open connections per address (IPv4, or an IPv6 /64).
+#[derive(Debug, Default)]
+struct PerIp {
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+#[derive(Debug)]
+struct PerIpSlot {
+    table: Arc<PerIp>,
+    key: IpAddr,
+}
+
+impl PerIp {
+    /// The address a limit is kept under: an IPv4 address (also when mapped
+    /// into IPv6), or an IPv6 address's /64, which one host usually has whole.
+    fn key(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(v4) => IpAddr::V4(v4),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => {
+                    let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                    IpAddr::V6(prefix.into())
+                }
+            },
+        }
+    }
+
+    fn try_take(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<PerIpSlot> {
+        let key = Self::key(ip);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(key).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(PerIpSlot {
+            table: self.clone(),
+            key,
+        })
+    }
+}
+
+impl PerIpSlot {
+    fn release(self) {
+        let mut open = self.table.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Connections refused or closed by the server, failed accepts, and the open count.
 #[derive(Debug, Clone)]
-struct ConnectionMetrics {
+pub(crate) struct ConnectionMetrics {
     refused: Counter<u64>,
+    closed: Counter<u64>,
+    accept_errors: Counter<u64>,
     open: UpDownCounter<i64>,
 }
 
+const REASON: &str = "sensorhub.refusal.reason";
+const REFUSED_LIMIT: &str = "connection_limit";
+const REFUSED_PER_IP: &str = "per_ip_limit";
+const REFUSED_HANDSHAKE: &str = "tls_handshake";
+const REFUSED_PREFACE: &str = "http2_preface";
+const CLOSE_REASON: &str = "sensorhub.close.reason";
+/// Why the server closed a connection it had served (`sensorhub.close.reason`).
+pub(crate) const CLOSED_NEVER_USED: &str = "no_call";
+pub(crate) const CLOSED_IDLE: &str = "idle";
+pub(crate) const CLOSED_AUTH_FAILURES: &str = "auth_failures";
+const LISTENER: &str = "sensorhub.listener";
+const ERROR_TYPE: &str = "error.type";
+
 impl ConnectionMetrics {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let meter = global::meter("sensorhub-grpc");
         let refused = meter
             .u64_counter("sensorhub.connections.refused")
             .with_unit("{connection}")
             .with_description(
-                "Connections closed before any call: over the limit, or a failed TLS handshake",
+                "Connections closed before any call: over a limit, or a failed or slow TLS or HTTP/2 handshake",
             )
             .build();
-        for reason in [REFUSED_LIMIT, REFUSED_HANDSHAKE] {
+        for reason in [
+            REFUSED_LIMIT,
+            REFUSED_PER_IP,
+            REFUSED_HANDSHAKE,
+            REFUSED_PREFACE,
+        ] {
             refused.add(0, &[KeyValue::new(REASON, reason)]);
         }
+        let closed = meter
+            .u64_counter("sensorhub.connections.closed")
+            .with_unit("{connection}")
+            .with_description(
+                "Connections the server closed with GOAWAY: unused, idle, or after failed authentications",
+            )
+            .build();
+        for reason in [CLOSED_NEVER_USED, CLOSED_IDLE, CLOSED_AUTH_FAILURES] {
+            closed.add(0, &[KeyValue::new(CLOSE_REASON, reason)]);
+        }
+        let accept_errors = meter
+            .u64_counter("sensorhub.connections.accept_errors")
+            .with_unit("{error}")
+            .with_description(
+                "Failed accepts, by listener and error (EMFILE: the process is out of file descriptors)",
+            )
+            .build();
         let open = meter
             .i64_up_down_counter("sensorhub.connections.open")
             .with_unit("{connection}")
             .with_description("Connections admitted and still open")
             .build();
         open.add(0, &[]);
-        Self { refused, open }
+        Self {
+            refused,
+            closed,
+            accept_errors,
+            open,
+        }
     }
 
     fn refused(&self, reason: &'static str) {
         self.refused.add(1, &[KeyValue::new(REASON, reason)]);
     }
+
+    pub(crate) fn closed(&self, reason: &'static str) {
+        self.closed.add(1, &[KeyValue::new(CLOSE_REASON, reason)]);
+    }
 }
 
-const REASON: &str = "sensorhub.refusal.reason";
-const REFUSED_LIMIT: &str = "connection_limit";
-const REFUSED_HANDSHAKE: &str = "tls_handshake";
-
-/// Plaintext connections from `listener`, at most `limits.max_connections`
-/// at once, until `stop`.
-pub fn plaintext(
-    listener: TcpListener,
-    limits: ConnectionLimits,
-    stop: CancellationToken,
-) -> ReceiverStream<io::Result<Admitted<TcpStream>>> {
-    accept_loop(listener, limits, stop, |tcp, _| async move { Ok(tcp) })
+/// What a listener does after a failed `accept`: per-connection errors
+/// (the client reset before we accepted) are skipped at once; running out
+/// of descriptors or memory backs off, from 10 ms doubling to 1 s, so the
+/// loop does not spin on a listening socket that stays readable.
+#[derive(Debug)]
+pub(crate) struct AcceptBackoff {
+    listener: &'static str,
+    delay: Duration,
+    /// Failures since the last log line, and when that was.
+    unlogged: u64,
+    logged_at: Option<Instant>,
+    metrics: ConnectionMetrics,
 }
 
-/// TLS connections from `listener`, handshaken with the certificate `tls`
-/// holds at that moment.
-pub fn tls(
-    listener: TcpListener,
-    limits: ConnectionLimits,
-    stop: CancellationToken,
-    tls: ServerTls,
-) -> ReceiverStream<io::Result<Admitted<TlsStream<TcpStream>>>> {
-    accept_loop(listener, limits, stop, move |tcp, peer| {
-        let acceptor = tls.acceptor();
-        async move {
-            acceptor.accept(tcp).await.inspect_err(|e| {
-                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-            })
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+    const LOG_EVERY: Duration = Duration::from_secs(10);
+
+    pub(crate) fn new(listener: &'static str, metrics: ConnectionMetrics) -> Self {
+        Self {
+            listener,
+            delay: Self::FIRST,
+            unlogged: 0,
+            logged_at: None,
+            metrics,
         }
-    })
+    }
+
+    /// A connection was accepted: the next failure starts from the shortest wait.
+    pub(crate) fn accepted(&mut self) {
+        self.delay = Self::FIRST;
+    }
+
+    /// Counts `error` and waits as long as it calls for.
+    pub(crate) async fn failed(&mut self, error: io::Error) {
+        let kind = match error.raw_os_error() {
+            Some(24) => "EMFILE",
+            Some(23) => "ENFILE",
+            Some(105) => "ENOBUFS",
+            Some(12) => "ENOMEM",
+            _ => "other",
+        };
+        self.metrics.accept_errors.add(
+            1,
+            &[
+                KeyValue::new(LISTENER, self.listener),
+                KeyValue::new(ERROR_TYPE, kind),
+            ],
+        );
+        if kind == "other" {
+            tracing::debug!(listener = self.listener, error = %error, "accepting a connection failed");
+            return;
+        }
+        self.unlogged += 1;
+        if self
+            .logged_at
+            .is_none_or(|at| at.elapsed() >= Self::LOG_EVERY)
+        {
+            tracing::warn!(
+                listener = self.listener,
+                error = %error,
+                failures = self.unlogged,
+                backoff = ?self.delay,
+                "cannot accept connections: the process is out of file descriptors or memory; backing off (raise the descriptor limit, or lower --max-connections)"
+            );
+            self.unlogged = 0;
+            self.logged_at = Some(Instant::now());
+        }
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(Self::MAX);
+    }
 }
 
-fn accept_loop<IO, H, F>(
+/// The connection tasks of one listener, for the staged shutdown.
+#[derive(Debug, Clone)]
+pub struct Connections {
+    tasks: TaskTracker,
+    /// Cancelled: every connection still open is dropped.
+    force: CancellationToken,
+}
+
+impl Connections {
+    pub(crate) fn new() -> Self {
+        Self {
+            tasks: TaskTracker::new(),
+            force: CancellationToken::new(),
+        }
+    }
+
+    /// Waits until every connection task has ended (lingering sockets aside).
+    pub async fn closed(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    /// Drops every connection still open.
+    pub fn force_close(&self) {
+        self.force.cancel();
+    }
+
+    pub(crate) fn force_token(&self) -> CancellationToken {
+        self.force.clone()
+    }
+}
+
+/// Accepts from `listener` until `stop`, admits within `limits`, runs the
+/// handshake (TLS when `tls`), checks the HTTP/2 preface, and hands each
+/// admitted connection to `serve` in its own task, one of `connections`.
+pub(crate) fn accept<S: ServeConnection>(
     listener: TcpListener,
     limits: ConnectionLimits,
+    tls: Option<ServerTls>,
     stop: CancellationToken,
-    handshake: H,
-) -> ReceiverStream<io::Result<Admitted<IO>>>
-where
-    IO: AsyncRead + Unpin + Send + 'static,
-    H: Fn(TcpStream, SocketAddr) -> F + Send + 'static,
-    F: Future<Output = io::Result<IO>> + Send + 'static,
-{
-    let (tx, rx) = mpsc::channel(64);
+    serve: S,
+    connections: &Connections,
+) {
+    let tasks = connections.tasks.clone();
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let per_ip = Arc::new(PerIp::default());
     let metrics = ConnectionMetrics::new();
+    let mut backoff = AcceptBackoff::new("grpc", metrics.clone());
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tx.closed() => return,
                 accepted = listener.accept() => accepted,
             };
             let (tcp, peer) = match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => {
+                    backoff.accepted();
+                    accepted
+                }
                 Err(e) => {
-                    // Out of file descriptors, or the like: wait, not spin.
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    backoff.failed(e).await;
                     continue;
                 }
             };
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 metrics.refused(REFUSED_LIMIT);
                 tracing::debug!(%peer, limit = limits.max_connections, "connection refused: limit reached");
-                drop(tcp);
                 continue;
+            };
+            let per_ip_slot = match limits.max_connections_per_ip {
+                0 => None,
+                limit => match per_ip.try_take(peer.ip(), limit) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        metrics.refused(REFUSED_PER_IP);
+                        tracing::debug!(%peer, limit, "connection refused: per-address limit reached");
+                        continue;
+                    }
+                },
             };
             metrics.open.add(1, &[]);
             let slot = Slot {
                 _permit: permit,
+                per_ip: per_ip_slot,
                 metrics: metrics.clone(),
             };
             let _ = tcp.set_nodelay(true);
-            let handshake = handshake(tcp, peer);
-            let tx = tx.clone();
             let metrics = metrics.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(limits.handshake_timeout, handshake).await {
-                    Ok(Ok(io)) => {
-                        let _ = tx.send(Ok(Admitted::new(io, slot))).await;
+            let serve = serve.clone();
+            let tls = tls.as_ref().map(ServerTls::acceptor);
+            tasks.spawn(async move {
+                let deadline = tokio::time::sleep(limits.handshake_timeout);
+                tokio::pin!(deadline);
+                match tls {
+                    Some(acceptor) => {
+                        let handshake = tokio::select! {
+                            _ = &mut deadline => return metrics.refused(REFUSED_HANDSHAKE),
+                            handshake = acceptor.accept(tcp) => handshake,
+                        };
+                        let mut io = match handshake {
+                            Ok(io) => io,
+                            Err(e) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return metrics.refused(REFUSED_HANDSHAKE);
+                            }
+                        };
+                        let replay = tokio::select! {
+                            _ = &mut deadline => return metrics.refused(REFUSED_PREFACE),
+                            read = read_preface(&mut io) => read,
+                        };
+                        match replay {
+                            Ok(replay) => serve.serve_tls(Admitted::new(io, replay, slot)).await,
+                            Err(_) => metrics.refused(REFUSED_PREFACE),
+                        }
                     }
-                    Ok(Err(_)) | Err(_) => metrics.refused(REFUSED_HANDSHAKE),
+                    None => {
+                        let mut io = tcp;
+                        let replay = tokio::select! {
+                            _ = &mut deadline => return metrics.refused(REFUSED_PREFACE),
+                            read = read_preface(&mut io) => read,
+                        };
+                        match replay {
+                            Ok(replay) => serve.serve_plain(Admitted::new(io, replay, slot)).await,
+                            Err(_) => metrics.refused(REFUSED_PREFACE),
+                        }
+                    }
                 }
             });
         }
     });
-    ReceiverStream::new(rx)
+}
+
+/// What serves an admitted connection (see `connection.rs`): over TLS, or
+/// plaintext (`--insecure`).
+pub(crate) trait ServeConnection: Clone + Send + 'static {
+    fn serve_tls(
+        &self,
+        io: Admitted<tokio_rustls::server::TlsStream<TcpStream>>,
+    ) -> impl Future<Output = ()> + Send;
+    fn serve_plain(&self, io: Admitted<TcpStream>) -> impl Future<Output = ()> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_address_keys_group_an_ipv6_slash_64_and_unmap_ipv4() {
+        let key = |s: &str| PerIp::key(s.parse().unwrap());
+        assert_eq!(key("192.0.2.7"), key("::ffff:192.0.2.7"));
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        let table = Arc::new(PerIp::default());
+        let a = table.try_take("192.0.2.7".parse().unwrap(), 2).unwrap();
+        let _b = table.try_take("192.0.2.7".parse().unwrap(), 2).unwrap();
+        assert!(table.try_take("192.0.2.7".parse().unwrap(), 2).is_none());
+        assert!(table.try_take("192.0.2.8".parse().unwrap(), 2).is_some());
+        a.release();
+        assert!(table.try_take("192.0.2.7".parse().unwrap(), 2).is_some());
+    }
+
+    #[tokio::test]
+    async fn the_preface_and_settings_are_read_and_nothing_more() {
+        let mut wire = PREFACE.to_vec();
+        wire.extend_from_slice(&[0, 0, 6, 0x4, 0, 0, 0, 0, 0]);
+        wire.extend_from_slice(&[0, 3, 0, 0, 0, 100]);
+        let expected = wire.len();
+        wire.extend_from_slice(b"next frame");
+        let mut reader = &wire[..];
+        let read = read_preface(&mut reader).await.unwrap();
+        assert_eq!(read.len(), expected);
+        assert_eq!(reader, b"next frame");
+
+        // HTTP/1.1 is not waited on: it is handed over as it came.
+        let mut http1 = &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..];
+        let read = read_preface(&mut http1).await.unwrap();
+        assert!(read.starts_with(b"GET"));
+
+        // A connection that closes half-way is an error.
+        let mut short = &PREFACE[..10];
+        assert!(read_preface(&mut short).await.is_err());
+    }
 }

@@ -1,6 +1,10 @@
-//! Assembles and runs the gRPC server: the listener (connection limit,
-//! TLS), token check and rate limit, message limits, health, reflection,
-//! the HTTP health listener, reloads, and graceful shutdown.
+//! Assembles and runs the gRPC server: the listener (connection limits,
+//! TLS, the HTTP/2 preface), each connection's life (`connection.rs`), token
+//! check and rate limit, message limits and the request budget, health,
+//! reflection, the HTTP health listener, reloads, and graceful shutdown.
+//!
+//! tonic provides the services and their router; hyper serves the
+//! connections (see `connection.rs` for why not tonic's own server).
 //!
 //! Shutdown, in order (tonic has no drain deadline of its own, tonic#1820):
 //! 1. health turns `NOT_SERVING`, `/readyz` answers 503, the listener stops
@@ -22,15 +26,20 @@ use sensorhub_rpc_telemetry::GrpcServerLayer;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::{
-    codec::CompressionEncoding, service::interceptor::InterceptedService, transport::Server,
+    body::Body,
+    codec::CompressionEncoding,
+    service::{RecoverError, Routes, interceptor::InterceptedService},
 };
 use tonic_health::ServingStatus;
+use tower::{ServiceBuilder, util::BoxCloneSyncService};
 
 use crate::{
     auth::{RateLimit, TokenCheck, TokenSet},
     call_policy::{CallPolicyLayer, HTTP2_MAX_HEADER_LIST_BYTES, Requests},
+    connection::{Http2Server, Http2Settings},
+    deadline::HeadDeadline,
     health_http::{self, MetricsEndpoint},
-    listener::{self, ConnectionLimits, ServerTls},
+    listener::{self, ConnectionLimits, Connections, ServerTls},
     request_budget::{MethodShape, RequestBudgetLayer, RequestLimits},
     service::{Lifecycle, SensorHub, ServiceConfig},
     tls::{ServerTlsFiles, TlsFileError},
@@ -55,7 +64,7 @@ pub struct ServerConfig {
     /// Ping idle connections this often; drop them if no answer within `keepalive_timeout`.
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
-    /// Open connections at once, and the TLS handshake deadline.
+    /// Open connections (in all, per address), the handshake deadline and the idle closes.
     pub connections: ConnectionLimits,
     /// Calls per second per token. `None`: no limit.
     pub rate_limit: Option<RateLimit>,
@@ -110,8 +119,6 @@ pub enum ServeError {
     },
     #[error(transparent)]
     TlsFile(#[from] TlsFileError),
-    #[error("the gRPC server failed: {0}")]
-    Serve(tonic::transport::Error),
     #[error("reflection could not be set up: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("closing the store failed: {0}")]
@@ -193,15 +200,16 @@ impl RunningServer {
 pub async fn start(config: ServerConfig, store: Store) -> Result<RunningServer, ServeError> {
     let max_message_bytes = config.service.max_message_bytes;
     let (stream_window, connection_window) = http2_windows(max_message_bytes);
-    let builder = Server::builder()
-        .initial_stream_window_size(stream_window)
-        .initial_connection_window_size(connection_window)
+    let http2 = Http2Settings {
+        max_concurrent_streams: config.max_concurrent_streams,
+        keepalive_interval: config.keepalive_interval,
+        keepalive_timeout: config.keepalive_timeout,
+        stream_window,
+        connection_window,
         // Oversized metadata reaches the call policy, which refuses it with
         // a status (call_policy.rs).
-        .http2_max_header_list_size(HTTP2_MAX_HEADER_LIST_BYTES)
-        .max_concurrent_streams(config.max_concurrent_streams)
-        .http2_keepalive_interval(Some(config.keepalive_interval))
-        .http2_keepalive_timeout(Some(config.keepalive_timeout));
+        max_header_list_size: HTTP2_MAX_HEADER_LIST_BYTES,
+    };
     // The listener does the handshakes (see listener.rs), not tonic.
     let tls = config.tls.clone().map(ServerTls::load).transpose()?;
 
@@ -240,9 +248,23 @@ pub async fn start(config: ServerConfig, store: Store) -> Result<RunningServer, 
     let sensors = InterceptedService::new(sensors, token_check.clone());
 
     let methods = registered_methods(max_message_bytes);
-    let router = builder
-        // Outermost: it sees every call, also those refused by the token
-        // check or by the call policy, with their final status.
+    let routes = Routes::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(sensors)
+        .clone()
+        .routes()
+        .prepare();
+    let calls = ServiceBuilder::new()
+        .layer(BoxCloneSyncService::layer())
+        .map_response(|response: http::Response<_>| response.map(Body::new))
+        // As tonic's own server: an error becomes a status, and a call's
+        // grpc-timeout bounds its response head (deadline.rs).
+        .layer_fn(RecoverError::new)
+        .layer_fn(HeadDeadline::new)
+        // Outermost of ours: it sees every call, also those refused by the
+        // token check or by the call policy, with their final status.
         .layer(GrpcServerLayer::new(methods.iter().map(|m| m.path.clone())))
         // Right around the router: 415 for a non-gRPC content-type, and
         // clear statuses for too much metadata, a missing or second unary
@@ -258,10 +280,7 @@ pub async fn start(config: ServerConfig, store: Store) -> Result<RunningServer, 
             config.requests,
             methods.iter().map(|m| (&m.path, m.shape())),
         ))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(sensors);
+        .service(routes);
 
     let stop = CancellationToken::new();
     // The HTTP listener outlives the drain: `/readyz` answers 503 while
@@ -291,55 +310,59 @@ pub async fn start(config: ServerConfig, store: Store) -> Result<RunningServer, 
     );
 
     let grace = config.shutdown_grace;
-    let limits = config.connections;
     let reload_tls = tls.clone();
+    let connections = Connections::new();
+    let http2 = Http2Server::new(
+        http2,
+        calls,
+        config.connections,
+        stop.clone(),
+        connections.force_token(),
+    );
+    // Stops accepting, and closes every connection gracefully, when `stop` is cancelled.
+    listener::accept(
+        listener,
+        config.connections,
+        tls,
+        stop.clone(),
+        http2,
+        &connections,
+    );
     let task = tokio::spawn({
         let stop = stop.clone();
         async move {
-            let signal = stop.clone().cancelled_owned();
-            let serve: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = match tls {
-                Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
-                    listener::tls(listener, limits, stop.clone(), tls),
-                    signal,
-                )),
-                None => Box::pin(router.serve_with_incoming_shutdown(
-                    listener::plaintext(listener, limits, stop.clone()),
-                    signal,
-                )),
-            };
-            tokio::pin!(serve);
-            let served = tokio::select! {
-                served = &mut serve => served.map_err(ServeError::Serve),
-                _ = stop.cancelled() => {
-                    tracing::info!(grace = ?grace, "shutting down: draining calls");
-                    health.set_service_status("", ServingStatus::NotServing).await;
-                    health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
-                    life.draining.cancel();
-                    match tokio::time::timeout(grace, &mut serve).await {
-                        Ok(served) => served.map_err(ServeError::Serve),
-                        Err(_) => {
-                            tracing::warn!("grace period over: ending the calls still open");
-                            life.cancelled.cancel();
-                            match tokio::time::timeout(Duration::from_secs(2), &mut serve).await {
-                                Ok(served) => served.map_err(ServeError::Serve),
-                                Err(_) => {
-                                    tracing::warn!("closing connections that are still open");
-                                    Ok(())
-                                }
-                            }
-                        }
-                    }
+            stop.cancelled().await;
+            tracing::info!(grace = ?grace, "shutting down: draining calls");
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            health
+                .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+                .await;
+            life.draining.cancel();
+            if tokio::time::timeout(grace, connections.closed())
+                .await
+                .is_err()
+            {
+                tracing::warn!("grace period over: ending the calls still open");
+                life.cancelled.cancel();
+                if tokio::time::timeout(Duration::from_secs(2), connections.closed())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("closing connections that are still open");
+                    connections.force_close();
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), connections.closed()).await;
                 }
-            };
+            }
             life.cancelled.cancel();
-            stop.cancel();
             http_stop.cancel();
             if let Some(task) = http_task {
                 let _ = task.await;
             }
             let closed = store.close().await;
             tracing::info!("sensorhub stopped");
-            served?;
             closed?;
             Ok(())
         }

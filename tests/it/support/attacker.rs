@@ -167,6 +167,11 @@ impl ServeProcess {
         H2 { client, connection }
     }
 
+    /// The HTTP listener's address.
+    pub fn http(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.server.http))
+    }
+
     /// A TCP connection from `from` with its TLS handshake done, and nothing else.
     pub async fn tls(&self, from: IpAddr) -> std::io::Result<TlsStream<TcpStream>> {
         let tcp = tcp_from(from, self.grpc).await?;
@@ -258,6 +263,20 @@ impl H2 {
             send.send_data(Bytes::from(body), false)?;
         }
         Ok((response, send))
+    }
+}
+
+impl H2 {
+    /// A whole request: `body` sent with END_STREAM.
+    pub async fn call(
+        &mut self,
+        path: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<h2::client::ResponseFuture, h2::Error> {
+        let (response, mut send) = self.open(path, token, Vec::new()).await?;
+        send.send_data(Bytes::from(body), true)?;
+        Ok(response)
     }
 }
 

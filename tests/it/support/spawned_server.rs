@@ -264,6 +264,23 @@ impl SpawnedServer {
             .count()
     }
 
+    /// The CPU time the server has used so far, user and system, in clock
+    /// ticks (Linux `/proc/PID/stat`, usually 100 a second).
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .expect("read /proc/PID/stat");
+        // The fields after the command name, which is in parentheses.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .expect("a command name")
+            .1
+            .split_whitespace()
+            .collect();
+        let field = |i: usize| fields[i].parse::<u64>().expect("a tick count");
+        // utime and stime, fields 14 and 15 of the whole line.
+        field(11) + field(12)
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.grpc)
     }

@@ -47,7 +47,7 @@ impl ReaderPool {
                 Some(conn) => conn,
                 None => inner.target.open_reader()?,
             };
-            let result = f(&conn).map_err(|e| StoreError::Read(e.to_string()));
+            let result = f(&conn).map_err(read_failure);
             let mut idle = inner.idle.lock().expect("poisoned");
             if idle.len() < MAX_IDLE {
                 idle.push(conn);
@@ -56,6 +56,26 @@ impl ReaderPool {
         })
         .await
         .map_err(|e| StoreError::Read(e.to_string()))?
+    }
+}
+
+/// A failed read as the caller should see it: out of descriptors when
+/// SQLite could not open a file (a temporary file, the WAL) and the process
+/// has none left, otherwise the error itself.
+pub(super) fn read_failure(e: rusqlite::Error) -> StoreError {
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::CannotOpen) && out_of_descriptors() {
+        StoreError::OutOfDescriptors
+    } else {
+        StoreError::Read(e.to_string())
+    }
+}
+
+/// Whether opening a file fails right now for want of a descriptor. SQLite
+/// reports only "unable to open database file"; its errno is gone by then.
+pub(super) fn out_of_descriptors() -> bool {
+    match std::fs::File::open("/dev/null") {
+        Ok(_) => false,
+        Err(e) => matches!(e.raw_os_error(), Some(24 | 23)),
     }
 }
 

@@ -173,14 +173,21 @@ impl Target {
 
     /// Opens a read-only connection for queries.
     pub(super) fn open_reader(&self) -> Result<Connection, StoreError> {
-        let conn = self.open(OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let conn = self
+            .open(OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| match e {
+                StoreError::Open { .. } if super::reader::out_of_descriptors() => {
+                    StoreError::OutOfDescriptors
+                }
+                other => other,
+            })?;
         conn.pragma_update(None, "query_only", true)
-            .map_err(|e| StoreError::Read(e.to_string()))?;
+            .map_err(super::reader::read_failure)?;
         // Queries are range scans that rarely revisit a page, so a small
         // page cache per pooled connection (up to 16 of them) loses little
         // and keeps the pool's memory flat: 512 KiB each, not SQLite's 2 MiB.
         conn.pragma_update(None, "cache_size", READER_CACHE_KIB)
-            .map_err(|e| StoreError::Read(e.to_string()))?;
+            .map_err(super::reader::read_failure)?;
         Ok(conn)
     }
 

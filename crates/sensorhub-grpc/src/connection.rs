@@ -1,0 +1,328 @@
+//! One admitted connection's life: served with hyper's HTTP/2 server, its
+//! calls counted, and closed with GOAWAY when it stops earning its slot.
+//!
+//! Why hyper directly and not tonic's `serve_with_incoming`: tonic serves
+//! every connection the same way until the whole server shuts down. It has
+//! no per-connection idle close, and no way to close one connection
+//! gracefully (GOAWAY, in-flight calls finish) on the server's own
+//! initiative. Here each connection runs in its own task, which owns its
+//! hyper connection and can call `graceful_shutdown` on it when:
+//!
+//! - it has opened no call within `first_call_timeout` of its handshake, or
+//!   has had none open for at least `idle_timeout` after serving some;
+//! - its caller failed authentication too often in a row (`auth.rs`);
+//! - the server shuts down (the staged drain in `server.rs`).
+//!
+//! A connection that does not finish closing within [`CLOSE_GRACE`] while
+//! no call of it is open (a client that ignores GOAWAY and never answers
+//! the PING that follows it) is dropped.
+//!
+//! What tonic's own server put around the router is kept: the connection's
+//! `ConnectInfo` in every request's extensions (peer address, TLS
+//! certificates), `grpc-timeout` on the response head (`deadline.rs`), and
+//! tonic's `RecoverError`, which turns an error into a gRPC status.
+
+use std::{
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Frame, SizeHint};
+use hyper::{body::Incoming, server::conn::http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+    sync::Notify,
+};
+use tokio_util::sync::CancellationToken;
+use tonic::{body::Body, transport::server::Connected};
+use tower::{ServiceExt, util::BoxCloneSyncService, util::Oneshot};
+
+use crate::listener::{
+    Admitted, CLOSED_AUTH_FAILURES, CLOSED_IDLE, CLOSED_NEVER_USED, ConnectionLimits,
+    ConnectionMetrics, ServeConnection,
+};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long a closing connection with no call open may take to go.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// The server's whole call stack (telemetry, policy, budget, router), as
+/// every connection shares it.
+pub(crate) type SharedService = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
+
+/// hyper's HTTP/2 settings for every connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Http2Settings {
+    pub max_concurrent_streams: u32,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    pub stream_window: u32,
+    pub connection_window: u32,
+    pub max_header_list_size: u32,
+}
+
+/// Serves admitted connections (see the module documentation).
+#[derive(Clone)]
+pub(crate) struct Http2Server {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    builder: http2::Builder<TokioExecutor>,
+    service: SharedService,
+    limits: ConnectionLimits,
+    /// Cancelled at shutdown: every connection is closed gracefully.
+    stop: CancellationToken,
+    /// Cancelled at the end of the drain: every connection is dropped.
+    force: CancellationToken,
+    metrics: ConnectionMetrics,
+}
+
+impl Http2Server {
+    pub(crate) fn new(
+        settings: Http2Settings,
+        service: SharedService,
+        limits: ConnectionLimits,
+        stop: CancellationToken,
+        force: CancellationToken,
+    ) -> Self {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(settings.stream_window)
+            .initial_connection_window_size(settings.connection_window)
+            .max_concurrent_streams(settings.max_concurrent_streams)
+            .keep_alive_interval(settings.keepalive_interval)
+            .keep_alive_timeout(settings.keepalive_timeout)
+            .max_header_list_size(settings.max_header_list_size);
+        Self {
+            inner: Arc::new(Inner {
+                builder,
+                service,
+                limits,
+                stop,
+                force,
+                metrics: ConnectionMetrics::new(),
+            }),
+        }
+    }
+
+    async fn run<IO>(&self, io: Admitted<IO>)
+    where
+        IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+        IO::ConnectInfo: Clone + Send + Sync + 'static,
+    {
+        let inner = &self.inner;
+        let info = io.connect_info();
+        let state = Arc::new(ConnectionState::new(inner.stop.child_token()));
+        let service = ConnectionService {
+            inner: inner.service.clone(),
+            state: state.clone(),
+            info,
+        };
+        let conn = inner.builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let idle = state.idle(inner.limits);
+        tokio::pin!(idle);
+        let mut closing = false;
+        let give_up = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(give_up);
+        loop {
+            tokio::select! {
+                served = conn.as_mut() => {
+                    if let Err(e) = served {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                reason = &mut idle, if !closing => {
+                    inner.metrics.closed(reason);
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                    give_up.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
+                }
+                _ = state.close.cancelled(), if !closing => {
+                    if state.auth_failures.load(Ordering::Relaxed) > 0 && !inner.stop.is_cancelled() {
+                        inner.metrics.closed(CLOSED_AUTH_FAILURES);
+                    }
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                    give_up.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
+                }
+                _ = &mut give_up, if closing => {
+                    if state.open_calls.load(Ordering::Acquire) == 0 {
+                        return;
+                    }
+                    give_up.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
+                }
+                _ = inner.force.cancelled() => return,
+            }
+        }
+    }
+}
+
+impl ServeConnection for Http2Server {
+    async fn serve_tls(&self, io: Admitted<tokio_rustls::server::TlsStream<TcpStream>>) {
+        self.run(io).await
+    }
+
+    async fn serve_plain(&self, io: Admitted<TcpStream>) {
+        self.run(io).await
+    }
+}
+
+/// What one connection's calls share: how many are open, whether it has
+/// served any, its failed authentications in a row, and its own close signal.
+#[derive(Debug)]
+pub(crate) struct ConnectionState {
+    open_calls: AtomicUsize,
+    calls_started: AtomicU64,
+    /// Notified when the last open call ends.
+    went_idle: Notify,
+    auth_failures: AtomicU32,
+    /// Cancelled: close this connection gracefully (a child of the server's stop).
+    close: CancellationToken,
+}
+
+impl ConnectionState {
+    fn new(close: CancellationToken) -> Self {
+        Self {
+            open_calls: AtomicUsize::new(0),
+            calls_started: AtomicU64::new(0),
+            went_idle: Notify::new(),
+            auth_failures: AtomicU32::new(0),
+            close,
+        }
+    }
+
+    /// Resolves once the connection has earned a close: no call within the
+    /// first-call timeout, or none open for the idle timeout after serving.
+    async fn idle(&self, limits: ConnectionLimits) -> &'static str {
+        loop {
+            if self.open_calls.load(Ordering::Acquire) > 0 {
+                self.went_idle.notified().await;
+                continue;
+            }
+            let started = self.calls_started.load(Ordering::Acquire);
+            let (timeout, reason) = if started == 0 {
+                (limits.first_call_timeout, CLOSED_NEVER_USED)
+            } else {
+                (limits.idle_timeout, CLOSED_IDLE)
+            };
+            tokio::time::sleep(timeout).await;
+            if self.open_calls.load(Ordering::Acquire) == 0
+                && self.calls_started.load(Ordering::Acquire) == started
+            {
+                return reason;
+            }
+        }
+    }
+}
+
+/// Keeps a call counted as open while its response is being sent.
+struct CallGuard(Arc<ConnectionState>);
+
+impl CallGuard {
+    fn new(state: &Arc<ConnectionState>) -> Self {
+        state.calls_started.fetch_add(1, Ordering::AcqRel);
+        state.open_calls.fetch_add(1, Ordering::AcqRel);
+        Self(state.clone())
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if self.0.open_calls.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.went_idle.notify_one();
+        }
+    }
+}
+
+/// The shared stack, seen from one connection.
+struct ConnectionService<I> {
+    inner: SharedService,
+    state: Arc<ConnectionState>,
+    info: I,
+}
+
+impl<I: Clone + Send + Sync + 'static> hyper::service::Service<Request<Incoming>>
+    for ConnectionService<I>
+{
+    type Response = Response<CallBody>;
+    type Error = BoxError;
+    type Future = CallFuture;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let mut request = request.map(Body::new);
+        request.extensions_mut().insert(self.info.clone());
+        request.extensions_mut().insert(self.state.clone());
+        CallFuture {
+            inner: self.inner.clone().oneshot(request),
+            guard: Some(CallGuard::new(&self.state)),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call's response future; the guard moves into the response body.
+    struct CallFuture {
+        #[pin]
+        inner: Oneshot<SharedService, Request<Body>>,
+        guard: Option<CallGuard>,
+    }
+}
+
+impl Future for CallFuture {
+    type Output = Result<Response<CallBody>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.inner.poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Ok(response)) => {
+                let guard = this.guard.take();
+                Poll::Ready(Ok(response.map(|inner| CallBody {
+                    inner,
+                    _guard: guard,
+                })))
+            }
+        }
+    }
+}
+
+/// A response body that keeps its call counted as open until it is dropped.
+struct CallBody {
+    inner: Body,
+    _guard: Option<CallGuard>,
+}
+
+impl http_body::Body for CallBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
