@@ -15,6 +15,7 @@ use sensorhub_core::{AlertRules, ReadingLimits, Store, StoreConfig, store::Store
 use sensorhub_grpc::{
     MetricsEndpoint, Reload, RunningServer, ServerConfig, ServiceConfig,
     auth::{RateLimit, TokenSet},
+    health_http::HttpLimits,
     listener::ConnectionLimits,
     request_budget::RequestLimits,
     tls::ServerTlsFiles,
@@ -64,6 +65,13 @@ pub struct ServeArgs {
     /// HTTP listener for /healthz, /readyz and /metrics (Prometheus); `off` to disable.
     #[arg(long, env = "SENSORHUB_HTTP", default_value = "127.0.0.1:9464")]
     pub http: String,
+    /// Connections the HTTP listener holds at once; one more is closed at once.
+    #[arg(long, env = "SENSORHUB_HTTP_MAX_CONNECTIONS", default_value_t = HttpLimits::default().max_connections)]
+    pub http_max_connections: usize,
+    /// How long an HTTP request's head may take to arrive (and an idle
+    /// keep-alive connection may stay) before the connection is closed.
+    #[arg(long, env = "SENSORHUB_HTTP_HEADER_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub http_header_timeout: Duration,
     /// Sensors whose last temperature is exported as a gauge (the first ones seen).
     #[arg(long, env = "SENSORHUB_MAX_TRACKED_SENSORS", default_value_t = 1_000)]
     pub max_tracked_sensors: usize,
@@ -178,6 +186,10 @@ impl ServeArgs {
                 format!("--http `{addr}` is not an address like 127.0.0.1:9464 (or `off`)")
             })?),
         };
+        config.http_limits = HttpLimits {
+            max_connections: self.http_max_connections,
+            header_timeout: self.http_header_timeout,
+        };
         config.service.limits = ReadingLimits {
             max_temperature: self.max_temperature,
             max_future_skew_secs: self.max_clock_skew.as_secs() as i64,
@@ -235,7 +247,9 @@ pub async fn run(args: ServeArgs, telemetry: &Telemetry) -> anyhow::Result<ExitC
     }
     config.connections.max_connections = fit_descriptors(
         config.connections.max_connections,
-        config.http.map_or(0, |_| HTTP_LISTENER_CONNECTIONS),
+        config
+            .http
+            .map_or(0, |_| config.http_limits.max_connections),
     );
     let store = Store::open(store_config)?;
     let server = sensorhub_grpc::start(config, store).await?;
@@ -253,9 +267,6 @@ pub async fn run(args: ServeArgs, telemetry: &Telemetry) -> anyhow::Result<ExitC
     server.wait().await?;
     Ok(ExitCode::SUCCESS)
 }
-
-/// The HTTP listener's connection limit, kept free of gRPC connections.
-const HTTP_LISTENER_CONNECTIONS: usize = 64;
 
 /// Raises the soft descriptor limit to the hard one and returns how many of
 /// `requested` connections fit under it, saying so in the log.

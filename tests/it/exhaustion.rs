@@ -10,8 +10,13 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::attacker::{
-    ATTACKER, MIB, ServeProcess, grpc_outcome, message_declaring, normal_call_on, tcp_from,
+use tokio::net::TcpStream;
+
+use crate::support::{
+    attacker::{
+        ATTACKER, MIB, ServeProcess, grpc_outcome, message_declaring, normal_call_on, tcp_from,
+    },
+    http,
 };
 use sensorhub_grpc::testing::TEST_TOKEN;
 
@@ -531,4 +536,163 @@ async fn exhaustion_out_of_descriptors_backs_off_and_tells_the_truth() {
         .filter(|l| l.contains("cannot accept connections"))
         .count();
     assert!((1..=2).contains(&warnings), "{warnings} warnings in ~3 s");
+}
+
+/// A raw connection to the HTTP listener.
+async fn http_connection(server: &ServeProcess) -> TcpStream {
+    tcp_from(ATTACKER, server.http())
+        .await
+        .expect("connect to the HTTP listener")
+}
+
+/// Waits until the server closes `tcp` (a read returns end of stream or an
+/// error, after any answer it sends), within `limit`; what it sent.
+async fn closed_within(tcp: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(limit, async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return got,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhaustion_http_half_sent_requests_are_closed_at_the_header_timeout() {
+    let server = ServeProcess::start(&["--http-header-timeout", "2s"]);
+    let fds_before = server.fds();
+    let opened = Instant::now();
+    let mut half = Vec::new();
+    for _ in 0..50 {
+        let mut tcp = http_connection(&server).await;
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n")
+            .await
+            .expect("send half a request");
+        half.push(tcp);
+    }
+    let fds_during = server.fds();
+    assert_eq!(
+        http::get(server.server.http, "/readyz"),
+        (200, "ready\n".to_owned()),
+        "/readyz during the attack"
+    );
+    server
+        .normal_call("during")
+        .await
+        .expect("a normal call during the attack");
+    eprintln!("half-sent HTTP requests: descriptors {fds_before} -> {fds_during}");
+    assert!(
+        fds_during >= fds_before + 30,
+        "the half-sent requests hold their connections: {fds_before} -> {fds_during}"
+    );
+    for mut tcp in half {
+        let answer = closed_within(&mut tcp, Duration::from_secs(6))
+            .await
+            .expect("closed by the server at the header timeout");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+            "{answer}"
+        );
+    }
+    assert!(
+        opened.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        opened.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fds_after = server.fds();
+    assert!(fds_after <= fds_before + 4, "{fds_before} -> {fds_after}");
+    assert_eq!(http::get(server.server.http, "/healthz").0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhaustion_http_listener_holds_at_most_its_connection_limit() {
+    let server = ServeProcess::start(&["--http-max-connections", "16"]);
+    let fds_before = server.fds();
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        held.push(http_connection(&server).await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // One more is closed at once, without an answer.
+    let mut over = http_connection(&server).await;
+    let closed = closed_within(&mut over, Duration::from_secs(2))
+        .await
+        .expect("a connection over the limit is closed at once");
+    assert!(closed.is_empty());
+    assert!(server.fds() <= fds_before + 16 + 2);
+    server
+        .normal_call("during")
+        .await
+        .expect("the gRPC port is unaffected");
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(http::get(server.server.http, "/readyz").0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhaustion_http_listener_serves_http1_only() {
+    let server = ServeProcess::start(&[]);
+    // HTTP/2 with prior knowledge: the preface and a SETTINGS frame.
+    let mut tcp = http_connection(&server).await;
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .expect("send the HTTP/2 preface");
+    let answer = closed_within(&mut tcp, Duration::from_secs(5))
+        .await
+        .expect("the connection is closed, not served");
+    assert!(
+        answer.is_empty() || answer.starts_with(b"HTTP/1.1 "),
+        "answered as HTTP/2: {answer:?}"
+    );
+    assert_eq!(http::get(server.server.http, "/healthz").0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhaustion_http_metrics_are_rendered_once_a_second_and_shared() {
+    let server = ServeProcess::start(&[]);
+    let mut sensor = server.client().await;
+    normal_call_on(&mut sensor, "m-1").await.expect("a call");
+    let first = server.metrics();
+    normal_call_on(&mut sensor, "m-1").await.expect("a call");
+    let again = server.metrics();
+    assert_eq!(first, again, "within a second the same rendering is served");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_ne!(server.metrics(), first, "a second later a new one");
+
+    // Eight connections pipelining 200 /metrics requests each and never
+    // reading the answers hold a share of one rendering, not 1,600.
+    let rss_before = server.rss();
+    let mut readers = Vec::new();
+    for _ in 0..8 {
+        let mut tcp = http_connection(&server).await;
+        let requests = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(200);
+        let _ = tokio::time::timeout(Duration::from_secs(2), tcp.write_all(&requests)).await;
+        readers.push(tcp);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_during = server.rss();
+    eprintln!(
+        "pipelined /metrics without reading: RSS {} -> {} MiB",
+        rss_before / MIB,
+        rss_during / MIB
+    );
+    assert!(
+        rss_during < rss_before + 32 * MIB,
+        "{} -> {} MiB",
+        rss_before / MIB,
+        rss_during / MIB
+    );
+    normal_call_on(&mut sensor, "m-1")
+        .await
+        .expect("a normal call during");
+    drop(readers);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(http::get(server.server.http, "/healthz").0, 200);
 }

@@ -38,7 +38,7 @@ use crate::{
     call_policy::{CallPolicyLayer, HTTP2_MAX_HEADER_LIST_BYTES, Requests},
     connection::{Http2Server, Http2Settings},
     deadline::HeadDeadline,
-    health_http::{self, MetricsEndpoint},
+    health_http::{self, HttpLimits, MetricsEndpoint},
     listener::{self, ConnectionLimits, Connections, ServerTls},
     request_budget::{MethodShape, RequestBudgetLayer, RequestLimits},
     service::{Lifecycle, SensorHub, ServiceConfig},
@@ -57,6 +57,8 @@ pub struct ServerConfig {
     pub http: Option<SocketAddr>,
     /// What `/metrics` on the HTTP listener serves. `None`: no `/metrics`.
     pub metrics: Option<MetricsEndpoint>,
+    /// The HTTP listener's connection limit and header-read timeout.
+    pub http_limits: HttpLimits,
     pub service: ServiceConfig,
     pub shutdown_grace: Duration,
     /// HTTP/2 streams (concurrent calls) per connection.
@@ -97,6 +99,7 @@ impl ServerConfig {
             tokens,
             http: None,
             metrics: None,
+            http_limits: HttpLimits::default(),
             service: ServiceConfig::default(),
             shutdown_grace: Duration::from_secs(10),
             max_concurrent_streams: 256,
@@ -290,6 +293,7 @@ pub async fn start(config: ServerConfig, store: Store) -> Result<RunningServer, 
         Some(addr) => {
             let (addr, task) = health_http::start(
                 addr,
+                config.http_limits,
                 life.draining.clone(),
                 http_stop.clone(),
                 config.metrics.clone(),
