@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 
 use crate::support::{
     attacker::{
-        ATTACKER, MIB, ServeProcess, grpc_outcome, message_declaring, normal_call_on, tcp_from,
+        ATTACKER, H2, MIB, ServeProcess, grpc_outcome, message_declaring, normal_call_on, tcp_from,
     },
     http,
 };
@@ -695,4 +695,109 @@ async fn exhaustion_http_metrics_are_rendered_once_a_second_and_shared() {
     drop(readers);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(http::get(server.server.http, "/healthz").0, 200);
+}
+
+/// A whole SendSingleReading request body with one valid reading.
+fn one_reading() -> Vec<u8> {
+    use prost::Message as _;
+    let reading =
+        sensorhub_grpc::testing::reading("guess", 20.0, sensorhub_grpc::testing::unix_now());
+    let payload = reading.encode_to_vec();
+    let mut body = message_declaring(payload.len() as u32, 0);
+    body.truncate(5);
+    body.extend_from_slice(&payload);
+    body
+}
+
+/// The status of one call with `token` on `h2`; `None` when the connection
+/// refused to open the stream (it is going away).
+async fn call_with(h2: &mut H2, token: &str) -> Option<(i32, String)> {
+    let response = h2
+        .call(SEND_SINGLE, Some(token), one_reading())
+        .await
+        .ok()?;
+    grpc_outcome(response).await
+}
+
+const UNAUTHENTICATED: i32 = 16;
+const NOT_ACCEPTED: &str = "does not carry a token this server accepts";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhaustion_failed_tokens_are_counted_and_close_the_connection() {
+    let server = ServeProcess::start(&[]);
+    server
+        .normal_call("before")
+        .await
+        .expect("a normal call before");
+
+    // Five wrong tokens in a row: each refused, then the connection goes.
+    let mut guesser = server.h2(ATTACKER).await;
+    for guess in 0..5 {
+        let (code, message) = call_with(&mut guesser, &format!("guess-{guess}"))
+            .await
+            .expect("a status");
+        assert_eq!(code, UNAUTHENTICATED, "{message}");
+        assert!(message.contains(NOT_ACCEPTED), "{message}");
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(5), guesser.connection)
+        .await
+        .expect("the connection is closed after five failures");
+    assert!(matches!(ended, Ok(Ok(()))), "closed with GOAWAY: {ended:?}");
+
+    // Fifty guesses at once on a new connection: at most five are checked.
+    let mut burst = server.h2(ATTACKER).await;
+    let mut responses = Vec::new();
+    for guess in 0..50 {
+        if let Ok(response) = burst
+            .call(SEND_SINGLE, Some(&format!("burst-{guess}")), one_reading())
+            .await
+        {
+            responses.push(response);
+        }
+    }
+    let mut checked = 0;
+    for response in responses {
+        if let Some((code, message)) = grpc_outcome(response).await {
+            assert_eq!(code, UNAUTHENTICATED, "{message}");
+            if message.contains(NOT_ACCEPTED) {
+                checked += 1;
+            } else {
+                assert!(message.contains("failed authentications"), "{message}");
+            }
+        }
+    }
+    assert!((1..=5).contains(&checked), "{checked} guesses were checked");
+
+    // A valid token ends a run of failures: four wrong, one right, four
+    // wrong leave the connection open.
+    let mut sensor = server.h2(ATTACKER).await;
+    for round in 0..2 {
+        for guess in 0..4 {
+            let (code, _) = call_with(&mut sensor, &format!("typo-{round}-{guess}"))
+                .await
+                .expect("a status");
+            assert_eq!(code, UNAUTHENTICATED);
+        }
+        let (code, message) = call_with(&mut sensor, TEST_TOKEN).await.expect("a status");
+        assert_eq!(code, 0, "{message}");
+    }
+    assert!(!sensor.connection.is_finished());
+
+    server
+        .normal_call("after")
+        .await
+        .expect("a normal call after the guessing");
+    // Every failure is counted, none of the tokens appears.
+    let metrics = server.metrics();
+    let failures: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("sensorhub_auth_failures_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let at_least = f64::from(5 + checked + 8);
+    assert!(
+        failures >= at_least,
+        "{failures} failures counted, at least {at_least}:\n{metrics}"
+    );
+    assert!(!metrics.contains("guess-") && !metrics.contains(TEST_TOKEN));
 }

@@ -10,6 +10,12 @@
 //! against every accepted digest, so neither timing nor a memory dump of the
 //! set reveals them. Invariant: no token (accepted or presented) is ever
 //! formatted into a log line, a status message or a span.
+//!
+//! Failed authentications are counted (`sensorhub.auth.failures`, by
+//! reason), and [`MAX_FAILED_AUTHENTICATIONS`] in a row on one connection
+//! close it (GOAWAY, `connection.rs`); its calls from then on are refused
+//! without looking at their token. A guesser pays a TCP and TLS handshake
+//! for every few guesses, however many streams it opens at once.
 
 use std::{
     fmt,
@@ -19,12 +25,18 @@ use std::{
     time::Duration,
 };
 
+use opentelemetry::{KeyValue, global, metrics::Counter};
 use ring::digest::{SHA256, digest};
 use subtle::ConstantTimeEq;
 use tonic::{Request, Status, service::Interceptor};
 
+use crate::connection::ConnectionState;
+
 /// The metadata key carrying the token.
 pub const AUTHORIZATION: &str = "authorization";
+
+/// Failed authentications in a row after which a connection is closed.
+pub const MAX_FAILED_AUTHENTICATIONS: u32 = 5;
 
 /// The set of accepted tokens.
 #[derive(Clone)]
@@ -134,7 +146,14 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 pub struct TokenCheck {
     tokens: Option<Arc<RwLock<TokenSet>>>,
     limiter: Option<Arc<TokenRateLimiter>>,
+    failures: Counter<u64>,
 }
+
+/// Why a call was not authenticated (`sensorhub.auth.failure.reason`).
+const FAILURE_REASON: &str = "sensorhub.auth.failure.reason";
+const FAILED_MISSING: &str = "missing";
+const FAILED_INVALID: &str = "invalid";
+const FAILED_CONNECTION_CLOSING: &str = "connection_closing";
 
 type TokenRateLimiter = governor::RateLimiter<
     [u8; 32],
@@ -158,9 +177,31 @@ impl TokenCheck {
                 rate.calls_per_second,
             )))
         });
+        let failures = global::meter("sensorhub-grpc")
+            .u64_counter("sensorhub.auth.failures")
+            .with_unit("{call}")
+            .with_description(
+                "Calls refused UNAUTHENTICATED: no token, a token not accepted, or on a connection closing after too many failures",
+            )
+            .build();
+        if tokens.is_some() {
+            for reason in [FAILED_MISSING, FAILED_INVALID, FAILED_CONNECTION_CLOSING] {
+                failures.add(0, &[KeyValue::new(FAILURE_REASON, reason)]);
+            }
+        }
         Self {
             tokens: tokens.map(|t| Arc::new(RwLock::new(t))),
             limiter,
+            failures,
+        }
+    }
+
+    /// Counts a failure, and on the caller's connection (when it has one).
+    fn failed(&self, reason: &'static str, connection: Option<&Arc<ConnectionState>>) {
+        self.failures
+            .add(1, &[KeyValue::new(FAILURE_REASON, reason)]);
+        if let Some(connection) = connection {
+            connection.authentication_failed(MAX_FAILED_AUTHENTICATIONS);
         }
     }
 
@@ -182,7 +223,18 @@ impl Interceptor for TokenCheck {
         let Some(tokens) = &self.tokens else {
             return Ok(request);
         };
+        let connection = request.extensions().get::<Arc<ConnectionState>>();
+        if connection.is_some_and(|c| c.locked_out(MAX_FAILED_AUTHENTICATIONS)) {
+            self.failures.add(
+                1,
+                &[KeyValue::new(FAILURE_REASON, FAILED_CONNECTION_CLOSING)],
+            );
+            return Err(Status::unauthenticated(format!(
+                "Invalid token: {MAX_FAILED_AUTHENTICATIONS} failed authentications in a row on this connection, which is being closed; reconnect and send a token this server accepts"
+            )));
+        }
         let Some(value) = request.metadata().get(AUTHORIZATION) else {
+            self.failed(FAILED_MISSING, connection);
             return Err(Status::unauthenticated(
                 "Invalid token: no `authorization` metadata; send `authorization: <token>` or `authorization: Bearer <token>`",
             ));
@@ -194,10 +246,14 @@ impl Interceptor for TokenCheck {
             .unwrap_or_else(|e| e.into_inner())
             .accepted_digest(token);
         let Some(key) = accepted else {
+            self.failed(FAILED_INVALID, connection);
             return Err(Status::unauthenticated(
                 "Invalid token: the `authorization` metadata does not carry a token this server accepts",
             ));
         };
+        if let Some(connection) = connection {
+            connection.authenticated();
+        }
         if let Some(limiter) = &self.limiter
             && let Err(not_until) = limiter.check_key(&key)
         {

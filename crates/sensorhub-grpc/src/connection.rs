@@ -205,6 +205,28 @@ impl ConnectionState {
         }
     }
 
+    /// Counts a failed authentication; `limit` in a row close the
+    /// connection (GOAWAY).
+    pub(crate) fn authentication_failed(&self, limit: u32) {
+        let failures = self.auth_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= limit {
+            self.close.cancel();
+        }
+    }
+
+    /// An accepted token ends the run of failures.
+    pub(crate) fn authenticated(&self) {
+        if self.auth_failures.load(Ordering::Relaxed) != 0 {
+            self.auth_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether `limit` authentications in a row have failed: the connection
+    /// is closing, and its calls are refused unchecked.
+    pub(crate) fn locked_out(&self, limit: u32) -> bool {
+        self.auth_failures.load(Ordering::Relaxed) >= limit
+    }
+
     /// Resolves once the connection has earned a close: no call within the
     /// first-call timeout, or none open for the idle timeout after serving.
     async fn idle(&self, limits: ConnectionLimits) -> &'static str {

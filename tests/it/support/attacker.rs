@@ -3,8 +3,6 @@
 //! hold what a stranger could hold: TLS connections that say nothing,
 //! HTTP/2 connections that open no stream, and streams whose request
 //! messages never finish.
-// Until the connection, HTTP-listener and token attacks use the rest of it.
-#![allow(dead_code)]
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
