@@ -129,7 +129,6 @@ async fn call_all(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_refuses_missing_and_wrong_tokens_on_every_method() {
     let server = TestServer::start().await;
-    let channel = channel(&server).await;
 
     let bearer_wrong = format!("Bearer {WRONG_TOKEN}");
     let bearer_lower = format!("bearer {TEST_TOKEN}");
@@ -142,9 +141,12 @@ async fn auth_refuses_missing_and_wrong_tokens_on_every_method() {
         ("lowercase scheme", Some(bearer_lower.as_str())),
     ];
     for (name, authorization) in variants {
+        // A connection of its own for each: five failures in a row close a
+        // connection (tests/it/exhaustion.rs), and these are five.
+        let channel = channel(&server).await;
         let outcomes = tokio::time::timeout(
             CALL_TIMEOUT,
-            call_all(channel.clone(), authorization, "auth-refused"),
+            call_all(channel, authorization, "auth-refused"),
         )
         .await
         .expect("refusals in time");

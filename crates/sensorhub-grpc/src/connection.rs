@@ -48,7 +48,7 @@ use tower::{ServiceExt, util::BoxCloneSyncService, util::Oneshot};
 
 use crate::listener::{
     Admitted, CLOSED_AUTH_FAILURES, CLOSED_IDLE, CLOSED_NEVER_USED, ConnectionLimits,
-    ConnectionMetrics, ServeConnection,
+    ConnectionMetrics, REFUSED_PREFACE, ServeConnection,
 };
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -124,6 +124,8 @@ impl Http2Server {
     {
         let inner = &self.inner;
         let info = io.connect_info();
+        let (preface, preface_deadline) = io.preface();
+        let mut preface_pending = true;
         let state = Arc::new(ConnectionState::new(inner.stop.child_token()));
         let service = ConnectionService {
             inner: inner.service.clone(),
@@ -165,6 +167,15 @@ impl Http2Server {
                     }
                     give_up.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
                 }
+                _ = tokio::time::sleep_until(preface_deadline), if preface_pending => {
+                    if !preface.is_cancelled() {
+                        // No HTTP/2 preface and SETTINGS by the handshake deadline.
+                        inner.metrics.refused(REFUSED_PREFACE);
+                        return;
+                    }
+                    preface_pending = false;
+                }
+                _ = preface.cancelled(), if preface_pending => preface_pending = false,
                 _ = inner.force.cancelled() => return,
             }
         }

@@ -14,8 +14,9 @@
 //!   preface and the client's first SETTINGS frame must all arrive within
 //!   `handshake_timeout`, each connection in its own task. A client that
 //!   connects and says nothing, or trickles the preface, holds its slot for
-//!   that long and never delays anyone else's accept. The bytes read to see
-//!   the preface are replayed to hyper.
+//!   that long and never delays anyone else's accept. The preface is watched
+//!   as hyper reads it ([`Admitted`] counts the first bytes), so hyper still
+//!   sends its own SETTINGS at once, as a server should.
 //! - **certificates that can be replaced while running**: the handshake
 //!   uses whatever [`ServerTls`] holds when it starts, and
 //!   [`ServerTls::reload`] swaps in new files (on SIGHUP) without touching
@@ -41,13 +42,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::{Buf, Bytes};
 use opentelemetry::{
     KeyValue, global,
     metrics::{Counter, UpDownCounter},
 };
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore},
 };
@@ -124,33 +124,88 @@ impl ServerTls {
 /// How long a cleanly closed connection is drained before its socket closes.
 const LINGER: Duration = Duration::from_secs(2);
 
-/// The HTTP/2 client connection preface (RFC 9113, section 3.4).
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The length of the HTTP/2 client connection preface (RFC 9113, section 3.4).
+const PREFACE_LEN: usize = 24;
 /// A frame header: length (3), type (1), flags (1), stream id (4).
 const FRAME_HEADER: usize = 9;
-/// The largest first SETTINGS frame a client may send before it knows ours.
-const MAX_INITIAL_FRAME: usize = 16_384;
+
+/// Follows the first bytes a connection sends until the preface and the
+/// frame after it (the client's SETTINGS) have arrived. Whether they are
+/// valid is hyper's to judge; this only says they came, and when.
+#[derive(Debug)]
+struct PrefaceWatch {
+    /// Bytes read so far, up to the end of the first frame.
+    seen: usize,
+    /// The first frame's header, to learn its length.
+    header: [u8; FRAME_HEADER],
+    /// Cancelled once the preface and the first frame are in.
+    arrived: CancellationToken,
+}
+
+impl PrefaceWatch {
+    fn new() -> Self {
+        Self {
+            seen: 0,
+            header: [0; FRAME_HEADER],
+            arrived: CancellationToken::new(),
+        }
+    }
+
+    fn observe(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            let at = self.seen;
+            if (PREFACE_LEN..PREFACE_LEN + FRAME_HEADER).contains(&at) {
+                self.header[at - PREFACE_LEN] = byte;
+            }
+            self.seen += 1;
+            if self.seen >= PREFACE_LEN + FRAME_HEADER {
+                let len = u32::from_be_bytes([0, self.header[0], self.header[1], self.header[2]]);
+                if self.seen >= PREFACE_LEN + FRAME_HEADER + len as usize {
+                    self.arrived.cancel();
+                    return;
+                }
+            }
+        }
+    }
+}
 
 /// A connection that got in: its stream, and its slots under the limits.
 #[derive(Debug)]
 pub struct Admitted<IO: AsyncRead + Unpin + Send + 'static> {
     /// `None` only once handed to the lingering task.
     io: Option<IO>,
-    /// What was read to check the preface, served again before `io`.
-    replay: Bytes,
+    /// `None` once the preface and first SETTINGS have arrived.
+    preface: Option<PrefaceWatch>,
+    /// When the handshake (TLS and preface) must be done.
+    deadline: tokio::time::Instant,
     slot: Option<Slot>,
     /// The server has shut down its side (sent its last bytes and a FIN).
     shut_down: bool,
 }
 
 impl<IO: AsyncRead + Unpin + Send + 'static> Admitted<IO> {
-    fn new(io: IO, replay: Bytes, slot: Slot) -> Self {
+    fn new(io: IO, deadline: tokio::time::Instant, slot: Slot) -> Self {
         Self {
             io: Some(io),
-            replay,
+            preface: Some(PrefaceWatch::new()),
+            deadline,
             slot: Some(slot),
             shut_down: false,
         }
+    }
+
+    /// Cancelled once the preface and the first SETTINGS frame have been
+    /// read, and the deadline they must arrive by.
+    pub(crate) fn preface(&self) -> (CancellationToken, tokio::time::Instant) {
+        let arrived = match &self.preface {
+            Some(watch) => watch.arrived.clone(),
+            None => {
+                let done = CancellationToken::new();
+                done.cancel();
+                done
+            }
+        };
+        (arrived, self.deadline)
     }
 
     fn io(&mut self) -> &mut IO {
@@ -206,13 +261,15 @@ impl<IO: AsyncRead + Unpin + Send + 'static> AsyncRead for Admitted<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if !self.replay.is_empty() {
-            let n = self.replay.len().min(buf.remaining());
-            buf.put_slice(&self.replay[..n]);
-            self.replay.advance(n);
-            return Poll::Ready(Ok(()));
+        let before = buf.filled().len();
+        let read = Pin::new(self.io()).poll_read(cx, buf);
+        if let Some(watch) = self.preface.as_mut() {
+            watch.observe(&buf.filled()[before..]);
+            if watch.arrived.is_cancelled() {
+                self.preface = None;
+            }
         }
-        Pin::new(self.io()).poll_read(cx, buf)
+        read
     }
 }
 
@@ -248,35 +305,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Admitte
         }
         done
     }
-}
-
-/// Reads the HTTP/2 preface and the frame after it, which must be SETTINGS,
-/// and returns the bytes read. Stops early (returning what it has) as soon
-/// as the bytes cannot be that: hyper then refuses them as it would.
-async fn read_preface<IO: AsyncRead + Unpin>(io: &mut IO) -> io::Result<Bytes> {
-    let mut head = vec![0u8; PREFACE.len() + FRAME_HEADER];
-    let mut filled = 0;
-    while filled < head.len() {
-        let n = io.read(&mut head[filled..]).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        let end = (filled + n).min(PREFACE.len());
-        if head[filled.min(end)..end] != PREFACE[filled.min(end)..end] {
-            head.truncate(filled + n);
-            return Ok(head.into());
-        }
-        filled += n;
-    }
-    let frame = &head[PREFACE.len()..];
-    let len = u32::from_be_bytes([0, frame[0], frame[1], frame[2]]) as usize;
-    const SETTINGS: u8 = 0x4;
-    if frame[3] != SETTINGS || len > MAX_INITIAL_FRAME {
-        return Ok(head.into());
-    }
-    head.resize(head.len() + len, 0);
-    io.read_exact(&mut head[filled..]).await?;
-    Ok(head.into())
 }
 
 /// Holds one connection's place under the limits and in the gauge.
@@ -364,7 +392,7 @@ const REASON: &str = "sensorhub.refusal.reason";
 const REFUSED_LIMIT: &str = "connection_limit";
 const REFUSED_PER_IP: &str = "per_ip_limit";
 const REFUSED_HANDSHAKE: &str = "tls_handshake";
-const REFUSED_PREFACE: &str = "http2_preface";
+pub(crate) const REFUSED_PREFACE: &str = "http2_preface";
 const CLOSE_REASON: &str = "sensorhub.close.reason";
 /// Why the server closed a connection it had served (`sensorhub.close.reason`).
 pub(crate) const CLOSED_NEVER_USED: &str = "no_call";
@@ -422,7 +450,7 @@ impl ConnectionMetrics {
         }
     }
 
-    fn refused(&self, reason: &'static str) {
+    pub(crate) fn refused(&self, reason: &'static str) {
         self.refused.add(1, &[KeyValue::new(REASON, reason)]);
     }
 
@@ -596,41 +624,21 @@ pub(crate) fn accept<S: ServeConnection>(
             let serve = serve.clone();
             let tls = tls.as_ref().map(ServerTls::acceptor);
             tasks.spawn(async move {
-                let deadline = tokio::time::sleep(limits.handshake_timeout);
-                tokio::pin!(deadline);
+                // The preface must come by the same deadline (connection.rs).
+                let deadline = tokio::time::Instant::now() + limits.handshake_timeout;
                 match tls {
                     Some(acceptor) => {
-                        let handshake = tokio::select! {
-                            _ = &mut deadline => return metrics.refused(REFUSED_HANDSHAKE),
-                            handshake = acceptor.accept(tcp) => handshake,
-                        };
-                        let mut io = match handshake {
-                            Ok(io) => io,
-                            Err(e) => {
+                        let handshake = tokio::time::timeout_at(deadline, acceptor.accept(tcp));
+                        match handshake.await {
+                            Ok(Ok(io)) => serve.serve_tls(Admitted::new(io, deadline, slot)).await,
+                            Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return metrics.refused(REFUSED_HANDSHAKE);
+                                metrics.refused(REFUSED_HANDSHAKE)
                             }
-                        };
-                        let replay = tokio::select! {
-                            _ = &mut deadline => return metrics.refused(REFUSED_PREFACE),
-                            read = read_preface(&mut io) => read,
-                        };
-                        match replay {
-                            Ok(replay) => serve.serve_tls(Admitted::new(io, replay, slot)).await,
-                            Err(_) => metrics.refused(REFUSED_PREFACE),
+                            Err(_) => metrics.refused(REFUSED_HANDSHAKE),
                         }
                     }
-                    None => {
-                        let mut io = tcp;
-                        let replay = tokio::select! {
-                            _ = &mut deadline => return metrics.refused(REFUSED_PREFACE),
-                            read = read_preface(&mut io) => read,
-                        };
-                        match replay {
-                            Ok(replay) => serve.serve_plain(Admitted::new(io, replay, slot)).await,
-                            Err(_) => metrics.refused(REFUSED_PREFACE),
-                        }
-                    }
+                    None => serve.serve_plain(Admitted::new(tcp, deadline, slot)).await,
                 }
             });
         }
@@ -666,25 +674,22 @@ mod tests {
         assert!(table.try_take("192.0.2.7".parse().unwrap(), 2).is_some());
     }
 
-    #[tokio::test]
-    async fn the_preface_and_settings_are_read_and_nothing_more() {
-        let mut wire = PREFACE.to_vec();
+    #[test]
+    fn the_preface_has_arrived_once_the_first_frame_is_in_however_it_is_cut() {
+        let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
         wire.extend_from_slice(&[0, 0, 6, 0x4, 0, 0, 0, 0, 0]);
         wire.extend_from_slice(&[0, 3, 0, 0, 0, 100]);
-        let expected = wire.len();
-        wire.extend_from_slice(b"next frame");
-        let mut reader = &wire[..];
-        let read = read_preface(&mut reader).await.unwrap();
-        assert_eq!(read.len(), expected);
-        assert_eq!(reader, b"next frame");
-
-        // HTTP/1.1 is not waited on: it is handed over as it came.
-        let mut http1 = &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..];
-        let read = read_preface(&mut http1).await.unwrap();
-        assert!(read.starts_with(b"GET"));
-
-        // A connection that closes half-way is an error.
-        let mut short = &PREFACE[..10];
-        assert!(read_preface(&mut short).await.is_err());
+        for cut in 0..wire.len() {
+            let mut watch = PrefaceWatch::new();
+            watch.observe(&wire[..cut]);
+            assert!(!watch.arrived.is_cancelled(), "after {cut} bytes");
+            watch.observe(&wire[cut..]);
+            assert!(watch.arrived.is_cancelled(), "cut at {cut}");
+        }
+        // An empty SETTINGS frame is enough.
+        let mut watch = PrefaceWatch::new();
+        watch.observe(&wire[..PREFACE_LEN]);
+        watch.observe(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+        assert!(watch.arrived.is_cancelled());
     }
 }
