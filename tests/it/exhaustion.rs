@@ -101,10 +101,15 @@ async fn exhaustion_partial_health_streams_without_a_token_hold_no_memory() {
         message.contains("1024 bytes") && !message.contains("65536"),
         "the refusal names the health limit: {message}"
     );
+    // Each is refused at its prefix, or, where a busy machine delays the
+    // prefix past the message deadline, ended by that deadline.
     for (response, _send) in large {
         let (code, message) = grpc_outcome(response).await.expect("a status");
-        assert_eq!(code, RESOURCE_EXHAUSTED, "{message}");
-        assert!(message.contains("1024 bytes"), "{message}");
+        match code {
+            RESOURCE_EXHAUSTED => assert!(message.contains("1024 bytes"), "{message}"),
+            DEADLINE_EXCEEDED => assert!(message.contains("--message-timeout"), "{message}"),
+            other => panic!("status {other}: {message}"),
+        }
     }
     // The small ones end at the message deadline, 2 s after they began.
     let waited = Instant::now();
