@@ -197,12 +197,32 @@ impl TokenCheck {
     }
 
     /// Counts a failure, and on the caller's connection (when it has one).
-    fn failed(&self, reason: &'static str, connection: Option<&Arc<ConnectionState>>) {
+    /// `Err`: the connection had reached its limit first; answer with
+    /// [`Self::closing`] instead of saying why the token was refused.
+    fn failed(
+        &self,
+        reason: &'static str,
+        connection: Option<&Arc<ConnectionState>>,
+    ) -> Result<(), Status> {
+        if connection.is_some_and(|c| !c.authentication_failed(MAX_FAILED_AUTHENTICATIONS)) {
+            return Err(self.closing());
+        }
         self.failures
             .add(1, &[KeyValue::new(FAILURE_REASON, reason)]);
-        if let Some(connection) = connection {
-            connection.authentication_failed(MAX_FAILED_AUTHENTICATIONS);
-        }
+        Ok(())
+    }
+
+    /// The refusal of every call on a connection that has had
+    /// [`MAX_FAILED_AUTHENTICATIONS`] failures in a row: its token is not
+    /// checked (or its check's result not told).
+    fn closing(&self) -> Status {
+        self.failures.add(
+            1,
+            &[KeyValue::new(FAILURE_REASON, FAILED_CONNECTION_CLOSING)],
+        );
+        Status::unauthenticated(format!(
+            "Invalid token: {MAX_FAILED_AUTHENTICATIONS} failed authentications in a row on this connection, which is being closed; reconnect and send a token this server accepts"
+        ))
     }
 
     /// Replaces the accepted tokens for every call from now on. `false`:
@@ -225,16 +245,10 @@ impl Interceptor for TokenCheck {
         };
         let connection = request.extensions().get::<Arc<ConnectionState>>();
         if connection.is_some_and(|c| c.locked_out(MAX_FAILED_AUTHENTICATIONS)) {
-            self.failures.add(
-                1,
-                &[KeyValue::new(FAILURE_REASON, FAILED_CONNECTION_CLOSING)],
-            );
-            return Err(Status::unauthenticated(format!(
-                "Invalid token: {MAX_FAILED_AUTHENTICATIONS} failed authentications in a row on this connection, which is being closed; reconnect and send a token this server accepts"
-            )));
+            return Err(self.closing());
         }
         let Some(value) = request.metadata().get(AUTHORIZATION) else {
-            self.failed(FAILED_MISSING, connection);
+            self.failed(FAILED_MISSING, connection)?;
             return Err(Status::unauthenticated(
                 "Invalid token: no `authorization` metadata; send `authorization: <token>` or `authorization: Bearer <token>`",
             ));
@@ -246,13 +260,13 @@ impl Interceptor for TokenCheck {
             .unwrap_or_else(|e| e.into_inner())
             .accepted_digest(token);
         let Some(key) = accepted else {
-            self.failed(FAILED_INVALID, connection);
+            self.failed(FAILED_INVALID, connection)?;
             return Err(Status::unauthenticated(
                 "Invalid token: the `authorization` metadata does not carry a token this server accepts",
             ));
         };
-        if let Some(connection) = connection {
-            connection.authenticated();
+        if connection.is_some_and(|c| !c.authenticated(MAX_FAILED_AUTHENTICATIONS)) {
+            return Err(self.closing());
         }
         if let Some(limiter) = &self.limiter
             && let Err(not_until) = limiter.check_key(&key)

@@ -13,9 +13,10 @@
 //! - its caller failed authentication too often in a row (`auth.rs`);
 //! - the server shuts down (the staged drain in `server.rs`).
 //!
-//! A connection that does not finish closing within [`CLOSE_GRACE`] while
-//! no call of it is open (a client that ignores GOAWAY and never answers
-//! the PING that follows it) is dropped.
+//! A closing connection that has had no call open for a whole
+//! [`CLOSE_GRACE`] and still has not gone (a client that ignores GOAWAY and
+//! never answers the PING that follows it) is dropped; the server's drain
+//! bounds the rest.
 //!
 //! What tonic's own server put around the router is kept: the connection's
 //! `ConnectInfo` in every request's extensions (peer address, TLS
@@ -137,6 +138,8 @@ impl Http2Server {
         let idle = state.idle(inner.limits);
         tokio::pin!(idle);
         let mut closing = false;
+        // No call was open at the last `give_up` tick.
+        let mut quiet = false;
         let give_up = tokio::time::sleep(Duration::MAX);
         tokio::pin!(give_up);
         loop {
@@ -162,9 +165,14 @@ impl Http2Server {
                     give_up.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
                 }
                 _ = &mut give_up, if closing => {
-                    if state.open_calls.load(Ordering::Acquire) == 0 {
+                    // Dropped only after a whole CLOSE_GRACE with no call
+                    // open: a call that ended just now may still have its
+                    // last frames (a stream's status) to flush.
+                    let open = state.open_calls.load(Ordering::Acquire) > 0;
+                    if !open && quiet {
                         return;
                     }
+                    quiet = !open;
                     give_up.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
                 }
                 _ = tokio::time::sleep_until(preface_deadline), if preface_pending => {
@@ -217,25 +225,39 @@ impl ConnectionState {
     }
 
     /// Counts a failed authentication; `limit` in a row close the
-    /// connection (GOAWAY).
-    pub(crate) fn authentication_failed(&self, limit: u32) {
-        let failures = self.auth_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if failures >= limit {
+    /// connection (GOAWAY). `false`: the limit had already been reached when
+    /// this failure was counted, so the caller must answer as for a closing
+    /// connection. Counting and deciding are one atomic step, so calls
+    /// checked at the same moment on several workers cannot get more than
+    /// `limit` "not accepted" answers between them.
+    pub(crate) fn authentication_failed(&self, limit: u32) -> bool {
+        let before = self.auth_failures.fetch_add(1, Ordering::AcqRel);
+        if before.saturating_add(1) >= limit {
             self.close.cancel();
         }
+        before < limit
     }
 
-    /// An accepted token ends the run of failures.
-    pub(crate) fn authenticated(&self) {
-        if self.auth_failures.load(Ordering::Relaxed) != 0 {
-            self.auth_failures.store(0, Ordering::Relaxed);
+    /// An accepted token ends the run of failures, unless `limit` failures
+    /// were counted first (then `false`: the connection is closing and the
+    /// call is refused like any other on it). One atomic step, for the same
+    /// reason as [`Self::authentication_failed`]: a right guess racing the
+    /// fifth wrong one must not get through.
+    pub(crate) fn authenticated(&self, limit: u32) -> bool {
+        match self
+            .auth_failures
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n != 0 && n < limit).then_some(0)
+            }) {
+            Ok(_) => true,
+            Err(n) => n < limit,
         }
     }
 
     /// Whether `limit` authentications in a row have failed: the connection
     /// is closing, and its calls are refused unchecked.
     pub(crate) fn locked_out(&self, limit: u32) -> bool {
-        self.auth_failures.load(Ordering::Relaxed) >= limit
+        self.auth_failures.load(Ordering::Acquire) >= limit
     }
 
     /// Resolves once the connection has earned a close: no call within the
@@ -357,5 +379,48 @@ impl http_body::Body for CallBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fifty failures counted at once on several threads: exactly `limit`
+    /// of them are told "not accepted", and a right token afterwards is
+    /// refused too.
+    #[test]
+    fn racing_failures_get_at_most_the_limit_of_answers() {
+        const LIMIT: u32 = 5;
+        let state = Arc::new(ConnectionState::new(CancellationToken::new()));
+        let answered: u32 = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..50)
+                .map(|_| {
+                    let state = &state;
+                    scope.spawn(move || u32::from(state.authentication_failed(LIMIT)))
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).sum()
+        });
+        assert_eq!(answered, LIMIT);
+        assert!(state.close.is_cancelled());
+        assert!(state.locked_out(LIMIT));
+        assert!(!state.authenticated(LIMIT));
+    }
+
+    /// An accepted token before the limit ends the run of failures.
+    #[test]
+    fn an_accepted_token_resets_the_run() {
+        let state = ConnectionState::new(CancellationToken::new());
+        for _ in 0..4 {
+            assert!(state.authentication_failed(5));
+        }
+        assert!(state.authenticated(5));
+        for _ in 0..4 {
+            assert!(state.authentication_failed(5));
+        }
+        assert!(!state.close.is_cancelled());
+        assert!(state.authentication_failed(5));
+        assert!(state.close.is_cancelled());
     }
 }
