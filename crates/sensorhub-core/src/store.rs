@@ -201,6 +201,13 @@ impl HistoryCursor {
 }
 
 /// A handle to the store; cheap to clone, shared by all calls.
+///
+/// Dropping the last handle without [`close`](Store::close) stops the store
+/// the same way, in the background: the writer commits and answers what was
+/// queued, the indexer indexes and checkpoints it, and the data directory
+/// stays locked until both threads (and any query still running) are done
+/// with its files. Opening the directory meanwhile fails with
+/// [`StoreError::Locked`]. Await `close` to know that the store has stopped.
 #[derive(Debug, Clone)]
 pub struct Store {
     inner: Arc<Inner>,
@@ -279,6 +286,9 @@ impl Store {
             writer.use_journal(journal);
         }
         let last_seq = writer.last_seq();
+        // Each thread holds the directory lock until it ends: a store
+        // dropped without `close` keeps its directory until they are done.
+        let (indexer_lock, writer_lock) = (target.lock(), target.lock());
         let readers = ReaderPool::new(target);
         let (commands_tx, commands_rx) = mpsc::channel(config.queue_depth.max(1));
         let (index_tx, index_rx) = std::sync::mpsc::channel();
@@ -303,11 +313,17 @@ impl Store {
         let threads = vec![
             spawn(
                 "store-indexer",
-                Box::new(move || indexer.run(index_rx, indexed_tx)),
+                Box::new(move || {
+                    indexer.run(index_rx, indexed_tx);
+                    drop(indexer_lock);
+                }),
             )?,
             spawn(
                 "store-writer",
-                Box::new(move || writer.run(commands_rx, outlets)),
+                Box::new(move || {
+                    writer.run(commands_rx, outlets);
+                    drop(writer_lock);
+                }),
             )?,
         ];
         Ok(Store {

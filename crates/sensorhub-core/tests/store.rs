@@ -188,6 +188,59 @@ async fn a_second_process_on_the_same_directory_is_refused() {
     assert!(err.to_string().contains("--data"), "{err}");
 }
 
+/// A store dropped without `close` stops in the background; until its
+/// threads are done with the files, the directory is still its own. Here
+/// another program's read transaction holds the dropped store's final
+/// checkpoint, so its indexer is certainly still running when the second
+/// open comes.
+#[tokio::test]
+async fn a_dropped_store_keeps_its_directory_until_its_threads_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store
+        .append((1..=100).map(|i| reading("a", 20.0, i)).collect())
+        .await
+        .unwrap();
+    store.caught_up_seq().await.unwrap();
+    let reader = rusqlite::Connection::open_with_flags(
+        dir.path().join("readings.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let seen: i64 = reader
+        .query_row("SELECT count(*) FROM readings", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(seen, 100);
+    drop(store);
+
+    let err = Store::open(StoreConfig::new(StoreLocation::Directory(
+        dir.path().to_owned(),
+    )))
+    .map(drop)
+    .unwrap_err();
+    assert!(matches!(err, StoreError::Locked(_)), "{err}");
+
+    // Once the reader lets the checkpoint finish, the threads end and the
+    // directory opens, holding what the dropped store was given.
+    drop(reader);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let store = loop {
+        match Store::open(StoreConfig::new(StoreLocation::Directory(
+            dir.path().to_owned(),
+        ))) {
+            Ok(store) => break store,
+            Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(all_history(&store, &query("a"), 64).await.len(), 100);
+    let receipt = store.append(vec![reading("a", 20.0, 101)]).await.unwrap();
+    assert_eq!(receipt.first_seq, 101);
+}
+
 #[tokio::test]
 async fn a_damaged_file_is_reported_not_truncated() {
     let dir = tempfile::tempdir().unwrap();

@@ -17,7 +17,12 @@
 //!   its start, instead of touching a random page each; the store reads
 //!   them all into memory when it opens.
 
-use std::{fs::File, path::PathBuf, sync::atomic::AtomicU64, time::Duration};
+use std::{
+    fs::File,
+    path::PathBuf,
+    sync::{Arc, atomic::AtomicU64},
+    time::Duration,
+};
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -82,9 +87,11 @@ pub(super) struct Target {
     durable: bool,
     /// The commit log's directory; `None` in memory.
     pub(super) journal: Option<PathBuf>,
-    /// Held for the life of the store: a second process on the same
-    /// directory would hand out the same sequence numbers.
-    _lock: Option<File>,
+    /// Held for the life of the store: a second store on the same
+    /// directory would hand out the same sequence numbers. Shared with the
+    /// writer and indexer threads ([`Target::lock`]): it is released when
+    /// the last of them, and of the readers, is done with the files.
+    lock: Option<Arc<File>>,
 }
 
 impl Target {
@@ -120,7 +127,7 @@ impl Target {
                     display: path,
                     durable: true,
                     journal: Some(dir.join(JOURNAL_DIR)),
-                    _lock: Some(lock),
+                    lock: Some(Arc::new(lock)),
                 })
             }
             StoreLocation::Memory => {
@@ -133,10 +140,16 @@ impl Target {
                     display: PathBuf::from("memory"),
                     durable: false,
                     journal: None,
-                    _lock: None,
+                    lock: None,
                 })
             }
         }
+    }
+
+    /// The directory lock, for a thread that touches the store's files
+    /// to hold until it ends (`None` in memory).
+    pub(super) fn lock(&self) -> Option<Arc<File>> {
+        self.lock.clone()
     }
 
     /// Opens the writer's connection, creating or checking the schema.
