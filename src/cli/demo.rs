@@ -63,6 +63,7 @@ pub async fn run(args: DemoArgs, telemetry: &Telemetry) -> anyhow::Result<ExitCo
     );
     server_config.http = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     server_config.shutdown_grace = Duration::from_secs(3);
+    server_config.exemplars = telemetry.prometheus().and_then(|p| p.exemplars());
     server_config.metrics = telemetry.prometheus().map(super::serve::metrics_endpoint);
     let store = Store::open(StoreConfig::new(StoreLocation::Directory(
         dir.path().join("data"),

@@ -13,14 +13,16 @@ use anyhow::{Context, bail};
 use clap::Args;
 use sensorhub_core::{AlertRules, ReadingLimits, Store, StoreConfig, store::StoreLocation};
 use sensorhub_grpc::{
-    MetricsEndpoint, Reload, RunningServer, ServerConfig, ServiceConfig,
+    MetricsEndpoint, MetricsFormat, Reload, RunningServer, ServerConfig, ServiceConfig,
     auth::{RateLimit, TokenSet},
     health_http::HttpLimits,
     listener::ConnectionLimits,
     request_budget::RequestLimits,
     tls::ServerTlsFiles,
 };
-use sensorhub_telemetry::pipeline::{PROMETHEUS_CONTENT_TYPE, PrometheusText, Telemetry};
+use sensorhub_telemetry::pipeline::{
+    OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE, PrometheusText, Telemetry,
+};
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -236,6 +238,7 @@ impl ServeArgs {
 
 pub async fn run(args: ServeArgs, telemetry: &Telemetry) -> anyhow::Result<ExitCode> {
     let (mut config, store_config) = args.configs()?;
+    config.exemplars = telemetry.prometheus().and_then(|p| p.exemplars());
     config.metrics = telemetry.prometheus().map(metrics_endpoint);
     if config.tls.is_none() {
         tracing::warn!(
@@ -349,8 +352,15 @@ async fn reload_on_sighup(args: ServeArgs, reload: Reload) {
 
 /// `/metrics` on the HTTP listener, rendered by the telemetry pipeline.
 pub fn metrics_endpoint(prometheus: PrometheusText) -> MetricsEndpoint {
+    let text = prometheus.clone();
     MetricsEndpoint {
-        render: std::sync::Arc::new(move || prometheus.render()),
-        content_type: PROMETHEUS_CONTENT_TYPE,
+        text: MetricsFormat {
+            render: std::sync::Arc::new(move || text.render()),
+            content_type: PROMETHEUS_CONTENT_TYPE,
+        },
+        openmetrics: Some(MetricsFormat {
+            render: std::sync::Arc::new(move || prometheus.render_openmetrics()),
+            content_type: OPENMETRICS_CONTENT_TYPE,
+        }),
     }
 }

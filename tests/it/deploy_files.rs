@@ -864,6 +864,23 @@ fn grafana_provisions_the_datasources_the_dashboards_use() {
             }
         }
     }
+    // The server's own latency histogram is scraped in OpenMetrics with
+    // exemplars: a time series of its quantiles shows them (a dot per sampled
+    // call, which the datasource links to its trace).
+    let grpc = json(&deploy().join("grafana/dashboards/grpc.json"));
+    let shows_exemplars = grpc["panels"].as_array().unwrap().iter().any(|panel| {
+        panel["type"] == "timeseries"
+            && panel["targets"].as_array().into_iter().flatten().any(|t| {
+                t["exemplar"] == true
+                    && t["expr"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("grpc_server_call_duration_seconds_bucket"))
+            })
+    });
+    assert!(
+        shows_exemplars,
+        "no latency panel of grpc.json shows the server's exemplars"
+    );
     for wanted in ["gRPC", "Sensors", "SLO", "Telemetry pipeline"] {
         assert!(
             titles.iter().any(|t| t.contains(wanted)),

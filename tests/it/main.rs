@@ -34,6 +34,7 @@ mod reflection;
 mod reload;
 mod slow_consumers;
 mod stats_pages;
+mod telemetry_exemplars;
 mod telemetry_export;
 mod telemetry_faults;
 mod telemetry_prometheus;

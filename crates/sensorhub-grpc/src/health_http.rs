@@ -1,7 +1,9 @@
 //! The small HTTP listener beside the gRPC port, for orchestrators and load
 //! balancers that cannot speak gRPC health: `/healthz` (the process is up)
 //! and `/readyz` (it accepts calls; 503 while shutting down); and
-//! `/metrics` in the Prometheus text format when the binary supplies a renderer.
+//! `/metrics` when the binary supplies a renderer: the Prometheus text format,
+//! or OpenMetrics (with exemplars) for a scraper whose `Accept` header ranks
+//! `application/openmetrics-text` above `text/plain`, as Prometheus does.
 //!
 //! It needs no token, so what a stranger can hold through it is bounded:
 //!
@@ -12,8 +14,8 @@
 //! - **a header-read timeout**: a request's head must arrive within
 //!   `header_timeout`, and an idle keep-alive connection is closed after as
 //!   long. A half-sent request holds its slot for that long only.
-//! - **`/metrics` rendered at most once per [`METRICS_CACHE`]**, one render at
-//!   a time: requests in that window share one rendered body (reference
+//! - **`/metrics` rendered at most once per [`METRICS_CACHE`]** and format,
+//!   one render at a time: requests in that window share one rendered body (reference
 //!   counted, never copied), so many scrapers cost one render, and slow
 //!   readers hold a share of one body instead of a body each.
 
@@ -61,27 +63,63 @@ impl Default for HttpLimits {
     }
 }
 
-/// Renders the current metrics in the Prometheus text format. The transport
-/// does not know which SDK or exporter produces them.
+/// Renders the current metrics in one exposition format. The transport does
+/// not know which SDK or exporter produces them.
 #[derive(Clone)]
-pub struct MetricsEndpoint {
+pub struct MetricsFormat {
     pub render: Arc<dyn Fn() -> String + Send + Sync>,
     pub content_type: &'static str,
 }
 
-impl std::fmt::Debug for MetricsEndpoint {
+impl std::fmt::Debug for MetricsFormat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MetricsEndpoint")
+        f.debug_struct("MetricsFormat")
             .field("content_type", &self.content_type)
             .finish_non_exhaustive()
     }
+}
+
+/// What `/metrics` serves: the Prometheus text format to everyone, and
+/// OpenMetrics to a scraper that asks for it, when the binary renders it.
+#[derive(Debug, Clone)]
+pub struct MetricsEndpoint {
+    pub text: MetricsFormat,
+    pub openmetrics: Option<MetricsFormat>,
+}
+
+/// Whether an `Accept` header ranks OpenMetrics above the Prometheus text
+/// format: the highest `q` wins, the earlier range on a tie (as
+/// client_golang negotiates). `text/plain`, `text/*` and `*/*` stand for the
+/// text format; a header naming neither (or none, or one that does not
+/// parse) gets the text format, as before OpenMetrics was offered.
+pub fn prefers_openmetrics(accept: Option<&str>) -> bool {
+    let Some(accept) = accept else { return false };
+    let mut best: Option<(f32, bool)> = None;
+    for range in accept.split(',') {
+        let Ok(media) = range.trim().parse::<mime::Mime>() else {
+            continue;
+        };
+        let openmetrics = match (media.type_().as_str(), media.subtype().as_str()) {
+            ("application", "openmetrics-text") => true,
+            ("text", "plain") | ("text", "*") | ("*", "*") => false,
+            _ => continue,
+        };
+        let q = media
+            .get_param("q")
+            .map(|q| q.as_str().parse::<f32>().unwrap_or(0.0))
+            .unwrap_or(1.0);
+        if q > 0.0 && best.is_none_or(|(best_q, _)| q > best_q) {
+            best = Some((q, openmetrics));
+        }
+    }
+    best.is_some_and(|(_, openmetrics)| openmetrics)
 }
 
 /// The last rendered `/metrics` body and when it was rendered. The lock is
 /// held across a render, so renders never overlap and a request that waited
 /// for one gets its result.
 struct MetricsCache {
-    endpoint: MetricsEndpoint,
+    format: MetricsFormat,
     last: tokio::sync::Mutex<Option<(Instant, Bytes)>>,
 }
 
@@ -94,7 +132,7 @@ impl MetricsCache {
             return Some(body.clone());
         }
         // Rendering walks every series: off the async workers.
-        let render = self.endpoint.render.clone();
+        let render = self.format.render.clone();
         let body = Bytes::from(tokio::task::spawn_blocking(move || render()).await.ok()?);
         *last = Some((Instant::now(), body.clone()));
         Some(body)
@@ -136,23 +174,36 @@ fn routes(draining: CancellationToken, metrics: Option<MetricsEndpoint>) -> Rout
             }),
         );
     if let Some(endpoint) = metrics {
-        let content_type = endpoint.content_type;
-        let cache = Arc::new(MetricsCache {
-            endpoint,
-            last: tokio::sync::Mutex::new(None),
-        });
+        let cache = |format: MetricsFormat| {
+            Arc::new(MetricsCache {
+                format,
+                last: tokio::sync::Mutex::new(None),
+            })
+        };
+        let text = cache(endpoint.text);
+        let openmetrics = endpoint.openmetrics.map(cache);
         app = app.route(
             "/metrics",
-            get(move || {
-                let cache = cache.clone();
+            get(move |headers: http::HeaderMap| {
+                let accept = headers
+                    .get(header::ACCEPT)
+                    .and_then(|value| value.to_str().ok());
+                let cache = match &openmetrics {
+                    Some(openmetrics) if prefers_openmetrics(accept) => openmetrics.clone(),
+                    _ => text.clone(),
+                };
                 async move {
+                    // The body depends on Accept: caches must keep them apart.
+                    let vary = (header::VARY, "accept");
                     match cache.body().await {
-                        Some(body) => {
-                            (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body)
-                        }
+                        Some(body) => (
+                            StatusCode::OK,
+                            [(header::CONTENT_TYPE, cache.format.content_type), vary],
+                            body,
+                        ),
                         None => (
                             StatusCode::INTERNAL_SERVER_ERROR,
-                            [(header::CONTENT_TYPE, "text/plain")],
+                            [(header::CONTENT_TYPE, "text/plain"), vary],
                             Bytes::from_static(b"metrics could not be rendered\n"),
                         ),
                     }
@@ -230,7 +281,7 @@ mod tests {
         let renders = Arc::new(AtomicUsize::new(0));
         let counted = renders.clone();
         let cache = Arc::new(MetricsCache {
-            endpoint: MetricsEndpoint {
+            format: MetricsFormat {
                 render: Arc::new(move || {
                     let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
                     std::thread::sleep(Duration::from_millis(50));
@@ -250,5 +301,38 @@ mod tests {
         assert!(bodies.iter().all(|b| b == "render 1\n"));
         tokio::time::sleep(METRICS_CACHE).await;
         assert_eq!(cache.body().await.unwrap(), "render 2\n");
+    }
+
+    #[test]
+    fn openmetrics_only_when_ranked_above_the_text_format() {
+        // Prometheus 3's default scrape protocols, and 2.x's.
+        assert!(prefers_openmetrics(Some(
+            "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,\
+             application/openmetrics-text;version=0.0.1;q=0.4,\
+             text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,\
+             text/plain;version=0.0.4;q=0.2,*/*;q=0.1"
+        )));
+        assert!(prefers_openmetrics(Some(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        )));
+        assert!(prefers_openmetrics(Some("application/openmetrics-text")));
+        // A scraper that asks for the text format first, or for anything.
+        assert!(!prefers_openmetrics(Some(
+            "text/plain;version=0.0.4;q=0.9,application/openmetrics-text;q=0.5"
+        )));
+        assert!(!prefers_openmetrics(Some(
+            "text/plain, application/openmetrics-text"
+        )));
+        assert!(!prefers_openmetrics(Some("*/*")));
+        assert!(!prefers_openmetrics(None));
+        // Refused (q=0), unknown or unparsable ranges do not count.
+        assert!(!prefers_openmetrics(Some(
+            "application/openmetrics-text;q=0"
+        )));
+        assert!(!prefers_openmetrics(Some("application/json")));
+        assert!(!prefers_openmetrics(Some("garbage;;, ,")));
+        assert!(prefers_openmetrics(Some(
+            "application/json, application/openmetrics-text;q=0.2"
+        )));
     }
 }

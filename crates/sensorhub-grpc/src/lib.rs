@@ -35,6 +35,6 @@ pub mod testing;
 pub mod tls;
 
 pub use client::{ClientConfig, SensorClient, connect};
-pub use health_http::MetricsEndpoint;
+pub use health_http::{MetricsEndpoint, MetricsFormat};
 pub use server::{Reload, RunningServer, ServeError, ServerConfig, start};
 pub use service::ServiceConfig;

@@ -16,13 +16,13 @@
 //! 4. after a short last wait, remaining connections are dropped;
 //! 5. the store commits what is queued, checkpoints and closes.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use sensorhub_core::Store;
 use sensorhub_proto::{
     FILE_DESCRIPTOR_SET, SERVICE_NAME, sensor_service_server::SensorServiceServer,
 };
-use sensorhub_rpc_telemetry::GrpcServerLayer;
+use sensorhub_rpc_telemetry::{ExemplarReservoir, GrpcServerLayer};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::{
@@ -59,6 +59,10 @@ pub struct ServerConfig {
     pub metrics: Option<MetricsEndpoint>,
     /// The HTTP listener's connection limit and header-read timeout.
     pub http_limits: HttpLimits,
+    /// Where the telemetry layer keeps the exemplars of the call-duration
+    /// histograms (the same reservoir the `/metrics` renderer reads).
+    /// `None`: no exemplars.
+    pub exemplars: Option<Arc<ExemplarReservoir>>,
     pub service: ServiceConfig,
     pub shutdown_grace: Duration,
     /// HTTP/2 streams (concurrent calls) per connection.
@@ -100,6 +104,7 @@ impl ServerConfig {
             http: None,
             metrics: None,
             http_limits: HttpLimits::default(),
+            exemplars: None,
             service: ServiceConfig::default(),
             shutdown_grace: Duration::from_secs(10),
             max_concurrent_streams: 256,
@@ -268,7 +273,10 @@ pub async fn start(config: ServerConfig, store: Store) -> Result<RunningServer, 
         .layer_fn(HeadDeadline::new)
         // Outermost of ours: it sees every call, also those refused by the
         // token check or by the call policy, with their final status.
-        .layer(GrpcServerLayer::new(methods.iter().map(|m| m.path.clone())))
+        .layer(GrpcServerLayer::new(
+            methods.iter().map(|m| m.path.clone()),
+            config.exemplars.as_deref(),
+        ))
         // Right around the router: 415 for a non-gRPC content-type, and
         // clear statuses for too much metadata, a missing or second unary
         // message, an unknown path or an over-size message (see call_policy.rs).

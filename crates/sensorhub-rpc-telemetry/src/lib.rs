@@ -13,6 +13,7 @@
 mod body;
 mod client;
 pub mod conventions;
+pub mod exemplars;
 mod frames;
 mod outcome;
 mod propagation;
@@ -21,6 +22,7 @@ mod stability;
 
 pub use body::ObservedBody;
 pub use client::{ClientCall, ClientFuture, GrpcClientLayer, GrpcClientService};
+pub use exemplars::ExemplarReservoir;
 pub use frames::FrameParser;
 pub use server::{GrpcServerLayer, GrpcServerService, ServerCall, ServerFuture};
 pub use stability::{OPT_IN_VARIABLE, SemconvStability};

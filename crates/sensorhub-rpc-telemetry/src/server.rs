@@ -31,6 +31,7 @@ use crate::{
     SemconvStability,
     body::{CANCELLED, CallEnd, CountedBody, ObservedBody, UNKNOWN},
     conventions::{a66, is_server_error, semconv, status_name},
+    exemplars::{ExemplarReservoir, MethodExemplars},
     frames::Tally,
     instrumentation_scope,
     outcome::{end_span, latency_histogram, semconv_attributes, size_histogram, status_in_head},
@@ -52,12 +53,22 @@ impl GrpcServerLayer {
     /// the metrics' cardinality.
     ///
     /// Records through the global tracer and meter providers, in the
-    /// semantic conventions `OTEL_SEMCONV_STABILITY_OPT_IN` chooses.
-    pub fn new<M: Into<String>>(methods: impl IntoIterator<Item = M>) -> Self {
+    /// semantic conventions `OTEL_SEMCONV_STABILITY_OPT_IN` chooses; the
+    /// sampled calls' exemplars of the duration histograms go to `exemplars`.
+    pub fn new<M: Into<String>>(
+        methods: impl IntoIterator<Item = M>,
+        exemplars: Option<&ExemplarReservoir>,
+    ) -> Self {
         let stability = SemconvStability::from_env();
         let scope = instrumentation_scope(stability);
         let meter = global::meter_with_scope(scope.clone());
-        Self::build(methods, global::tracer_with_scope(scope), &meter, stability)
+        Self::build(
+            methods,
+            global::tracer_with_scope(scope),
+            &meter,
+            stability,
+            exemplars,
+        )
     }
 
     /// Like [`GrpcServerLayer::new`], recording through the given providers
@@ -67,10 +78,17 @@ impl GrpcServerLayer {
         tracers: &dyn ObjectSafeTracerProvider,
         meters: &dyn MeterProvider,
         stability: SemconvStability,
+        exemplars: Option<&ExemplarReservoir>,
     ) -> Self {
         let scope = instrumentation_scope(stability);
         let tracer = BoxedTracer::new(tracers.boxed_tracer(scope.clone()));
-        Self::build(methods, tracer, &meters.meter_with_scope(scope), stability)
+        Self::build(
+            methods,
+            tracer,
+            &meters.meter_with_scope(scope),
+            stability,
+            exemplars,
+        )
     }
 
     fn build<M: Into<String>>(
@@ -78,18 +96,23 @@ impl GrpcServerLayer {
         tracer: BoxedTracer,
         meter: &Meter,
         stability: SemconvStability,
+        exemplars: Option<&ExemplarReservoir>,
     ) -> Self {
         let methods = methods
             .into_iter()
             .map(|m| {
                 let m: String = m.into();
                 let value = Value::from(Arc::<str>::from(m.as_str()));
-                (m, value)
+                let exemplars = exemplars.map(|reservoir| reservoir.method(&m, &m));
+                (m, (value, exemplars))
             })
             .collect();
+        let other_exemplars =
+            exemplars.map(|reservoir| reservoir.method(a66::OTHER_METHOD, semconv::OTHER_METHOD));
         Self {
             shared: Arc::new(ServerShared {
                 methods,
+                other_exemplars,
                 tracer,
                 stability,
                 started: meter
@@ -136,7 +159,10 @@ impl<S> Layer<S> for GrpcServerLayer {
 }
 
 struct ServerShared {
-    methods: HashMap<String, Value>,
+    /// Each registered method's attribute value and exemplar rows.
+    methods: HashMap<String, (Value, Option<Arc<MethodExemplars>>)>,
+    /// The exemplar rows of every other path.
+    other_exemplars: Option<Arc<MethodExemplars>>,
     tracer: BoxedTracer,
     stability: SemconvStability,
     started: Counter<u64>,
@@ -178,7 +204,10 @@ where
         let start = Instant::now();
         let shared = &self.shared;
         let path = request.uri().path().trim_start_matches('/');
-        let known = shared.methods.get(path).cloned();
+        let (known, exemplars) = match shared.methods.get(path) {
+            Some((value, exemplars)) => (Some(value.clone()), exemplars.clone()),
+            None => (None, shared.other_exemplars.clone()),
+        };
         let a66_method = known.clone().unwrap_or(Value::from(a66::OTHER_METHOD));
         let semconv_method = known.clone().unwrap_or(Value::from(semconv::OTHER_METHOD));
 
@@ -235,6 +264,7 @@ where
                 semconv_method,
                 otel,
                 received,
+                exemplars,
             }),
         }
     }
@@ -318,6 +348,7 @@ pub struct ServerCall {
     semconv_method: Value,
     otel: Context,
     received: Arc<Tally>,
+    exemplars: Option<Arc<MethodExemplars>>,
 }
 
 impl CallEnd for ServerCall {
@@ -335,6 +366,9 @@ impl CallEnd for ServerCall {
         shared.sent.record(sent_bytes, &a66);
         shared.rcvd.record(received.1, &a66);
 
+        if let Some(exemplars) = &self.exemplars {
+            exemplars.record(self.otel.span().span_context(), status, elapsed);
+        }
         let failed = is_server_error(status);
         shared.semconv_duration.record(
             elapsed,

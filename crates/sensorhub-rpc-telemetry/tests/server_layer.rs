@@ -52,7 +52,7 @@ impl Recorded {
     }
 
     fn layer_in(&self, stability: SemconvStability) -> GrpcServerLayer {
-        GrpcServerLayer::with_providers([METHOD], &self.tracers, &self.meters, stability)
+        GrpcServerLayer::with_providers([METHOD], &self.tracers, &self.meters, stability, None)
     }
 
     /// The attribute sets of every point of the histogram `name`, as sorted
@@ -462,5 +462,67 @@ async fn the_client_emits_the_semconv_mode_it_is_given() {
         let points = recorded.points_of(semconv::CLIENT_CALL_DURATION);
         assert_eq!(points.len(), 1, "{stability:?}: {points:?}");
         assert_eq!(points[0].0, pairs(&expected), "{stability:?}");
+    }
+}
+
+/// A sampled call leaves an exemplar, with its span's trace and span id, on
+/// the A66 and semconv buckets its duration fell in; with sampling off a
+/// call leaves none.
+#[tokio::test]
+async fn a_sampled_call_leaves_its_trace_as_an_exemplar() {
+    use opentelemetry_sdk::trace::Sampler;
+    use sensorhub_rpc_telemetry::{ExemplarReservoir, exemplars::ExemplarInstrument};
+
+    for sampled in [true, false] {
+        let spans = InMemorySpanExporter::default();
+        let tracers = SdkTracerProvider::builder()
+            .with_sampler(if sampled {
+                Sampler::AlwaysOn
+            } else {
+                Sampler::AlwaysOff
+            })
+            .with_simple_exporter(spans.clone())
+            .build();
+        let meters = SdkMeterProvider::builder().build();
+        let reservoir = ExemplarReservoir::new();
+        let layer = GrpcServerLayer::with_providers(
+            [METHOD],
+            &tracers,
+            &meters,
+            SemconvStability::default(),
+            Some(&reservoir),
+        );
+        let mut service = layer.layer(service_fn(|_request| async {
+            let mut response = Response::new(Empty::<Bytes>::new());
+            response
+                .headers_mut()
+                .insert("grpc-status", HeaderValue::from(5u16));
+            Ok::<_, std::convert::Infallible>(response)
+        }));
+        trailers_only_call(&mut service, &format!("/{METHOD}")).await;
+
+        let entries = reservoir.collect();
+        if !sampled {
+            assert!(entries.is_empty(), "{entries:?}");
+            continue;
+        }
+        tracers.force_flush().unwrap();
+        let span = spans.get_finished_spans().unwrap().pop().expect("a span");
+        assert_eq!(entries.len(), 2, "{entries:?}");
+        for entry in &entries {
+            assert_eq!(&*entry.method, METHOD);
+            assert_eq!(entry.status, "NOT_FOUND");
+            assert_eq!(entry.exemplar.trace_id, span.span_context.trace_id());
+            assert_eq!(entry.exemplar.span_id, span.span_context.span_id());
+            // The bucket the SDK counts the duration in: the first bound not
+            // below it.
+            let bounds = entry.instrument.bounds();
+            let value = entry.exemplar.value;
+            assert!(entry.bucket == bounds.len() || value <= bounds[entry.bucket]);
+            assert!(entry.bucket == 0 || value > bounds[entry.bucket - 1]);
+        }
+        let instruments: Vec<_> = entries.iter().map(|e| e.instrument).collect();
+        assert!(instruments.contains(&ExemplarInstrument::A66ServerDuration));
+        assert!(instruments.contains(&ExemplarInstrument::SemconvServerDuration));
     }
 }

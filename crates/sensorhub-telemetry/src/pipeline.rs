@@ -9,10 +9,11 @@
 //! `OTEL_SDK_DISABLED=true` those calls are no-ops.
 
 mod accounting;
+mod openmetrics;
 pub mod settings;
 mod span_tree;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use opentelemetry::{
     KeyValue, global, propagation::TextMapCompositePropagator, trace::TracerProvider as _,
@@ -31,6 +32,8 @@ use tracing_subscriber::{
     EnvFilter, Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _,
 };
 
+pub use openmetrics::OPENMETRICS_CONTENT_TYPE;
+pub use sensorhub_rpc_telemetry::ExemplarReservoir;
 pub use settings::{Exporter, Protocol, Settings, SettingsError};
 pub use span_tree::SpanRecorder;
 
@@ -85,13 +88,19 @@ pub struct Telemetry {
     recorder: Option<SpanRecorder>,
 }
 
-/// Renders the current metrics in the Prometheus text format, for `/metrics`.
+/// Renders the current metrics for `/metrics`: in the Prometheus text
+/// format, or in OpenMetrics with the exemplars of the server's
+/// call-duration histograms.
 #[derive(Debug, Clone)]
 pub struct PrometheusText {
     registry: prometheus::Registry,
+    /// Present when spans are sampled and exported, so an exemplar's trace
+    /// id names a trace that exists.
+    exemplars: Option<Arc<ExemplarReservoir>>,
 }
 
 impl PrometheusText {
+    /// The Prometheus text format (version 0.0.4).
     pub fn render(&self) -> String {
         use prometheus::Encoder as _;
         let mut out = Vec::new();
@@ -99,6 +108,23 @@ impl PrometheusText {
             Ok(()) => String::from_utf8_lossy(&out).into_owned(),
             Err(e) => format!("# metrics could not be encoded: {e}\n"),
         }
+    }
+
+    /// OpenMetrics 1.0, with exemplars ([`OPENMETRICS_CONTENT_TYPE`]).
+    pub fn render_openmetrics(&self) -> String {
+        let exemplars = self
+            .exemplars
+            .as_ref()
+            .map(|reservoir| reservoir.collect())
+            .unwrap_or_default();
+        openmetrics::render(&self.registry.gather(), &exemplars)
+    }
+
+    /// Where the server's telemetry layer records exemplars for
+    /// [`PrometheusText::render_openmetrics`]; `None` when no spans are
+    /// exported.
+    pub fn exemplars(&self) -> Option<Arc<ExemplarReservoir>> {
+        self.exemplars.clone()
     }
 }
 
@@ -154,7 +180,14 @@ impl Telemetry {
                             .with_registry(registry.clone())
                             .build()
                             .map_err(|e| PipelineError::Prometheus(e.to_string()))?;
-                        prometheus = Some(PrometheusText { registry });
+                        // Exemplars only point at traces that are exported.
+                        let exemplars = (!settings.traces.is_empty()
+                            && settings.sampler != settings::Sampler::AlwaysOff)
+                            .then(ExemplarReservoir::new);
+                        prometheus = Some(PrometheusText {
+                            registry,
+                            exemplars,
+                        });
                         builder.with_reader(reader)
                     }
                     Exporter::Otlp => {

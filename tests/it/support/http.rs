@@ -23,6 +23,26 @@ pub fn get_response(port: u16, path: &str) -> Response {
     request(reqwest::Method::GET, port, path, None)
 }
 
+/// A GET to `127.0.0.1:port` with `accept` as its `Accept` header.
+pub fn get_accepting(port: u16, path: &str, accept: &str) -> Response {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> Result<Response, reqwest::Error> {
+                let response = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()?
+                    .get(&url)
+                    .header("accept", accept)
+                    .send()?;
+                into_response(response)
+            })
+            .join()
+            .expect("the HTTP request thread")
+    })
+    .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
 /// A POST of a JSON body to `127.0.0.1:port`: the status code and the body.
 pub fn post_json(port: u16, path: &str, body: &str) -> (u16, String) {
     let response = request(reqwest::Method::POST, port, path, Some(body));
@@ -59,24 +79,27 @@ fn try_request(
                         .header("content-type", "application/json")
                         .body(body.to_owned());
                 }
-                let response = request.send()?;
-                let status = response.status().as_u16();
-                let headers = response
-                    .headers()
-                    .iter()
-                    .map(|(name, value)| {
-                        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-                        (name.as_str().to_owned(), value)
-                    })
-                    .collect();
-                Ok(Response {
-                    status,
-                    headers,
-                    body: response.text()?,
-                })
+                into_response(request.send()?)
             })
             .join()
             .expect("the HTTP request thread")
+    })
+}
+
+fn into_response(response: reqwest::blocking::Response) -> Result<Response, reqwest::Error> {
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            (name.as_str().to_owned(), value)
+        })
+        .collect();
+    Ok(Response {
+        status,
+        headers,
+        body: response.text()?,
     })
 }
 

@@ -60,8 +60,20 @@ pub struct PrometheusProcess {
 impl PrometheusProcess {
     /// Starts `binary` with `config`; the TSDB and the log go under `dir`.
     pub fn start(binary: &Path, config: &Path, dir: &Path) -> PrometheusProcess {
+        Self::start_with(binary, config, dir, &[])
+    }
+
+    /// [`PrometheusProcess::start`] with more flags
+    /// (`--enable-feature=exemplar-storage`).
+    pub fn start_with(
+        binary: &Path,
+        config: &Path,
+        dir: &Path,
+        flags: &[&str],
+    ) -> PrometheusProcess {
         let log = dir.join("prometheus.log");
         let mut child = Command::new(binary)
+            .args(flags)
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
@@ -105,6 +117,30 @@ impl PrometheusProcess {
             .as_array()
             .cloned()
             .ok_or_else(|| format!("no data.result in {body}"))
+    }
+
+    /// The exemplars of `promql` between `start` and `end` (Unix seconds):
+    /// `/api/v1/query_exemplars`'s `data` array, or the error it gave.
+    pub fn query_exemplars(
+        &self,
+        promql: &str,
+        start: f64,
+        end: f64,
+    ) -> Result<Vec<serde_json::Value>, String> {
+        let path = format!(
+            "/api/v1/query_exemplars?query={}&start={start}&end={end}",
+            http::query_value(promql)
+        );
+        let (status, body) = self.get(&path).ok_or("no answer")?;
+        let json: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| format!("{status}: {e}: {body}"))?;
+        if json["status"] != "success" {
+            return Err(format!("{status}: {body}"));
+        }
+        json["data"]
+            .as_array()
+            .cloned()
+            .ok_or_else(|| format!("no data in {body}"))
     }
 
     /// The last `lines` lines of its log, for failure messages.
