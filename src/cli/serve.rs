@@ -15,6 +15,7 @@ use sensorhub_core::{AlertRules, ReadingLimits, Store, StoreConfig, store::Store
 use sensorhub_grpc::{
     MetricsEndpoint, MetricsFormat, Reload, RunningServer, ServerConfig, ServiceConfig,
     auth::{RateLimit, TokenSet},
+    connection_metrics::OptionalMetrics,
     health_http::HttpLimits,
     listener::ConnectionLimits,
     request_budget::RequestLimits,
@@ -135,6 +136,12 @@ pub struct ServeArgs {
     /// which calls get RESOURCE_EXHAUSTED; 0: no limit.
     #[arg(long, env = "SENSORHUB_RATE_LIMIT", default_value_t = 20_000)]
     pub rate_limit: u32,
+    /// Optional metrics to switch on (comma-separated; off by default, as
+    /// gRFC A79 has experimental metrics): grpc.server.tls.handshakes (gRFC
+    /// A118, TLS handshakes by result and resumption),
+    /// sensorhub.connection.duration (how long connections live).
+    #[arg(long, env = "SENSORHUB_ENABLE_METRICS", value_delimiter = ',')]
+    pub enable_metrics: Vec<String>,
     /// Once both listeners are bound, write their addresses to this file
     /// (`grpc=ADDR` and `http=ADDR` lines), so that whoever started the
     /// server with port 0 learns the ports it got.
@@ -213,6 +220,7 @@ impl ServeArgs {
         };
         config.rate_limit =
             NonZeroU32::new(self.rate_limit).map(|calls_per_second| RateLimit { calls_per_second });
+        config.optional_metrics = OptionalMetrics::enable(&self.enable_metrics)?;
 
         let location = if self.memory {
             StoreLocation::Memory

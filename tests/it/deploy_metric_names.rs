@@ -171,6 +171,10 @@ async fn every_metric_the_dashboards_and_rules_use_exists() {
         "otel_sdk_exporter_span_exported_total",
         "otel_sdk_processor_span_processed_total",
         "otel_sdk_processor_log_processed_total",
+        "grpc_server_tls_handshakes_total",
+        "sensorhub_connections_created_total",
+        "sensorhub_connections_closed_total",
+        "sensorhub_connection_duration_seconds_bucket",
     ] {
         assert!(
             server_metrics.contains(expected),

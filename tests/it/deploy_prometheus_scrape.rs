@@ -28,7 +28,6 @@ use serde_norway::Value;
 use crate::support::deploy_stack;
 use crate::support::deploy_traffic;
 use crate::support::prometheus_process;
-use crate::support::spawned_server;
 use crate::support::system_tools::prometheus;
 
 /// A child process killed (and reaped) when dropped, whatever happened.
@@ -91,22 +90,29 @@ async fn prometheus_with_the_project_config_serves_every_dashboard_query() {
     let (server, _collector) = deploy_traffic::start_server(&dir.path().join("data"));
 
     let config = dir.path().join("prometheus.yml");
-    std::fs::write(&config, test_config(&format!("127.0.0.1:{}", server.http))).unwrap();
+    std::fs::write(
+        &config,
+        test_config(&format!("127.0.0.1:{}", server.http())),
+    )
+    .unwrap();
     let mut prometheus = PrometheusProcess::start(&binary, &config, dir.path());
 
     deploy_traffic::drive(&server).await;
     deploy_traffic::scrape_until(&server, deploy_traffic::AFTER_TRAFFIC).await;
     // Keep traffic flowing while Prometheus scrapes, as the stack's sensors do.
-    let mut sensor = spawned_server::command();
-    sensor
-        .args([
+    let mut sensor = server.sensor_command(
+        &[
             "sensor",
             "--mode",
             "unary",
             "--sensor-id",
             "deploy-background",
-        ])
-        .args(["--interval-max", "50ms", "--server", &server.url()])
+            "--interval-max",
+            "50ms",
+        ]
+        .map(String::from),
+    );
+    sensor
         .env("SENSORHUB_TOKEN", deploy_traffic::TOKEN)
         .stdout(Stdio::null())
         .stderr(Stdio::null());

@@ -11,6 +11,7 @@ mod support;
 mod auth;
 mod bad_input;
 mod cli;
+mod connection_metrics;
 mod crash_durability;
 mod deadlines;
 mod deploy_files;

@@ -47,9 +47,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::{body::Body, transport::server::Connected};
 use tower::{ServiceExt, util::BoxCloneSyncService, util::Oneshot};
 
-use crate::listener::{
-    Admitted, CLOSED_AUTH_FAILURES, CLOSED_IDLE, CLOSED_NEVER_USED, ConnectionLimits,
-    ConnectionMetrics, REFUSED_PREFACE, ServeConnection,
+use crate::{
+    connection_metrics::{
+        CLOSED_AUTH_FAILURES, CLOSED_IDLE, CLOSED_NEVER_USED, CLOSED_PEER, CLOSED_SHUTDOWN,
+        ConnectionMetrics, REFUSED_PREFACE, served_error_reason,
+    },
+    listener::{Admitted, ConnectionLimits, ServeConnection},
 };
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -96,6 +99,7 @@ impl Http2Server {
         limits: ConnectionLimits,
         stop: CancellationToken,
         force: CancellationToken,
+        metrics: ConnectionMetrics,
     ) -> Self {
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
@@ -113,7 +117,7 @@ impl Http2Server {
                 limits,
                 stop,
                 force,
-                metrics: ConnectionMetrics::new(),
+                metrics,
             }),
         }
     }
@@ -126,6 +130,7 @@ impl Http2Server {
         let inner = &self.inner;
         let info = io.connect_info();
         let (preface, preface_deadline) = io.preface();
+        let reason = io.close_reason();
         let mut preface_pending = true;
         let state = Arc::new(ConnectionState::new(inner.stop.child_token()));
         let service = ConnectionService {
@@ -145,20 +150,26 @@ impl Http2Server {
         loop {
             tokio::select! {
                 served = conn.as_mut() => {
-                    if let Err(e) = served {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                    match served {
+                        Ok(()) => reason.set(CLOSED_PEER),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                            reason.set(served_error_reason(&e));
+                        }
                     }
                     return;
                 }
-                reason = &mut idle, if !closing => {
-                    inner.metrics.closed(reason);
+                why = &mut idle, if !closing => {
+                    reason.set(why);
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                     give_up.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
                 }
                 _ = state.close.cancelled(), if !closing => {
                     if state.auth_failures.load(Ordering::Relaxed) > 0 && !inner.stop.is_cancelled() {
-                        inner.metrics.closed(CLOSED_AUTH_FAILURES);
+                        reason.set(CLOSED_AUTH_FAILURES);
+                    } else {
+                        reason.set(CLOSED_SHUTDOWN);
                     }
                     conn.as_mut().graceful_shutdown();
                     closing = true;
@@ -179,12 +190,16 @@ impl Http2Server {
                     if !preface.is_cancelled() {
                         // No HTTP/2 preface and SETTINGS by the handshake deadline.
                         inner.metrics.refused(REFUSED_PREFACE);
+                        reason.set(REFUSED_PREFACE);
                         return;
                     }
                     preface_pending = false;
                 }
                 _ = preface.cancelled(), if preface_pending => preface_pending = false,
-                _ = inner.force.cancelled() => return,
+                _ = inner.force.cancelled() => {
+                    reason.set(CLOSED_SHUTDOWN);
+                    return;
+                }
             }
         }
     }

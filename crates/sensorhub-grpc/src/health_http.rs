@@ -40,7 +40,8 @@ use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    listener::{AcceptBackoff, ConnectionMetrics},
+    connection_metrics::{ConnectionMetrics, OptionalMetrics},
+    listener::AcceptBackoff,
     server::ServeError,
 };
 
@@ -220,7 +221,8 @@ fn routes(draining: CancellationToken, metrics: Option<MetricsEndpoint>) -> Rout
 async fn serve(listener: TcpListener, limits: HttpLimits, app: Router, stop: CancellationToken) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let connections = TaskTracker::new();
-    let mut backoff = AcceptBackoff::new("http", ConnectionMetrics::new());
+    let mut backoff =
+        AcceptBackoff::new("http", ConnectionMetrics::new(OptionalMetrics::default()));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())

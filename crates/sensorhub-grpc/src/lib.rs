@@ -18,6 +18,7 @@ pub mod auth;
 mod call_policy;
 pub mod client;
 mod connection;
+pub mod connection_metrics;
 pub mod convert;
 mod deadline;
 pub mod descriptor_limit;

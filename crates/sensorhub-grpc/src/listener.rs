@@ -42,10 +42,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use opentelemetry::{
-    KeyValue, global,
-    metrics::{Counter, UpDownCounter},
-};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -55,7 +51,13 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::server::Connected;
 
-use crate::tls::{ServerTlsFiles, TlsFileError};
+use crate::{
+    connection_metrics::{
+        CloseReason, ConnectionMetrics, HANDSHAKE_TIMEOUT, Lifetime, REFUSED_HANDSHAKE,
+        REFUSED_LIMIT, REFUSED_PER_IP, handshake_result,
+    },
+    tls::{ServerTlsFiles, TlsFileError},
+};
 
 /// Who gets a connection, and how long each stage of it may take.
 #[derive(Debug, Clone, Copy)]
@@ -208,6 +210,14 @@ impl<IO: AsyncRead + Unpin + Send + 'static> Admitted<IO> {
         (arrived, self.deadline)
     }
 
+    /// Where the connection's task says why it ends (the first reason wins).
+    pub(crate) fn close_reason(&self) -> CloseReason {
+        self.slot
+            .as_ref()
+            .map(|slot| slot.lifetime.reason().clone())
+            .unwrap_or_default()
+    }
+
     fn io(&mut self) -> &mut IO {
         self.io.as_mut().expect("the stream is only taken on drop")
     }
@@ -307,17 +317,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Admitte
     }
 }
 
-/// Holds one connection's place under the limits and in the gauge.
+/// Holds one connection's place under the limits and in the metrics (open
+/// until dropped, then closed with its reason).
 #[derive(Debug)]
 struct Slot {
     _permit: OwnedSemaphorePermit,
     per_ip: Option<PerIpSlot>,
-    metrics: ConnectionMetrics,
+    lifetime: Lifetime,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.metrics.open.add(-1, &[]);
         if let Some(per_ip) = self.per_ip.take() {
             per_ip.release();
         }
@@ -379,86 +389,6 @@ impl PerIpSlot {
     }
 }
 
-/// Connections refused or closed by the server, failed accepts, and the open count.
-#[derive(Debug, Clone)]
-pub(crate) struct ConnectionMetrics {
-    refused: Counter<u64>,
-    closed: Counter<u64>,
-    accept_errors: Counter<u64>,
-    open: UpDownCounter<i64>,
-}
-
-const REASON: &str = "sensorhub.refusal.reason";
-const REFUSED_LIMIT: &str = "connection_limit";
-const REFUSED_PER_IP: &str = "per_ip_limit";
-const REFUSED_HANDSHAKE: &str = "tls_handshake";
-pub(crate) const REFUSED_PREFACE: &str = "http2_preface";
-const CLOSE_REASON: &str = "sensorhub.close.reason";
-/// Why the server closed a connection it had served (`sensorhub.close.reason`).
-pub(crate) const CLOSED_NEVER_USED: &str = "no_call";
-pub(crate) const CLOSED_IDLE: &str = "idle";
-pub(crate) const CLOSED_AUTH_FAILURES: &str = "auth_failures";
-const LISTENER: &str = "sensorhub.listener";
-const ERROR_TYPE: &str = "error.type";
-
-impl ConnectionMetrics {
-    pub(crate) fn new() -> Self {
-        let meter = global::meter("sensorhub-grpc");
-        let refused = meter
-            .u64_counter("sensorhub.connections.refused")
-            .with_unit("{connection}")
-            .with_description(
-                "Connections closed before any call: over a limit, or a failed or slow TLS or HTTP/2 handshake",
-            )
-            .build();
-        for reason in [
-            REFUSED_LIMIT,
-            REFUSED_PER_IP,
-            REFUSED_HANDSHAKE,
-            REFUSED_PREFACE,
-        ] {
-            refused.add(0, &[KeyValue::new(REASON, reason)]);
-        }
-        let closed = meter
-            .u64_counter("sensorhub.connections.closed")
-            .with_unit("{connection}")
-            .with_description(
-                "Connections the server closed with GOAWAY: unused, idle, or after failed authentications",
-            )
-            .build();
-        for reason in [CLOSED_NEVER_USED, CLOSED_IDLE, CLOSED_AUTH_FAILURES] {
-            closed.add(0, &[KeyValue::new(CLOSE_REASON, reason)]);
-        }
-        let accept_errors = meter
-            .u64_counter("sensorhub.connections.accept_errors")
-            .with_unit("{error}")
-            .with_description(
-                "Failed accepts, by listener and error (EMFILE: the process is out of file descriptors)",
-            )
-            .build();
-        let open = meter
-            .i64_up_down_counter("sensorhub.connections.open")
-            .with_unit("{connection}")
-            .with_description("Connections admitted and still open")
-            .build();
-        open.add(0, &[]);
-        Self {
-            refused,
-            closed,
-            accept_errors,
-            open,
-        }
-    }
-
-    pub(crate) fn refused(&self, reason: &'static str) {
-        self.refused.add(1, &[KeyValue::new(REASON, reason)]);
-    }
-
-    pub(crate) fn closed(&self, reason: &'static str) {
-        self.closed.add(1, &[KeyValue::new(CLOSE_REASON, reason)]);
-    }
-}
-
 /// What a listener does after a failed `accept`: per-connection errors
 /// (the client reset before we accepted) are skipped at once; running out
 /// of descriptors or memory backs off, from 10 ms doubling to 1 s, so the
@@ -502,13 +432,7 @@ impl AcceptBackoff {
             Some(12) => "ENOMEM",
             _ => "other",
         };
-        self.metrics.accept_errors.add(
-            1,
-            &[
-                KeyValue::new(LISTENER, self.listener),
-                KeyValue::new(ERROR_TYPE, kind),
-            ],
-        );
+        self.metrics.accept_failed(self.listener, kind);
         if kind == "other" {
             tracing::debug!(listener = self.listener, error = %error, "accepting a connection failed");
             return;
@@ -575,11 +499,11 @@ pub(crate) fn accept<S: ServeConnection>(
     stop: CancellationToken,
     serve: S,
     connections: &Connections,
+    metrics: ConnectionMetrics,
 ) {
     let tasks = connections.tasks.clone();
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let per_ip = Arc::new(PerIp::default());
-    let metrics = ConnectionMetrics::new();
     let mut backoff = AcceptBackoff::new("grpc", metrics.clone());
     tokio::spawn(async move {
         loop {
@@ -613,11 +537,10 @@ pub(crate) fn accept<S: ServeConnection>(
                     }
                 },
             };
-            metrics.open.add(1, &[]);
             let slot = Slot {
                 _permit: permit,
                 per_ip: per_ip_slot,
-                metrics: metrics.clone(),
+                lifetime: metrics.admitted(),
             };
             let _ = tcp.set_nodelay(true);
             let metrics = metrics.clone();
@@ -629,14 +552,21 @@ pub(crate) fn accept<S: ServeConnection>(
                 match tls {
                     Some(acceptor) => {
                         let handshake = tokio::time::timeout_at(deadline, acceptor.accept(tcp));
-                        match handshake.await {
-                            Ok(Ok(io)) => serve.serve_tls(Admitted::new(io, deadline, slot)).await,
+                        let failed = match handshake.await {
+                            Ok(Ok(io)) => {
+                                metrics.handshake_succeeded(io.get_ref().1);
+                                serve.serve_tls(Admitted::new(io, deadline, slot)).await;
+                                return;
+                            }
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                metrics.refused(REFUSED_HANDSHAKE)
+                                handshake_result(&e)
                             }
-                            Err(_) => metrics.refused(REFUSED_HANDSHAKE),
-                        }
+                            Err(_) => HANDSHAKE_TIMEOUT,
+                        };
+                        metrics.handshake_failed(failed);
+                        metrics.refused(REFUSED_HANDSHAKE);
+                        slot.lifetime.reason().set(REFUSED_HANDSHAKE);
                     }
                     None => serve.serve_plain(Admitted::new(tcp, deadline, slot)).await,
                 }

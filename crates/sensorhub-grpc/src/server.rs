@@ -37,6 +37,7 @@ use crate::{
     auth::{RateLimit, TokenCheck, TokenSet},
     call_policy::{CallPolicyLayer, HTTP2_MAX_HEADER_LIST_BYTES, Requests},
     connection::{Http2Server, Http2Settings},
+    connection_metrics::{ConnectionMetrics, OptionalMetrics},
     deadline::HeadDeadline,
     health_http::{self, HttpLimits, MetricsEndpoint},
     listener::{self, ConnectionLimits, Connections, ServerTls},
@@ -76,6 +77,8 @@ pub struct ServerConfig {
     pub rate_limit: Option<RateLimit>,
     /// What the server holds of request messages still arriving, and for how long.
     pub requests: RequestLimits,
+    /// The optional connection metrics switched on (`--enable-metrics`).
+    pub optional_metrics: OptionalMetrics,
 }
 
 /// The decode limit of health and reflection: their requests are a service
@@ -113,6 +116,7 @@ impl ServerConfig {
             connections: ConnectionLimits::default(),
             rate_limit: None,
             requests: RequestLimits::default(),
+            optional_metrics: OptionalMetrics::default(),
         }
     }
 }
@@ -324,12 +328,14 @@ pub async fn start(config: ServerConfig, store: Store) -> Result<RunningServer, 
     let grace = config.shutdown_grace;
     let reload_tls = tls.clone();
     let connections = Connections::new();
+    let connection_metrics = ConnectionMetrics::new(config.optional_metrics);
     let http2 = Http2Server::new(
         http2,
         calls,
         config.connections,
         stop.clone(),
         connections.force_token(),
+        connection_metrics.clone(),
     );
     // Stops accepting, and closes every connection gracefully, when `stop` is cancelled.
     listener::accept(
@@ -339,6 +345,7 @@ pub async fn start(config: ServerConfig, store: Store) -> Result<RunningServer, 
         stop.clone(),
         http2,
         &connections,
+        connection_metrics,
     );
     let task = tokio::spawn({
         let stop = stop.clone();

@@ -4,12 +4,17 @@
 //! refused readings, and readings that raise each temperature alert.
 
 use std::{
-    path::Path,
-    process::Stdio,
+    path::{Path, PathBuf},
+    process::{Output, Stdio},
     time::{Duration, Instant},
 };
 
-use sensorhub_grpc::testing::{reading, unix_now};
+use sensorhub_grpc::{
+    ClientConfig, SensorClient,
+    testing::{reading, unix_now},
+    tls::ClientTlsFiles,
+};
+use sensorhub_pki as pki;
 
 use super::{
     deploy_stack::{
@@ -17,7 +22,7 @@ use super::{
     },
     http,
     ports::ClosedPort,
-    spawned_server::{SpawnedServer, client, command},
+    spawned_server::{Serve, SpawnedServer, command},
 };
 
 pub const TOKEN: &str = "deploy-test-token-5be1";
@@ -27,7 +32,7 @@ pub const TOKEN: &str = "deploy-test-token-5be1";
 /// to the returned port where nothing listens: the exports fail there, so
 /// the SDK's `otel_sdk_exporter_*` series (with `error_type`) appear as in a
 /// stack whose collector is down.
-pub fn start_server(data: &Path) -> (SpawnedServer, ClosedPort) {
+pub fn start_server(data: &Path) -> (DeployServer, ClosedPort) {
     let collector = ClosedPort::new();
     let compose = compose();
     let service_env = environment_of(&compose, "sensorhub");
@@ -37,7 +42,7 @@ pub fn start_server(data: &Path) -> (SpawnedServer, ClosedPort) {
     );
     let mut owned: Vec<(String, String)> = service_env
         .into_iter()
-        .filter(|(key, _)| key.starts_with("OTEL_"))
+        .filter(|(key, _)| key.starts_with("OTEL_") || key == "SENSORHUB_ENABLE_METRICS")
         .map(|(key, value)| {
             if key == "OTEL_EXPORTER_OTLP_ENDPOINT" {
                 (key, collector.url())
@@ -59,18 +64,86 @@ pub fn start_server(data: &Path) -> (SpawnedServer, ClosedPort) {
     ] {
         owned.push((key.to_owned(), value.to_owned()));
     }
-    let env: Vec<(&str, String)> = owned
-        .iter()
-        .map(|(key, value)| (key.as_str(), value.clone()))
-        .collect();
-    (SpawnedServer::start(data, TOKEN, &env), collector)
+    // TLS, as in compose (its handshakes are on the dashboards).
+    let certs_dir = tempfile::tempdir().expect("temp dir");
+    let certs = pki::generate(&[])
+        .expect("certificates")
+        .write_to(certs_dir.path())
+        .expect("write certificates");
+    let mut serve = Serve::new();
+    serve
+        .command()
+        .args(["--shutdown-grace", "2s"])
+        .arg("--tls-cert")
+        .arg(&certs.server_cert)
+        .arg("--tls-key")
+        .arg(&certs.server_key)
+        .arg("--data")
+        .arg(data)
+        .env("SENSORHUB_TOKENS", TOKEN)
+        .envs(owned);
+    let server = serve.start();
+    let url = format!("https://localhost:{}", server.grpc);
+    let server = DeployServer {
+        server,
+        url,
+        ca: certs.ca_cert.clone(),
+        _certs: certs_dir,
+    };
+    (server, collector)
+}
+
+/// The server of [`start_server`]: TLS with a CA of its own.
+pub struct DeployServer {
+    pub server: SpawnedServer,
+    /// `https://localhost:PORT`.
+    pub url: String,
+    /// The CA its clients trust.
+    pub ca: PathBuf,
+    _certs: tempfile::TempDir,
+}
+
+impl DeployServer {
+    /// The HTTP listener's port.
+    pub fn http(&self) -> u16 {
+        self.server.http
+    }
+
+    /// A `sensorhub` command that reaches the server: `--server` and `--ca`
+    /// are set (after `args`, the subcommand and its flags).
+    pub fn sensor_command(&self, args: &[String]) -> std::process::Command {
+        let mut command = command();
+        command
+            .args(args)
+            .args(["--server", &self.url])
+            .arg("--ca")
+            .arg(&self.ca);
+        command
+    }
+
+    /// A client over TLS that sends `token`.
+    pub async fn client(&self, token: &str) -> SensorClient {
+        let mut config = ClientConfig::new(self.url.clone());
+        config.tls = ClientTlsFiles {
+            ca: Some(self.ca.clone()),
+            cert: None,
+            key: None,
+            domain: None,
+        };
+        config.token = Some(token.to_owned());
+        sensorhub_grpc::connect(&config).await.expect("connect")
+    }
+
+    /// SIGTERM, then its output and how long it took to stop.
+    pub fn terminate(self, limit: Duration) -> (Output, Duration) {
+        self.server.terminate(limit)
+    }
 }
 
 /// Runs `sensorhub <args>` against the server with `token`; its exit status.
-fn sensor(url: &str, token: &str, args: &[String]) -> std::process::Child {
-    command()
-        .args(args)
-        .args(["--server", url])
+fn sensor(server: &DeployServer, token: &str, args: &[String]) -> std::process::Child {
+    server
+        .sensor_command(args)
         .env("SENSORHUB_TOKEN", token)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -79,8 +152,7 @@ fn sensor(url: &str, token: &str, args: &[String]) -> std::process::Child {
 }
 
 /// The traffic described at the top of this file.
-pub async fn drive(server: &SpawnedServer) {
-    let url = server.url();
+pub async fn drive(server: &DeployServer) {
     let compose = compose();
 
     // The compose file's own sensors, as compose runs them, bounded.
@@ -90,13 +162,13 @@ pub async fn drive(server: &SpawnedServer) {
         .iter()
         .map(|service| {
             let args = local_sensor_args(&compose, service, 12);
-            (service.clone(), sensor(&url, TOKEN, &args))
+            (service.clone(), sensor(server, TOKEN, &args))
         })
         .collect();
     // A sensor with a wrong token; one hot and one cold sensor for the
     // above_max and below_min alerts (45 and -30 °C by default).
     let wrong = sensor(
-        &url,
+        server,
         "not-the-token",
         &[
             "sensor",
@@ -110,7 +182,7 @@ pub async fn drive(server: &SpawnedServer) {
         .map(String::from),
     );
     let hot = sensor(
-        &url,
+        server,
         TOKEN,
         &[
             "sensor",
@@ -128,7 +200,7 @@ pub async fn drive(server: &SpawnedServer) {
         .map(String::from),
     );
     let cold = sensor(
-        &url,
+        server,
         TOKEN,
         &[
             "sensor",
@@ -146,7 +218,7 @@ pub async fn drive(server: &SpawnedServer) {
     );
 
     // Refused readings (validation) and a jump from the rolling mean.
-    let mut ok = client(&url, TOKEN).await;
+    let mut ok = server.client(TOKEN).await;
     for (temperature, timestamp) in [(5000.0, unix_now()), (20.0, 0)] {
         let refused = ok
             .send_single_reading(reading("deploy-refused", temperature, timestamp))
@@ -177,10 +249,10 @@ pub async fn drive(server: &SpawnedServer) {
 
 /// Scrapes /metrics until every name in `wanted` is there (calls are
 /// recorded as they end, exports fail a moment later).
-pub async fn scrape_until(server: &SpawnedServer, wanted: &[&str]) -> (String, Exposition) {
+pub async fn scrape_until(server: &DeployServer, wanted: &[&str]) -> (String, Exposition) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (status, page) = http::get(server.http, "/metrics");
+        let (status, page) = http::get(server.http(), "/metrics");
         let exposition = parse_exposition(&page);
         let missing: Vec<&&str> = wanted
             .iter()
