@@ -50,7 +50,9 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub tokens: Vec<String>,
-    /// File with accepted tokens, one per line (# comments allowed).
+    /// File with accepted credentials, one per line (# comments allowed):
+    /// `TOKEN` or `sha256:HEX` or `cert:NAME`, then optionally
+    /// `name=LABEL write=PATTERNS read=PATTERNS` (README, "Tokens and scopes").
     #[arg(long, env = "SENSORHUB_TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
     /// Accept calls without a token. Only for trusted networks.
@@ -153,16 +155,16 @@ impl ServeArgs {
     /// The accepted tokens: `--token`s and the lines of `--tokens-file`,
     /// read now (at startup, and again on SIGHUP).
     fn token_set(&self) -> anyhow::Result<TokenSet> {
-        let mut tokens = self.tokens.clone();
+        let mut entries = TokenSet::flag_entries(&self.tokens)?;
         if let Some(file) = &self.tokens_file {
-            tokens.extend(TokenSet::read_file(file)?);
+            entries.extend(TokenSet::read_file(file)?);
         }
-        if tokens.is_empty() {
+        if entries.is_empty() {
             bail!(
                 "refusing to serve without tokens: pass --token TOKEN or --tokens-file FILE, or --no-auth to accept every caller"
             );
         }
-        Ok(TokenSet::new(tokens)?)
+        Ok(TokenSet::from_entries(entries)?)
     }
 
     /// Whether `--http` asks for a listener (then it also serves `/metrics`).
@@ -253,8 +255,14 @@ pub async fn run(args: ServeArgs, telemetry: &Telemetry) -> anyhow::Result<ExitC
             "serving plaintext (--insecure): tokens and readings cross the network unencrypted"
         );
     }
-    if config.tokens.is_none() {
-        tracing::warn!("accepting calls without a token (--no-auth)");
+    match &config.tokens {
+        None => tracing::warn!("accepting calls without a token (--no-auth)"),
+        Some(tokens) if tokens.plain_in_file() > 0 => tracing::warn!(
+            lines = tokens.plain_in_file(),
+            "the tokens file holds tokens themselves on {} lines: anyone who reads the file can use them; replace each with its sha256: line (`sensorhub token new` makes tokens and lines)",
+            tokens.plain_in_file()
+        ),
+        Some(_) => {}
     }
     config.connections.max_connections = fit_descriptors(
         config.connections.max_connections,
@@ -339,9 +347,9 @@ async fn reload_on_sighup(args: ServeArgs, reload: Reload) {
         if !args.no_auth {
             match args.token_set() {
                 Ok(tokens) => {
-                    let count = tokens.len();
+                    let (count, certificates) = (tokens.len(), tokens.certificate_names());
                     reload.tokens(tokens);
-                    tracing::info!(tokens = count, "SIGHUP: tokens reloaded");
+                    tracing::info!(tokens = count, certificates, "SIGHUP: tokens reloaded");
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "SIGHUP: tokens not reloaded, the old ones stay")

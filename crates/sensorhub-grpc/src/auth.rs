@@ -1,4 +1,4 @@
-//! Token authentication for the SensorService.
+//! Authentication for the SensorService: who a call is.
 //!
 //! Clients send the token in the `authorization` metadata, either bare (as
 //! the original Python clients did: `authorization: sensor_token_abc`) or as
@@ -6,9 +6,16 @@
 //! a valid token is refused with `UNAUTHENTICATED` before any of its messages
 //! is decoded, on all five methods. Health and reflection are not wrapped.
 //!
+//! Each accepted credential stands for an [`Identity`] (`auth/identity.rs`):
+//! a label and what it may write and read (`auth/scope.rs`), as the tokens
+//! file says (`auth/tokens_file.rs`). The check finds the identity once per
+//! call and puts it in the request's extensions; the service asks it per
+//! reading and per read request.
+//!
 //! Tokens are kept only as SHA-256 digests and compared in constant time
 //! against every accepted digest, so neither timing nor a memory dump of the
-//! set reveals them. Invariant: no token (accepted or presented) is ever
+//! set reveals them; which entry matched is selected without a branch on
+//! the comparison. Invariant: no token (accepted or presented) is ever
 //! formatted into a log line, a status message or a span.
 //!
 //! Failed authentications are counted (`sensorhub.auth.failures`, by
@@ -16,6 +23,10 @@
 //! close it (GOAWAY, `connection.rs`); its calls from then on are refused
 //! without looking at their token. A guesser pays a TCP and TLS handshake
 //! for every few guesses, however many streams it opens at once.
+
+pub mod identity;
+pub mod scope;
+pub mod tokens_file;
 
 use std::{
     fmt,
@@ -26,11 +37,13 @@ use std::{
 };
 
 use opentelemetry::{KeyValue, global, metrics::Counter};
-use ring::digest::{SHA256, digest};
-use subtle::ConstantTimeEq;
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 use tonic::{Request, Status, service::Interceptor};
 
 use crate::connection::ConnectionState;
+pub use identity::{Denied, Identity, Rule};
+pub use scope::{Pattern, Scope};
+use tokens_file::{Credential, Entry, LineError};
 
 /// The metadata key carrying the token.
 pub const AUTHORIZATION: &str = "authorization";
@@ -38,15 +51,28 @@ pub const AUTHORIZATION: &str = "authorization";
 /// Failed authentications in a row after which a connection is closed.
 pub const MAX_FAILED_AUTHENTICATIONS: u32 = 5;
 
-/// The set of accepted tokens.
+/// The accepted credentials and the identity each stands for.
 #[derive(Clone)]
 pub struct TokenSet {
-    digests: Arc<Vec<[u8; 32]>>,
+    tokens: Arc<[TokenEntry]>,
+    certificates: Arc<[(Box<str>, Arc<Identity>)]>,
+    /// Lines of a tokens file that held a token itself, not its digest.
+    plain_in_file: usize,
+}
+
+struct TokenEntry {
+    digest: [u8; 32],
+    identity: Arc<Identity>,
 }
 
 impl fmt::Debug for TokenSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TokenSet({} tokens, redacted)", self.digests.len())
+        write!(
+            f,
+            "TokenSet({} tokens, {} certificate names, redacted)",
+            self.tokens.len(),
+            self.certificates.len()
+        )
     }
 }
 
@@ -64,76 +90,167 @@ pub enum TokenError {
         path: String,
         source: std::io::Error,
     },
+    #[error("the tokens file {path}, {source}")]
+    Line { path: String, source: LineError },
+    #[error("{second} is the same token as {first}; give each token once")]
+    Duplicate { first: String, second: String },
 }
 
 impl TokenSet {
-    /// Builds the set; refuses an empty set and tokens that cannot travel as metadata.
+    /// Builds a set of tokens that may each write and read every sensor
+    /// (`--token`); refuses an empty set and tokens that cannot travel as
+    /// metadata.
     pub fn new<I, S>(tokens: I) -> Result<Self, TokenError>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let mut digests = Vec::new();
-        for token in tokens {
-            let token = token.as_ref();
-            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(TokenError::Unprintable);
-            }
-            digests.push(sha256(token.as_bytes()));
-        }
-        if digests.is_empty() {
+        let entries = Self::flag_entries(tokens)?;
+        Self::from_entries(entries)
+    }
+
+    /// The entries `--token` values stand for: every sensor, labelled
+    /// `--token 1`, `--token 2`, … (line 0: not from the file).
+    pub fn flag_entries<I, S>(tokens: I) -> Result<Vec<Entry>, TokenError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        tokens
+            .into_iter()
+            .enumerate()
+            .map(|(i, token)| {
+                let token = token.as_ref();
+                if !tokens_file::is_sendable_token(token) {
+                    return Err(TokenError::Unprintable);
+                }
+                Ok(Entry {
+                    credential: Credential::Token {
+                        digest: tokens_file::digest(token.as_bytes()),
+                        plain: false,
+                    },
+                    identity: Identity::unrestricted(format!("--token {}", i + 1)),
+                    line: 0,
+                })
+            })
+            .collect()
+    }
+
+    /// The set of these entries (`--token`s first, then the file's lines);
+    /// refuses an empty set and a token given twice.
+    pub fn from_entries(entries: Vec<Entry>) -> Result<Self, TokenError> {
+        if entries.is_empty() {
             return Err(TokenError::Empty);
         }
+        let mut tokens: Vec<TokenEntry> = Vec::new();
+        // Where each token came from, for a duplicate's error.
+        let mut origins: Vec<String> = Vec::new();
+        let mut certificates = Vec::new();
+        let mut plain_in_file = 0;
+        let mut flags = 0;
+        for entry in entries {
+            let origin = if entry.line == 0 {
+                flags += 1;
+                format!("--token {flags}")
+            } else {
+                format!("line {} of the tokens file", entry.line)
+            };
+            let identity = Arc::new(entry.identity);
+            match entry.credential {
+                Credential::Token { digest, plain } => {
+                    if let Some(at) = tokens.iter().position(|t| t.digest == digest) {
+                        return Err(TokenError::Duplicate {
+                            first: origins.swap_remove(at),
+                            second: origin,
+                        });
+                    }
+                    if plain && entry.line > 0 {
+                        plain_in_file += 1;
+                    }
+                    origins.push(origin);
+                    tokens.push(TokenEntry { digest, identity });
+                }
+                Credential::Certificate(name) => certificates.push((name, identity)),
+            }
+        }
         Ok(TokenSet {
-            digests: Arc::new(digests),
+            tokens: tokens.into(),
+            certificates: certificates.into(),
+            plain_in_file,
         })
     }
 
-    /// Reads tokens from a file: one per line; blank lines and `#` comments are skipped.
-    pub fn read_file(path: &Path) -> Result<Vec<String>, TokenError> {
+    /// A set from the text of a tokens file.
+    pub fn parse(text: &str) -> Result<Self, TokenError> {
+        let entries = tokens_file::parse(text).map_err(|source| TokenError::Line {
+            path: "(text)".to_owned(),
+            source,
+        })?;
+        Self::from_entries(entries)
+    }
+
+    /// Reads a tokens file (`auth/tokens_file.rs` has its format); refuses
+    /// it whole at a line it cannot use, naming the line.
+    pub fn read_file(path: &Path) -> Result<Vec<Entry>, TokenError> {
         let text = std::fs::read_to_string(path).map_err(|source| TokenError::File {
             path: path.display().to_string(),
             source,
         })?;
-        Ok(text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(str::to_owned)
-            .collect())
+        tokens_file::parse(&text).map_err(|source| TokenError::Line {
+            path: path.display().to_string(),
+            source,
+        })
     }
 
     /// Whether `presented` is one of the tokens, in time independent of which one.
     pub fn accepts(&self, presented: &[u8]) -> bool {
-        self.accepted_digest(presented).is_some()
+        self.accepted(presented).is_some()
     }
 
-    /// The digest of `presented` if it is one of the tokens (the key its
-    /// rate limit is kept under), in time independent of which one.
-    fn accepted_digest(&self, presented: &[u8]) -> Option<[u8; 32]> {
-        let presented = sha256(presented);
+    /// The digest of `presented` (the key its rate limit is kept under)
+    /// and its identity, if it is one of the tokens. Every digest is
+    /// compared, and the match selected without a branch, so the time does
+    /// not depend on which token it was or how much of one matched.
+    fn accepted(&self, presented: &[u8]) -> Option<([u8; 32], &Arc<Identity>)> {
+        let presented = tokens_file::digest(presented);
         let mut matched = subtle::Choice::from(0);
-        for accepted in self.digests.iter() {
-            matched |= accepted.ct_eq(&presented);
+        let mut index = 0u32;
+        for (i, accepted) in self.tokens.iter().enumerate() {
+            let equal = accepted.digest.ct_eq(&presented);
+            index.conditional_assign(&(i as u32), equal);
+            matched |= equal;
         }
-        bool::from(matched).then_some(presented)
+        bool::from(matched).then(|| (presented, &self.tokens[index as usize].identity))
+    }
+
+    /// The identity a client certificate's name stands for (a `cert:` line).
+    pub fn certificate(&self, name: &str) -> Option<&Arc<Identity>> {
+        self.certificates
+            .iter()
+            .find(|(n, _)| **n == *name)
+            .map(|(_, identity)| identity)
     }
 
     /// How many tokens the set holds.
     pub fn len(&self) -> usize {
-        self.digests.len()
+        self.tokens.len()
+    }
+
+    /// How many `cert:` lines it holds.
+    pub fn certificate_names(&self) -> usize {
+        self.certificates.len()
     }
 
     /// Always false: a set is never empty.
     pub fn is_empty(&self) -> bool {
-        self.digests.is_empty()
+        self.tokens.is_empty() && self.certificates.is_empty()
     }
-}
 
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let mut out = [0; 32];
-    out.copy_from_slice(digest(&SHA256, bytes).as_ref());
-    out
+    /// How many lines of the tokens file held a token itself rather than
+    /// its `sha256:` digest (the server warns once at start).
+    pub fn plain_in_file(&self) -> usize {
+        self.plain_in_file
+    }
 }
 
 /// The interceptor that refuses calls without an accepted token, and calls
@@ -145,6 +262,8 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 #[derive(Debug, Clone)]
 pub struct TokenCheck {
     tokens: Option<Arc<RwLock<TokenSet>>>,
+    /// The identity of every call under `--no-auth`.
+    anonymous: Arc<Identity>,
     limiter: Option<Arc<TokenRateLimiter>>,
     failures: Counter<u64>,
 }
@@ -191,6 +310,7 @@ impl TokenCheck {
         }
         Self {
             tokens: tokens.map(|t| Arc::new(RwLock::new(t))),
+            anonymous: Arc::new(Identity::unrestricted("no-auth")),
             limiter,
             failures,
         }
@@ -239,8 +359,9 @@ impl TokenCheck {
 }
 
 impl Interceptor for TokenCheck {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let Some(tokens) = &self.tokens else {
+            request.extensions_mut().insert(self.anonymous.clone());
             return Ok(request);
         };
         let connection = request.extensions().get::<Arc<ConnectionState>>();
@@ -258,8 +379,9 @@ impl Interceptor for TokenCheck {
         let accepted = tokens
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .accepted_digest(token);
-        let Some(key) = accepted else {
+            .accepted(token)
+            .map(|(key, identity)| (key, identity.clone()));
+        let Some((key, identity)) = accepted else {
             self.failed(FAILED_INVALID, connection)?;
             return Err(Status::unauthenticated(
                 "Invalid token: the `authorization` metadata does not carry a token this server accepts",
@@ -274,6 +396,7 @@ impl Interceptor for TokenCheck {
             let wait = not_until.wait_time_from(governor::clock::Clock::now(limiter.clock()));
             return Err(rate_limited(wait));
         }
+        request.extensions_mut().insert(identity);
         Ok(request)
     }
 }
@@ -362,6 +485,48 @@ mod tests {
         // A wrong token is refused as unauthenticated, not counted.
         let wrong = check.call(with_token("zz")).unwrap_err();
         assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
+    }
+
+    fn identity_of(request: &Request<()>) -> Arc<Identity> {
+        request
+            .extensions()
+            .get::<Arc<Identity>>()
+            .cloned()
+            .expect("an identity")
+    }
+
+    #[test]
+    fn the_identity_of_the_matching_line_goes_with_the_call() {
+        let hashed = tokens_file::hex(&tokens_file::digest(b"c3"));
+        let set = TokenSet::parse(&format!(
+            "a1 name=kitchen write=kitchen-*\nb2\nsha256:{hashed} read=hall"
+        ))
+        .unwrap();
+        assert_eq!(set.plain_in_file(), 2);
+        let mut check = TokenCheck::new(Some(set), None);
+        let kitchen = identity_of(&check.call(with_token("a1")).unwrap());
+        assert_eq!(&*kitchen.label, "kitchen");
+        assert!(kitchen.write.permits("kitchen-2") && !kitchen.write.permits("hall"));
+        let bare = identity_of(&check.call(with_token("Bearer b2")).unwrap());
+        assert_eq!(&*bare.label, "tokens file line 2");
+        assert!(bare.write.is_all() && bare.read.is_all());
+        let hall = identity_of(&check.call(with_token("c3")).unwrap());
+        assert!(hall.read.permits("hall") && !hall.write.permits("hall"));
+        // The digest itself is no token.
+        assert!(check.call(with_token(&hashed)).is_err());
+        let anonymous = identity_of(&TokenCheck::new(None, None).call(Request::new(())).unwrap());
+        assert!(anonymous.write.is_all() && anonymous.read.is_all());
+    }
+
+    #[test]
+    fn a_token_given_twice_is_refused_naming_both_places() {
+        let mut entries = TokenSet::flag_entries(["t1", "t2"]).unwrap();
+        entries.extend(tokens_file::parse("x\nt2 write=a").unwrap());
+        let error = TokenSet::from_entries(entries).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "line 2 of the tokens file is the same token as --token 2; give each token once"
+        );
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! errors and gRPC statuses. The only place that knows both sides.
 
 use sensorhub_core::{Alert, Reading, SensorStats, StoreError, Violation};
+
+use crate::auth::{Denied, Rule};
 use sensorhub_proto as pb;
 use tonic::{Code, Status, metadata::MetadataValue};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -113,6 +115,26 @@ pub fn invalid_reading_in_stream(v: &Violation, index: u64, stored: u64) -> Stat
             v.description.clone(),
         ),
     );
+    set_stored_count(&mut status, stored);
+    status
+}
+
+/// A reading for a sensor the caller may not write, or a read of one it
+/// may not read: `PERMISSION_DENIED` naming the sensor and the rule.
+pub fn permission_denied(denied: &Denied) -> Status {
+    let what = match denied.rule {
+        Rule::Write => "nothing was stored",
+        Rule::Read => "nothing was sent",
+    };
+    Status::permission_denied(format!("permission denied: {denied}; {what}"))
+}
+
+/// A reading of a stream for a sensor the caller may not write: which one,
+/// and exactly what of the stream was stored (every reading before it).
+pub fn permission_denied_in_stream(denied: &Denied, index: u64, stored: u64) -> Status {
+    let mut status = Status::permission_denied(format!(
+        "permission denied for reading #{index} (counting from 0): {denied}; the {stored} readings before it were stored, it and everything after it were not"
+    ));
     set_stored_count(&mut status, stored);
     status
 }

@@ -5,7 +5,8 @@
 //! - [`stats_paging`]: `GetSensorStats` for every sensor in replies a client accepts.
 //! - [`convert`]: wire messages ↔ domain values, domain errors → gRPC statuses.
 //! - [`idempotency_key`]: the `sensorhub-idempotency-key` metadata.
-//! - [`auth`]: the token check (an interceptor, before any message is read).
+//! - [`auth`]: who a call is: the token check (an interceptor, before any message
+//!   is read), identities and their scopes, the tokens file.
 //! - [`tls`]: loading PEM files (`sensorhub-pki` makes them).
 //! - [`request_budget`]: what the server holds of request messages still arriving.
 //! - [`server`]: assembling and running the server, health, reflection, shutdown.

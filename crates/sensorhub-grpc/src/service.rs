@@ -6,8 +6,13 @@
 //! group commit) but bounded, so a fast client meets backpressure, never an
 //! unbounded buffer.
 //!
+//! Every call carries the identity the token check found (`auth.rs`): a
+//! reading is stored only for a sensor the identity may write, and a read
+//! is served only for sensors it may read (`PERMISSION_DENIED` otherwise,
+//! counted in `sensorhub.calls.denied`).
+//!
 //! This file holds what every RPC shares (the configuration, admission,
-//! validation, the shutdown status) and the unary call; each other concept
+//! validation and scope, the shutdown status) and the unary call; each other concept
 //! has its own file: [`ingest`] (client streams), [`history`] (history and
 //! follow), [`chat`] and [`stats`].
 
@@ -32,7 +37,11 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::convert::{invalid_reading, reading_from_wire, set_stored_count, store_status};
+use crate::auth::{Denied, Identity};
+use crate::convert::{
+    invalid_reading, invalid_reading_in_stream, permission_denied, permission_denied_in_stream,
+    reading_from_wire, set_stored_count, store_status,
+};
 use crate::idempotency_key;
 use crate::service_metrics::{RpcKind, ServiceMetrics};
 use crate::store_spans::StoreSpans;
@@ -112,12 +121,49 @@ impl SensorHub {
         })
     }
 
-    fn check(&self, reading: &Reading) -> Result<(), sensorhub_core::Violation> {
-        let checked = self.config.limits.check(reading, unix_now());
-        if let Err(violation) = &checked {
-            self.metrics.refused(violation);
+    /// Whether `reading` may be stored: it is valid, and its sensor is one
+    /// `identity` may write. A refusal is counted and logged.
+    fn admissible(&self, identity: &Identity, reading: &Reading) -> Result<(), Refused> {
+        if let Err(violation) = self.config.limits.check(reading, unix_now()) {
+            self.metrics.refused(&violation);
+            return Err(Refused::Invalid(violation));
         }
-        checked
+        identity.may_write(&reading.sensor_id).map_err(|denied| {
+            self.metrics.denied(&denied);
+            Refused::Denied(denied)
+        })
+    }
+
+    /// Whether `identity` may read `sensor_id`; a refusal is counted.
+    fn readable(&self, identity: &Identity, sensor_id: &str) -> Result<(), Status> {
+        identity.may_read(sensor_id).map_err(|denied| {
+            self.metrics.denied(&denied);
+            permission_denied(&denied)
+        })
+    }
+}
+
+/// Why a reading is not stored.
+enum Refused {
+    Invalid(sensorhub_core::Violation),
+    Denied(Denied),
+}
+
+impl Refused {
+    /// The status for a single reading.
+    fn alone(&self) -> Status {
+        match self {
+            Refused::Invalid(v) => invalid_reading(v),
+            Refused::Denied(d) => permission_denied(d),
+        }
+    }
+
+    /// The status for reading `index` of a stream, `stored` readings before it stored.
+    fn in_stream(&self, index: u64, stored: u64) -> Status {
+        match self {
+            Refused::Invalid(v) => invalid_reading_in_stream(v, index, stored),
+            Refused::Denied(d) => permission_denied_in_stream(d, index, stored),
+        }
     }
 }
 
@@ -145,9 +191,11 @@ impl pb::sensor_service_server::SensorService for SensorHub {
         request: Request<pb::SensorReading>,
     ) -> Result<Response<pb::Ack>, Status> {
         let _slot = self.admit()?;
+        let identity = Identity::of(&request)?;
         let key = idempotency_key::from_metadata(request.metadata())?;
         let reading = reading_from_wire(request.into_inner());
-        self.check(&reading).map_err(|v| invalid_reading(&v))?;
+        self.admissible(&identity, &reading)
+            .map_err(|refused| refused.alone())?;
         let written = match key {
             None => self.spans.insert(1, self.store.append(vec![reading])).await,
             Some(key) => {
@@ -237,7 +285,11 @@ mod tests {
         let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
         let decoder =
             sensorhub_proto::codec::CompactCodec::<pb::Ack, pb::SensorReading>::default().decoder();
-        Request::new(Streaming::new_request(decoder, body, None, None))
+        let mut request = Request::new(Streaming::new_request(decoder, body, None, None));
+        request
+            .extensions_mut()
+            .insert(Arc::new(Identity::unrestricted("test")));
+        request
     }
 
     /// An UNAVAILABLE from the stream itself (here the reset code a peer

@@ -10,13 +10,19 @@
 //! - `sensorhub.streams.active` ({stream}) by `sensorhub.rpc.kind`
 //!   (`client_stream`, `server_stream`, `chat`);
 //! - `sensorhub.calls.shed` ({call}): unary calls refused because the
-//!   server already had its maximum in progress.
+//!   server already had its maximum in progress;
+//! - `sensorhub.calls.denied` ({call}) by `sensorhub.denied.rule` (`write`,
+//!   `read`): calls refused `PERMISSION_DENIED` because a sensor was outside
+//!   the caller's scope. The rule, never the identity's label, is the
+//!   attribute: labels are the operator's and unbounded, rules are two.
 
 use opentelemetry::{
     KeyValue, global,
     metrics::{Counter, UpDownCounter},
 };
 use sensorhub_core::Violation;
+
+use crate::auth::{Denied, Rule};
 
 /// The kinds of call that store or stream readings.
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +54,7 @@ pub(crate) struct ServiceMetrics {
     refused: Counter<u64>,
     active: UpDownCounter<i64>,
     shed: Counter<u64>,
+    denied: Counter<u64>,
 }
 
 impl ServiceMetrics {
@@ -77,7 +84,18 @@ impl ServiceMetrics {
             .with_description("Unary calls refused with UNAVAILABLE because the server was full")
             .build();
         shed.add(0, &[]);
+        let denied = meter
+            .u64_counter("sensorhub.calls.denied")
+            .with_unit("{call}")
+            .with_description(
+                "Calls refused PERMISSION_DENIED: a sensor outside what the caller's identity may write or read",
+            )
+            .build();
+        for rule in [Rule::Write, Rule::Read] {
+            denied.add(0, &[denied_rule(rule)]);
+        }
         Self {
+            denied,
             stored: meter
                 .u64_counter("sensorhub.readings.stored")
                 .with_unit("{reading}")
@@ -113,6 +131,18 @@ impl ServiceMetrics {
             .add(1, &[refusal_reason(violation.field, violation.reason)]);
     }
 
+    /// Counts a call refused for its scope and logs it (in the call's span;
+    /// the label and the sensor id, never a token).
+    pub(crate) fn denied(&self, denied: &Denied) {
+        tracing::info!(
+            rule = denied.rule.as_str(),
+            identity = %denied.label,
+            sensor_id = %denied.sensor_id,
+            "call denied: {denied}"
+        );
+        self.denied.add(1, &[denied_rule(denied.rule)]);
+    }
+
     /// Counts a stream as active until the guard is dropped.
     pub(crate) fn stream(&self, kind: RpcKind) -> ActiveStream {
         self.active.add(1, &kind.attribute());
@@ -121,6 +151,10 @@ impl ServiceMetrics {
             kind,
         }
     }
+}
+
+fn denied_rule(rule: Rule) -> KeyValue {
+    KeyValue::new("sensorhub.denied.rule", rule.as_str())
 }
 
 fn refusal_reason(field: &str, reason: &str) -> KeyValue {

@@ -1,7 +1,7 @@
 //! SensorChat: readings in, replies out in arrival order, each once its
 //! reading is durable, followed by any alert it raised.
 
-use std::{collections::VecDeque, pin::Pin};
+use std::{collections::VecDeque, pin::Pin, sync::Arc};
 
 use futures_util::{StreamExt, stream::FuturesOrdered};
 use sensorhub_core::{StoreError, WriteReceipt};
@@ -9,9 +9,10 @@ use sensorhub_proto as pb;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{BoxStream, SensorHub, shutting_down, unix_now};
+use crate::auth::Identity;
 use crate::convert::{
-    alert_to_wire, decode_status, invalid_reading_in_stream, reading_from_wire, received_message,
-    set_stored_count, store_status,
+    alert_to_wire, decode_status, reading_from_wire, received_message, set_stored_count,
+    store_status,
 };
 use crate::deadline;
 use crate::service_metrics::RpcKind;
@@ -26,7 +27,8 @@ pub(super) async fn sensor_chat(
     request: Request<Streaming<pb::SensorReading>>,
 ) -> Result<Response<BoxStream<pb::ServerMessage>>, Status> {
     let timeout = deadline::requested_timeout(request.metadata());
-    let chat = Chat::new(hub.clone(), request.into_inner());
+    let identity = Identity::of(&request)?;
+    let chat = Chat::new(hub.clone(), identity, request.into_inner());
     let replies = futures_util::stream::unfold(chat, |mut chat| async move {
         let reply = chat.next_reply().await?;
         Some((reply, chat))
@@ -41,6 +43,8 @@ type Commit =
 /// each sent once its reading is durable and followed by any alert it raised.
 struct Chat {
     hub: SensorHub,
+    /// Who is chatting: what it may write is checked per reading.
+    identity: Arc<Identity>,
     inbound: Streaming<pb::SensorReading>,
     /// Commits awaited, oldest first; several readings may be in flight.
     in_flight: FuturesOrdered<Commit>,
@@ -57,8 +61,9 @@ struct Chat {
 }
 
 impl Chat {
-    fn new(hub: SensorHub, inbound: Streaming<pb::SensorReading>) -> Self {
+    fn new(hub: SensorHub, identity: Arc<Identity>, inbound: Streaming<pb::SensorReading>) -> Self {
         Self {
+            identity,
             max_in_flight: hub.config.ingest_in_flight.max(1) * 16,
             _active: hub.metrics.stream(RpcKind::Chat),
             hub,
@@ -100,10 +105,10 @@ impl Chat {
             next = self.inbound.message(), if self.in_flight.len() < self.max_in_flight => match next {
                 Ok(Some(message)) => {
                     let reading = reading_from_wire(message);
-                    if let Err(v) = self.hub.check(&reading) {
+                    if let Err(refused) = self.hub.admissible(&self.identity, &reading) {
                         // Everything before it is stored: acknowledge it first.
                         self.drain().await?;
-                        return Err(invalid_reading_in_stream(&v, self.received, self.stored));
+                        return Err(refused.in_stream(self.received, self.stored));
                     }
                     self.received += 1;
                     let temperature = reading.temperature;

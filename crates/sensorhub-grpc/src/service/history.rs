@@ -10,6 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{BoxStream, Lifecycle, SensorHub};
+use crate::auth::Identity;
 use crate::convert::{invalid_request, reading_to_wire, store_status};
 use crate::deadline;
 use crate::service_metrics::RpcKind;
@@ -20,8 +21,11 @@ pub(super) async fn get_sensor_readings(
     request: Request<pb::SensorRequest>,
 ) -> Result<Response<BoxStream<pb::SensorReading>>, Status> {
     let timeout = deadline::requested_timeout(request.metadata());
+    let identity = Identity::of(&request)?;
     let request = request.into_inner();
     let query = history_query(&request)?;
+    // Refused before anything is read or sent.
+    hub.readable(&identity, &request.sensor_id)?;
     let (tx, rx) = mpsc::channel::<Result<Vec<StoredReading>, Status>>(2);
     let reader = HistoryReader {
         _active: hub.metrics.stream(RpcKind::ServerStream),

@@ -13,20 +13,21 @@ use sensorhub_proto as pb;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{SensorHub, shutting_down};
-use crate::convert::{
-    decode_status, invalid_reading_in_stream, reading_from_wire, set_stored_count, store_status,
-};
+use crate::auth::Identity;
+use crate::convert::{decode_status, reading_from_wire, set_stored_count, store_status};
 use crate::idempotency_key;
 use crate::service_metrics::{RpcKind, ServiceMetrics};
 use crate::store_spans::StoreSpans;
 
 /// Stores readings chunk by chunk as they arrive. A refused reading ends
-/// the call with `INVALID_ARGUMENT`; everything before it is committed
+/// the call with `INVALID_ARGUMENT` (invalid) or `PERMISSION_DENIED` (a
+/// sensor the caller may not write); everything before it is committed
 /// first, and the status says how many readings that was.
 pub(super) async fn stream_sensor_readings(
     hub: &SensorHub,
     request: Request<Streaming<pb::SensorReading>>,
 ) -> Result<Response<pb::Ack>, Status> {
+    let identity = Identity::of(&request)?;
     let key = idempotency_key::from_metadata(request.metadata())?;
     let mut inbound = request.into_inner();
     let _active = hub.metrics.stream(RpcKind::ClientStream);
@@ -50,10 +51,10 @@ pub(super) async fn stream_sensor_readings(
         match next {
             Ok(Some(message)) => {
                 let reading = reading_from_wire(message);
-                if let Err(v) = hub.check(&reading) {
+                if let Err(refused) = hub.admissible(&identity, &reading) {
                     ingest.push(std::mem::take(&mut chunk)).await?;
                     let stored = ingest.finish().await?;
-                    return Err(invalid_reading_in_stream(&v, index, stored));
+                    return Err(refused.in_stream(index, stored));
                 }
                 index += 1;
                 chunk.push(reading);
