@@ -11,7 +11,6 @@ use std::{
 
 use anyhow::Context;
 use clap::Args;
-use sensorhub_core::{Store, StoreConfig, store::StoreLocation};
 use sensorhub_grpc::{
     ClientConfig, ServerConfig,
     auth::TokenSet,
@@ -19,6 +18,7 @@ use sensorhub_grpc::{
 };
 use sensorhub_pki as pki;
 use sensorhub_proto::StatsRequest;
+use sensorhub_store_embedded::{EmbeddedConfig, EmbeddedStore, StoreLocation};
 use sensorhub_telemetry::pipeline::Telemetry;
 use tokio::time::Instant;
 
@@ -65,9 +65,9 @@ pub async fn run(args: DemoArgs, telemetry: &Telemetry) -> anyhow::Result<ExitCo
     server_config.shutdown_grace = Duration::from_secs(3);
     server_config.exemplars = telemetry.prometheus().and_then(|p| p.exemplars());
     server_config.metrics = telemetry.prometheus().map(super::serve::metrics_endpoint);
-    let store = Store::open(StoreConfig::new(StoreLocation::Directory(
-        dir.path().join("data"),
-    )))?;
+    let store = std::sync::Arc::new(EmbeddedStore::open(EmbeddedConfig::new(
+        StoreLocation::Directory(dir.path().join("data")),
+    ))?);
     let server = sensorhub_grpc::start(server_config, store).await?;
 
     let url = format!("https://localhost:{}", server.grpc_addr().port());

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::Args;
-use sensorhub_core::{AlertRules, ReadingLimits, Store, StoreConfig, store::StoreLocation};
+use sensorhub_core::{AlertRules, ReadingLimits, SharedStore};
 use sensorhub_grpc::{
     MetricsEndpoint, MetricsFormat, Reload, RunningServer, ServerConfig, ServiceConfig,
     auth::{RateLimit, TokenSet},
@@ -21,6 +21,7 @@ use sensorhub_grpc::{
     request_budget::RequestLimits,
     tls::ServerTlsFiles,
 };
+use sensorhub_store_embedded::{EmbeddedConfig, EmbeddedStore, StoreLocation};
 use sensorhub_telemetry::pipeline::{
     OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE, PrometheusText, Telemetry,
 };
@@ -173,7 +174,7 @@ impl ServeArgs {
     }
 
     /// The server and store configuration these flags describe, or what to pass instead.
-    pub fn configs(&self) -> anyhow::Result<(ServerConfig, StoreConfig)> {
+    pub fn configs(&self) -> anyhow::Result<(ServerConfig, EmbeddedConfig)> {
         let tls = match (&self.tls_cert, &self.tls_key, self.insecure) {
             (Some(cert), Some(key), _) => Some(ServerTlsFiles {
                 cert: cert.clone(),
@@ -230,13 +231,13 @@ impl ServeArgs {
             StoreLocation::Directory(
                 self.data
                     .clone()
-                    .unwrap_or_else(sensorhub_core::store::default_data_dir),
+                    .unwrap_or_else(sensorhub_store_embedded::default_data_dir),
             )
         };
-        let mut store = StoreConfig::new(location);
-        store.retention = self.retention;
-        store.max_tracked_sensors = self.max_tracked_sensors;
-        store.alert_rules = AlertRules {
+        let mut store = EmbeddedConfig::new(location);
+        store.settings.retention = self.retention;
+        store.settings.max_tracked_sensors = self.max_tracked_sensors;
+        store.settings.alert_rules = AlertRules {
             max: self.alert_max,
             min: self.alert_min,
             max_jump: self.alert_jump,
@@ -270,7 +271,7 @@ pub async fn run(args: ServeArgs, telemetry: &Telemetry) -> anyhow::Result<ExitC
             .http
             .map_or(0, |_| config.http_limits.max_connections),
     );
-    let store = Store::open(store_config)?;
+    let store: SharedStore = std::sync::Arc::new(EmbeddedStore::open(store_config)?);
     let server = sensorhub_grpc::start(config, store).await?;
     if let Some(path) = &args.ready_file {
         write_ready_file(path, &server)?;

@@ -1,82 +1,53 @@
-//! The durable embedded store: a commit log in front of SQLite.
+//! The store boundary: what the service asks of a store, in the domain's
+//! terms, whichever engine keeps the data.
 //!
-//! Why this shape:
-//! - **Durable before acknowledged.** A write returns only after the group
-//!   holding it is in the journal (`store/journal.rs`) and fsynced. The
-//!   transport acknowledges nothing before that.
-//! - **Group commit.** One fsync costs a millisecond or more; one per call
-//!   would cap ingest at a few hundred calls/s. The writer takes every write
-//!   waiting in its queue (up to [`StoreConfig::max_batch`] readings) into
-//!   one journal append, so concurrent calls share the fsync.
-//! - **Indexed off the acknowledgement's path.** The indexer thread folds
-//!   journaled readings into SQLite (WAL, `synchronous=FULL`) in
-//!   transactions as large as the backlog, so under load many readings
-//!   share each page write. Queries wait until the tables hold every write
-//!   acknowledged before the query began (read-your-writes), and a restart
-//!   replays what the journal holds beyond the tables.
-//! - **Bounded memory everywhere.** The write queue and the indexer's queue
-//!   are bounded (callers wait: backpressure), history is read in
-//!   keyset-paginated pages, and a live tail is a cursor over the store, not
-//!   a buffer: a slow follower costs one page.
-//! - **Analysis in commit order.** The writer applies the alert rules and the
-//!   running statistics to each reading in the order it numbers them; the
-//!   indexer stores the statistics in the same transaction as the readings.
+//! Why a trait here and the engines elsewhere: the transport and the domain
+//! must not know how readings are kept (an embedded commit log in front of
+//! SQLite, or a shared PostgreSQL). Each engine is its own crate that
+//! depends on this one, so Cargo enforces that nothing here reaches into
+//! an engine; the binary picks one and hands the transport a
+//! [`SharedStore`].
 //!
-//! `--memory` uses the same code on SQLite's in-process `memdb` VFS, without
-//! a journal: nothing touches the disk and nothing survives the process, as
-//! in the original.
+//! The promises every engine keeps (and `conformance` checks, one suite for
+//! all engines):
+//! - **Durable before acknowledged.** [`PendingWrite::committed`] answers
+//!   only once the write survives a crash of the process (and, for a
+//!   shared engine, of the host it runs on).
+//! - **Group commit.** Writes queued at once share one durable commit.
+//! - **Commit order.** Every stored reading gets a sequence number; numbers
+//!   grow in commit order, never repeat, and the statistics and alerts are
+//!   applied to readings in that order, exactly once.
+//! - **Read your writes.** A query sees every write acknowledged before it
+//!   began ([`Store::caught_up_seq`]).
+//! - **Bounded memory.** History is read in keyset pages and a live tail is
+//!   a cursor (`seq > after`) over the store, woken by
+//!   [`Store::committed_seq`], never a buffer.
+//!
+//! Invariant: the trait is object-safe (methods return boxed futures), so
+//! the transport holds one `Arc<dyn Store>` chosen at start.
 
-mod indexer;
-mod journal;
-mod metrics;
-mod reader;
-mod schema;
-mod writer;
+pub mod metrics;
 
-use std::{
-    path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{future::Future, path::PathBuf, pin::Pin, sync::Arc, time::Duration};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use crate::{
     Alert, AlertRules, Reading, SensorStats, StoredReading,
     idempotency::{KeyLimits, KeyedPart},
 };
 
-use self::{
-    indexer::{Backlog, Checkpoints, Indexer},
-    journal::Journal,
-    reader::ReaderPool,
-    writer::{Command, Loaded, Outlets, WriteRequest, Writer},
-};
+/// What a store method returns: a future that may borrow the store and the
+/// method's arguments.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
-/// Readings that may wait for the indexer before the writer waits too
-/// (about 3 MiB, and 50 ms of indexing on the bench machine): this bounds
-/// how far the tables lag and how long closing takes.
-const INDEX_BACKLOG: usize = 65_536;
-/// The longest a query waits for the indexer to catch up with what was
-/// acknowledged before it, before it fails.
-const INDEX_WAIT: Duration = Duration::from_secs(10);
+/// The store the service runs on, shared by every call.
+pub type SharedStore = Arc<dyn Store>;
 
-/// Where the store keeps its data.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreLocation {
-    /// A directory holding `readings.db` (and its WAL). Created if missing.
-    Directory(PathBuf),
-    /// Process memory only: gone when the process exits.
-    Memory,
-}
-
-/// How to open a [`Store`].
+/// How any engine treats readings: the settings that are not about where or
+/// how the data is kept.
 #[derive(Debug, Clone)]
-pub struct StoreConfig {
-    pub location: StoreLocation,
+pub struct StoreSettings {
     pub alert_rules: AlertRules,
     /// Delete readings whose timestamp is older than this. `None`: keep everything.
     pub retention: Option<Duration>,
@@ -86,23 +57,18 @@ pub struct StoreConfig {
     pub queue_depth: usize,
     /// Sensors whose last temperature is exported as a gauge (the first ones seen).
     pub max_tracked_sensors: usize,
-    /// How large a journal file grows before the next one starts (64 MiB);
-    /// a closed file is deleted once the database file holds all of it.
-    pub journal_file_bytes: u64,
     /// How many idempotency keys are remembered, and for how long.
     pub idempotency: KeyLimits,
 }
 
-impl StoreConfig {
-    pub fn new(location: StoreLocation) -> Self {
+impl Default for StoreSettings {
+    fn default() -> Self {
         Self {
-            location,
             alert_rules: AlertRules::default(),
             retention: None,
             max_batch: 65_536,
             queue_depth: 1_024,
             max_tracked_sensors: 1_000,
-            journal_file_bytes: journal::SEGMENT_BYTES,
             idempotency: KeyLimits::default(),
         }
     }
@@ -153,11 +119,21 @@ pub struct WriteReceipt {
     pub alerts: Vec<Alert>,
 }
 
+/// Where an engine answers a queued write, exactly once.
+pub type CommitReply = oneshot::Sender<Result<WriteReceipt, StoreError>>;
+
 /// A write that has been queued and will be acknowledged once committed.
 #[derive(Debug)]
 pub struct PendingWrite(oneshot::Receiver<Result<WriteReceipt, StoreError>>);
 
 impl PendingWrite {
+    /// A pending write and the reply its engine answers it through. A reply
+    /// dropped unanswered reads as [`StoreError::Closed`].
+    pub fn channel() -> (CommitReply, PendingWrite) {
+        let (reply, rx) = oneshot::channel();
+        (reply, PendingWrite(rx))
+    }
+
     /// Waits until the write is durable (or has failed).
     pub async fn committed(self) -> Result<WriteReceipt, StoreError> {
         self.0.await.unwrap_or(Err(StoreError::Closed))
@@ -176,6 +152,18 @@ pub struct HistoryQuery {
     pub up_to_seq: Option<u64>,
 }
 
+impl HistoryQuery {
+    /// All of one sensor's history.
+    pub fn sensor(sensor_id: impl Into<String>) -> Self {
+        Self {
+            sensor_id: sensor_id.into(),
+            since: None,
+            until: None,
+            up_to_seq: None,
+        }
+    }
+}
+
 /// Where a paginated history read has got to: the last (timestamp, seq) returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct HistoryCursor {
@@ -184,12 +172,17 @@ pub struct HistoryCursor {
 
 impl HistoryCursor {
     /// A cursor whose next page starts at the reading (`timestamp`, `seq`).
-    fn at(timestamp: i64, seq: u64) -> Self {
+    pub fn at(timestamp: i64, seq: u64) -> Self {
         // Pages continue after (ts, seq) > the cursor: every seq is at
         // least 1, so (timestamp, seq - 1) is just before this reading.
         Self {
-            last: Some((timestamp, seq - 1)),
+            last: Some((timestamp, seq.saturating_sub(1))),
         }
+    }
+
+    /// The (timestamp, seq) the next page starts after; `None`: the start.
+    pub fn after(&self) -> Option<(i64, u64)> {
+        self.last
     }
 
     /// Moves the cursor past the last reading of `page`.
@@ -200,606 +193,88 @@ impl HistoryCursor {
     }
 }
 
-/// A handle to the store; cheap to clone, shared by all calls.
-///
-/// Dropping the last handle without [`close`](Store::close) stops the store
-/// the same way, in the background: the writer commits and answers what was
-/// queued, the indexer indexes and checkpoints it, and the data directory
-/// stays locked until both threads (and any query still running) are done
-/// with its files. Opening the directory meanwhile fails with
-/// [`StoreError::Locked`]. Await `close` to know that the store has stopped.
-#[derive(Debug, Clone)]
-pub struct Store {
-    inner: Arc<Inner>,
+/// Whether the store can serve calls now (health and `/readyz` follow it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// Calls fail until it recovers by itself; the reason is for operators.
+    Unavailable(String),
 }
 
-#[derive(Debug)]
-struct Inner {
-    commands: mpsc::Sender<Command>,
-    /// The last sequence number answered to a writer.
-    acknowledged: Arc<AtomicU64>,
-    /// The last sequence number queries see.
-    visible: watch::Receiver<u64>,
-    /// Asks the indexer not to linger (a query is waiting).
-    nudge: std::sync::mpsc::Sender<indexer::IndexCommand>,
-    readers: ReaderPool,
-    threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
-}
-
-impl Store {
-    /// Opens (creating if needed) the store, replays what its journal holds
-    /// beyond its tables, and starts the writer and indexer threads.
-    pub fn open(config: StoreConfig) -> Result<Store, StoreError> {
-        let target = schema::Target::new(&config.location)?;
-        let conn = target.open_writer()?;
-        let loaded = Loaded::read(&conn).map_err(|e| target.classify(e))?;
-        tracing::info!(
-            store = %target.display.display(),
-            sensors = loaded.sensor_count(),
-            last_seq = loaded.last_seq,
-            "store opened"
-        );
-        let mut writer = Writer::new(loaded, &config);
-        let backlog = Arc::new(Backlog::new(INDEX_BACKLOG));
-        let checkpoints = Arc::new(Checkpoints::default());
-        let mut indexer = Indexer::new(
-            conn,
-            backlog.clone(),
-            checkpoints.clone(),
-            target.display.clone(),
-            config.retention,
-        );
-        if let Some(dir) = &target.journal {
-            // Each batch is one transaction: should this start stop half-way,
-            // the tables are still a prefix of the journal.
-            let recovered = Journal::recover(dir, writer.last_seq(), |readings, keys| {
-                let batch = writer.replay(readings, keys);
-                indexer
-                    .index(std::slice::from_ref(&batch))
-                    .map(drop)
-                    .map_err(|e| target.classify(e))
-            })?;
-            if recovered.replayed > 0 {
-                tracing::info!(
-                    readings = recovered.replayed,
-                    first_seq = recovered.first_seq,
-                    "replayed acknowledged readings from the journal into the tables"
-                );
-            }
-            // The journal's files go next: first the database file must
-            // hold all they held, not only its WAL.
-            let checkpointed = indexer
-                .checkpoint_fully(writer.last_seq())
-                .map_err(|e| target.classify(e))?;
-            if !checkpointed {
-                return Err(StoreError::Open {
-                    path: target.display.clone(),
-                    reason: "its WAL could not be checkpointed into the database file (is another program reading it?); the journal was kept".into(),
-                });
-            }
-            let journal =
-                Journal::start_with(dir, writer.last_seq() + 1, config.journal_file_bytes)
-                    .map_err(|e| StoreError::Open {
-                        path: dir.clone(),
-                        reason: e.to_string(),
-                    })?;
-            writer.use_journal(journal);
-        }
-        let last_seq = writer.last_seq();
-        // Each thread holds the directory lock until it ends: a store
-        // dropped without `close` keeps its directory until they are done.
-        let (indexer_lock, writer_lock) = (target.lock(), target.lock());
-        let readers = ReaderPool::new(target);
-        let (commands_tx, commands_rx) = mpsc::channel(config.queue_depth.max(1));
-        let (index_tx, index_rx) = std::sync::mpsc::channel();
-        let (indexed_tx, indexed_rx) = watch::channel(last_seq);
-        let acknowledged = Arc::new(AtomicU64::new(last_seq));
-        let nudge = index_tx.clone();
-        let outlets = Outlets {
-            index: index_tx,
-            backlog: backlog.clone(),
-            acknowledged: acknowledged.clone(),
-            checkpoints,
-        };
-        let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new()
-                .name(name.into())
-                .spawn(body)
-                .map_err(|e| StoreError::Open {
-                    path: PathBuf::from(name),
-                    reason: e.to_string(),
-                })
-        };
-        let threads = vec![
-            spawn(
-                "store-indexer",
-                Box::new(move || {
-                    indexer.run(index_rx, indexed_tx);
-                    drop(indexer_lock);
-                }),
-            )?,
-            spawn(
-                "store-writer",
-                Box::new(move || {
-                    writer.run(commands_rx, outlets);
-                    drop(writer_lock);
-                }),
-            )?,
-        ];
-        Ok(Store {
-            inner: Arc::new(Inner {
-                commands: commands_tx,
-                acknowledged,
-                visible: indexed_rx,
-                nudge,
-                readers,
-                threads: std::sync::Mutex::new(threads),
-            }),
-        })
-    }
-
-    /// Waits until queries see every write acknowledged before this call.
-    async fn see_acknowledged(&self) -> Result<(), StoreError> {
-        let target = self.inner.acknowledged.load(Ordering::Acquire);
-        if *self.inner.visible.borrow() >= target {
-            return Ok(());
-        }
-        let _ = self.inner.nudge.send(indexer::IndexCommand::Nudge);
-        let mut visible = self.inner.visible.clone();
-        match tokio::time::timeout(INDEX_WAIT, visible.wait_for(|seq| *seq >= target)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(StoreError::Closed),
-            Err(_) => Err(StoreError::Read(format!(
-                "the tables are more than {} s behind the acknowledged writes (the journal holds them); see the server log for why indexing stalls",
-                INDEX_WAIT.as_secs()
-            ))),
-        }
-    }
-
-    /// Queues `readings` (already validated) for the next group commit. Waits
-    /// only while the writer's queue is full. Await the result to know the
-    /// readings are durable.
-    pub async fn enqueue(&self, readings: Vec<Reading>) -> Result<PendingWrite, StoreError> {
-        self.enqueue_write(readings, None).await
-    }
-
-    /// [`enqueue`](Self::enqueue) for a keyed write: `readings` are the
-    /// part `part` of its key's sequence, and only those no earlier write
-    /// with the key stored are stored (`crate::idempotency`). The receipt
-    /// counts both; [`StoreError::KeyConflict`] if the key holds others.
-    pub async fn enqueue_keyed(
+/// What the service asks of a store. Cheap to share: one per process.
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Queues `readings` (already validated) for the next group commit.
+    /// Waits only while the engine's queue is full. Await the result to
+    /// know the readings are durable. With `keyed`, `readings` are the part
+    /// `keyed` of its key's sequence, and only those no earlier write with
+    /// the key stored are stored (`crate::idempotency`); the receipt counts
+    /// both, and [`StoreError::KeyConflict`] says the key holds others.
+    fn enqueue(
         &self,
         readings: Vec<Reading>,
-        part: KeyedPart,
-    ) -> Result<PendingWrite, StoreError> {
-        self.enqueue_write(readings, Some(Box::new(part))).await
-    }
-
-    async fn enqueue_write(
-        &self,
-        readings: Vec<Reading>,
-        keyed: Option<Box<KeyedPart>>,
-    ) -> Result<PendingWrite, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.inner
-            .commands
-            .send(Command::Write(WriteRequest {
-                readings,
-                keyed,
-                reply,
-            }))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        Ok(PendingWrite(rx))
-    }
-
-    /// Stores `readings` durably: [`enqueue`](Self::enqueue) then wait for the commit.
-    pub async fn append(&self, readings: Vec<Reading>) -> Result<WriteReceipt, StoreError> {
-        self.enqueue(readings).await?.committed().await
-    }
-
-    /// [`enqueue_keyed`](Self::enqueue_keyed) then wait for the commit.
-    pub async fn append_keyed(
-        &self,
-        readings: Vec<Reading>,
-        part: KeyedPart,
-    ) -> Result<WriteReceipt, StoreError> {
-        self.enqueue_keyed(readings, part).await?.committed().await
-    }
+        keyed: Option<KeyedPart>,
+    ) -> StoreFuture<'_, PendingWrite>;
 
     /// Waits until queries see every write acknowledged so far, then returns
     /// the sequence number they see: the snapshot for "history up to here,
     /// then the live tail after it", with everything acknowledged before
     /// the call in the history.
-    pub async fn caught_up_seq(&self) -> Result<u64, StoreError> {
-        self.see_acknowledged().await?;
-        Ok(*self.inner.visible.borrow())
-    }
+    fn caught_up_seq(&self) -> StoreFuture<'_, u64>;
 
-    /// The highest sequence number queries see; changes as the indexer
-    /// catches up. Every reading up to it is in the tables.
-    pub fn visible_seq(&self) -> watch::Receiver<u64> {
-        self.inner.visible.clone()
-    }
+    /// The highest sequence number queries see, announced as it grows:
+    /// what wakes a live tail. Every reading up to it is readable.
+    fn committed_seq(&self) -> watch::Receiver<u64>;
 
     /// The next page (at most `page_size` readings) of `query`, after `cursor`.
-    pub async fn history_page(
-        &self,
-        query: &HistoryQuery,
+    fn history_page<'a>(
+        &'a self,
+        query: &'a HistoryQuery,
         cursor: HistoryCursor,
         page_size: usize,
-    ) -> Result<Vec<StoredReading>, StoreError> {
-        self.see_acknowledged().await?;
-        let query = query.clone();
-        self.inner
-            .readers
-            .with(move |conn| reader::history_page(conn, &query, cursor, page_size))
-            .await
-    }
+    ) -> StoreFuture<'a, Vec<StoredReading>>;
 
     /// Where to start reading `query` so that only its last `n` readings
     /// (in history order) remain: the start of `tail -n N`. Beginning of
     /// the range when it holds `n` readings or fewer.
-    pub async fn history_last(
-        &self,
-        query: &HistoryQuery,
+    fn history_last<'a>(
+        &'a self,
+        query: &'a HistoryQuery,
         n: u64,
-    ) -> Result<HistoryCursor, StoreError> {
-        self.see_acknowledged().await?;
-        let query = query.clone();
-        let start = self
-            .inner
-            .readers
-            .with(move |conn| reader::nth_from_end(conn, &query, n))
-            .await?;
-        Ok(start.map_or_else(HistoryCursor::default, |(ts, seq)| {
-            HistoryCursor::at(ts, seq)
-        }))
-    }
+    ) -> StoreFuture<'a, HistoryCursor>;
 
     /// Readings of `sensor_id` committed after `after_seq`, in commit order.
-    pub async fn tail_page(
-        &self,
-        sensor_id: &str,
+    fn tail_page<'a>(
+        &'a self,
+        sensor_id: &'a str,
         after_seq: u64,
         page_size: usize,
-    ) -> Result<Vec<StoredReading>, StoreError> {
-        let sensor_id = sensor_id.to_owned();
-        self.inner
-            .readers
-            .with(move |conn| reader::tail_page(conn, &sensor_id, after_seq, page_size))
-            .await
-    }
+    ) -> StoreFuture<'a, Vec<StoredReading>>;
 
     /// Committed statistics of one sensor, or of every sensor (sorted by id).
-    pub async fn stats(&self, sensor_id: Option<&str>) -> Result<Vec<SensorStats>, StoreError> {
-        self.see_acknowledged().await?;
-        let sensor_id = sensor_id.map(str::to_owned);
-        self.inner
-            .readers
-            .with(move |conn| reader::stats(conn, sensor_id.as_deref()))
-            .await
-    }
+    fn stats<'a>(&'a self, sensor_id: Option<&'a str>) -> StoreFuture<'a, Vec<SensorStats>>;
 
     /// Committed statistics of at most `limit` sensors whose ids sort after
     /// `after` (byte order; `""` for the first page), sorted by id.
-    pub async fn stats_page(
+    fn stats_page<'a>(&'a self, after: &'a str, limit: usize) -> StoreFuture<'a, Vec<SensorStats>>;
+
+    /// Whether calls can be served now, announced as it changes.
+    fn readiness(&self) -> watch::Receiver<Readiness>;
+
+    /// Commits everything queued so far and stops. Later writes fail with
+    /// [`StoreError::Closed`].
+    fn close(&self) -> StoreFuture<'_, ()>;
+
+    /// Stores `readings` durably: [`enqueue`](Self::enqueue) then wait for the commit.
+    fn append(&self, readings: Vec<Reading>) -> StoreFuture<'_, WriteReceipt> {
+        Box::pin(async move { self.enqueue(readings, None).await?.committed().await })
+    }
+
+    /// A keyed [`append`](Self::append).
+    fn append_keyed(
         &self,
-        after: &str,
-        limit: usize,
-    ) -> Result<Vec<SensorStats>, StoreError> {
-        self.see_acknowledged().await?;
-        let after = after.to_owned();
-        self.inner
-            .readers
-            .with(move |conn| reader::stats_page(conn, &after, limit))
-            .await
-    }
-
-    /// Commits everything queued so far, has it indexed, checkpoints the
-    /// WAL and stops. Later writes fail with [`StoreError::Closed`].
-    pub async fn close(&self) -> Result<(), StoreError> {
-        let (done, rx) = oneshot::channel();
-        if self.inner.commands.send(Command::Close(done)).await.is_ok() {
-            let _ = rx.await;
-        }
-        let threads = std::mem::take(&mut *self.inner.threads.lock().expect("poisoned"));
-        for thread in threads {
-            tokio::task::spawn_blocking(move || thread.join())
-                .await
-                .map_err(|e| StoreError::Write(e.to_string()))?
-                .map_err(|_| StoreError::Write("a store thread panicked".into()))?;
-        }
-        Ok(())
-    }
-}
-
-/// The default data directory: `$XDG_DATA_HOME/sensorhub`, else
-/// `~/.local/share/sensorhub`, else `./sensorhub-data`.
-pub fn default_data_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
-        return Path::new(&dir).join("sensorhub");
-    }
-    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
-        return Path::new(&home).join(".local/share/sensorhub");
-    }
-    PathBuf::from("sensorhub-data")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn reading(sensor: &str, i: i64) -> Reading {
-        Reading {
-            sensor_id: sensor.to_owned(),
-            temperature: 20.0 + (i % 7) as f64,
-            timestamp: 1_700_000_000 + i,
-        }
-    }
-
-    fn config(dir: &Path) -> StoreConfig {
-        StoreConfig::new(StoreLocation::Directory(dir.to_path_buf()))
-    }
-
-    /// A crash between the journal's fsync and the indexer's commit leaves
-    /// acknowledged readings in the journal only: opening replays them, and
-    /// the statistics come out as if they had been indexed before the crash.
-    #[tokio::test]
-    async fn opening_replays_what_the_journal_holds_beyond_the_tables() {
-        let (crashed, reference) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let before: Vec<Reading> = (0..50)
-            .map(|i| reading(["a", "b"][i as usize % 2], i))
-            .collect();
-        let after: Vec<Reading> = (50..80)
-            .map(|i| reading(["b", "c"][i as usize % 2], i))
-            .collect();
-        for dir in [crashed.path(), reference.path()] {
-            let store = Store::open(config(dir)).unwrap();
-            store.append(before.clone()).await.unwrap();
-            store.close().await.unwrap();
-            drop(store);
-        }
-        // The crashed store: `after` reached the journal, not the tables.
-        let mut journal = Journal::start(&crashed.path().join("journal"), 51).unwrap();
-        journal.append(51, after.len(), after.iter(), &[]).unwrap();
-        drop(journal);
-        let store = Store::open(config(reference.path())).unwrap();
-        store.append(after.clone()).await.unwrap();
-        store.close().await.unwrap();
-        drop(store);
-
-        let replayed = Store::open(config(crashed.path())).unwrap();
-        let reference = Store::open(config(reference.path())).unwrap();
-        assert_eq!(*replayed.visible_seq().borrow(), 80);
-        assert_eq!(
-            replayed.stats(None).await.unwrap(),
-            reference.stats(None).await.unwrap()
-        );
-        let query = HistoryQuery {
-            sensor_id: "c".into(),
-            since: None,
-            until: None,
-            up_to_seq: None,
-        };
-        let page = replayed
-            .history_page(&query, HistoryCursor::default(), 100)
-            .await
-            .unwrap();
-        assert_eq!(page.len(), 15);
-        assert_eq!(page[0].seq, 52);
-        // The next write continues the numbering.
-        let receipt = replayed.append(vec![reading("a", 80)]).await.unwrap();
-        assert_eq!(receipt.first_seq, 81);
-    }
-
-    /// A keyed write acknowledged, then a crash before the tables held it:
-    /// replay restores its key's state from the journal, so a retry after
-    /// the restart stores nothing.
-    #[tokio::test]
-    async fn a_keyed_write_the_journal_alone_holds_is_stored_once_after_replay() {
-        use crate::idempotency::{Fingerprint, IdempotencyKey, KeyState, KeyedPart};
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(config(dir.path())).unwrap();
-        store.append(vec![reading("a", 0)]).await.unwrap();
-        store.close().await.unwrap();
-        drop(store);
-        let readings = vec![reading("a", 1), reading("a", 2)];
-        let key = IdempotencyKey::parse("crash-key").unwrap();
-        let part = KeyedPart::new(key.clone(), 0, Fingerprint::EMPTY, &readings);
-        let entry = journal::KeyEntry {
-            key: key.as_str().into(),
-            state: KeyState {
-                through: 2,
-                fingerprint: part.after,
-                first_seq: 2,
-                // Now: a key first used a day ago would be forgotten.
-                first_used: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_secs() as i64,
-            },
-        };
-        let mut journal = Journal::start(&dir.path().join("journal"), 2).unwrap();
-        journal.append(2, 2, readings.iter(), &[entry]).unwrap();
-        drop(journal);
-
-        let store = Store::open(config(dir.path())).unwrap();
-        let receipt = store
-            .append_keyed(readings.clone(), part.clone())
-            .await
-            .unwrap();
-        assert_eq!((receipt.count, receipt.already_stored), (0, 2));
-        assert_eq!(store.stats(Some("a")).await.unwrap()[0].count, 3);
-        // And the tables hold it now too.
-        store.close().await.unwrap();
-        drop(store);
-        let store = Store::open(config(dir.path())).unwrap();
-        let receipt = store.append_keyed(readings, part).await.unwrap();
-        assert_eq!((receipt.count, receipt.already_stored), (0, 2));
-    }
-
-    /// Retention (run by the indexer when it starts, then at most once a
-    /// minute) deletes readings older than the period and keeps the rest.
-    #[tokio::test]
-    async fn retention_deletes_only_old_readings() {
-        let dir = tempfile::tempdir().unwrap();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
-        let at = |sensor: &str, age_s: i64| Reading {
-            sensor_id: sensor.into(),
-            temperature: 20.0,
-            timestamp: now - age_s,
-        };
-        let store = Store::open(config(dir.path())).unwrap();
-        store
-            .append(vec![
-                at("a", 7_200),
-                at("a", 60),
-                at("b", 5_000),
-                at("b", 10),
-            ])
-            .await
-            .unwrap();
-        store.close().await.unwrap();
-        drop(store);
-
-        let mut retained = config(dir.path());
-        retained.retention = Some(Duration::from_secs(3_600));
-        let store = Store::open(retained).unwrap();
-        for (sensor, left) in [("a", 60), ("b", 10)] {
-            let query = HistoryQuery {
-                sensor_id: sensor.into(),
-                since: None,
-                until: None,
-                up_to_seq: None,
-            };
-            // Retention runs on the indexer thread as it starts.
-            let mut ages = Vec::new();
-            for _ in 0..100 {
-                let page = store
-                    .history_page(&query, HistoryCursor::default(), 10)
-                    .await
-                    .unwrap();
-                ages = page.iter().map(|r| now - r.reading.timestamp).collect();
-                if ages.len() == 1 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            assert_eq!(ages, vec![left], "{sensor}");
-        }
-    }
-
-    /// A query right after a receipt sees the write, though indexing is
-    /// asynchronous.
-    #[tokio::test]
-    async fn a_query_after_a_receipt_sees_the_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(config(dir.path())).unwrap();
-        for i in 0..200 {
-            store.append(vec![reading("a", i)]).await.unwrap();
-            let stats = store.stats(Some("a")).await.unwrap();
-            assert_eq!(stats[0].count, i as u64 + 1);
-        }
-    }
-
-    /// Copies what a crash would leave of a store: the journal, the
-    /// database file and its WAL (not the WAL index, which SQLite rebuilds).
-    fn copy_as_crashed(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to.join("journal")).unwrap();
-        for entry in std::fs::read_dir(from.join("journal")).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(entry.path(), to.join("journal").join(entry.file_name())).unwrap();
-        }
-        for file in ["readings.db", "readings.db-wal"] {
-            std::fs::copy(from.join(file), to.join(file)).unwrap();
-        }
-    }
-
-    /// Flips a byte in the first frame of a WAL: SQLite then ignores that
-    /// frame and every one after it, and says nothing.
-    fn damage_wal(dir: &Path) {
-        let wal = dir.join("readings.db-wal");
-        let mut bytes = std::fs::read(&wal).unwrap();
-        assert!(bytes.len() > 32 + 24 + 4096, "the WAL holds frames");
-        bytes[32 + 24 + 100] ^= 0x5a;
-        std::fs::write(&wal, &bytes).unwrap();
-    }
-
-    /// Issue 13 §2: readings the indexer committed to the WAL but no
-    /// checkpoint copied into the database file. A journal file is kept
-    /// until a checkpoint has copied all of it, so when the WAL of a crashed
-    /// store is damaged, replay restores every reading from the journal.
-    #[tokio::test]
-    async fn a_damaged_wal_loses_nothing_the_journal_kept() {
-        let (live, crashed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let mut small_files = config(live.path());
-        small_files.journal_file_bytes = 16 << 10;
-        let store = Store::open(small_files).unwrap();
-        let mut i = 0;
-        for _ in 0..60 {
-            let group: Vec<Reading> = (0..200)
-                .map(|_| {
-                    i += 1;
-                    reading(["a", "b", "c"][i as usize % 3], i)
-                })
-                .collect();
-            store.append(group).await.unwrap();
-        }
-        assert_eq!(store.caught_up_seq().await.unwrap(), 12_000);
-        // Let a checkpoint the last transaction asked for finish, so the
-        // copy is of files at rest, as a crash would leave them.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let files = std::fs::read_dir(live.path().join("journal"))
-            .unwrap()
-            .count();
-        assert!(
-            files > 1,
-            "closed journal files wait for a checkpoint: {files}"
-        );
-        copy_as_crashed(live.path(), crashed.path());
-        drop(store);
-        damage_wal(crashed.path());
-
-        let store = Store::open(config(crashed.path())).unwrap();
-        let counts: u64 = store
-            .stats(None)
-            .await
-            .unwrap()
-            .iter()
-            .map(|s| s.count)
-            .sum();
-        assert_eq!(counts, 12_000);
-        assert_eq!(*store.visible_seq().borrow(), 12_000);
-        let receipt = store.append(vec![reading("a", 0)]).await.unwrap();
-        assert_eq!(receipt.first_seq, 12_001);
-    }
-
-    /// Closed journal files are deleted once a checkpoint has copied them
-    /// into the database file, without waiting for the store to close.
-    #[tokio::test]
-    async fn closed_journal_files_go_once_checkpointed() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut small_files = config(dir.path());
-        small_files.journal_file_bytes = 16 << 10;
-        let store = Store::open(small_files).unwrap();
-        let journal_files = || {
-            std::fs::read_dir(dir.path().join("journal"))
-                .unwrap()
-                .count()
-        };
-        let mut most = 0;
-        for i in 0..200 {
-            store
-                .append((0..50).map(|j| reading("a", i * 50 + j)).collect())
-                .await
-                .unwrap();
-            store.caught_up_seq().await.unwrap();
-            most = most.max(journal_files());
-        }
-        assert!(most < 5, "{most} journal files at once");
+        readings: Vec<Reading>,
+        part: KeyedPart,
+    ) -> StoreFuture<'_, WriteReceipt> {
+        Box::pin(async move { self.enqueue(readings, Some(part)).await?.committed().await })
     }
 }

@@ -18,7 +18,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use sensorhub_core::Store;
+use sensorhub_core::SharedStore;
 use sensorhub_proto::{
     FILE_DESCRIPTOR_SET, SERVICE_NAME, sensor_service_server::SensorServiceServer,
 };
@@ -209,7 +209,7 @@ impl RunningServer {
 
 /// Binds the listeners and starts serving. The server owns `store` and
 /// closes it when it stops.
-pub async fn start(config: ServerConfig, store: Store) -> Result<RunningServer, ServeError> {
+pub async fn start(config: ServerConfig, store: SharedStore) -> Result<RunningServer, ServeError> {
     let max_message_bytes = config.service.max_message_bytes;
     let (stream_window, connection_window) = http2_windows(max_message_bytes);
     let http2 = Http2Settings {

@@ -29,7 +29,7 @@ use std::{
 
 use futures_util::Stream;
 use sensorhub_core::{
-    Reading, ReadingLimits, Store,
+    Reading, ReadingLimits, SharedStore,
     idempotency::{Fingerprint, KeyedPart},
 };
 use sensorhub_proto as pb;
@@ -89,7 +89,7 @@ pub struct Lifecycle {
 /// The SensorService implementation.
 #[derive(Debug, Clone)]
 pub struct SensorHub {
-    store: Store,
+    store: SharedStore,
     config: Arc<ServiceConfig>,
     life: Lifecycle,
     metrics: ServiceMetrics,
@@ -98,7 +98,7 @@ pub struct SensorHub {
 }
 
 impl SensorHub {
-    pub fn new(store: Store, config: ServiceConfig, life: Lifecycle) -> Self {
+    pub fn new(store: SharedStore, config: ServiceConfig, life: Lifecycle) -> Self {
         let unary_slots = Arc::new(Semaphore::new(config.max_unary_in_flight.max(1)));
         Self {
             store,
@@ -254,8 +254,7 @@ mod tests {
     use bytes::{BufMut, Bytes, BytesMut};
     use http_body::Frame;
     use prost::Message as _;
-    use sensorhub_core::StoreConfig;
-    use sensorhub_core::store::StoreLocation;
+    use sensorhub_store_embedded::{EmbeddedConfig, EmbeddedStore, StoreLocation};
     use tonic::{Code, codec::Codec as _};
 
     use super::*;
@@ -297,7 +296,9 @@ mod tests {
     /// the server's "shutting down", which only a real shutdown may say.
     #[tokio::test]
     async fn an_unavailable_inbound_stream_is_not_reported_as_shutdown() {
-        let store = Store::open(StoreConfig::new(StoreLocation::Memory)).expect("store");
+        let store: SharedStore = Arc::new(
+            EmbeddedStore::open(EmbeddedConfig::new(StoreLocation::Memory)).expect("store"),
+        );
         let hub = SensorHub::new(
             store.clone(),
             ServiceConfig::default(),

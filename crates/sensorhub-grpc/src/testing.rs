@@ -4,8 +4,9 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use sensorhub_core::{Store, StoreConfig, store::StoreLocation};
+use sensorhub_core::SharedStore;
 use sensorhub_pki::{self as pki, BundleFiles};
+use sensorhub_store_embedded::{EmbeddedConfig, EmbeddedStore, StoreLocation};
 
 use crate::{
     ClientConfig, RunningServer, SensorClient, ServerConfig,
@@ -103,7 +104,9 @@ impl TestServer {
         } else {
             StoreLocation::Directory(self.data_dir())
         };
-        let store = Store::open(StoreConfig::new(location)).expect("open store");
+        let store: SharedStore = std::sync::Arc::new(
+            EmbeddedStore::open(EmbeddedConfig::new(location)).expect("open store"),
+        );
         let running = crate::start(self.server_config(), store)
             .await
             .expect("start server");

@@ -1,11 +1,9 @@
-//! The store's own measurements, through the OpenTelemetry metrics API only
+//! The measurements every engine records, through the OpenTelemetry metrics API only
 //! (no SDK, no exporter: with none installed these are no-ops).
 //!
 //! - `sensorhub.store.commit.duration` (s) and `sensorhub.store.commit.size`
-//!   ({reading}): one record per group commit (the journal append and its
-//!   fsync, which every write waits for), never per reading;
-//! - `sensorhub.store.index.duration` (s) and `sensorhub.store.index.size`
-//!   ({reading}): one record per indexer transaction (what queries wait for);
+//!   ({reading}): one record per group commit (the durable write every
+//!   caller of the group waits for), never per reading;
 //! - `sensorhub.alerts.raised` ({alert}) by `sensorhub.alert.rule`;
 //! - `sensorhub.sensor.temperature` (Cel): the last temperature per sensor,
 //!   as a gauge with `sensor.id`, for at most `max_tracked_sensors` sensors
@@ -25,17 +23,17 @@ use opentelemetry::{
 use crate::{Alert, AlertRule};
 
 /// Commit durations, seconds: from 50 µs (an fsync-free memory commit) to 5 s.
-const COMMIT_BUCKETS: &[f64] = &[
+pub const COMMIT_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 5.0,
 ];
 /// Readings per commit.
-const SIZE_BUCKETS: &[f64] = &[
+pub const SIZE_BUCKETS: &[f64] = &[
     1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0,
 ];
 
 #[derive(Debug)]
-pub(super) struct StoreMetrics {
+pub struct StoreMetrics {
     commit_duration: Histogram<f64>,
     commit_size: Histogram<u64>,
     alerts: Counter<u64>,
@@ -49,7 +47,7 @@ struct LastTemperatures {
 }
 
 impl StoreMetrics {
-    pub(super) fn new(max_tracked_sensors: usize) -> Self {
+    pub fn new(max_tracked_sensors: usize) -> Self {
         let meter = global::meter("sensorhub-core");
         let last = Arc::new(LastTemperatures {
             cap: max_tracked_sensors,
@@ -97,7 +95,7 @@ impl StoreMetrics {
     }
 
     /// One successful group commit.
-    pub(super) fn committed<'a>(
+    pub fn committed<'a>(
         &self,
         elapsed: Duration,
         readings: usize,
@@ -124,37 +122,5 @@ impl StoreMetrics {
                 by_sensor.insert(sensor.to_owned(), temperature);
             }
         }
-    }
-}
-
-/// The indexer's transactions.
-#[derive(Debug)]
-pub(super) struct IndexMetrics {
-    duration: Histogram<f64>,
-    size: Histogram<u64>,
-}
-
-impl IndexMetrics {
-    pub(super) fn new() -> Self {
-        let meter = global::meter("sensorhub-core");
-        Self {
-            duration: meter
-                .f64_histogram("sensorhub.store.index.duration")
-                .with_unit("s")
-                .with_description("Duration of one indexer transaction into the tables")
-                .with_boundaries(COMMIT_BUCKETS.to_vec())
-                .build(),
-            size: meter
-                .u64_histogram("sensorhub.store.index.size")
-                .with_unit("{reading}")
-                .with_description("Readings made visible to queries by one indexer transaction")
-                .with_boundaries(SIZE_BUCKETS.to_vec())
-                .build(),
-        }
-    }
-
-    pub(super) fn indexed(&self, elapsed: Duration, readings: usize) {
-        self.duration.record(elapsed.as_secs_f64(), &[]);
-        self.size.record(readings as u64, &[]);
     }
 }

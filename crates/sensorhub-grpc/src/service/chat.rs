@@ -112,7 +112,7 @@ impl Chat {
                     }
                     self.received += 1;
                     let temperature = reading.temperature;
-                    let pending = self.hub.store.enqueue(vec![reading]).await.map_err(|e| store_status(&e))?;
+                    let pending = self.hub.store.enqueue(vec![reading], None).await.map_err(|e| store_status(&e))?;
                     self.in_flight.push_back(Box::pin(async move { (temperature, pending.committed().await) }));
                     Ok(())
                 }

@@ -3,7 +3,7 @@
 
 use futures_util::StreamExt;
 use opentelemetry::context::FutureExt as _;
-use sensorhub_core::{HistoryQuery, Store, StoredReading, store::HistoryCursor};
+use sensorhub_core::{HistoryCursor, HistoryQuery, SharedStore, StoredReading};
 use sensorhub_proto as pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -86,7 +86,7 @@ fn history_query(request: &pb::SensorRequest) -> Result<HistoryQuery, Status> {
 struct HistoryReader {
     /// Counts the call in `sensorhub.streams.active` while the reader runs.
     _active: crate::service_metrics::ActiveStream,
-    store: Store,
+    store: SharedStore,
     spans: StoreSpans,
     page_size: usize,
     life: Lifecycle,
@@ -104,7 +104,7 @@ impl HistoryReader {
     }
 
     async fn stream(&self, mut query: HistoryQuery, tx: &PageSender) -> Result<(), Status> {
-        let mut committed = self.store.visible_seq();
+        let mut committed = self.store.committed_seq();
         // Follow: history up to this point, the tail after it. No gap, no
         // repeat, and everything acknowledged before the call is history.
         let snapshot = self

@@ -5,9 +5,8 @@
 use std::collections::VecDeque;
 
 use sensorhub_core::{
-    Reading, Store, StoreError,
+    PendingWrite, Reading, SharedStore, StoreError,
     idempotency::{Fingerprint, IdempotencyKey, KeyedPart},
-    store::PendingWrite,
 };
 use sensorhub_proto as pb;
 use tonic::{Request, Response, Status, Streaming};
@@ -89,7 +88,7 @@ pub(super) async fn stream_sensor_readings(
 /// A client stream's writes on their way to the group commit: at most
 /// `max_in_flight` chunks queued, the count of what is durable so far.
 struct Ingest {
-    store: Store,
+    store: SharedStore,
     /// The call's idempotency key, the readings sent so far, and their
     /// fingerprint: each chunk is the next part of the key's sequence.
     key: Option<(IdempotencyKey, u64, Fingerprint)>,
@@ -102,7 +101,12 @@ struct Ingest {
 }
 
 impl Ingest {
-    fn new(store: Store, max_in_flight: usize, metrics: ServiceMetrics, spans: StoreSpans) -> Self {
+    fn new(
+        store: SharedStore,
+        max_in_flight: usize,
+        metrics: ServiceMetrics,
+        spans: StoreSpans,
+    ) -> Self {
         Self {
             store,
             key: None,
@@ -127,11 +131,11 @@ impl Ingest {
         }
         let readings = chunk.len();
         let queued = match &mut self.key {
-            None => self.store.enqueue(chunk).await,
+            None => self.store.enqueue(chunk, None).await,
             Some((key, offset, before)) => {
                 let part = KeyedPart::new(key.clone(), *offset, *before, &chunk);
                 (*offset, *before) = (*offset + readings as u64, part.after);
-                self.store.enqueue_keyed(chunk, part).await
+                self.store.enqueue(chunk, Some(part)).await
             }
         };
         let pending = queued.map_err(|e| self.failed(&e))?;

@@ -26,7 +26,8 @@ use std::{
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::{StoreError, StoreLocation};
+use crate::StoreLocation;
+use sensorhub_core::StoreError;
 
 /// The version of the store's format this build writes (`PRAGMA
 /// user_version`): the tables and the journal beside them. 2: journal

@@ -5,10 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use sensorhub_core::{
-    HistoryQuery, Reading, Store, StoreConfig, StoreError,
-    store::{HistoryCursor, StoreLocation},
-};
+use sensorhub_core::{HistoryCursor, HistoryQuery, Reading, Store, StoreError};
+use sensorhub_store_embedded::{EmbeddedConfig, EmbeddedStore, StoreLocation};
 
 const SENSORS: [&str; 3] = ["fixture-a", "fixture-b", "fixture-ü"];
 /// Readings 1..=21 are in the fixture's journal, 1..=12 in its tables.
@@ -52,12 +50,14 @@ fn v1_journal_file(dir: &Path) -> PathBuf {
     dir.join("journal/00000000000000000001.journal")
 }
 
-fn open(dir: &Path) -> Result<Store, StoreError> {
-    Store::open(StoreConfig::new(StoreLocation::Directory(dir.to_owned())))
+fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
+    EmbeddedStore::open(EmbeddedConfig::new(StoreLocation::Directory(
+        dir.to_owned(),
+    )))
 }
 
 /// Every stored reading of every fixture sensor, as (seq, reading), in seq order.
-async fn stored(store: &Store) -> Vec<(u64, Reading)> {
+async fn stored(store: &EmbeddedStore) -> Vec<(u64, Reading)> {
     let mut all = Vec::new();
     for sensor in SENSORS {
         let query = HistoryQuery {
@@ -86,7 +86,7 @@ fn expected(through: i64) -> Vec<(u64, Reading)> {
         .collect()
 }
 
-async fn assert_holds(store: &Store, through: i64) {
+async fn assert_holds(store: &EmbeddedStore, through: i64) {
     assert_eq!(stored(store).await, expected(through));
     let stats = store.stats(None).await.unwrap();
     for s in &stats {

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{HistoryCursor, HistoryQuery, StoreError, schema::Target};
-use crate::{Reading, SensorStats, StoredReading};
+use crate::schema::Target;
+use sensorhub_core::{HistoryCursor, HistoryQuery, StoreError};
+use sensorhub_core::{Reading, SensorStats, StoredReading};
 
 const MAX_IDLE: usize = 16;
 
@@ -126,7 +127,7 @@ pub(super) fn history_page(
     };
     // (ts, seq) > (since, 0) is ts >= since, as every seq is at least 1.
     let (after_ts, after_seq) = cursor
-        .last
+        .after()
         .map(|(ts, seq)| (ts, seq as i64))
         .unwrap_or((query.since.unwrap_or(i64::MIN), 0));
     let mut stmt = conn.prepare_cached(HISTORY_PAGE)?;
@@ -232,7 +233,8 @@ pub(super) fn sensor_stats(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Reading, Store, StoreConfig, store::StoreLocation};
+    use crate::{EmbeddedConfig, EmbeddedStore, StoreLocation};
+    use sensorhub_core::{Reading, Store};
 
     /// The plans of the statements the reader runs must be index range
     /// searches, never a scan plus a sort: a sensor with ten million
@@ -242,7 +244,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
-            let store = Store::open(StoreConfig::new(StoreLocation::Directory(
+            let store = EmbeddedStore::open(EmbeddedConfig::new(StoreLocation::Directory(
                 dir.path().to_owned(),
             )))
             .unwrap();

@@ -37,7 +37,7 @@
 use std::io;
 
 use super::segment_reader::SegmentReader;
-use crate::{
+use sensorhub_core::{
     Reading,
     idempotency::{Fingerprint, IdempotencyKey, KeyState},
 };
@@ -173,9 +173,9 @@ impl Version {
 
 /// The state of one idempotency key after a frame's writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(in crate::store) struct KeyEntry {
-    pub(in crate::store) key: String,
-    pub(in crate::store) state: KeyState,
+pub(crate) struct KeyEntry {
+    pub(crate) key: String,
+    pub(crate) state: KeyState,
 }
 
 /// Bytes of a key entry after its key.
@@ -493,7 +493,7 @@ mod tests {
     fn no_frame_holds_16_zero_bytes_in_a_row() {
         // The extremes validation allows: temperature 0.0, a one-byte id,
         // sequence numbers and counts with zero bytes, the longest id.
-        let long = "x".repeat(crate::validation::MAX_SENSOR_ID_BYTES);
+        let long = "x".repeat(sensorhub_core::validation::MAX_SENSOR_ID_BYTES);
         let readings = [
             Reading {
                 sensor_id: "a".into(),

@@ -35,8 +35,8 @@ use std::{
 use rusqlite::{Connection, params};
 use tokio::sync::watch;
 
-use super::{journal::KeyEntry, metrics::IndexMetrics};
-use crate::SensorStats;
+use crate::{index_metrics::IndexMetrics, journal::KeyEntry};
+use sensorhub_core::SensorStats;
 
 /// Rows per multi-row INSERT: one statement step for this many readings
 /// instead of one each (SQLite allows 32,766 parameters; 4 per row).

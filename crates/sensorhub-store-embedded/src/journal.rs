@@ -42,8 +42,8 @@ use std::{
 
 use self::format::Version;
 pub(super) use self::{format::KeyEntry, recovery::Recovered};
-use super::StoreError;
-use crate::Reading;
+use sensorhub_core::Reading;
+use sensorhub_core::StoreError;
 
 /// A file is closed and a new one started past this size (by default);
 /// closed files are deleted once everything in them is in the database file.

@@ -46,24 +46,24 @@ use super::{
     list_segments,
     segment_reader::SegmentReader,
 };
-use crate::Reading;
+use sensorhub_core::Reading;
 
 /// Disk sectors are at least this large and are written whole or not at all.
 const SECTOR: u64 = 512;
 /// A share of a sector this long that reads as zeros was never written.
 const HOLE: u64 = 16;
 /// Readings handed to the store at once when replaying.
-pub(in crate::store) const REPLAY_BATCH: usize = 16_384;
+pub(crate) const REPLAY_BATCH: usize = 16_384;
 
 /// What recovery found in the log beyond what SQLite already holds.
 #[derive(Debug, Default)]
-pub(in crate::store) struct Recovered {
+pub(crate) struct Recovered {
     /// The sequence number of the first reading replayed.
-    pub(in crate::store) first_seq: u64,
+    pub(crate) first_seq: u64,
     /// Readings replayed, numbered on from `first_seq` without a gap.
-    pub(in crate::store) replayed: u64,
+    pub(crate) replayed: u64,
     /// Bytes of an interrupted last write that were cut off.
-    pub(in crate::store) torn_bytes: u64,
+    pub(crate) torn_bytes: u64,
 }
 
 /// The interrupted last write, to be cut off once everything checked out.
@@ -94,7 +94,7 @@ fn corrupt(path: &Path, reason: String) -> StoreError {
 /// in order, at most [`REPLAY_BATCH`] at a time. Cuts off an interrupted
 /// write at the end; refuses anything else that is damaged, before
 /// anything is replayed or changed.
-pub(in crate::store) fn recover(
+pub(crate) fn recover(
     dir: &Path,
     indexed: u64,
     mut replay: impl FnMut(&[Reading], &[KeyEntry]) -> Result<(), StoreError>,
@@ -435,7 +435,7 @@ mod tests {
 
     use super::super::{Journal, testing::*};
     use super::*;
-    use crate::store::journal::format::V2_HEADER;
+    use crate::journal::format::V2_HEADER;
 
     /// The header fields of a version 2 frame: (name, offset, bytes).
     const V2_FIELDS: [(&str, usize, usize); 5] = [

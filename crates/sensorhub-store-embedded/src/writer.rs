@@ -27,15 +27,14 @@ use std::{
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{
-    StoreConfig, StoreError, WriteReceipt,
+use crate::{
     indexer::{Backlog, Checkpoints, IndexBatch, IndexCommand, Row},
     journal::{Journal, KeyEntry},
-    metrics::StoreMetrics,
 };
-use crate::{
-    AlertRules, Reading, SensorStats,
+use sensorhub_core::{
+    AlertRules, Reading, SensorStats, StoreError, StoreSettings, WriteReceipt,
     idempotency::{self, Decision, Fingerprint, KeyRegistry, KeyState, KeyedPart},
+    store::{CommitReply, metrics::StoreMetrics},
 };
 
 pub(super) enum Command {
@@ -48,7 +47,7 @@ pub(super) struct WriteRequest {
     pub(super) readings: Vec<Reading>,
     /// Set for a write with an idempotency key (boxed: most writes have none).
     pub(super) keyed: Option<Box<KeyedPart>>,
-    pub(super) reply: oneshot::Sender<Result<WriteReceipt, StoreError>>,
+    pub(super) reply: CommitReply,
 }
 
 #[derive(Clone)]
@@ -166,7 +165,7 @@ pub(super) struct Outlets {
 }
 
 impl Writer {
-    pub(super) fn new(loaded: Loaded, config: &StoreConfig) -> Writer {
+    pub(super) fn new(loaded: Loaded, config: &StoreSettings) -> Writer {
         let next_sensor_id = loaded.sensors.values().map(|s| s.id).max().unwrap_or(0) + 1;
         let mut keys = KeyRegistry::new(config.idempotency);
         for entry in &loaded.keys {
