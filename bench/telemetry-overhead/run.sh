@@ -4,7 +4,14 @@
 # on the same machine; prints medians and ratios against "off".
 #
 #   on      full telemetry: every call traced, spans + metrics + logs exported
-#           over OTLP/gRPC to a real receiver, and Prometheus /metrics
+#           over OTLP/gRPC to a real receiver, and Prometheus /metrics with
+#           exemplars (OTEL_METRICS_EXEMPLAR_FILTER=trace_based, the default)
+#   noexemplars  "on" with OTEL_METRICS_EXEMPLAR_FILTER=always_off: the
+#           telemetry of before exemplars
+#   profiled "on" with --pprof and a CPU profile (100 Hz) being taken for
+#           the whole run
+#   all     "profiled" with the optional connection metrics on too
+#           (--enable-metrics grpc.server.tls.handshakes,sensorhub.connection.duration)
 #   sampled the same, traces sampled at 10 % (parentbased_traceidratio)
 #   metrics the embedded default: no OTLP endpoint, Prometheus /metrics only
 #   off     OTEL_SDK_DISABLED=true
@@ -30,8 +37,9 @@ token=bench-token
 
 cargo build --release --quiet
 cargo build --release --quiet -p sensorhub-telemetry --features test-util --example otlp_sink
-bin=target/release/sensorhub
-sink=target/release/examples/otlp_sink
+target=${CARGO_TARGET_DIR:-target}
+bin=$target/release/sensorhub
+sink=$target/release/examples/otlp_sink
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
@@ -67,13 +75,22 @@ msg = b"\x0a" + bytes([len(sid)]) + sid + b"\x11" + struct.pack("<d", 21.5) + b"
 open(sys.argv[1], "wb").write(b"\x00" + struct.pack(">I", len(msg)) + msg)
 PY
 
-run_one() { # $1 = label, $2.. = env
-  local label=$1; shift
+run_one() { # $1 = label, $2 = extra serve flags, $3.. = env
+  local label=$1 flags=$2; shift 2
   local port=$((20000 + RANDOM % 20000)) http=$((40000 + RANDOM % 20000))
+  # shellcheck disable=SC2086 # $flags is a list of flags
   env -u RUST_LOG "$@" "$bin" serve --insecure --token "$token" --listen 127.0.0.1:$port \
-      --http 127.0.0.1:$http --data "$work/data-$label-$RANDOM" >/dev/null 2>&1 &
+      --http 127.0.0.1:$http --data "$work/data-$label-$RANDOM" $flags >/dev/null 2>&1 &
   local pid=$!
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
+  local profile=
+  if [[ $flags == *--pprof* ]]; then
+    # A 60 s profile, longer than the run: sampling at 100 Hz throughout.
+    curl -s -o /dev/null -H "authorization: Bearer $token" \
+        "http://127.0.0.1:$http/debug/pprof/profile?seconds=60" &
+    profile=$!
+    sleep 0.3
+  fi
   local out
   local t0
   t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
@@ -87,6 +104,7 @@ run_one() { # $1 = label, $2.. = env
   local ticks
   ticks=$(( $(awk '{print $14 + $15}' "/proc/$pid/stat") - t0 ))
   kill -TERM $pid; wait $pid || true
+  if [[ -n $profile ]]; then wait "$profile" || true; fi
   local rps
   rps=$(awk '/^finished in/{gsub(",","",$4); print $4}' <<<"$out")
   # CPU ticks are 1/100 s: microseconds per call.
@@ -95,18 +113,25 @@ run_one() { # $1 = label, $2.. = env
   echo "$label $rps $cpu_us ${ok:-n/a}"
 }
 
-setups=${SETUPS:-on sampled metrics off down hole}
+setups=${SETUPS:-on noexemplars profiled all off}
+optional=grpc.server.tls.handshakes,sensorhub.connection.duration
 results=$work/results
 for i in $(seq "$reps"); do
   for setup in $setups; do
     case $setup in
-      on) run_one on OTEL_EXPORTER_OTLP_ENDPOINT="$otlp" OTEL_METRIC_EXPORT_INTERVAL=5000 ;;
-      sampled) run_one sampled OTEL_EXPORTER_OTLP_ENDPOINT="$otlp" OTEL_METRIC_EXPORT_INTERVAL=5000 \
+      on) run_one on "" OTEL_EXPORTER_OTLP_ENDPOINT="$otlp" OTEL_METRIC_EXPORT_INTERVAL=5000 ;;
+      noexemplars) run_one noexemplars "" OTEL_EXPORTER_OTLP_ENDPOINT="$otlp" \
+          OTEL_METRIC_EXPORT_INTERVAL=5000 OTEL_METRICS_EXEMPLAR_FILTER=always_off ;;
+      profiled) run_one profiled "--pprof" OTEL_EXPORTER_OTLP_ENDPOINT="$otlp" \
+          OTEL_METRIC_EXPORT_INTERVAL=5000 ;;
+      all) run_one all "--pprof --enable-metrics $optional" OTEL_EXPORTER_OTLP_ENDPOINT="$otlp" \
+          OTEL_METRIC_EXPORT_INTERVAL=5000 ;;
+      sampled) run_one sampled "" OTEL_EXPORTER_OTLP_ENDPOINT="$otlp" OTEL_METRIC_EXPORT_INTERVAL=5000 \
           OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.1 ;;
-      metrics) run_one metrics ;;
-      off) run_one off OTEL_SDK_DISABLED=true ;;
-      down) run_one down OTEL_EXPORTER_OTLP_ENDPOINT="$refused" OTEL_METRIC_EXPORT_INTERVAL=5000 ;;
-      hole) run_one hole OTEL_EXPORTER_OTLP_ENDPOINT="$hole" OTEL_METRIC_EXPORT_INTERVAL=5000 ;;
+      metrics) run_one metrics "" ;;
+      off) run_one off "" OTEL_SDK_DISABLED=true ;;
+      down) run_one down "" OTEL_EXPORTER_OTLP_ENDPOINT="$refused" OTEL_METRIC_EXPORT_INTERVAL=5000 ;;
+      hole) run_one hole "" OTEL_EXPORTER_OTLP_ENDPOINT="$hole" OTEL_METRIC_EXPORT_INTERVAL=5000 ;;
       *) echo "unknown setup $setup" >&2; exit 2 ;;
     esac | tee -a "$results"
   done

@@ -16,6 +16,7 @@ use sensorhub_grpc::{
     MetricsEndpoint, MetricsFormat, Reload, RunningServer, ServerConfig, ServiceConfig,
     auth::{RateLimit, TokenSet},
     connection_metrics::OptionalMetrics,
+    debug_pprof::{ProfileError, ProfileFormat, ProfileOutput, Profiler},
     health_http::HttpLimits,
     listener::ConnectionLimits,
     request_budget::RequestLimits,
@@ -25,6 +26,7 @@ use sensorhub_store_embedded::{EmbeddedConfig, EmbeddedStore, StoreLocation};
 use sensorhub_telemetry::pipeline::{
     OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE, PrometheusText, Telemetry,
 };
+use sensorhub_telemetry::profiling::{self, ProfilingError};
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -145,6 +147,11 @@ pub struct ServeArgs {
     /// sensorhub.connection.duration (how long connections live).
     #[arg(long, env = "SENSORHUB_ENABLE_METRICS", value_delimiter = ',')]
     pub enable_metrics: Vec<String>,
+    /// Serve a CPU profile at /debug/pprof/profile?seconds=N on the HTTP
+    /// listener, to callers with a token of the server's set (pprof's
+    /// protobuf, or &format=flamegraph an SVG; one at a time, N at most 60).
+    #[arg(long, env = "SENSORHUB_PPROF")]
+    pub pprof: bool,
     /// Once both listeners are bound, write their addresses to this file
     /// (`grpc=ADDR` and `http=ADDR` lines), so that whoever started the
     /// server with port 0 learns the ports it got.
@@ -224,6 +231,12 @@ impl ServeArgs {
         config.rate_limit =
             NonZeroU32::new(self.rate_limit).map(|calls_per_second| RateLimit { calls_per_second });
         config.optional_metrics = OptionalMetrics::enable(&self.enable_metrics)?;
+        if self.pprof {
+            if config.http.is_none() {
+                bail!("--pprof serves profiles on the HTTP listener: drop --http off, or --pprof");
+            }
+            config.profiler = Some(std::sync::Arc::new(CpuProfiler));
+        }
 
         let location = if self.memory {
             StoreLocation::Memory
@@ -363,6 +376,36 @@ async fn reload_on_sighup(args: ServeArgs, reload: Reload) {
             Err(e) => {
                 tracing::warn!(error = %e, "SIGHUP: TLS files not reloaded, the old ones stay")
             }
+        }
+    }
+}
+
+/// `/debug/pprof/profile`'s profiler: the telemetry crate's pprof sampler.
+#[derive(Debug)]
+struct CpuProfiler;
+
+impl Profiler for CpuProfiler {
+    fn profile(
+        &self,
+        duration: Duration,
+        format: ProfileFormat,
+        wait: &dyn Fn(Duration) -> bool,
+    ) -> Result<ProfileOutput, ProfileError> {
+        let flamegraph = format == ProfileFormat::Flamegraph;
+        match profiling::cpu_profile(duration, flamegraph, wait) {
+            Ok(body) if flamegraph => Ok(ProfileOutput {
+                content_type: profiling::SVG_CONTENT_TYPE,
+                filename: "profile.svg",
+                body,
+            }),
+            Ok(body) => Ok(ProfileOutput {
+                content_type: profiling::PPROF_CONTENT_TYPE,
+                filename: "profile.pb.gz",
+                body,
+            }),
+            Err(ProfilingError::Running) => Err(ProfileError::Busy),
+            Err(ProfilingError::Cancelled) => Err(ProfileError::Cancelled),
+            Err(e) => Err(ProfileError::Failed(e.to_string())),
         }
     }
 }

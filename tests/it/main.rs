@@ -29,6 +29,7 @@ mod journal_replay;
 mod limits;
 mod load;
 mod overload;
+mod profiling;
 mod python_interop;
 mod python_original;
 mod reflection;

@@ -234,24 +234,38 @@ async fn openmetrics_exemplars_link_buckets_to_exported_traces_and_prometheus_ke
 }
 
 /// Exemplars point only at traces that exist: with no span exporter the
-/// OpenMetrics page has none.
+/// OpenMetrics page has none; nor with `OTEL_METRICS_EXEMPLAR_FILTER=always_off`
+/// although spans are exported.
 #[tokio::test(flavor = "multi_thread")]
-async fn without_exported_spans_there_are_no_exemplars() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = SpawnedServer::start(&dir.path().join("data"), TOKEN, &[]);
-    send_readings(&server.url()).await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let response = http::get_accepting(server.http, "/metrics", OPENMETRICS);
-        if response
-            .body
-            .contains("grpc_server_call_duration_seconds_count{")
-        {
-            assert!(!response.body.contains(" # {"), "{}", response.body);
-            assert!(response.body.ends_with("# EOF\n"));
-            break;
+async fn without_exported_spans_or_with_the_filter_off_there_are_no_exemplars() {
+    let receiver = OtlpReceiver::start().await.expect("OTLP receiver");
+    let filtered = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.grpc_endpoint()),
+        ("OTEL_METRICS_EXPORTER", "prometheus".to_owned()),
+        ("OTEL_LOGS_EXPORTER", "none".to_owned()),
+        ("OTEL_METRICS_EXEMPLAR_FILTER", "always_off".to_owned()),
+    ];
+    for env in [&[][..], &filtered[..]] {
+        let dir = tempfile::tempdir().unwrap();
+        let server = SpawnedServer::start(&dir.path().join("data"), TOKEN, env);
+        send_readings(&server.url()).await;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let response = http::get_accepting(server.http, "/metrics", OPENMETRICS);
+            if response
+                .body
+                .contains("grpc_server_call_duration_seconds_count{")
+            {
+                assert!(
+                    !response.body.contains(" # {"),
+                    "{env:?}: {}",
+                    response.body
+                );
+                assert!(response.body.ends_with("# EOF\n"));
+                break;
+            }
+            assert!(Instant::now() < deadline, "{}", response.body);
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        assert!(Instant::now() < deadline, "{}", response.body);
-        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }

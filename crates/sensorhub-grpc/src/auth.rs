@@ -207,6 +207,13 @@ impl TokenSet {
         self.accepted(presented).is_some()
     }
 
+    /// The identity `presented` stands for, if it is one of the tokens (in
+    /// time independent of which one).
+    pub fn identity_of(&self, presented: &[u8]) -> Option<Arc<Identity>> {
+        self.accepted(presented)
+            .map(|(_, identity)| identity.clone())
+    }
+
     /// The digest of `presented` (the key its rate limit is kept under)
     /// and its identity, if it is one of the tokens. Every digest is
     /// compared, and the match selected without a branch, so the time does
@@ -343,6 +350,22 @@ impl TokenCheck {
         Status::unauthenticated(format!(
             "Invalid token: {MAX_FAILED_AUTHENTICATIONS} failed authentications in a row on this connection, which is being closed; reconnect and send a token this server accepts"
         ))
+    }
+
+    /// Whether callers are checked at all (false under `--no-auth`).
+    pub fn has_tokens(&self) -> bool {
+        self.tokens.is_some()
+    }
+
+    /// The identity of `presented` if it is a token of the current set, in
+    /// time independent of which one; always `None` without a set.
+    pub fn identity_of(&self, presented: &[u8]) -> Option<Arc<Identity>> {
+        self.tokens.as_ref().and_then(|tokens| {
+            tokens
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .identity_of(presented)
+        })
     }
 
     /// Replaces the accepted tokens for every call from now on. `false`:

@@ -14,6 +14,8 @@
 //! - **a header-read timeout**: a request's head must arrive within
 //!   `header_timeout`, and an idle keep-alive connection is closed after as
 //!   long. A half-sent request holds its slot for that long only.
+//! - **`/debug/pprof/profile`** when the binary supplies a profiler: a token
+//!   of the server's set, rate-limited, one at a time (`debug_pprof.rs`).
 //! - **`/metrics` rendered at most once per [`METRICS_CACHE`]** and format,
 //!   one render at a time: requests in that window share one rendered body (reference
 //!   counted, never copied), so many scrapers cost one render, and slow
@@ -40,7 +42,9 @@ use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    auth::TokenCheck,
     connection_metrics::{ConnectionMetrics, OptionalMetrics},
+    debug_pprof::{self, Profiler},
     listener::AcceptBackoff,
     server::ServeError,
 };
@@ -146,6 +150,7 @@ pub(crate) async fn start(
     draining: CancellationToken,
     stop: CancellationToken,
     metrics: Option<MetricsEndpoint>,
+    profiler: Option<(Arc<dyn Profiler>, TokenCheck)>,
 ) -> Result<(SocketAddr, JoinHandle<()>), ServeError> {
     let listener = TcpListener::bind(addr)
         .await
@@ -153,7 +158,10 @@ pub(crate) async fn start(
     let bound = listener
         .local_addr()
         .map_err(|source| ServeError::Bind { addr, source })?;
-    let app = routes(draining, metrics);
+    let mut app = routes(draining.clone(), metrics);
+    if let Some((profiler, tokens)) = profiler {
+        app = app.merge(debug_pprof::routes(profiler, tokens, draining));
+    }
     let task = tokio::spawn(serve(listener, limits, app, stop));
     Ok((bound, task))
 }

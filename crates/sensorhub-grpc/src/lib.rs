@@ -22,6 +22,7 @@ mod connection;
 pub mod connection_metrics;
 pub mod convert;
 mod deadline;
+pub mod debug_pprof;
 pub mod descriptor_limit;
 pub mod health_http;
 pub mod idempotency_key;

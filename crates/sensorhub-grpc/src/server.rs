@@ -39,6 +39,7 @@ use crate::{
     connection::{Http2Server, Http2Settings},
     connection_metrics::{ConnectionMetrics, OptionalMetrics},
     deadline::HeadDeadline,
+    debug_pprof::Profiler,
     health_http::{self, HttpLimits, MetricsEndpoint},
     listener::{self, ConnectionLimits, Connections, ServerTls},
     request_budget::{MethodShape, RequestBudgetLayer, RequestLimits},
@@ -79,6 +80,9 @@ pub struct ServerConfig {
     pub requests: RequestLimits,
     /// The optional connection metrics switched on (`--enable-metrics`).
     pub optional_metrics: OptionalMetrics,
+    /// Serves `/debug/pprof/profile` on the HTTP listener (`--pprof`).
+    /// `None`: no such route.
+    pub profiler: Option<Arc<dyn Profiler>>,
 }
 
 /// The decode limit of health and reflection: their requests are a service
@@ -117,6 +121,7 @@ impl ServerConfig {
             rate_limit: None,
             requests: RequestLimits::default(),
             optional_metrics: OptionalMetrics::default(),
+            profiler: None,
         }
     }
 }
@@ -309,6 +314,10 @@ pub async fn start(config: ServerConfig, store: SharedStore) -> Result<RunningSe
                 life.draining.clone(),
                 http_stop.clone(),
                 config.metrics.clone(),
+                config
+                    .profiler
+                    .clone()
+                    .map(|profiler| (profiler, token_check.clone())),
             )
             .await?;
             (Some(addr), Some(task))

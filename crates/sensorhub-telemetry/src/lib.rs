@@ -3,6 +3,8 @@
 //! - [`pipeline`]: configured from the standard `OTEL_*` environment: OTLP
 //!   (gRPC or HTTP/protobuf), console, Prometheus text, the `tracing`
 //!   bridges for spans and logs, and a bounded shutdown.
+//! - [`profiling`]: CPU profiles of the process (pprof, flame graphs) for
+//!   the HTTP listener's `/debug/pprof/profile`.
 //! - `otlp_receiver` (feature `test-util`): a real OTLP receiver for tests.
 //!
 //! Invariant: only the binary depends on this crate. The domain and the
@@ -11,6 +13,7 @@
 //! place, and Cargo keeps the SDK and exporters out of the transport.
 
 pub mod pipeline;
+pub mod profiling;
 
 #[cfg(feature = "test-util")]
 pub mod otlp_receiver;

@@ -181,7 +181,9 @@ impl Telemetry {
                             .build()
                             .map_err(|e| PipelineError::Prometheus(e.to_string()))?;
                         // Exemplars only point at traces that are exported.
-                        let exemplars = (!settings.traces.is_empty()
+                        let exemplars = (settings.exemplar_filter
+                            == settings::ExemplarFilter::TraceBased
+                            && !settings.traces.is_empty()
                             && settings.sampler != settings::Sampler::AlwaysOff)
                             .then(ExemplarReservoir::new);
                         prometheus = Some(PrometheusText {

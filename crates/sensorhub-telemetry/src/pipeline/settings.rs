@@ -39,6 +39,14 @@ pub enum Propagator {
     Baggage,
 }
 
+/// Which measurements leave exemplars (`OTEL_METRICS_EXEMPLAR_FILTER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExemplarFilter {
+    /// Those made in a sampled span (the spec's default).
+    TraceBased,
+    AlwaysOff,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Sampler {
     AlwaysOn,
@@ -79,6 +87,8 @@ pub struct Settings {
     pub logs_protocol: Protocol,
     pub propagators: Vec<Propagator>,
     pub sampler: Sampler,
+    /// `OTEL_METRICS_EXEMPLAR_FILTER`: whether sampled calls leave exemplars.
+    pub exemplar_filter: ExemplarFilter,
     pub metric_export_interval: Duration,
     pub service_name: Option<String>,
 }
@@ -241,6 +251,7 @@ impl Settings {
             logs_protocol,
             propagators,
             sampler,
+            exemplar_filter: env.exemplar_filter()?,
             metric_export_interval,
             service_name,
         })
@@ -326,6 +337,18 @@ impl Env<'_> {
                 .parse::<u64>()
                 .map(|ms| Some(Duration::from_millis(ms)))
                 .map_err(|_| self.error(name, &v, "use a whole number of milliseconds")),
+        }
+    }
+
+    fn exemplar_filter(&self) -> Result<ExemplarFilter, SettingsError> {
+        match self.get("OTEL_METRICS_EXEMPLAR_FILTER").as_deref() {
+            None | Some("trace_based") => Ok(ExemplarFilter::TraceBased),
+            Some("always_off") => Ok(ExemplarFilter::AlwaysOff),
+            Some(v) => Err(self.error(
+                "OTEL_METRICS_EXEMPLAR_FILTER",
+                v,
+                "use trace_based (the default: sampled calls leave exemplars) or always_off; always_on is not offered, as an exemplar here names its call's trace and only sampled calls have one",
+            )),
         }
     }
 
@@ -503,6 +526,7 @@ mod tests {
             ),
             ("OTEL_EXPORTER_OTLP_HEADERS", "secret-token", "key=value"),
             ("OTEL_TRACES_SAMPLER", "sometimes", "always_on"),
+            ("OTEL_METRICS_EXEMPLAR_FILTER", "always_on", "trace_based"),
             ("OTEL_METRIC_EXPORT_INTERVAL", "fast", "milliseconds"),
             ("OTEL_BSP_MAX_QUEUE_SIZE", "-1", "whole number"),
             ("OTEL_RESOURCE_ATTRIBUTES", "deployment", "key=value"),
