@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::Args;
-use sensorhub_core::{AlertRules, ReadingLimits, SharedStore};
+use sensorhub_core::{AlertRules, ReadingLimits, SharedStore, StoreSettings};
 use sensorhub_grpc::{
     MetricsEndpoint, MetricsFormat, Reload, RunningServer, ServerConfig, ServiceConfig,
     auth::{RateLimit, TokenSet},
@@ -23,6 +23,7 @@ use sensorhub_grpc::{
     tls::ServerTlsFiles,
 };
 use sensorhub_store_embedded::{EmbeddedConfig, EmbeddedStore, StoreLocation};
+use sensorhub_store_postgres::{DatabaseUrl, PostgresConfig, PostgresStore};
 use sensorhub_telemetry::pipeline::{
     OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE, PrometheusText, Telemetry,
 };
@@ -67,6 +68,16 @@ pub struct ServeArgs {
     /// Keep readings in memory only: nothing survives a restart.
     #[arg(long, env = "SENSORHUB_MEMORY", conflicts_with = "data")]
     pub memory: bool,
+    /// Keep readings in this PostgreSQL database, shared by any number of replicas:
+    /// postgres://USER[:PASSWORD]@HOST:PORT/DB, with sslmode=disable|require|verify-full
+    /// (default verify-full) and sslrootcert=FILE in the query.
+    #[arg(
+        long,
+        env = "SENSORHUB_DATABASE_URL",
+        conflicts_with_all = ["data", "memory"],
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
     /// Delete readings older than this (e.g. 30d). Default: keep everything.
     #[arg(long, env = "SENSORHUB_RETENTION", value_parser = humantime::parse_duration)]
     pub retention: Option<Duration>,
@@ -181,7 +192,7 @@ impl ServeArgs {
     }
 
     /// The server and store configuration these flags describe, or what to pass instead.
-    pub fn configs(&self) -> anyhow::Result<(ServerConfig, EmbeddedConfig)> {
+    pub fn configs(&self) -> anyhow::Result<(ServerConfig, StoreChoice)> {
         let tls = match (&self.tls_cert, &self.tls_key, self.insecure) {
             (Some(cert), Some(key), _) => Some(ServerTlsFiles {
                 cert: cert.clone(),
@@ -238,23 +249,40 @@ impl ServeArgs {
             config.profiler = Some(std::sync::Arc::new(CpuProfiler));
         }
 
-        let location = if self.memory {
-            StoreLocation::Memory
-        } else {
-            StoreLocation::Directory(
-                self.data
-                    .clone()
-                    .unwrap_or_else(sensorhub_store_embedded::default_data_dir),
-            )
+        let mut settings = StoreSettings {
+            retention: self.retention,
+            max_tracked_sensors: self.max_tracked_sensors,
+            ..StoreSettings::default()
         };
-        let mut store = EmbeddedConfig::new(location);
-        store.settings.retention = self.retention;
-        store.settings.max_tracked_sensors = self.max_tracked_sensors;
-        store.settings.alert_rules = AlertRules {
+        settings.alert_rules = AlertRules {
             max: self.alert_max,
             min: self.alert_min,
             max_jump: self.alert_jump,
             ..AlertRules::default()
+        };
+        let store = match &self.database_url {
+            Some(url) => {
+                // Parsed here, not by clap, whose errors quote the value
+                // (and so the password).
+                let url: DatabaseUrl = url.parse()?;
+                let mut store = PostgresConfig::new(url);
+                store.settings = settings;
+                StoreChoice::Postgres(Box::new(store))
+            }
+            None => {
+                let location = if self.memory {
+                    StoreLocation::Memory
+                } else {
+                    StoreLocation::Directory(
+                        self.data
+                            .clone()
+                            .unwrap_or_else(sensorhub_store_embedded::default_data_dir),
+                    )
+                };
+                let mut store = EmbeddedConfig::new(location);
+                store.settings = settings;
+                StoreChoice::Embedded(store)
+            }
         };
         Ok((config, store))
     }
@@ -284,7 +312,7 @@ pub async fn run(args: ServeArgs, telemetry: &Telemetry) -> anyhow::Result<ExitC
             .http
             .map_or(0, |_| config.http_limits.max_connections),
     );
-    let store: SharedStore = std::sync::Arc::new(EmbeddedStore::open(store_config)?);
+    let store = store_config.open().await?;
     let server = sensorhub_grpc::start(config, store).await?;
     if let Some(path) = &args.ready_file {
         write_ready_file(path, &server)?;
@@ -329,6 +357,27 @@ fn fit_descriptors(requested: usize, http_connections: usize) -> usize {
         );
     }
     plan.max_connections
+}
+
+/// Which engine keeps the readings: the embedded one (`--data`, `--memory`)
+/// or a shared PostgreSQL (`--database-url`).
+#[derive(Debug, Clone)]
+pub enum StoreChoice {
+    Embedded(EmbeddedConfig),
+    // Boxed: the driver's configuration is large, and this is made once.
+    Postgres(Box<PostgresConfig>),
+}
+
+impl StoreChoice {
+    /// Opens the store; an error is one line saying what to fix.
+    pub async fn open(self) -> anyhow::Result<SharedStore> {
+        Ok(match self {
+            StoreChoice::Embedded(config) => std::sync::Arc::new(EmbeddedStore::open(config)?),
+            StoreChoice::Postgres(config) => {
+                std::sync::Arc::new(PostgresStore::open(*config).await?)
+            }
+        })
+    }
 }
 
 /// The ready file, written whole under a temporary name and renamed, so a

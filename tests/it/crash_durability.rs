@@ -864,3 +864,81 @@ async fn crash_durability_a_damaged_wal_of_a_crashed_store_loses_nothing() {
     let server = assert_all_there(data.path(), &all, base, "written, killed, WAL damaged").await;
     drop(server);
 }
+
+// ---------------------------------------------------------------------------
+// Replicas on one PostgreSQL (issue 15).
+
+/// A replica SIGKILLed mid-ingest loses nothing it acknowledged: read
+/// through another replica of the same database, every acknowledged
+/// reading is there once, each call's readings a prefix of what it sent,
+/// and the statistics agree with the readings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_durability_a_replica_killed_mid_ingest_loses_nothing_another_replica_reads() {
+    let url = sensorhub_grpc::testing::fresh_database_url().await;
+    let base = unix_now() - DAYS_BACK * 86_400;
+    let survivor = SpawnedServer::start_on_database(&url, TOKEN, &[]);
+    let victim = SpawnedServer::start_on_database(&url, TOKEN, &[]);
+    let progress = Arc::new(Progress::default());
+    let mut writers = Vec::new();
+    for (kind, count) in [(Kind::ClientStream, 2), (Kind::Unary, 2), (Kind::Chat, 1)] {
+        for w in 0..count {
+            let sensor = format!("replica-{kind:?}-{w}");
+            let client = connect(&victim).await;
+            writers.push(tokio::spawn(write(
+                client,
+                kind,
+                sensor,
+                base,
+                progress.clone(),
+            )));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while progress.acked.load(Ordering::SeqCst) < 2 * BATCH {
+        assert!(Instant::now() < deadline, "no ingest progress");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    progress.killed.store(true, Ordering::SeqCst);
+    tokio::task::spawn_blocking(move || drop(victim))
+        .await
+        .expect("kill");
+    let mut logs = Vec::new();
+    for writer in writers {
+        logs.push(
+            tokio::time::timeout(Duration::from_secs(20), writer)
+                .await
+                .expect("every writer notices the kill")
+                .expect("writer"),
+        );
+    }
+    let errors = progress.errors_before_kill.lock().unwrap().clone();
+    assert!(errors.is_empty(), "errors before the kill: {errors:?}");
+
+    let mut client = connect(&survivor).await;
+    let stats: BTreeMap<String, u64> = client
+        .get_sensor_stats(StatsRequest::default())
+        .await
+        .expect("GetSensorStats")
+        .into_inner()
+        .sensors
+        .into_iter()
+        .map(|s| (s.sensor_id, s.count))
+        .collect();
+    let mut stored = 0;
+    for log in &logs {
+        assert!(
+            log.acked > 0 || log.sent == 0,
+            "{} made no progress",
+            log.sensor
+        );
+        let readings = read_back(&mut client, &log.sensor).await;
+        stored += check_writer(
+            log,
+            base,
+            &readings,
+            stats.get(&log.sensor).copied().unwrap_or(0),
+        );
+    }
+    eprintln!("all {stored} readings the killed replica acknowledged are there through the other");
+}

@@ -1,6 +1,7 @@
 //! Durability: everything acknowledged by any ingest kind, and the
 //! statistics, survive a graceful restart on the same data directory.
 
+use sensorhub_grpc::testing::TestOptions;
 use std::time::Duration;
 
 use sensorhub_grpc::testing::{CALL_TIMEOUT, read_back, reading, unix_now};
@@ -18,9 +19,8 @@ async fn all_stats(client: &mut SensorClient) -> Vec<SensorStats> {
         .sensors
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn durability_survives_restart() {
-    let mut server = TestServer::start().await;
+async fn durability_survives_restart(options: TestOptions) {
+    let mut server = TestServer::start_with(options.clone()).await;
     let port = server.addr.port();
     let t = unix_now() - 10_000;
 
@@ -140,3 +140,5 @@ async fn durability_survives_restart() {
     let mut client = server.client().await;
     assert_eq!(read_back(&mut client, "dur-unary").await.len(), 3);
 }
+
+crate::on_both_engines!(durability_survives_restart,);

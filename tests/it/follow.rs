@@ -2,6 +2,7 @@
 //! reading stored afterwards, each exactly once; shutdown ends it with
 //! `UNAVAILABLE`.
 
+use sensorhub_grpc::testing::TestOptions;
 use std::time::Duration;
 
 use sensorhub_grpc::testing::{reading, unix_now};
@@ -27,9 +28,8 @@ async fn next(stream: &mut Streaming<SensorReading>) -> SensorReading {
         .expect("follow stream still open")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn follow_delivers_history_then_new_readings_once() {
-    let server = TestServer::start().await;
+async fn follow_delivers_history_then_new_readings_once(options: TestOptions) {
+    let server = TestServer::start_with(options.clone()).await;
     let mut writer = server.client().await;
     let mut follower = server.client().await;
     let t = unix_now() - 600;
@@ -95,9 +95,8 @@ async fn follow_delivers_history_then_new_readings_once() {
 
 /// Readings written while the subscription is being set up end up either in
 /// the history or in the tail: each exactly once, none lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn follow_under_concurrent_writes_has_no_gap_and_no_duplicate() {
-    let server = TestServer::start().await;
+async fn follow_under_concurrent_writes_has_no_gap_and_no_duplicate(options: TestOptions) {
+    let server = TestServer::start_with(options.clone()).await;
     let mut writer = server.client().await;
     let mut follower = server.client().await;
     let t = unix_now() - 10_000;
@@ -140,9 +139,8 @@ async fn follow_under_concurrent_writes_has_no_gap_and_no_duplicate() {
 }
 
 /// Following a sensor that has sent nothing yet: its first readings arrive.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn follow_a_sensor_that_does_not_exist_yet() {
-    let server = TestServer::start().await;
+async fn follow_a_sensor_that_does_not_exist_yet(options: TestOptions) {
+    let server = TestServer::start_with(options.clone()).await;
     let mut writer = server.client().await;
     let mut follower = server.client().await;
     let t = unix_now() - 60;
@@ -168,9 +166,8 @@ async fn follow_a_sensor_that_does_not_exist_yet() {
 }
 
 /// `since`/`until` also filter the live tail.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn follow_respects_bounds_in_the_tail() {
-    let server = TestServer::start().await;
+async fn follow_respects_bounds_in_the_tail(options: TestOptions) {
+    let server = TestServer::start_with(options.clone()).await;
     let mut writer = server.client().await;
     let mut follower = server.client().await;
     let t = unix_now() - 600;
@@ -205,9 +202,8 @@ async fn follow_respects_bounds_in_the_tail() {
     assert_eq!(next(&mut stream).await, reading("bounded", 23.0, t + 15));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn follow_ends_with_unavailable_on_shutdown() {
-    let mut server = TestServer::start().await;
+async fn follow_ends_with_unavailable_on_shutdown(options: TestOptions) {
+    let mut server = TestServer::start_with(options.clone()).await;
     let mut writer = server.client().await;
     let mut follower = server.client().await;
     let first = reading("stopping", 20.0, unix_now() - 5);
@@ -247,9 +243,8 @@ async fn follow_ends_with_unavailable_on_shutdown() {
 
 /// `limit` with `follow` is `tail -n N -f`: the last N readings of the
 /// history, then the live tail. Without `follow`, `limit` is the first N.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn follow_with_a_limit_sends_the_last_n_then_the_tail() {
-    let server = TestServer::start().await;
+async fn follow_with_a_limit_sends_the_last_n_then_the_tail(options: TestOptions) {
+    let server = TestServer::start_with(options.clone()).await;
     let mut writer = server.client().await;
     let mut follower = server.client().await;
     let t = unix_now() - 600;
@@ -325,11 +320,12 @@ async fn next_n(stream: &mut Streaming<SensorReading>, n: usize) -> Vec<SensorRe
 /// A reading stored while the last-N history is still being sent comes
 /// once, after the history (it is not in the history's snapshot), and no
 /// reading of the history is skipped.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn follow_with_a_limit_has_no_gap_and_no_repeat_when_a_write_lands_mid_history() {
+async fn follow_with_a_limit_has_no_gap_and_no_repeat_when_a_write_lands_mid_history(
+    options: TestOptions,
+) {
     const HISTORY: usize = 50_000;
     const LIMIT: usize = 40_000;
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(options.clone()).await;
     let mut writer = server.client().await;
     let t = unix_now() - 100_000;
     let history: Vec<_> = (0..HISTORY)
@@ -384,3 +380,13 @@ async fn follow_with_a_limit_has_no_gap_and_no_repeat_when_a_write_lands_mid_his
     let quiet = tokio::time::timeout(Duration::from_millis(300), stream.message()).await;
     assert!(quiet.is_err(), "unexpected extra message: {quiet:?}");
 }
+
+crate::on_both_engines!(
+    follow_delivers_history_then_new_readings_once,
+    follow_under_concurrent_writes_has_no_gap_and_no_duplicate,
+    follow_a_sensor_that_does_not_exist_yet,
+    follow_respects_bounds_in_the_tail,
+    follow_ends_with_unavailable_on_shutdown,
+    follow_with_a_limit_sends_the_last_n_then_the_tail,
+    follow_with_a_limit_has_no_gap_and_no_repeat_when_a_write_lands_mid_history,
+);

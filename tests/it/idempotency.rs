@@ -5,6 +5,7 @@
 //! `INVALID_ARGUMENT` naming the metadata key; a key reused for other
 //! readings is `FAILED_PRECONDITION`.
 
+use sensorhub_grpc::testing::TestOptions;
 use std::time::Duration;
 
 use sensorhub_grpc::{
@@ -36,9 +37,10 @@ async fn count(client: &mut SensorClient, sensor: &str) -> u64 {
     reply.sensors.first().map_or(0, |s| s.count)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idempotency_a_unary_retry_after_its_deadline_is_stored_once_across_a_restart() {
-    let mut server = TestServer::start().await;
+async fn idempotency_a_unary_retry_after_its_deadline_is_stored_once_across_a_restart(
+    options: TestOptions,
+) {
+    let mut server = TestServer::start_with(options.clone()).await;
     let mut client = server.client().await;
     let r = reading("idem-unary", 21.5, unix_now() - 60);
     // The first attempt's deadline expires at once: the client cannot
@@ -83,9 +85,10 @@ async fn idempotency_a_unary_retry_after_its_deadline_is_stored_once_across_a_re
     assert_eq!(count(&mut client, "idem-unary").await, 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idempotency_a_stream_retry_stores_only_what_the_first_attempt_did_not() {
-    let mut server = TestServer::start().await;
+async fn idempotency_a_stream_retry_stores_only_what_the_first_attempt_did_not(
+    options: TestOptions,
+) {
+    let mut server = TestServer::start_with(options.clone()).await;
     let mut client = server.client().await;
     let t = unix_now() - 100_000;
     let all: Vec<SensorReading> = (0..20_000)
@@ -135,9 +138,8 @@ async fn idempotency_a_stream_retry_stores_only_what_the_first_attempt_did_not()
     assert_eq!(count(&mut client, "idem-stream").await, 20_000);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idempotency_a_bad_or_reused_key_is_refused_and_stores_nothing() {
-    let server = TestServer::start().await;
+async fn idempotency_a_bad_or_reused_key_is_refused_and_stores_nothing(options: TestOptions) {
+    let server = TestServer::start_with(options.clone()).await;
     let mut client = server.client().await;
     let r = reading("idem-bad", 20.0, unix_now() - 60);
     for bad in ["has space", &"k".repeat(129)] {
@@ -171,3 +173,9 @@ async fn idempotency_a_bad_or_reused_key_is_refused_and_stores_nothing() {
     assert!(status.message().starts_with(KEY), "{status:?}");
     assert_eq!(count(&mut client, "idem-bad").await, 1);
 }
+
+crate::on_both_engines!(
+    idempotency_a_unary_retry_after_its_deadline_is_stored_once_across_a_restart,
+    idempotency_a_stream_retry_stores_only_what_the_first_attempt_did_not,
+    idempotency_a_bad_or_reused_key_is_refused_and_stores_nothing,
+);

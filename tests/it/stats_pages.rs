@@ -5,6 +5,7 @@
 //! default client, every sensor comes back exactly once, in id order; and
 //! `sensorhub stats` walks the pages itself.
 
+use sensorhub_grpc::testing::TestOptions;
 use std::{collections::BTreeSet, process::Command, time::Duration};
 
 use sensorhub_grpc::testing::{TestServer, reading, unix_now};
@@ -40,9 +41,10 @@ async fn seed(server: &TestServer) {
     assert_eq!(ack.count, SENSORS as u64);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stats_of_sixty_thousand_sensors_come_in_pages_a_default_client_reads() {
-    let server = TestServer::start().await;
+async fn stats_of_sixty_thousand_sensors_come_in_pages_a_default_client_reads(
+    options: TestOptions,
+) {
+    let server = TestServer::start_with(options.clone()).await;
     seed(&server).await;
     let mut client = server.client().await;
 
@@ -158,3 +160,5 @@ async fn stats_of_sixty_thousand_sensors_come_in_pages_a_default_client_reads() 
         "sensorhub stats printed every sensor"
     );
 }
+
+crate::on_both_engines!(stats_of_sixty_thousand_sensors_come_in_pages_a_default_client_reads,);

@@ -6,6 +6,7 @@
 pub mod attacker;
 pub mod deploy_stack;
 pub mod deploy_traffic;
+pub mod engines;
 pub mod http;
 pub mod ports;
 pub mod prometheus_process;

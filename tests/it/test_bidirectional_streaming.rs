@@ -2,6 +2,7 @@
 //! "Received <temperature>" while the client's side is still open; a reading
 //! above the alert maximum also produces an ALERT message.
 
+use sensorhub_grpc::testing::TestOptions;
 use std::time::Duration;
 
 use sensorhub_grpc::testing::TestServer;
@@ -34,9 +35,8 @@ fn assert_received(reply: &ServerMessage, expected_text: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_bidirectional_streaming() {
-    let server = TestServer::start().await;
+async fn test_bidirectional_streaming(options: TestOptions) {
+    let server = TestServer::start_with(options.clone()).await;
     let mut client = server.client().await;
     let mut reader = server.client().await;
     let t = unix_now() - 120;
@@ -145,9 +145,8 @@ async fn test_bidirectional_streaming() {
 
 /// A refused reading ends the chat with INVALID_ARGUMENT after acknowledging
 /// everything before it; it and nothing after it is stored.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_bidirectional_streaming_refusal() {
-    let server = TestServer::start().await;
+async fn test_bidirectional_streaming_refusal(options: TestOptions) {
+    let server = TestServer::start_with(options.clone()).await;
     let mut client = server.client().await;
     let t = unix_now() - 60;
 
@@ -189,3 +188,8 @@ async fn test_bidirectional_streaming_refusal() {
         vec![reading("chat-bad", 20.0, t)]
     );
 }
+
+crate::on_both_engines!(
+    test_bidirectional_streaming,
+    test_bidirectional_streaming_refusal,
+);

@@ -2,6 +2,7 @@
 //! stream and acknowledges how many; a refused reading ends the call with
 //! `INVALID_ARGUMENT`, after storing exactly the readings before it.
 
+use sensorhub_grpc::testing::TestOptions;
 use std::collections::BTreeMap;
 
 use sensorhub_grpc::testing::{CALL_TIMEOUT, read_back, unix_now};
@@ -52,9 +53,8 @@ async fn total_stored(client: &mut SensorClient) -> u64 {
         .sum()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_client_streaming() {
-    let server = TestServer::start().await;
+async fn test_client_streaming(options: TestOptions) {
+    let server = TestServer::start_with(options.clone()).await;
     let mut client = server.client().await;
     let sent = readings(10_000, unix_now() - 86_400);
 
@@ -87,9 +87,8 @@ async fn test_client_streaming() {
     assert_eq!(total_stored(&mut client).await, sent.len() as u64);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_client_streaming_empty_stream() {
-    let server = TestServer::start().await;
+async fn test_client_streaming_empty_stream(options: TestOptions) {
+    let server = TestServer::start_with(options.clone()).await;
     let mut client = server.client().await;
 
     let ack = client
@@ -109,10 +108,9 @@ async fn test_client_streaming_empty_stream() {
 
 /// Refusal at index `k` (in the middle of a chunk, after a full chunk of
 /// 4096 has gone to the store, and at the very start).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_client_streaming_refusal_stores_exactly_the_prefix() {
+async fn test_client_streaming_refusal_stores_exactly_the_prefix(options: TestOptions) {
     for k in [0usize, 37, 5_000] {
-        let server = TestServer::start().await;
+        let server = TestServer::start_with(options.with_fresh_store().await).await;
         let mut client = server.client().await;
         let base = unix_now() - 86_400;
 
@@ -188,3 +186,9 @@ async fn test_client_streaming_refusal_stores_exactly_the_prefix() {
         );
     }
 }
+
+crate::on_both_engines!(
+    test_client_streaming,
+    test_client_streaming_empty_stream,
+    test_client_streaming_refusal_stores_exactly_the_prefix,
+);

@@ -51,9 +51,8 @@ fn expect(sent: &[SensorReading], since: i64, until: i64, limit: usize) -> Vec<S
     want
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_server_streaming() {
-    let server = TestServer::start().await;
+async fn test_server_streaming(options: TestOptions) {
+    let server = TestServer::start_with(options.clone()).await;
     let mut client = server.client().await;
     let t = unix_now() - 3_600;
 
@@ -117,9 +116,8 @@ async fn test_server_streaming() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_server_streaming_unknown_sensor_is_empty_and_ok() {
-    let server = TestServer::start().await;
+async fn test_server_streaming_unknown_sensor_is_empty_and_ok(options: TestOptions) {
+    let server = TestServer::start_with(options.clone()).await;
     let mut client = server.client().await;
     client
         .send_single_reading(reading("known", 20.0, unix_now() - 10))
@@ -139,9 +137,8 @@ async fn test_server_streaming_unknown_sensor_is_empty_and_ok() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_server_streaming_invalid_queries() {
-    let server = TestServer::start().await;
+async fn test_server_streaming_invalid_queries(options: TestOptions) {
+    let server = TestServer::start_with(options.clone()).await;
     let mut client = server.client().await;
     let t = unix_now() - 100;
     client
@@ -187,11 +184,10 @@ async fn test_server_streaming_invalid_queries() {
 
 /// History crosses page boundaries (page size 2) with equal timestamps at the
 /// boundaries: nothing is skipped or repeated.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_server_streaming_across_pages() {
+async fn test_server_streaming_across_pages(options: TestOptions) {
     let server = TestServer::start_with(TestOptions {
         tweak: |config| config.service.page_size = 2,
-        ..Default::default()
+        ..options.clone()
     })
     .await;
     let mut client = server.client().await;
@@ -226,3 +222,10 @@ async fn test_server_streaming_across_pages() {
         .expect("bounded");
     assert_eq!(got, expect(&sent, t + 2, t + 4, 3));
 }
+
+crate::on_both_engines!(
+    test_server_streaming,
+    test_server_streaming_unknown_sensor_is_empty_and_ok,
+    test_server_streaming_invalid_queries,
+    test_server_streaming_across_pages,
+);

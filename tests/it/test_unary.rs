@@ -1,6 +1,7 @@
 //! Unary ingest: `SendSingleReading` acknowledges one stored reading, which
 //! then reads back unchanged and shows up in the statistics.
 
+use sensorhub_grpc::testing::TestOptions;
 use sensorhub_grpc::testing::{read_back, reading, unix_now};
 use sensorhub_grpc::{SensorClient, testing::TestServer};
 use sensorhub_proto::{Ack, SensorStats, StatsRequest};
@@ -17,9 +18,8 @@ async fn stats(client: &mut SensorClient, sensor_id: &str) -> Vec<SensorStats> {
         .sensors
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_unary() {
-    let server = TestServer::start().await;
+async fn test_unary(options: TestOptions) {
+    let server = TestServer::start_with(options.clone()).await;
     let mut client = server.client().await;
     let sent = reading("unary-sensor", 21.5, unix_now() - 30);
 
@@ -57,9 +57,8 @@ async fn test_unary() {
     assert!(read_back(&mut client, "other-sensor").await.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_unary_stats_reflect_the_reading() {
-    let server = TestServer::start().await;
+async fn test_unary_stats_reflect_the_reading(options: TestOptions) {
+    let server = TestServer::start_with(options.clone()).await;
     let mut client = server.client().await;
     assert!(
         stats(&mut client, "").await.is_empty(),
@@ -130,3 +129,5 @@ async fn test_unary_stats_reflect_the_reading() {
     assert_eq!(names, vec![("stats-a", 2), ("stats-b", 1)]);
     assert!(stats(&mut client, "never-sent").await.is_empty());
 }
+
+crate::on_both_engines!(test_unary, test_unary_stats_reflect_the_reading,);

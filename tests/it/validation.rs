@@ -3,6 +3,7 @@
 //! `google.rpc.BadRequest` detail), stores nothing, and leaves the server
 //! serving. Over-size messages are `RESOURCE_EXHAUSTED`.
 
+use sensorhub_grpc::testing::TestOptions;
 use sensorhub_grpc::testing::{CALL_TIMEOUT, read_back, reading, stored_count, unix_now};
 use sensorhub_grpc::{SensorClient, testing::TestServer};
 use sensorhub_proto::{SensorReading, StatsRequest};
@@ -137,9 +138,8 @@ fn assert_refusal(status: &Status, case: &Case, detail_field: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn validation_refuses_every_rule_on_every_ingest_path() {
-    let server = TestServer::start().await;
+async fn validation_refuses_every_rule_on_every_ingest_path(options: TestOptions) {
+    let server = TestServer::start_with(options.clone()).await;
     let mut client = server.client().await;
     let now = unix_now();
 
@@ -213,9 +213,8 @@ async fn validation_refuses_every_rule_on_every_ingest_path() {
     assert_eq!(totals, want);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn validation_over_size_message_is_resource_exhausted() {
-    let server = TestServer::start().await;
+async fn validation_over_size_message_is_resource_exhausted(options: TestOptions) {
+    let server = TestServer::start_with(options.clone()).await;
     let mut client = server.client().await;
     let now = unix_now();
     let huge = reading(&"h".repeat(100 * 1024), 20.0, now);
@@ -290,11 +289,10 @@ async fn validation_over_size_message_is_resource_exhausted() {
 
 /// The limit applies after decompression: a small gzip or zstd message that
 /// inflates past it is refused the same way.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn validation_over_size_after_decompression_is_resource_exhausted() {
+async fn validation_over_size_after_decompression_is_resource_exhausted(options: TestOptions) {
     use tonic::codec::CompressionEncoding;
 
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(options.clone()).await;
     let now = unix_now();
     let huge = reading(&"h".repeat(100 * 1024), 20.0, now);
     for encoding in [CompressionEncoding::Gzip, CompressionEncoding::Zstd] {
@@ -342,3 +340,9 @@ async fn validation_over_size_after_decompression_is_resource_exhausted() {
         vec![("zipped".to_owned(), 4)]
     );
 }
+
+crate::on_both_engines!(
+    validation_refuses_every_rule_on_every_ingest_path,
+    validation_over_size_message_is_resource_exhausted,
+    validation_over_size_after_decompression_is_resource_exhausted,
+);

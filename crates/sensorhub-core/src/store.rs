@@ -103,6 +103,14 @@ pub enum StoreError {
         "the process is out of file descriptors, so a store file could not be opened (too many open connections or files)"
     )]
     OutOfDescriptors,
+    /// The store cannot be reached now (a shared database down or cut
+    /// off); it recovers by itself. The message says what happened to the
+    /// write, when that is unknown.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The store refused to open: the message is one line saying what to fix.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// What one durable write did.
@@ -203,6 +211,10 @@ pub enum Readiness {
 
 /// What the service asks of a store. Cheap to share: one per process.
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// The engine's name in the database semantic conventions
+    /// (`db.system.name`: `sqlite`, `postgresql`), for the transport's spans.
+    fn system_name(&self) -> &'static str;
+
     /// Queues `readings` (already validated) for the next group commit.
     /// Waits only while the engine's queue is full. Await the result to
     /// know the readings are durable. With `keyed`, `readings` are the part

@@ -156,6 +156,7 @@ pub fn store_status(e: &StoreError) -> Status {
             "{}: {why}; nothing of this call was stored",
             crate::idempotency_key::METADATA_KEY
         )),
+        StoreError::Unavailable(why) => Status::unavailable(why.clone()),
         StoreError::OutOfDescriptors => {
             tracing::warn!(error = %e, "store call refused");
             Status::unavailable(

@@ -1,6 +1,7 @@
 //! The small HTTP listener beside the gRPC port, for orchestrators and load
 //! balancers that cannot speak gRPC health: `/healthz` (the process is up)
-//! and `/readyz` (it accepts calls; 503 while shutting down); and
+//! and `/readyz` (it accepts calls; 503 while shutting down or while the
+//! store cannot serve, e.g. its database is unreachable); and
 //! `/metrics` when the binary supplies a renderer: the Prometheus text format,
 //! or OpenMetrics (with exemplars) for a scraper whose `Accept` header ranks
 //! `application/openmetrics-text` above `text/plain`, as Prometheus does.
@@ -38,6 +39,8 @@ use hyper_util::{
     rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
+use sensorhub_core::Readiness;
+use tokio::sync::watch;
 use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -148,6 +151,7 @@ pub(crate) async fn start(
     addr: SocketAddr,
     limits: HttpLimits,
     draining: CancellationToken,
+    store: watch::Receiver<Readiness>,
     stop: CancellationToken,
     metrics: Option<MetricsEndpoint>,
     profiler: Option<(Arc<dyn Profiler>, TokenCheck)>,
@@ -158,7 +162,7 @@ pub(crate) async fn start(
     let bound = listener
         .local_addr()
         .map_err(|source| ServeError::Bind { addr, source })?;
-    let mut app = routes(draining.clone(), metrics);
+    let mut app = routes(draining.clone(), store, metrics);
     if let Some((profiler, tokens)) = profiler {
         app = app.merge(debug_pprof::routes(profiler, tokens, draining));
     }
@@ -166,18 +170,31 @@ pub(crate) async fn start(
     Ok((bound, task))
 }
 
-fn routes(draining: CancellationToken, metrics: Option<MetricsEndpoint>) -> Router {
+fn routes(
+    draining: CancellationToken,
+    store: watch::Receiver<Readiness>,
+    metrics: Option<MetricsEndpoint>,
+) -> Router {
     let mut app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/readyz",
             get(move || {
                 let draining = draining.clone();
+                let readiness = store.borrow().clone();
                 async move {
                     if draining.is_cancelled() {
-                        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "shutting down\n".to_owned(),
+                        )
+                    } else if let Readiness::Unavailable(why) = readiness {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {why}\n"),
+                        )
                     } else {
-                        (StatusCode::OK, "ready\n")
+                        (StatusCode::OK, "ready\n".to_owned())
                     }
                 }
             }),

@@ -18,7 +18,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use sensorhub_core::SharedStore;
+use sensorhub_core::{Readiness, SharedStore};
 use sensorhub_proto::{
     FILE_DESCRIPTOR_SET, SERVICE_NAME, sensor_service_server::SensorServiceServer,
 };
@@ -212,6 +212,41 @@ impl RunningServer {
     }
 }
 
+/// Health follows the store: `NOT_SERVING` while it cannot serve (a shared
+/// database unreachable), `SERVING` again once it can; from the drain on,
+/// the shutdown owns health.
+async fn follow_store_readiness(
+    health: tonic_health::server::HealthReporter,
+    mut readiness: tokio::sync::watch::Receiver<Readiness>,
+    draining: CancellationToken,
+) {
+    loop {
+        let status = match &*readiness.borrow_and_update() {
+            Readiness::Ready => ServingStatus::Serving,
+            Readiness::Unavailable(_) => ServingStatus::NotServing,
+        };
+        if draining.is_cancelled() {
+            return;
+        }
+        health.set_service_status("", status).await;
+        health.set_service_status(SERVICE_NAME, status).await;
+        if draining.is_cancelled() {
+            // The drain began meanwhile and may have been overwritten.
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            health
+                .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+                .await;
+            return;
+        }
+        tokio::select! {
+            changed = readiness.changed() => if changed.is_err() { return },
+            _ = draining.cancelled() => return,
+        }
+    }
+}
+
 /// Binds the listeners and starts serving. The server owns `store` and
 /// closes it when it stops.
 pub async fn start(config: ServerConfig, store: SharedStore) -> Result<RunningServer, ServeError> {
@@ -253,6 +288,12 @@ pub async fn start(config: ServerConfig, store: SharedStore) -> Result<RunningSe
     let reflection_v1alpha = reflection()
         .build_v1alpha()?
         .max_decoding_message_size(SMALL_MESSAGE_BYTES);
+
+    tokio::spawn(follow_store_readiness(
+        health.clone(),
+        store.readiness(),
+        life.draining.clone(),
+    ));
 
     let hub = SensorHub::new(store.clone(), config.service.clone(), life.clone());
     let sensors = SensorServiceServer::new(hub)
@@ -312,6 +353,7 @@ pub async fn start(config: ServerConfig, store: SharedStore) -> Result<RunningSe
                 addr,
                 config.http_limits,
                 life.draining.clone(),
+                store.readiness(),
                 http_stop.clone(),
                 config.metrics.clone(),
                 config

@@ -100,12 +100,13 @@ pub struct SensorHub {
 impl SensorHub {
     pub fn new(store: SharedStore, config: ServiceConfig, life: Lifecycle) -> Self {
         let unary_slots = Arc::new(Semaphore::new(config.max_unary_in_flight.max(1)));
+        let spans = StoreSpans::new(store.system_name());
         Self {
             store,
             config: Arc::new(config),
             life,
             metrics: ServiceMetrics::new(),
-            spans: StoreSpans::new(),
+            spans,
             unary_slots,
         }
     }

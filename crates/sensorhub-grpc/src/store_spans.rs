@@ -33,15 +33,18 @@ const ERROR_TYPE: &str = "error.type";
 #[derive(Debug, Clone)]
 pub(crate) struct StoreSpans {
     tracer: Arc<global::BoxedTracer>,
+    /// `db.system.name` of the store the service runs on.
+    system: &'static str,
 }
 
 impl StoreSpans {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(system: &'static str) -> Self {
         let scope = opentelemetry::InstrumentationScope::builder("sensorhub-grpc")
             .with_version(env!("CARGO_PKG_VERSION"))
             .build();
         Self {
             tracer: Arc::new(global::tracer_with_scope(scope)),
+            system,
         }
     }
 
@@ -93,7 +96,7 @@ impl StoreSpans {
             .with_kind(SpanKind::Client)
             .with_attributes(
                 [
-                    KeyValue::new(DB_SYSTEM_NAME, "sqlite"),
+                    KeyValue::new(DB_SYSTEM_NAME, self.system),
                     KeyValue::new(DB_OPERATION_NAME, operation),
                     KeyValue::new(DB_COLLECTION_NAME, "readings"),
                 ]

@@ -1,12 +1,14 @@
 //! Test helpers (feature `test-util`): a real server on an ephemeral port of
 //! 127.0.0.1, with a freshly made CA, TLS, a token and a durable store in a
-//! temporary directory, plus clients configured for it.
+//! temporary directory (or a fresh database of a real PostgreSQL), plus
+//! clients configured for it.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use sensorhub_core::SharedStore;
 use sensorhub_pki::{self as pki, BundleFiles};
 use sensorhub_store_embedded::{EmbeddedConfig, EmbeddedStore, StoreLocation};
+use sensorhub_store_postgres::{PostgresConfig, PostgresStore, testing::TestPostgres};
 
 use crate::{
     ClientConfig, RunningServer, SensorClient, ServerConfig,
@@ -25,6 +27,9 @@ pub struct TestOptions {
     pub mutual_tls: bool,
     pub auth: bool,
     pub memory: bool,
+    /// Keep the readings in this PostgreSQL database instead of the
+    /// embedded store ([`TestOptions::on_postgres`] makes a fresh one).
+    pub database_url: Option<String>,
     pub http: bool,
     pub tweak: fn(&mut ServerConfig),
 }
@@ -36,10 +41,42 @@ impl Default for TestOptions {
             mutual_tls: false,
             auth: true,
             memory: false,
+            database_url: None,
             http: false,
             tweak: |_| {},
         }
     }
+}
+
+impl TestOptions {
+    /// The defaults, on a fresh database of the test binary's PostgreSQL
+    /// (`sensorhub_store_postgres::testing`).
+    pub async fn on_postgres() -> TestOptions {
+        TestOptions {
+            database_url: Some(fresh_database_url().await),
+            ..TestOptions::default()
+        }
+    }
+}
+
+impl TestOptions {
+    /// The same options on an empty store of their own: a new database on
+    /// PostgreSQL (every `TestServer` has its own embedded store anyway).
+    pub async fn with_fresh_store(&self) -> TestOptions {
+        let mut options = self.clone();
+        if options.database_url.is_some() {
+            options.database_url = Some(fresh_database_url().await);
+        }
+        options
+    }
+}
+
+/// A URL of a fresh, empty database of the test binary's PostgreSQL
+/// (started on first use).
+pub async fn fresh_database_url() -> String {
+    tokio::task::spawn_blocking(|| TestPostgres::shared().fresh_url())
+        .await
+        .expect("start PostgreSQL")
 }
 
 /// A running test server and everything needed to talk to it.
@@ -99,14 +136,23 @@ impl TestServer {
     }
 
     async fn boot(&mut self) {
-        let location = if self.options.memory {
-            StoreLocation::Memory
-        } else {
-            StoreLocation::Directory(self.data_dir())
+        let store: SharedStore = match &self.options.database_url {
+            Some(url) => std::sync::Arc::new(
+                PostgresStore::open(PostgresConfig::new(url.parse().expect("database URL")))
+                    .await
+                    .expect("open the PostgreSQL store"),
+            ),
+            None => {
+                let location = if self.options.memory {
+                    StoreLocation::Memory
+                } else {
+                    StoreLocation::Directory(self.data_dir())
+                };
+                std::sync::Arc::new(
+                    EmbeddedStore::open(EmbeddedConfig::new(location)).expect("open store"),
+                )
+            }
         };
-        let store: SharedStore = std::sync::Arc::new(
-            EmbeddedStore::open(EmbeddedConfig::new(location)).expect("open store"),
-        );
         let running = crate::start(self.server_config(), store)
             .await
             .expect("start server");

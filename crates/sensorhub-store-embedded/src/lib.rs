@@ -257,6 +257,10 @@ impl EmbeddedStore {
 }
 
 impl Store for EmbeddedStore {
+    fn system_name(&self) -> &'static str {
+        "sqlite"
+    }
+
     fn enqueue(
         &self,
         readings: Vec<Reading>,

@@ -92,6 +92,18 @@ impl Serve {
         serve
     }
 
+    /// Plaintext with one token, the readings in the PostgreSQL database at
+    /// `url` (given through `SENSORHUB_DATABASE_URL`, as a password should be).
+    pub fn insecure_on_database(url: &str, token: &str) -> Serve {
+        let mut serve = Serve::new();
+        serve
+            .command
+            .args(["--insecure", "--shutdown-grace", "2s"])
+            .env("SENSORHUB_DATABASE_URL", url)
+            .env("SENSORHUB_TOKENS", token);
+        serve
+    }
+
     /// The command, to add flags and environment.
     pub fn command(&mut self) -> &mut Command {
         &mut self.command
@@ -193,6 +205,14 @@ impl SpawnedServer {
     /// added to a clean telemetry environment.
     pub fn start(data: &Path, token: &str, env: &[(&str, String)]) -> SpawnedServer {
         let mut serve = Serve::insecure(data, token);
+        serve.command().envs(env.iter().map(|(k, v)| (k, v)));
+        serve.start()
+    }
+
+    /// A replica: `sensorhub serve --insecure` with `token`, the readings in
+    /// the PostgreSQL database at `url`.
+    pub fn start_on_database(url: &str, token: &str, env: &[(&str, String)]) -> SpawnedServer {
+        let mut serve = Serve::insecure_on_database(url, token);
         serve.command().envs(env.iter().map(|(k, v)| (k, v)));
         serve.start()
     }

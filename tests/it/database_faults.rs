@@ -1,0 +1,179 @@
+//! PostgreSQL taken away and brought back under a running server (issue
+//! 15): `/readyz` turns 503 and health `NOT_SERVING`, calls fail with
+//! `UNAVAILABLE` "the database is unreachable" within their deadline, and
+//! once PostgreSQL is back the server serves again by itself, with nothing
+//! it acknowledged lost. The test owns its PostgreSQL (the shared one
+//! serves the other tests).
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use sensorhub_grpc::testing::{TestOptions, TestServer, read_back, reading, unix_now};
+use sensorhub_store_postgres::testing::TestPostgres;
+use tonic::{Code, transport::Channel};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::support::http;
+
+/// How soon the server must notice (issue 15: within 2 s; its probe runs
+/// every 0.5 s with a 1 s limit). Generous for a loaded machine.
+const NOTICE: Duration = Duration::from_secs(4);
+
+async fn channel(server: &TestServer) -> Channel {
+    sensorhub_grpc::client::endpoint(&server.client_config())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+async fn health(client: &mut HealthClient<Channel>) -> i32 {
+    client
+        .check(HealthCheckRequest {
+            service: "SensorService".into(),
+        })
+        .await
+        .expect("health")
+        .into_inner()
+        .status
+}
+
+async fn readyz(port: u16) -> (u16, String) {
+    tokio::task::spawn_blocking(move || http::get(port, "/readyz"))
+        .await
+        .expect("readyz")
+}
+
+/// Polls until `/readyz` answers `code` and health says `status`; returns how long it took.
+async fn wait_for(
+    port: u16,
+    health_client: &mut HealthClient<Channel>,
+    code: u16,
+    status: ServingStatus,
+    limit: Duration,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let (got, body) = readyz(port).await;
+        if got == code && health(health_client).await == status as i32 {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "no /readyz {code} and health {status:?} within {limit:?} (last: {got} {body:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_faults_an_unreachable_database_is_reported_and_recovered_from() {
+    let pg = Arc::new(
+        tokio::task::spawn_blocking(TestPostgres::start_own)
+            .await
+            .expect("own PostgreSQL"),
+    );
+    let url = {
+        let pg = pg.clone();
+        tokio::task::spawn_blocking(move || pg.url_for(&pg.fresh_database()))
+            .await
+            .unwrap()
+    };
+    let server = TestServer::start_with(TestOptions {
+        database_url: Some(url),
+        http: true,
+        ..TestOptions::default()
+    })
+    .await;
+    let port = server.http_addr.expect("http listener").port();
+    let mut client = server.client().await;
+    let mut health_client = HealthClient::new(channel(&server).await);
+    let base = unix_now() - 100;
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        let r = reading("fault", 20.0 + i as f64, base + i);
+        client.send_single_reading(r.clone()).await.expect("unary");
+        acked.push(r);
+    }
+    assert_eq!(readyz(port).await.0, 200);
+    assert_eq!(
+        health(&mut health_client).await,
+        ServingStatus::Serving as i32
+    );
+
+    {
+        let pg = pg.clone();
+        tokio::task::spawn_blocking(move || pg.stop())
+            .await
+            .unwrap();
+    }
+    let noticed = wait_for(
+        port,
+        &mut health_client,
+        503,
+        ServingStatus::NotServing,
+        NOTICE,
+    )
+    .await;
+    eprintln!("not ready {noticed:?} after PostgreSQL stopped");
+    let body = readyz(port).await.1;
+    assert!(body.contains("the database is unreachable"), "{body}");
+
+    // A call fails fast and says why, well within its deadline.
+    let started = Instant::now();
+    let mut request = tonic::Request::new(reading("fault", 30.0, base + 50));
+    request.set_timeout(Duration::from_secs(8));
+    let status = client
+        .send_single_reading(request)
+        .await
+        .expect_err("no database, no acknowledgement");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("the database is unreachable"),
+        "{status:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the call took {:?}",
+        started.elapsed()
+    );
+    let status = client
+        .get_sensor_stats(sensorhub_proto::StatsRequest::default())
+        .await
+        .expect_err("no database, no statistics");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+
+    {
+        let pg = pg.clone();
+        tokio::task::spawn_blocking(move || pg.restart())
+            .await
+            .unwrap();
+    }
+    let back = wait_for(
+        port,
+        &mut health_client,
+        200,
+        ServingStatus::Serving,
+        Duration::from_secs(30),
+    )
+    .await;
+    eprintln!("ready again {back:?} after PostgreSQL restarted");
+    // Serving by itself: writes and reads work, and nothing acknowledged is lost.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let after = reading("fault", 25.0, base + 60);
+    loop {
+        match client.send_single_reading(after.clone()).await {
+            Ok(_) => break,
+            Err(status) if Instant::now() < deadline && status.code() == Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("no write after the restart: {status:?}"),
+        }
+    }
+    acked.push(after);
+    assert_eq!(read_back(&mut client, "fault").await, acked);
+}
