@@ -55,7 +55,8 @@ async fn replicas_follow_across_replicas_without_gap_or_repeat_and_stats_in_comm
     const CHUNK: usize = 50;
     const UNARY_WRITERS: usize = 3;
     const UNARY: usize = 40;
-    let total = STREAMS * CHUNKS * CHUNK + UNARY_WRITERS * UNARY;
+    // Reading 0 is written first, alone; the writers write 1..total.
+    let total = 1 + STREAMS * CHUNKS * CHUNK + UNARY_WRITERS * UNARY;
     // Timestamps name the readings; temperatures swing so that alerts fire.
     let at = move |i: usize| {
         let temperature = match i % 7 {
@@ -76,13 +77,27 @@ async fn replicas_follow_across_replicas_without_gap_or_repeat_and_stats_in_comm
         .await
         .expect("follow")
         .into_inner();
+    // The follow's snapshot is taken once the call runs; until the first
+    // reading arrives, later ones could still come as history (time order).
+    // From then on every reading comes from the tail, in commit order.
+    connect(&servers[1])
+        .await
+        .send_single_reading(at(0))
+        .await
+        .expect("the first reading");
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the first reading followed")
+        .expect("follow stream")
+        .expect("a reading");
+    assert_eq!(first, at(0));
 
     let mut writers = Vec::new();
     for s in 0..STREAMS {
         let mut client = connect(&servers[0]).await;
         writers.push(tokio::spawn(async move {
             for c in 0..CHUNKS {
-                let first = (s * CHUNKS + c) * CHUNK;
+                let first = 1 + (s * CHUNKS + c) * CHUNK;
                 let batch: Vec<_> = (first..first + CHUNK).map(at).collect();
                 let ack = client
                     .stream_sensor_readings(tokio_stream::iter(batch))
@@ -97,7 +112,7 @@ async fn replicas_follow_across_replicas_without_gap_or_repeat_and_stats_in_comm
         let mut client = connect(&servers[1]).await;
         writers.push(tokio::spawn(async move {
             for i in 0..UNARY {
-                let index = STREAMS * CHUNKS * CHUNK + u * UNARY + i;
+                let index = 1 + STREAMS * CHUNKS * CHUNK + u * UNARY + i;
                 client
                     .send_single_reading(at(index))
                     .await
@@ -110,6 +125,7 @@ async fn replicas_follow_across_replicas_without_gap_or_repeat_and_stats_in_comm
     }
 
     let mut got: Vec<SensorReading> = Vec::with_capacity(total);
+    got.push(first);
     while got.len() < total {
         let next = tokio::time::timeout(Duration::from_secs(10), stream.message())
             .await
