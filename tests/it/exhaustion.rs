@@ -297,7 +297,10 @@ async fn exhaustion_silent_tls_connections_are_closed_at_the_handshake_deadline(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhaustion_connections_without_calls_are_closed_with_goaway() {
-    let server = ServeProcess::start(&["--first-call-timeout", "1s", "--idle-timeout", "3s"]);
+    // The first-call timeout leaves time to open the 100 connections on a
+    // busy machine (at a load average of 15 it took more than a second, and
+    // the first ones were closed before their descriptors were counted).
+    let server = ServeProcess::start(&["--first-call-timeout", "3s", "--idle-timeout", "6s"]);
     let fds_before = server.fds();
 
     // 100 HTTP/2 connections that never open a stream.
@@ -333,10 +336,10 @@ async fn exhaustion_connections_without_calls_are_closed_with_goaway() {
     }
     let unused_closed = opened.elapsed();
     assert!(
-        unused_closed < Duration::from_secs(5),
-        "unused connections closed after {unused_closed:?} (first-call timeout 1 s)"
+        unused_closed < Duration::from_secs(7),
+        "unused connections closed after {unused_closed:?} (first-call timeout 3 s)"
     );
-    // The served one outlived them, and goes once idle for 3 s.
+    // The served one outlived them, and goes once idle for 6 s.
     assert!(grpc_outcome(response).await.is_some());
     assert!(
         !served.connection.is_finished(),
@@ -346,7 +349,7 @@ async fn exhaustion_connections_without_calls_are_closed_with_goaway() {
         .await
         .expect("an idle connection is closed");
     assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
-    assert!(opened.elapsed() >= Duration::from_secs(3));
+    assert!(opened.elapsed() >= Duration::from_secs(6));
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let fds_after = server.fds();
