@@ -10,6 +10,7 @@ mod readings;
 mod sensor;
 mod serve;
 mod stats;
+mod token;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -54,6 +55,8 @@ pub enum Command {
     Stats(stats::StatsArgs),
     /// Everything at once, no Docker: a server, four sensors and a live summary.
     Demo(demo::DemoArgs),
+    /// Make credentials: `token new` prints a random token and its tokens-file line.
+    Token(token::TokenArgs),
     /// Generate load: a fleet of simulated sensors, closed or open loop; report throughput and latency.
     Load(load::LoadArgs),
 }
@@ -70,7 +73,7 @@ impl Cli {
             Command::Demo(_) => ("sensorhub", "warn", true, Some(SpanRecorder::new())),
             // Its calls go out without a telemetry layer: no span per call.
             Command::Load(_) => ("sensorhub-load", "warn", false, None),
-            Command::Certs(_) | Command::Readings(_) | Command::Stats(_) => {
+            Command::Certs(_) | Command::Readings(_) | Command::Stats(_) | Command::Token(_) => {
                 ("sensorhub-sensor", "warn", false, None)
             }
         };
@@ -99,6 +102,7 @@ impl Command {
             Command::Stats(args) => stats::run(args).await,
             Command::Demo(args) => demo::run(args, telemetry).await,
             Command::Load(args) => load::run(args).await,
+            Command::Token(args) => token::run(args),
         }
     }
 }

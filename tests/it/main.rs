@@ -10,6 +10,7 @@ mod support;
 
 mod auth;
 mod bad_input;
+mod cert_identities;
 mod cli;
 mod connection_metrics;
 mod crash_durability;
@@ -24,6 +25,7 @@ mod durability;
 mod exhaustion;
 mod follow;
 mod graceful_shutdown;
+mod hashed_tokens;
 mod health_http;
 mod idempotency;
 mod journal_replay;

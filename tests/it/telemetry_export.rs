@@ -21,6 +21,8 @@ use spawned_server::{SpawnedServer, client, command};
 use crate::support::spawned_server;
 
 const TOKEN: &str = "telemetry-test-token-5f1d";
+/// Accepted only through a `sha256:` line of the tokens file (issue 20).
+const HASHED_TOKEN: &str = "telemetry-hashed-token-3b8e";
 const WAIT: Duration = Duration::from_secs(20);
 
 fn fast_export(endpoint: String, protocol: &str) -> Vec<(&'static str, String)> {
@@ -55,11 +57,18 @@ fn find_server_span<'a>(
 async fn server_and_sensor_export_traces_metrics_and_logs() {
     let receiver = OtlpReceiver::start().await.expect("OTLP receiver");
     let dir = tempfile::tempdir().unwrap();
-    let server = SpawnedServer::start(
-        &dir.path().join("data"),
-        TOKEN,
-        &fast_export(receiver.grpc_endpoint(), "grpc"),
+    let tokens = dir.path().join("tokens");
+    let digest = sensorhub_grpc::auth::tokens_file::hex(
+        &sensorhub_grpc::auth::tokens_file::digest(HASHED_TOKEN.as_bytes()),
     );
+    std::fs::write(
+        &tokens,
+        format!("sha256:{digest} name=telemetry-kitchen write=tel-*\n"),
+    )
+    .unwrap();
+    let mut env = fast_export(receiver.grpc_endpoint(), "grpc");
+    env.push(("SENSORHUB_TOKENS_FILE", tokens.display().to_string()));
+    let server = SpawnedServer::start(&dir.path().join("data"), TOKEN, &env);
 
     // 1. A sensor process: client spans and client metrics over OTLP/HTTP.
     let out = command()
@@ -107,6 +116,18 @@ async fn server_and_sensor_export_traces_metrics_and_logs() {
         }
     };
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+    // The hashed line's token: a write in its scope, and one refused.
+    let mut hashed = client(&server.url(), HASHED_TOKEN).await;
+    hashed
+        .send_single_reading(reading("tel-hashed", 20.0))
+        .await
+        .expect("the token a sha256: line accepts");
+    let denied = hashed
+        .send_single_reading(reading("garage-1", 20.0))
+        .await
+        .expect_err("outside its scope");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
 
     // 3. A wrong token: UNAUTHENTICATED, trailers-only.
     let mut intruder = client(&server.url(), "wrong-token-9a7c").await;
@@ -350,10 +371,36 @@ async fn server_and_sensor_export_traces_metrics_and_logs() {
         "{counts:?}"
     );
 
+    // The identity's label, never its token, on the calls' spans (issue 20).
+    receiver
+        .wait_for(WAIT, |r| {
+            let statuses: Vec<_> = r
+                .spans()
+                .into_iter()
+                .filter(|s| {
+                    s.service_name == "sensorhub"
+                        && s.attr("enduser.id").as_deref() == Some("telemetry-kitchen")
+                })
+                .filter_map(|s| s.attr("rpc.response.status_code"))
+                .collect();
+            let both = statuses.iter().any(|s| s == "OK")
+                && statuses.iter().any(|s| s == "PERMISSION_DENIED");
+            both.then_some(())
+        })
+        .await
+        .expect("the hashed token's calls are labelled with its name=");
+    assert!(
+        receiver
+            .spans()
+            .iter()
+            .any(|s| s.attr("enduser.id").as_deref() == Some("--token 1")),
+        "an unscoped --token is labelled too"
+    );
+
     // No token, right or wrong, in anything exported.
     let everything = receiver.all_text();
     assert!(everything.contains("SensorService/SendSingleReading"));
-    for secret in [TOKEN, "wrong-token-9a7c"] {
+    for secret in [TOKEN, "wrong-token-9a7c", HASHED_TOKEN] {
         assert!(!everything.contains(secret), "{secret} was exported");
     }
     assert!(!everything.to_ascii_lowercase().contains("authorization"));

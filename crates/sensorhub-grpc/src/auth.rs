@@ -6,6 +6,11 @@
 //! a valid token is refused with `UNAUTHENTICATED` before any of its messages
 //! is decoded, on all five methods. Health and reflection are not wrapped.
 //!
+//! With mutual TLS, a call without a token is the identity of its client
+//! certificate's name (`auth/certificate_name.rs`), if a `cert:NAME` line
+//! names it; otherwise it is `UNAUTHENTICATED` as without a certificate. A
+//! call that carries a token is judged by the token alone.
+//!
 //! Each accepted credential stands for an [`Identity`] (`auth/identity.rs`):
 //! a label and what it may write and read (`auth/scope.rs`), as the tokens
 //! file says (`auth/tokens_file.rs`). The check finds the identity once per
@@ -24,6 +29,7 @@
 //! without looking at their token. A guesser pays a TCP and TLS handshake
 //! for every few guesses, however many streams it opens at once.
 
+pub mod certificate_name;
 pub mod identity;
 pub mod scope;
 pub mod tokens_file;
@@ -36,9 +42,13 @@ use std::{
     time::Duration,
 };
 
-use opentelemetry::{KeyValue, global, metrics::Counter};
+use opentelemetry::{KeyValue, global, metrics::Counter, trace::TraceContextExt};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
-use tonic::{Request, Status, service::Interceptor};
+use tonic::{
+    Request, Status,
+    service::Interceptor,
+    transport::server::{TcpConnectInfo, TlsConnectInfo},
+};
 
 use crate::connection::ConnectionState;
 pub use identity::{Denied, Identity, Rule};
@@ -48,6 +58,9 @@ use tokens_file::{Credential, Entry, LineError};
 /// The metadata key carrying the token.
 pub const AUTHORIZATION: &str = "authorization";
 
+/// The span attribute naming the call's identity (its label; semconv `enduser.id`).
+pub const ENDUSER_ID: &str = "enduser.id";
+
 /// Failed authentications in a row after which a connection is closed.
 pub const MAX_FAILED_AUTHENTICATIONS: u32 = 5;
 
@@ -55,9 +68,16 @@ pub const MAX_FAILED_AUTHENTICATIONS: u32 = 5;
 #[derive(Clone)]
 pub struct TokenSet {
     tokens: Arc<[TokenEntry]>,
-    certificates: Arc<[(Box<str>, Arc<Identity>)]>,
+    certificates: Arc<[CertificateEntry]>,
     /// Lines of a tokens file that held a token itself, not its digest.
     plain_in_file: usize,
+}
+
+/// A `cert:` line: the certificate's name, its rate-limit key and its identity.
+struct CertificateEntry {
+    name: Box<str>,
+    key: [u8; 32],
+    identity: Arc<Identity>,
 }
 
 struct TokenEntry {
@@ -170,7 +190,15 @@ impl TokenSet {
                     origins.push(origin);
                     tokens.push(TokenEntry { digest, identity });
                 }
-                Credential::Certificate(name) => certificates.push((name, identity)),
+                Credential::Certificate(name) => {
+                    // A key no token's digest can be: the digest of `cert:NAME`.
+                    let key = tokens_file::digest(format!("cert:{name}").as_bytes());
+                    certificates.push(CertificateEntry {
+                        name,
+                        key,
+                        identity,
+                    });
+                }
             }
         }
         Ok(TokenSet {
@@ -230,12 +258,13 @@ impl TokenSet {
         bool::from(matched).then(|| (presented, &self.tokens[index as usize].identity))
     }
 
-    /// The identity a client certificate's name stands for (a `cert:` line).
-    pub fn certificate(&self, name: &str) -> Option<&Arc<Identity>> {
+    /// The rate-limit key and identity a client certificate's name stands
+    /// for (a `cert:` line).
+    pub fn certificate(&self, name: &str) -> Option<([u8; 32], &Arc<Identity>)> {
         self.certificates
             .iter()
-            .find(|(n, _)| **n == *name)
-            .map(|(_, identity)| identity)
+            .find(|c| *c.name == *name)
+            .map(|c| (c.key, &c.identity))
     }
 
     /// How many tokens the set holds.
@@ -391,25 +420,51 @@ impl Interceptor for TokenCheck {
         if connection.is_some_and(|c| c.locked_out(MAX_FAILED_AUTHENTICATIONS)) {
             return Err(self.closing());
         }
-        let Some(value) = request.metadata().get(AUTHORIZATION) else {
-            self.failed(FAILED_MISSING, connection)?;
-            return Err(Status::unauthenticated(
-                "Invalid token: no `authorization` metadata; send `authorization: <token>` or `authorization: Bearer <token>`",
-            ));
+        let accepted = match request.metadata().get(AUTHORIZATION) {
+            Some(value) => {
+                let value = value.as_bytes();
+                let token = value.strip_prefix(b"Bearer ").unwrap_or(value);
+                let accepted = tokens
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .accepted(token)
+                    .map(|(key, identity)| (key, identity.clone()));
+                let Some(accepted) = accepted else {
+                    self.failed(FAILED_INVALID, connection)?;
+                    return Err(Status::unauthenticated(
+                        "Invalid token: the `authorization` metadata does not carry a token this server accepts",
+                    ));
+                };
+                accepted
+            }
+            None => {
+                let name = peer_certificate_name(&request, connection);
+                let mapped = name.and_then(|name| {
+                    tokens
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .certificate(name)
+                        .map(|(key, identity)| (key, identity.clone()))
+                });
+                match (mapped, name) {
+                    (Some(accepted), _) => accepted,
+                    (None, Some(name)) => {
+                        let status = Status::unauthenticated(format!(
+                            "Invalid token: no `authorization` metadata, and the client certificate {name:?} is named on no `cert:` line of the server's tokens file; send `authorization: <token>`, or have the operator map the certificate"
+                        ));
+                        self.failed(FAILED_MISSING, connection)?;
+                        return Err(status);
+                    }
+                    (None, None) => {
+                        self.failed(FAILED_MISSING, connection)?;
+                        return Err(Status::unauthenticated(
+                            "Invalid token: no `authorization` metadata; send `authorization: <token>` or `authorization: Bearer <token>`",
+                        ));
+                    }
+                }
+            }
         };
-        let value = value.as_bytes();
-        let token = value.strip_prefix(b"Bearer ").unwrap_or(value);
-        let accepted = tokens
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .accepted(token)
-            .map(|(key, identity)| (key, identity.clone()));
-        let Some((key, identity)) = accepted else {
-            self.failed(FAILED_INVALID, connection)?;
-            return Err(Status::unauthenticated(
-                "Invalid token: the `authorization` metadata does not carry a token this server accepts",
-            ));
-        };
+        let (key, identity) = accepted;
         if connection.is_some_and(|c| !c.authenticated(MAX_FAILED_AUTHENTICATIONS)) {
             return Err(self.closing());
         }
@@ -419,8 +474,34 @@ impl Interceptor for TokenCheck {
             let wait = not_until.wait_time_from(governor::clock::Clock::now(limiter.clock()));
             return Err(rate_limited(wait));
         }
+        // The call's span (the telemetry layer's, current here) names who
+        // called: the label, never the credential.
+        opentelemetry::Context::map_current(|cx| {
+            cx.span()
+                .set_attribute(KeyValue::new(ENDUSER_ID, identity.label.clone()))
+        });
         request.extensions_mut().insert(identity);
         Ok(request)
+    }
+}
+
+/// The name of the client certificate the call's connection presented
+/// (mutual TLS), read once per connection and kept in its state.
+fn peer_certificate_name<'r>(
+    request: &'r Request<()>,
+    connection: Option<&'r Arc<ConnectionState>>,
+) -> Option<&'r str> {
+    let read = || {
+        let info = request
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()?;
+        let certificates = info.peer_certs()?;
+        certificate_name::of(certificates.first()?)
+    };
+    match connection {
+        Some(connection) => connection.certificate_name(read),
+        // Only a server assembled without the connection layer (unit tests).
+        None => None,
     }
 }
 

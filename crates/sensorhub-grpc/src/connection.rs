@@ -26,7 +26,7 @@
 use std::{
     pin::Pin,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
@@ -224,6 +224,9 @@ pub(crate) struct ConnectionState {
     /// Notified when the last open call ends.
     went_idle: Notify,
     auth_failures: AtomicU32,
+    /// The client certificate's name (mutual TLS), read on the first call
+    /// without a token (`auth.rs`).
+    certificate_name: OnceLock<Option<Box<str>>>,
     /// Cancelled: close this connection gracefully (a child of the server's stop).
     close: CancellationToken,
 }
@@ -235,6 +238,7 @@ impl ConnectionState {
             calls_started: AtomicU64::new(0),
             went_idle: Notify::new(),
             auth_failures: AtomicU32::new(0),
+            certificate_name: OnceLock::new(),
             close,
         }
     }
@@ -273,6 +277,11 @@ impl ConnectionState {
     /// is closing, and its calls are refused unchecked.
     pub(crate) fn locked_out(&self, limit: u32) -> bool {
         self.auth_failures.load(Ordering::Acquire) >= limit
+    }
+
+    /// The client certificate's name, read by `read` the first time it is asked for.
+    pub(crate) fn certificate_name(&self, read: impl FnOnce() -> Option<Box<str>>) -> Option<&str> {
+        self.certificate_name.get_or_init(read).as_deref()
     }
 
     /// Resolves once the connection has earned a close: no call within the

@@ -5,6 +5,13 @@
 //! real CA and leaf certificates signed by it: a server certificate whose
 //! SANs cover `localhost`, `127.0.0.1`, `::1`, `grpc-server` and any extra
 //! names, and a client certificate for mutual TLS.
+//!
+//! The CA's key is written beside its certificate (`ca.key`, mode 0600) so
+//! that more client certificates can be issued later ([`issue_client`],
+//! `sensorhub certs --client NAME`), each named by its DNS SAN and CN: the
+//! name a `cert:NAME` line of the server's tokens file maps to an identity.
+//! Whoever holds `ca.key` can mint any such identity: keep it off the
+//! server and the sensors.
 
 use std::{
     fs,
@@ -14,7 +21,7 @@ use std::{
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    Issuer, KeyPair, KeyUsagePurpose, SigningKey,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -25,6 +32,7 @@ pub const DEFAULT_SERVER_NAMES: [&str; 4] = ["localhost", "127.0.0.1", "::1", "g
 #[derive(Clone)]
 pub struct Bundle {
     pub ca_cert: String,
+    pub ca_key: String,
     pub server_cert: String,
     pub server_key: String,
     pub client_cert: String,
@@ -41,6 +49,7 @@ impl std::fmt::Debug for Bundle {
 #[derive(Debug, Clone)]
 pub struct BundleFiles {
     pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
     pub client_cert: PathBuf,
@@ -51,6 +60,7 @@ impl BundleFiles {
     pub fn in_dir(dir: &Path) -> Self {
         BundleFiles {
             ca_cert: dir.join("ca.pem"),
+            ca_key: dir.join("ca.key"),
             server_cert: dir.join("server.pem"),
             server_key: dir.join("server.key"),
             client_cert: dir.join("client.pem"),
@@ -78,23 +88,12 @@ pub fn generate(extra_names: &[String]) -> Result<Bundle, rcgen::Error> {
     ];
     ca_params.not_before = now - Duration::hours(1);
     ca_params.not_after = now + Duration::days(3650);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+    let ca_key = KeyPair::generate()?;
+    let ca_key_pem = ca_key.serialize_pem();
+    let ca = CertifiedIssuer::self_signed(ca_params, ca_key)?;
 
-    let leaf = |names: Vec<String>,
-                cn: &str,
-                usage: ExtendedKeyUsagePurpose|
-     -> Result<(String, String), rcgen::Error> {
-        let mut params = CertificateParams::new(names)?;
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![usage];
-        params.use_authority_key_identifier_extension = true;
-        params.not_before = now - Duration::hours(1);
-        params.not_after = now + Duration::days(365);
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &ca)?;
-        Ok((cert.pem(), key.serialize_pem()))
+    let leaf = |names: Vec<String>, cn: &str, usage: ExtendedKeyUsagePurpose| {
+        sign_leaf(&ca, names, cn, usage, now)
     };
 
     let mut server_names: Vec<String> =
@@ -116,6 +115,7 @@ pub fn generate(extra_names: &[String]) -> Result<Bundle, rcgen::Error> {
     )?;
     Ok(Bundle {
         ca_cert: ca.pem(),
+        ca_key: ca_key_pem,
         server_cert,
         server_key,
         client_cert,
@@ -123,13 +123,80 @@ pub fn generate(extra_names: &[String]) -> Result<Bundle, rcgen::Error> {
     })
 }
 
+/// A leaf certificate signed by `ca`, valid for a year from an hour ago.
+fn sign_leaf<S: SigningKey>(
+    ca: &Issuer<'_, S>,
+    names: Vec<String>,
+    cn: &str,
+    usage: ExtendedKeyUsagePurpose,
+    now: OffsetDateTime,
+) -> Result<(String, String), rcgen::Error> {
+    let mut params = CertificateParams::new(names)?;
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![usage];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(365);
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, ca)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A client certificate and key for `name` (its DNS SAN and its CN), signed
+/// by the CA whose certificate and key are given (PEM). `name` must be a DNS
+/// name (letters, digits, `-` and `.`), as a SAN requires.
+pub fn issue_client(
+    ca_cert: &str,
+    ca_key: &str,
+    name: &str,
+) -> Result<(String, String), rcgen::Error> {
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        return Err(rcgen::Error::InvalidAsn1String(
+            rcgen::InvalidAsn1String::Ia5String(name.to_owned()),
+        ));
+    }
+    let key = KeyPair::from_pem(ca_key)?;
+    let ca = Issuer::from_ca_cert_pem(ca_cert, key)?;
+    sign_leaf(
+        &ca,
+        vec![name.to_owned()],
+        name,
+        ExtendedKeyUsagePurpose::ClientAuth,
+        OffsetDateTime::now_utc(),
+    )
+}
+
+/// Writes a client certificate and key as `NAME.pem` and `NAME.key` in `dir`
+/// (the key mode 0600); returns the two paths.
+pub fn write_client(
+    dir: &Path,
+    name: &str,
+    cert: &str,
+    key: &str,
+) -> std::io::Result<(PathBuf, PathBuf)> {
+    let (cert_path, key_path) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    write_file(&cert_path, cert, false)?;
+    write_file(&key_path, key, true)?;
+    Ok((cert_path, key_path))
+}
+
 impl Bundle {
-    /// Writes the five files into `dir` (created if missing). Private keys
+    /// Writes the six files into `dir` (created if missing). Private keys
     /// are created with mode 0600 so no other user can read them.
     pub fn write_to(&self, dir: &Path) -> std::io::Result<BundleFiles> {
         fs::create_dir_all(dir)?;
         let files = BundleFiles::in_dir(dir);
         write_file(&files.ca_cert, &self.ca_cert, false)?;
+        write_file(&files.ca_key, &self.ca_key, true)?;
         write_file(&files.server_cert, &self.server_cert, false)?;
         write_file(&files.server_key, &self.server_key, true)?;
         write_file(&files.client_cert, &self.client_cert, false)?;
