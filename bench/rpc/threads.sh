@@ -10,6 +10,8 @@
 # thread group's CPU time (user + system, /proc/PID/task/*/stat) divided by the calls.
 # BIN=path/to/sensorhub measures another build (an A/B against an older commit).
 # RATE=N runs an open loop at N calls/s instead and also prints the p99 latency.
+# TOKENS_FILE=FILE serves with --tokens-file FILE instead of --token bench (its
+# lines must accept the token `bench`; bench/rpc/scopes.sh uses it).
 # PERF=FILE also records the server with `perf record --call-graph dwarf` into
 # FILE for the duration of the load (then `perf report -i FILE --no-children`).
 set -euo pipefail
@@ -38,8 +40,10 @@ fi
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 store=(--data "$work/data")
 [ "$mode" = memory ] && store=(--memory)
+tokens=(--token bench)
+[ -n "${TOKENS_FILE:-}" ] && tokens=(--tokens-file "$TOKENS_FILE")
 env -u RUST_LOG "${telemetry[@]}" "$bin" serve --tls-cert "$work/certs/server.pem" \
-    --tls-key "$work/certs/server.key" --token bench --listen "127.0.0.1:$port" \
+    --tls-key "$work/certs/server.key" "${tokens[@]}" --listen "127.0.0.1:$port" \
     --rate-limit 0 --http off "${store[@]}" >/dev/null 2>&1 &
 pid=$!
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done

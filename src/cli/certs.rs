@@ -10,9 +10,14 @@ use sensorhub_pki::{self as pki, BundleFiles};
 
 #[derive(Debug, Args)]
 pub struct CertsArgs {
-    /// Directory to write ca.pem, ca.key, server.pem, server.key, client.pem, client.key into.
+    /// Directory to write ca.pem, server.pem, server.key, client.pem, client.key into.
     #[arg(long)]
     pub out: PathBuf,
+    /// Also keep the CA's key as ca.key (mode 0600), to issue client
+    /// certificates later with --client. Whoever holds it can sign server and
+    /// client certificates the CA's users trust: keep it off the server.
+    #[arg(long, conflicts_with = "clients")]
+    pub keep_ca_key: bool,
     /// Extra DNS name or IP address for the server certificate (repeatable).
     /// Always included: localhost, 127.0.0.1, ::1, grpc-server.
     #[arg(long = "name", conflicts_with = "clients")]
@@ -32,10 +37,20 @@ pub fn run(args: CertsArgs) -> anyhow::Result<ExitCode> {
     let files = bundle
         .write_to(&args.out)
         .with_context(|| format!("writing certificates to {}", args.out.display()))?;
+    let ca_key = if args.keep_ca_key {
+        let path = bundle
+            .write_ca_key(&args.out)
+            .with_context(|| format!("writing the CA's key to {}", args.out.display()))?;
+        format!(
+            " + {} (keep it off the server and the sensors)",
+            path.display()
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "wrote {} + {} (CA; keep the key off the server and the sensors), {} + {} (server), {} + {} (client); keys are mode 0600",
+        "wrote {}{ca_key} (CA), {} + {} (server), {} + {} (client); keys are mode 0600",
         files.ca_cert.display(),
-        files.ca_key.display(),
         files.server_cert.display(),
         files.server_key.display(),
         files.client_cert.display(),
@@ -49,7 +64,7 @@ fn issue_clients(args: &CertsArgs) -> anyhow::Result<ExitCode> {
     let read = |path: &PathBuf| {
         std::fs::read_to_string(path).with_context(|| {
             format!(
-                "--client needs the CA in --out: cannot read {} (make one with `sensorhub certs --out {}`; a directory made before ca.key was written has none, so make a new CA)",
+                "--client needs the CA and its key in --out: cannot read {} (make them with `sensorhub certs --out {} --keep-ca-key`; a CA made without it has no key to sign with)",
                 path.display(),
                 args.out.display()
             )

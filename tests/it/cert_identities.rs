@@ -47,7 +47,7 @@ async fn cert_identities_a_mapped_certificate_writes_its_scope_without_a_token_a
  {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
-    let made = sensorhub(&["certs", "--out", certs.to_str().unwrap()]);
+    let made = sensorhub(&["certs", "--out", certs.to_str().unwrap(), "--keep-ca-key"]);
     assert!(
         made.status.success(),
         "{}",
@@ -76,15 +76,21 @@ async fn cert_identities_a_mapped_certificate_writes_its_scope_without_a_token_a
             .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    let refused = sensorhub(&[
-        "certs",
-        "--out",
-        dir.path().join("none").to_str().unwrap(),
-        "--client",
-        "x",
-    ]);
+    // Without --keep-ca-key the CA's key is dropped, and --client says what to do.
+    let keyless = dir.path().join("keyless");
+    assert!(
+        sensorhub(&["certs", "--out", keyless.to_str().unwrap()])
+            .status
+            .success()
+    );
+    assert!(keyless.join("ca.pem").exists() && !keyless.join("ca.key").exists());
+    let refused = sensorhub(&["certs", "--out", keyless.to_str().unwrap(), "--client", "x"]);
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("ca.key"));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("ca.key") && stderr.contains("--keep-ca-key"),
+        "{stderr}"
+    );
 
     let tokens = dir.path().join("tokens");
     std::fs::write(

@@ -6,12 +6,12 @@
 //! SANs cover `localhost`, `127.0.0.1`, `::1`, `grpc-server` and any extra
 //! names, and a client certificate for mutual TLS.
 //!
-//! The CA's key is written beside its certificate (`ca.key`, mode 0600) so
-//! that more client certificates can be issued later ([`issue_client`],
+//! The CA's key is dropped unless asked for ([`Bundle::write_ca_key`],
+//! `sensorhub certs --keep-ca-key`): whoever holds it can sign a server
+//! certificate the clients trust, or any client identity. Kept (`ca.key`,
+//! mode 0600), it issues more client certificates later ([`issue_client`],
 //! `sensorhub certs --client NAME`), each named by its DNS SAN and CN: the
 //! name a `cert:NAME` line of the server's tokens file maps to an identity.
-//! Whoever holds `ca.key` can mint any such identity: keep it off the
-//! server and the sensors.
 
 use std::{
     fs,
@@ -190,18 +190,28 @@ pub fn write_client(
 }
 
 impl Bundle {
-    /// Writes the six files into `dir` (created if missing). Private keys
-    /// are created with mode 0600 so no other user can read them.
+    /// Writes the CA certificate and the two leaves with their keys into
+    /// `dir` (created if missing), not the CA's key. Private keys are
+    /// created with mode 0600 so no other user can read them.
     pub fn write_to(&self, dir: &Path) -> std::io::Result<BundleFiles> {
         fs::create_dir_all(dir)?;
         let files = BundleFiles::in_dir(dir);
         write_file(&files.ca_cert, &self.ca_cert, false)?;
-        write_file(&files.ca_key, &self.ca_key, true)?;
         write_file(&files.server_cert, &self.server_cert, false)?;
         write_file(&files.server_key, &self.server_key, true)?;
         write_file(&files.client_cert, &self.client_cert, false)?;
         write_file(&files.client_key, &self.client_key, true)?;
         Ok(files)
+    }
+}
+
+impl Bundle {
+    /// Writes the CA's key as `ca.key` (mode 0600) into `dir`, for issuing
+    /// client certificates later; returns its path.
+    pub fn write_ca_key(&self, dir: &Path) -> std::io::Result<PathBuf> {
+        let path = BundleFiles::in_dir(dir).ca_key;
+        write_file(&path, &self.ca_key, true)?;
+        Ok(path)
     }
 }
 
