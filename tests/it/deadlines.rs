@@ -10,6 +10,7 @@ use sensorhub_proto::SensorRequest;
 use spawned_server::{SpawnedServer, client};
 use tonic::{Code, Request};
 
+use crate::support::exposition;
 use crate::support::http;
 use crate::support::spawned_server;
 
@@ -19,14 +20,16 @@ const TOKEN: &str = "deadline-token";
 fn active_server_streams(server: &SpawnedServer) -> f64 {
     let (status, page) = http::get(server.http, "/metrics");
     assert_eq!(status, 200, "{page}");
-    page.lines()
-        .find(|l| {
-            l.starts_with("sensorhub_streams_active{")
-                && l.contains("sensorhub_rpc_kind=\"server_stream\"")
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no server_stream gauge in\n{page}"))
+    let samples = exposition::samples(&page);
+    match exposition::series(
+        &samples,
+        "sensorhub_streams_active",
+        &[("sensorhub_rpc_kind", "server_stream")],
+    )[..]
+    {
+        [gauge] => gauge.value,
+        _ => panic!("not one server_stream gauge in\n{page}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

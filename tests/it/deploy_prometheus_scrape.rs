@@ -19,15 +19,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use deploy_stack::{
-    PROMETHEUS_BUILTIN, as_promql, dashboard_queries, deploy, rules, selectors, yaml,
-};
+use deploy_stack::{PROMETHEUS_BUILTIN, dashboard_queries, deploy, rules, yaml};
 use prometheus_process::PrometheusProcess;
 use serde_norway::Value;
 
 use crate::support::deploy_stack;
 use crate::support::deploy_traffic;
 use crate::support::prometheus_process;
+use crate::support::promql::selectors;
 use crate::support::system_tools::prometheus;
 
 /// A child process killed (and reaped) when dropped, whatever happened.
@@ -172,36 +171,38 @@ async fn prometheus_with_the_project_config_serves_every_dashboard_query() {
         if panel.datasource != "prometheus" {
             continue;
         }
-        let promql = as_promql(&panel.expr);
+        let promql = panel
+            .promql()
+            .unwrap_or_else(|e| panic!("{}: {e}", panel.origin()));
         checked += 1;
         let result = match prometheus.query(&promql) {
             Ok(result) => result,
             Err(e) => {
-                problems.push(format!(
-                    "{} {:?}: rejected: {e}",
-                    panel.dashboard, panel.panel
-                ));
+                problems.push(format!("{}: rejected: {e}", panel.origin()));
                 continue;
             }
         };
         // Reads only the server (its own series, or rules made from them).
-        let from_server = selectors(&promql).iter().all(|s| {
+        let found =
+            selectors(&promql).unwrap_or_else(|e| panic!("{}: {e}\n  in {promql}", panel.origin()));
+        let from_server = found.iter().all(|s| {
             let job = s.matchers.iter().find(|(label, _, _)| label == "job");
-            if recorded.contains(&s.metric) {
+            let Some(metric) = s.metric.exact() else {
+                // A name pattern: deploy_metric_names.rs checks what it matches.
+                return false;
+            };
+            if recorded.contains(metric) {
                 true
-            } else if PROMETHEUS_BUILTIN.contains(&s.metric.as_str()) {
+            } else if PROMETHEUS_BUILTIN.contains(&metric) {
                 job.is_some_and(|(_, _, value)| value == "sensorhub")
             } else {
-                !(s.metric.starts_with("otelcol_") || s.metric.starts_with("traces_span_metrics_"))
+                !(metric.starts_with("otelcol_") || metric.starts_with("traces_span_metrics_"))
             }
         });
         if from_server {
             with_data += 1;
             if result.is_empty() {
-                problems.push(format!(
-                    "{} {:?}: no data for {promql}",
-                    panel.dashboard, panel.panel
-                ));
+                problems.push(format!("{}: no data for {promql}", panel.origin()));
             }
         }
     }

@@ -23,6 +23,7 @@ use prometheus_process::PrometheusProcess;
 use sensorhub_grpc::testing::{reading, unix_now};
 use spawned_server::{SpawnedServer, client};
 
+use crate::support::exposition::{self, series};
 use crate::support::http;
 use crate::support::prometheus_process;
 use crate::support::spawned_server;
@@ -75,33 +76,6 @@ fn get_with_headers(port: u16, path: &str) -> (u16, Vec<(String, String)>, Strin
     (response.status, response.headers, response.body)
 }
 
-/// The lines of a Prometheus text page for `name` (exactly: `name{` or `name `)
-/// whose labels include every one of `labels` (`key="value"`).
-fn series<'a>(page: &'a str, name: &str, labels: &[&str]) -> Vec<&'a str> {
-    page.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter(|l| labels.iter().all(|label| l.contains(label)))
-        .collect()
-}
-
-/// The sample value at the end of a text-format line.
-fn value(line: &str) -> f64 {
-    line.rsplit(' ')
-        .next()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no value in {line:?}"))
-}
-
-/// The `le` label of a histogram bucket line.
-fn le(line: &str) -> &str {
-    let start = line.find("le=\"").expect("an le label") + 4;
-    let len = line[start..].find('"').expect("closing quote");
-    &line[start..start + len]
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_endpoint_serves_the_a66_series_after_traffic() {
     const CALLS: usize = 3;
@@ -113,24 +87,25 @@ async fn metrics_endpoint_serves_the_a66_series_after_traffic() {
     // Before any traffic, each domain counter's series is already there at
     // zero, so the first alert or refusal is seen by rate() and increase().
     let (_, _, fresh) = get_with_headers(http, "/metrics");
+    let samples = exposition::samples(&fresh);
     for (name, label) in [
         (
             "sensorhub_alerts_raised_total",
-            "sensorhub_alert_rule=\"jump\"",
+            ("sensorhub_alert_rule", "jump"),
         ),
         (
             "sensorhub_readings_refused_total",
-            "sensorhub_refusal_reason=\"temperature.not_finite\"",
+            ("sensorhub_refusal_reason", "temperature.not_finite"),
         ),
-        ("sensorhub_streams_active", "sensorhub_rpc_kind=\"chat\""),
+        ("sensorhub_streams_active", ("sensorhub_rpc_kind", "chat")),
     ] {
-        let lines = series(&fresh, name, &[label]);
+        let found = series(&samples, name, &[label]);
         assert_eq!(
-            lines.len(),
+            found.len(),
             1,
-            "{name}{{{label}}} on a fresh server:\n{fresh}"
+            "{name}{label:?} on a fresh server:\n{fresh}"
         );
-        assert_eq!(value(lines[0]), 0.0, "{}", lines[0]);
+        assert_eq!(found[0].value, 0.0, "{:?}", found[0]);
     }
 
     send_readings(&url, "prom-1", CALLS).await;
@@ -143,19 +118,24 @@ async fn metrics_endpoint_serves_the_a66_series_after_traffic() {
 
     // A call is recorded as it ends, which may be a moment after the client
     // has its answer: scrape until all four calls are counted.
-    let method = format!("grpc_method=\"{METHOD}\"");
-    let ok = [method.as_str(), "grpc_status=\"OK\""];
-    let refused = [method.as_str(), "grpc_status=\"UNAUTHENTICATED\""];
+    let method = ("grpc_method", METHOD);
+    let ok = [method, ("grpc_status", "OK")];
+    let refused = [method, ("grpc_status", "UNAUTHENTICATED")];
     let deadline = Instant::now() + Duration::from_secs(10);
-    let (status, headers, page) = loop {
+    let (status, headers, page, samples) = loop {
         let (status, headers, page) = get_with_headers(http, "/metrics");
-        let counted = |labels: &[&str]| {
-            series(&page, DURATION_COUNT, labels)
+        let samples = if status == 200 {
+            exposition::samples(&page)
+        } else {
+            Vec::new()
+        };
+        let counted = |labels: &[(&str, &str)]| {
+            series(&samples, DURATION_COUNT, labels)
                 .first()
-                .map(|l| value(l))
+                .map(|s| s.value)
         };
         if status == 200 && counted(&ok) == Some(CALLS as f64) && counted(&refused) == Some(1.0) {
-            break (status, headers, page);
+            break (status, headers, page, samples);
         }
         assert!(
             Instant::now() < deadline,
@@ -177,27 +157,33 @@ async fn metrics_endpoint_serves_the_a66_series_after_traffic() {
     assert!(page.contains("# TYPE grpc_server_call_duration_seconds histogram"));
     assert!(page.contains("# TYPE grpc_server_call_started_total counter"));
 
-    // The A66 duration histogram, per method and status.
-    let buckets = series(&page, "grpc_server_call_duration_seconds_bucket", &ok);
+    // The A66 duration histogram, per method and status. The bounds are
+    // compared as the text the server wrote (`le` stays a string).
+    let buckets = series(&samples, "grpc_server_call_duration_seconds_bucket", &ok);
     assert!(!buckets.is_empty(), "no OK buckets:\n{page}");
     assert!(
-        !series(&page, "grpc_server_call_duration_seconds_bucket", &refused).is_empty(),
+        !series(
+            &samples,
+            "grpc_server_call_duration_seconds_bucket",
+            &refused
+        )
+        .is_empty(),
         "no UNAUTHENTICATED buckets:\n{page}"
     );
-    let bounds: Vec<&str> = buckets.iter().map(|l| le(l)).collect();
+    let bounds: Vec<&str> = buckets.iter().map(|s| s.labels["le"].as_str()).collect();
     for bound in ["0.0001", "0.005", "0.65", "100", "+Inf"] {
         assert!(
             bounds.contains(&bound),
             "le=\"{bound}\" missing from {bounds:?}"
         );
     }
-    let inf = buckets.iter().find(|l| le(l) == "+Inf").unwrap();
-    assert_eq!(value(inf), CALLS as f64, "{inf}");
+    let inf = buckets.iter().find(|s| s.labels["le"] == "+Inf").unwrap();
+    assert_eq!(inf.value, CALLS as f64, "{inf:?}");
 
     // Started calls: the refused one is counted too.
-    let started = series(&page, "grpc_server_call_started_total", &[&method]);
+    let started = series(&samples, "grpc_server_call_started_total", &[method]);
     assert_eq!(started.len(), 1, "{page}");
-    assert_eq!(value(started[0]), (CALLS + 1) as f64, "{}", started[0]);
+    assert_eq!(started[0].value, (CALLS + 1) as f64, "{:?}", started[0]);
 
     assert!(!page.contains(TOKEN), "the token leaked into /metrics");
     assert!(

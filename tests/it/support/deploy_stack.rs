@@ -1,14 +1,16 @@
-//! Shared by the `tests/deploy_*.rs` files: the files under `deploy/`, read
-//! and parsed; the PromQL expressions the rules and dashboards use and the
-//! metric names in them.
+//! Shared by the `deploy_*.rs` behaviours: the files under `deploy/`, read
+//! and parsed, and the PromQL expressions the rules and dashboards use
+//! (their metric names come from `promql.rs`).
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
 };
 
 use serde_norway::Value;
+
+use super::promql;
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -152,6 +154,18 @@ pub struct Rule {
     pub expr: String,
 }
 
+impl Rule {
+    /// Where the rule is, for messages: file and rule name.
+    pub fn origin(&self) -> String {
+        let name = self
+            .record
+            .as_deref()
+            .or(self.alert.as_deref())
+            .unwrap_or("");
+        format!("{} rule {name}", self.file.display())
+    }
+}
+
 pub fn rules() -> Vec<Rule> {
     let mut rules = Vec::new();
     for file in rule_files() {
@@ -181,29 +195,51 @@ pub fn rules() -> Vec<Rule> {
 /// A query of a dashboard panel.
 #[derive(Debug, Clone)]
 pub struct PanelQuery {
-    pub dashboard: String,
+    /// The dashboard's file, `deploy/grafana/dashboards/<name>.json`.
+    pub file: PathBuf,
     pub panel: String,
     pub datasource: String,
+    /// The query as written, Grafana variables and all.
     pub expr: String,
+    /// The dashboard's own template variables and their current values.
+    pub variables: BTreeMap<String, String>,
+}
+
+impl PanelQuery {
+    /// Where the query is, for messages: file and panel.
+    pub fn origin(&self) -> String {
+        format!("{} panel {:?}", self.file.display(), self.panel)
+    }
+
+    /// The PromQL Grafana sends for it ([`promql::grafana_to_promql`]).
+    pub fn promql(&self) -> Result<String, String> {
+        promql::grafana_to_promql(&self.expr, &self.variables)
+    }
 }
 
 /// Every query of every panel (rows' nested panels included), with the uid
 /// of the datasource it goes to (the target's, else the panel's).
 pub fn dashboard_queries() -> Vec<PanelQuery> {
-    fn walk(dashboard: &str, panels: &[serde_json::Value], out: &mut Vec<PanelQuery>) {
+    fn walk(
+        file: &Path,
+        variables: &BTreeMap<String, String>,
+        panels: &[serde_json::Value],
+        out: &mut Vec<PanelQuery>,
+    ) {
         for panel in panels {
             if let Some(nested) = panel["panels"].as_array() {
-                walk(dashboard, nested, out);
+                walk(file, variables, nested, out);
             }
             let panel_ds = panel["datasource"]["uid"].as_str().unwrap_or("");
             for target in panel["targets"].as_array().into_iter().flatten() {
                 let datasource = target["datasource"]["uid"].as_str().unwrap_or(panel_ds);
                 if let Some(expr) = target["expr"].as_str() {
                     out.push(PanelQuery {
-                        dashboard: dashboard.to_owned(),
+                        file: file.to_owned(),
                         panel: panel["title"].as_str().unwrap_or("").to_owned(),
                         datasource: datasource.to_owned(),
                         expr: expr.to_owned(),
+                        variables: variables.clone(),
                     });
                 }
             }
@@ -212,185 +248,13 @@ pub fn dashboard_queries() -> Vec<PanelQuery> {
     let mut out = Vec::new();
     for file in dashboard_files() {
         let dashboard = json(&file);
-        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let variables = promql::dashboard_variables(&dashboard);
         walk(
-            &name,
+            &file,
+            &variables,
             dashboard["panels"].as_array().expect("panels"),
             &mut out,
         );
-    }
-    out
-}
-
-/// A Grafana query as Prometheus would run it: Grafana's own variables
-/// replaced by what they stand for.
-pub fn as_promql(expr: &str) -> String {
-    expr.replace("$__rate_interval", "1m")
-        .replace("$__interval", "15s")
-        .replace("$__range", "1h")
-}
-
-/// A metric selector found in an expression: the metric name and the
-/// label matchers written next to it (`name`, op, value).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Selector {
-    pub metric: String,
-    pub matchers: Vec<(String, String, String)>,
-}
-
-const KEYWORDS: &[&str] = &[
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-    "and",
-    "or",
-    "unless",
-    "offset",
-    "bool",
-    "inf",
-    "nan",
-];
-
-/// The metric selectors of a PromQL expression (a small scanner, enough
-/// for the expressions in deploy/: identifiers that are not functions,
-/// keywords, grouping labels, numbers or durations).
-pub fn selectors(expr: &str) -> Vec<Selector> {
-    let chars: Vec<char> = expr.chars().collect();
-    let mut out = Vec::new();
-    let mut i = 0;
-    let is_start = |c: char| c.is_ascii_alphabetic() || c == '_' || c == ':';
-    let is_part = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
-    // Skips a balanced (...) group starting at `i` (which is '(').
-    let skip_group = |mut i: usize| -> usize {
-        let mut depth = 0;
-        while i < chars.len() {
-            match chars[i] {
-                '(' => depth += 1,
-                ')' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        return i + 1;
-                    }
-                }
-                _ => {}
-            }
-            i += 1;
-        }
-        i
-    };
-    while i < chars.len() {
-        let c = chars[i];
-        if c == '"' || c == '\'' {
-            // A string outside a selector: skip it.
-            i += 1;
-            while i < chars.len() && chars[i] != c {
-                if chars[i] == '\\' {
-                    i += 1;
-                }
-                i += 1;
-            }
-            i += 1;
-        } else if c == '[' {
-            while i < chars.len() && chars[i] != ']' {
-                i += 1;
-            }
-            i += 1;
-        } else if c == '{' {
-            // A selector without a metric name: `{__name__=...}` is not used here.
-            panic!("a selector without a metric name in {expr:?}");
-        } else if c.is_ascii_digit()
-            || (c == '.' && i + 1 < chars.len() && chars[i + 1].is_ascii_digit())
-        {
-            // A number or a duration (5m, 1e3, 0.05).
-            while i < chars.len() && (is_part(chars[i]) || chars[i] == '.') {
-                i += 1;
-            }
-        } else if c == '$' {
-            while i < chars.len() && (is_part(chars[i]) || chars[i] == '$') {
-                i += 1;
-            }
-        } else if is_start(c) {
-            let start = i;
-            while i < chars.len() && is_part(chars[i]) {
-                i += 1;
-            }
-            let word: String = chars[start..i].iter().collect();
-            let mut j = i;
-            while j < chars.len() && chars[j].is_whitespace() {
-                j += 1;
-            }
-            let next = chars.get(j).copied();
-            let lower = word.to_ascii_lowercase();
-            if KEYWORDS.contains(&lower.as_str()) {
-                if matches!(
-                    lower.as_str(),
-                    "by" | "without" | "on" | "ignoring" | "group_left" | "group_right"
-                ) && next == Some('(')
-                {
-                    i = skip_group(j);
-                }
-                continue;
-            }
-            if next == Some('(') {
-                // A function or aggregation.
-                continue;
-            }
-            // `sum by (x) (...)`: an aggregation whose grouping comes first.
-            let following: String = chars[j..]
-                .iter()
-                .take_while(|c| c.is_ascii_alphabetic())
-                .collect();
-            if following == "by" || following == "without" {
-                continue;
-            }
-            let mut matchers = Vec::new();
-            if next == Some('{') {
-                let close = chars[j..]
-                    .iter()
-                    .position(|&c| c == '}')
-                    .map(|p| j + p)
-                    .unwrap_or_else(|| panic!("unclosed selector in {expr:?}"));
-                let inner: String = chars[j + 1..close].iter().collect();
-                matchers = parse_matchers(&inner, expr);
-                i = close + 1;
-            }
-            out.push(Selector {
-                metric: word,
-                matchers,
-            });
-        } else {
-            i += 1;
-        }
-    }
-    out
-}
-
-fn parse_matchers(inner: &str, expr: &str) -> Vec<(String, String, String)> {
-    let mut out = Vec::new();
-    let mut rest = inner.trim();
-    while !rest.is_empty() {
-        let name_end = rest
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or_else(|| panic!("bad matcher {rest:?} in {expr:?}"));
-        let name = rest[..name_end].to_owned();
-        rest = rest[name_end..].trim_start();
-        let op = ["=~", "!~", "!=", "="]
-            .into_iter()
-            .find(|op| rest.starts_with(op))
-            .unwrap_or_else(|| panic!("no operator in {rest:?} of {expr:?}"));
-        rest = rest[op.len()..].trim_start();
-        let quote = rest.chars().next().expect("a quoted value");
-        assert!(quote == '"' || quote == '\'', "unquoted value in {expr:?}");
-        let close = rest[1..]
-            .find(quote)
-            .unwrap_or_else(|| panic!("unclosed value in {expr:?}"))
-            + 1;
-        out.push((name, op.to_owned(), rest[1..close].to_owned()));
-        rest = rest[close + 1..].trim_start();
-        rest = rest.strip_prefix(',').unwrap_or(rest).trim_start();
     }
     out
 }
@@ -432,29 +296,6 @@ pub const SPAN_METRICS: &[&str] = &[
     "traces_span_metrics_duration_seconds_count",
     "traces_span_metrics_duration_seconds_sum",
 ];
-
-/// Metric name → label name → values, from a Prometheus text page.
-pub type Exposition = BTreeMap<String, BTreeMap<String, BTreeSet<String>>>;
-
-pub fn parse_exposition(page: &str) -> Exposition {
-    let mut out: Exposition = BTreeMap::new();
-    for line in page.lines() {
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        let name_end = line
-            .find(['{', ' '])
-            .unwrap_or_else(|| panic!("bad line {line:?}"));
-        let labels = out.entry(line[..name_end].to_owned()).or_default();
-        if line[name_end..].starts_with('{') {
-            let close = line.rfind('}').expect("closing brace");
-            for (name, _, value) in parse_matchers(&line[name_end + 1..close], line) {
-                labels.entry(name).or_default().insert(value);
-            }
-        }
-    }
-    out
-}
 
 /// The compose service `name`'s `command` (a list of strings).
 pub fn command_of(compose: &Value, service: &str) -> Vec<String> {

@@ -17,9 +17,8 @@ use sensorhub_grpc::{
 use sensorhub_pki as pki;
 
 use super::{
-    deploy_stack::{
-        Exposition, compose, environment_of, local_sensor_args, parse_exposition, sensor_services,
-    },
+    deploy_stack::{compose, environment_of, local_sensor_args, sensor_services},
+    exposition::{self, LabelValues},
     http,
     ports::ClosedPort,
     spawned_server::{Serve, SpawnedServer, command},
@@ -249,11 +248,11 @@ pub async fn drive(server: &DeployServer) {
 
 /// Scrapes /metrics until every name in `wanted` is there (calls are
 /// recorded as they end, exports fail a moment later).
-pub async fn scrape_until(server: &DeployServer, wanted: &[&str]) -> (String, Exposition) {
+pub async fn scrape_until(server: &DeployServer, wanted: &[&str]) -> (String, LabelValues) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (status, page) = http::get(server.http(), "/metrics");
-        let exposition = parse_exposition(&page);
+        let exposition = exposition::label_values(&exposition::samples(&page));
         let missing: Vec<&&str> = wanted
             .iter()
             .filter(|name| !exposition.contains_key(**name))
