@@ -1,163 +1,49 @@
-//! `GrpcServerLayer` around a plain tower service, recording into the SDK's
-//! in-memory exporters: when a call ends (on its trailers, on a
-//! trailers-only head, when its body is dropped) and what it is recorded as.
+//! `GrpcServerLayer`: when a server call ends and what it is recorded as.
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::{HeaderValue, Response};
 use http_body_util::{BodyExt, Empty, channel::Channel};
-use opentelemetry::{KeyValue, Value};
+use opentelemetry::Value;
 use opentelemetry_sdk::{
-    metrics::{
-        InMemoryMetricExporter, PeriodicReader, SdkMeterProvider,
-        data::{AggregatedMetrics, MetricData},
-    },
-    trace::{InMemorySpanExporter, SdkTracerProvider, SpanData},
+    metrics::SdkMeterProvider,
+    trace::{InMemorySpanExporter, Sampler, SdkTracerProvider},
 };
 use sensorhub_rpc_telemetry::{
-    GrpcClientLayer, GrpcServerLayer, SemconvStability,
+    ExemplarReservoir, GrpcServerLayer, SemconvStability,
     conventions::{a66, semconv},
+    exemplars::ExemplarInstrument,
 };
 use tower::{Layer, Service, ServiceExt, service_fn};
 
+use crate::recorded::{
+    Recorded, attributes_of, message, request, span_attribute, trailers, trailers_only_call,
+};
+
 const METHOD: &str = "Test/Stream";
 
-/// The providers a layer records into, and what they received.
-struct Recorded {
-    spans: InMemorySpanExporter,
-    metrics: InMemoryMetricExporter,
-    tracers: SdkTracerProvider,
-    meters: SdkMeterProvider,
+fn layer(recorded: &Recorded) -> GrpcServerLayer {
+    GrpcServerLayer::with_providers(
+        [METHOD],
+        &recorded.tracers,
+        &recorded.meters,
+        SemconvStability::default(),
+        None,
+    )
 }
 
-impl Recorded {
-    fn new() -> Recorded {
-        let spans = InMemorySpanExporter::default();
-        let metrics = InMemoryMetricExporter::default();
-        let tracers = SdkTracerProvider::builder()
-            .with_simple_exporter(spans.clone())
-            .build();
-        let meters = SdkMeterProvider::builder()
-            .with_reader(PeriodicReader::builder(metrics.clone()).build())
-            .build();
-        Recorded {
-            spans,
-            metrics,
-            tracers,
-            meters,
-        }
-    }
-
-    fn layer(&self) -> GrpcServerLayer {
-        self.layer_in(SemconvStability::default())
-    }
-
-    fn layer_in(&self, stability: SemconvStability) -> GrpcServerLayer {
-        GrpcServerLayer::with_providers([METHOD], &self.tracers, &self.meters, stability, None)
-    }
-
-    /// The attribute sets of every point of the histogram `name`, as sorted
-    /// (key, value) lists, with the scope's schema URL.
-    fn points_of(&self, name: &str) -> Vec<(Attributes, Option<String>)> {
-        self.meters.force_flush().expect("flush metrics");
-        let mut points = Vec::new();
-        for resource in self.metrics.get_finished_metrics().expect("metrics") {
-            for scope in resource.scope_metrics() {
-                for metric in scope.metrics() {
-                    if metric.name() != name {
-                        continue;
-                    }
-                    let AggregatedMetrics::F64(MetricData::Histogram(histogram)) = metric.data()
-                    else {
-                        panic!("{} is not an f64 histogram", metric.name());
-                    };
-                    for point in histogram.data_points() {
-                        let mut attrs: Vec<(String, String)> = point
-                            .attributes()
-                            .map(|kv| (kv.key.to_string(), kv.value.as_str().into_owned()))
-                            .collect();
-                        attrs.sort();
-                        points.push((attrs, scope.scope().schema_url().map(str::to_owned)));
-                    }
-                }
-            }
-        }
-        self.metrics.reset();
-        points
-    }
-
-    fn spans(&self) -> Vec<SpanData> {
-        self.tracers.force_flush().expect("flush spans");
-        self.spans.get_finished_spans().expect("spans")
-    }
-
-    /// `grpc.server.call.duration` points: (grpc.method, grpc.status, count).
-    fn a66_calls(&self) -> Vec<(String, String, u64)> {
-        self.meters.force_flush().expect("flush metrics");
-        let mut calls = Vec::new();
-        for resource in self.metrics.get_finished_metrics().expect("metrics") {
-            for scope in resource.scope_metrics() {
-                for metric in scope.metrics() {
-                    if metric.name() != a66::SERVER_CALL_DURATION {
-                        continue;
-                    }
-                    let AggregatedMetrics::F64(MetricData::Histogram(histogram)) = metric.data()
-                    else {
-                        panic!("{} is not an f64 histogram", metric.name());
-                    };
-                    for point in histogram.data_points() {
-                        let attrs: Vec<&KeyValue> = point.attributes().collect();
-                        calls.push((
-                            attribute(&attrs, a66::METHOD),
-                            attribute(&attrs, a66::STATUS),
-                            point.count(),
-                        ));
-                    }
-                }
-            }
-        }
-        self.metrics.reset();
-        calls
-    }
-}
-
-/// A data point's attributes as sorted (key, value) pairs.
-type Attributes = Vec<(String, String)>;
-
-fn attribute(attrs: &[&KeyValue], key: &str) -> String {
-    attrs
-        .iter()
-        .find(|kv| kv.key.as_str() == key)
-        .map(|kv| kv.value.as_str().into_owned())
-        .unwrap_or_else(|| panic!("no {key} in {attrs:?}"))
-}
-
-fn span_attribute(span: &SpanData, key: &str) -> Option<Value> {
-    span.attributes
-        .iter()
-        .find(|kv| kv.key.as_str() == key)
-        .map(|kv| kv.value.clone())
-}
-
-fn request(path: &str) -> Request<tonic::body::Body> {
-    Request::builder()
-        .uri(format!("http://localhost{path}"))
-        .header("content-type", "application/grpc")
-        .body(tonic::body::Body::empty())
-        .expect("a request")
-}
-
-/// One gRPC message: the 5-byte prefix and `payload`.
-fn message(payload: &[u8]) -> Bytes {
-    let mut frame = vec![0];
-    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    frame.extend_from_slice(payload);
-    Bytes::from(frame)
-}
-
-fn trailers(code: u8) -> HeaderMap {
-    let mut trailers = HeaderMap::new();
-    trailers.insert("grpc-status", HeaderValue::from(u16::from(code)));
-    trailers
+/// `grpc.server.call.duration` points: (grpc.method, grpc.status, count).
+fn a66_calls(recorded: &Recorded) -> Vec<(String, String, u64)> {
+    recorded
+        .points(a66::SERVER_CALL_DURATION)
+        .into_iter()
+        .map(|(attributes, count)| {
+            (
+                attributes[a66::METHOD].clone(),
+                attributes[a66::STATUS].clone(),
+                count,
+            )
+        })
+        .collect()
 }
 
 /// A streaming call: its span and metrics end when the trailers pass, not
@@ -167,7 +53,7 @@ async fn a_streaming_call_ends_on_its_trailers() {
     let recorded = Recorded::new();
     let (mut sender, body) = Channel::<Bytes>::new(4);
     let mut body = Some(body);
-    let mut service = recorded.layer().layer(service_fn(move |_request| {
+    let mut service = layer(&recorded).layer(service_fn(move |_request| {
         let body = body.take().expect("one call");
         async move { Ok::<_, std::convert::Infallible>(Response::new(body)) }
     }));
@@ -211,7 +97,7 @@ async fn a_streaming_call_ends_on_its_trailers() {
         Some(Value::I64(11))
     );
     assert_eq!(
-        recorded.a66_calls(),
+        a66_calls(&recorded),
         [(METHOD.to_owned(), "OK".to_owned(), 1)]
     );
 }
@@ -221,7 +107,7 @@ async fn a_streaming_call_ends_on_its_trailers() {
 #[tokio::test]
 async fn a_trailers_only_answer_ends_with_the_head() {
     let recorded = Recorded::new();
-    let mut service = recorded.layer().layer(service_fn(|_request| async {
+    let mut service = layer(&recorded).layer(service_fn(|_request| async {
         let mut response = Response::new(Empty::<Bytes>::new());
         response
             .headers_mut()
@@ -242,7 +128,7 @@ async fn a_trailers_only_answer_ends_with_the_head() {
         Some(Value::from("UNAUTHENTICATED"))
     );
     assert_eq!(
-        recorded.a66_calls(),
+        a66_calls(&recorded),
         [(METHOD.to_owned(), "UNAUTHENTICATED".to_owned(), 1)]
     );
     drop(response);
@@ -256,7 +142,7 @@ async fn a_dropped_body_is_cancelled() {
     let recorded = Recorded::new();
     let (mut sender, body) = Channel::<Bytes>::new(4);
     let mut body = Some(body);
-    let mut service = recorded.layer().layer(service_fn(move |_request| {
+    let mut service = layer(&recorded).layer(service_fn(move |_request| {
         let body = body.take().expect("one call");
         async move { Ok::<_, std::convert::Infallible>(Response::new(body)) }
     }));
@@ -279,7 +165,7 @@ async fn a_dropped_body_is_cancelled() {
         Some(Value::from("CANCELLED"))
     );
     assert_eq!(
-        recorded.a66_calls(),
+        a66_calls(&recorded),
         [(METHOD.to_owned(), "CANCELLED".to_owned(), 1)]
     );
 }
@@ -289,7 +175,7 @@ async fn a_dropped_body_is_cancelled() {
 #[tokio::test]
 async fn an_unknown_method_is_other() {
     let recorded = Recorded::new();
-    let mut service = recorded.layer().layer(service_fn(|_request| async {
+    let mut service = layer(&recorded).layer(service_fn(|_request| async {
         let mut response = Response::new(Empty::<Bytes>::new());
         response
             .headers_mut()
@@ -315,34 +201,9 @@ async fn an_unknown_method_is_other() {
         Some(Value::from("Scanner/Probe"))
     );
     assert_eq!(
-        recorded.a66_calls(),
+        a66_calls(&recorded),
         [(a66::OTHER_METHOD.to_owned(), "UNIMPLEMENTED".to_owned(), 1)]
     );
-}
-
-/// One call through `service`, whose head is trailers-only.
-async fn trailers_only_call<S>(service: &mut S, path: &str)
-where
-    S: Service<Request<tonic::body::Body>>,
-    S::Error: std::fmt::Debug,
-{
-    let response = service
-        .ready()
-        .await
-        .unwrap()
-        .call(request(path))
-        .await
-        .unwrap();
-    drop(response);
-}
-
-fn pairs(pairs: &[(&str, &str)]) -> Attributes {
-    let mut pairs: Vec<_> = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    pairs.sort();
-    pairs
 }
 
 /// `OTEL_SEMCONV_STABILITY_OPT_IN`'s three modes on the server: the status
@@ -365,15 +226,20 @@ async fn the_server_emits_the_semconv_mode_it_is_given() {
         ),
     ] {
         let recorded = Recorded::new();
-        let mut service = recorded
-            .layer_in(stability)
-            .layer(service_fn(|_request| async {
-                let mut response = Response::new(Empty::<Bytes>::new());
-                response
-                    .headers_mut()
-                    .insert("grpc-status", HeaderValue::from(14u16));
-                Ok::<_, std::convert::Infallible>(response)
-            }));
+        let layer = GrpcServerLayer::with_providers(
+            [METHOD],
+            &recorded.tracers,
+            &recorded.meters,
+            stability,
+            None,
+        );
+        let mut service = layer.layer(service_fn(|_request| async {
+            let mut response = Response::new(Empty::<Bytes>::new());
+            response
+                .headers_mut()
+                .insert("grpc-status", HeaderValue::from(14u16));
+            Ok::<_, std::convert::Infallible>(response)
+        }));
         trailers_only_call(&mut service, &format!("/{METHOD}")).await;
 
         let spans = recorded.spans();
@@ -400,68 +266,15 @@ async fn the_server_emits_the_semconv_mode_it_is_given() {
         ];
         expected.extend(statuses.iter().map(|key| (*key, "UNAVAILABLE")));
         assert_eq!(
-            recorded.points_of(semconv::SERVER_CALL_DURATION),
-            [(pairs(&expected), schema.map(str::to_owned))],
+            recorded.scoped_points(semconv::SERVER_CALL_DURATION),
+            [((attributes_of(&expected), 1), schema.map(str::to_owned))],
             "{stability:?}"
         );
         assert_eq!(
-            recorded.a66_calls(),
+            a66_calls(&recorded),
             [(METHOD.to_owned(), "UNAVAILABLE".to_owned(), 1)],
             "{stability:?}"
         );
-    }
-}
-
-/// The client layer in the three modes: the same status keys, and
-/// `rpc.client.call.duration` carries `server.address`/`server.port`
-/// (conditionally required since v1.40.0).
-#[tokio::test]
-async fn the_client_emits_the_semconv_mode_it_is_given() {
-    for (stability, statuses) in [
-        (SemconvStability::V1_40, &["rpc.response.status_code"][..]),
-        (SemconvStability::Latest, &["rpc.status_code"][..]),
-        (
-            SemconvStability::Duplicate,
-            &["rpc.response.status_code", "rpc.status_code"][..],
-        ),
-    ] {
-        let recorded = Recorded::new();
-        let layer = GrpcClientLayer::with_providers(
-            "https://sensors.example:50051",
-            &recorded.tracers,
-            &recorded.meters,
-            stability,
-        );
-        let mut service = layer.layer(service_fn(|_request| async {
-            let mut response = Response::new(Empty::<Bytes>::new());
-            response
-                .headers_mut()
-                .insert("grpc-status", HeaderValue::from(5u16));
-            Ok::<_, std::convert::Infallible>(response)
-        }));
-        trailers_only_call(&mut service, &format!("/{METHOD}")).await;
-
-        let spans = recorded.spans();
-        assert_eq!(spans.len(), 1, "{stability:?}: {spans:?}");
-        for key in ["rpc.response.status_code", "rpc.status_code"] {
-            let expected = statuses.contains(&key).then(|| Value::from("NOT_FOUND"));
-            assert_eq!(
-                span_attribute(&spans[0], key),
-                expected,
-                "{stability:?}: {key}"
-            );
-        }
-        let mut expected = vec![
-            ("rpc.system.name", "grpc"),
-            ("rpc.method", METHOD),
-            ("error.type", "NOT_FOUND"),
-            ("server.address", "sensors.example"),
-            ("server.port", "50051"),
-        ];
-        expected.extend(statuses.iter().map(|key| (*key, "NOT_FOUND")));
-        let points = recorded.points_of(semconv::CLIENT_CALL_DURATION);
-        assert_eq!(points.len(), 1, "{stability:?}: {points:?}");
-        assert_eq!(points[0].0, pairs(&expected), "{stability:?}");
     }
 }
 
@@ -470,9 +283,6 @@ async fn the_client_emits_the_semconv_mode_it_is_given() {
 /// call leaves none.
 #[tokio::test]
 async fn a_sampled_call_leaves_its_trace_as_an_exemplar() {
-    use opentelemetry_sdk::trace::Sampler;
-    use sensorhub_rpc_telemetry::{ExemplarReservoir, exemplars::ExemplarInstrument};
-
     for sampled in [true, false] {
         let spans = InMemorySpanExporter::default();
         let tracers = SdkTracerProvider::builder()
