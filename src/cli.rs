@@ -3,6 +3,7 @@
 //! configured by env; client commands read `SENSORHUB_SERVER`,
 //! `SENSORHUB_CA` and `SENSORHUB_TOKEN`.
 
+mod call_error;
 mod certs;
 mod demo;
 mod load;
@@ -11,6 +12,8 @@ mod sensor;
 mod serve;
 mod stats;
 mod token;
+
+pub use call_error::CallError;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 

@@ -29,7 +29,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::time_arg::unix_now;
+use crate::{cli::CallError, time_arg::unix_now};
 
 /// Which RPC a sensor uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -300,7 +300,7 @@ pub async fn run(
         counters.record(kind, result.is_ok());
         if let Err(status) = result {
             failures += 1;
-            tracing::warn!(sensor = %config.sensor_id, kind = kind.name(), code = ?status.code(), message = status.message(), "call failed");
+            tracing::warn!(sensor = %config.sensor_id, kind = kind.name(), status = %CallError::describe(&status), "call failed");
         }
         done += 1;
     }
@@ -321,7 +321,7 @@ pub async fn run(
             Some(Ok(Ok(()))) => {}
             Some(Ok(Err(status))) => {
                 failures += 1;
-                tracing::warn!(sensor = %config.sensor_id, kind = "chat", code = ?status.code(), message = status.message(), "the chat ended with an error");
+                tracing::warn!(sensor = %config.sensor_id, kind = "chat", status = %CallError::describe(&status), "the chat ended with an error");
             }
             Some(Err(_)) | None => {
                 tracing::warn!(sensor = %config.sensor_id, kind = "chat", "the server did not end the chat in time; it is cancelled");

@@ -22,6 +22,7 @@ use sensorhub_store_embedded::{EmbeddedConfig, EmbeddedStore, StoreLocation};
 use sensorhub_telemetry::pipeline::Telemetry;
 use tokio::time::Instant;
 
+use super::call_error::CallError;
 use crate::simulator::{self, Counters, Kind, Mode, SensorConfig, Stop};
 
 /// How long the sensors get to finish their calls when the demo stops.
@@ -220,7 +221,7 @@ async fn print_summary(
             let _ = super::stats::write_table(&mut out, &reply.into_inner().sensors);
         }
         Err(status) => {
-            let _ = writeln!(out, "stats unavailable: {}", status.message());
+            let _ = writeln!(out, "stats unavailable: {}", CallError::describe(&status));
         }
     }
     if let Some(prometheus) = telemetry.prometheus() {

@@ -36,10 +36,10 @@ use tokio_util::sync::CancellationToken;
 use self::{
     driver::{Job, Plan},
     fleet::Fleet,
-    report::{Report, code_name, thousands},
+    report::{Report, thousands},
     tally::{Live, Tally},
 };
-use super::ConnectArgs;
+use super::{ConnectArgs, call_error::CallError};
 use crate::{simulator::Kind, time_arg::unix_now};
 
 /// Which calls `load` makes.
@@ -525,13 +525,7 @@ async fn seed(
         wire::client_stream(conn.clone(), fleet.batch(0, part), part)
     });
     for result in futures_util::future::join_all(calls).await {
-        result.map_err(|s| {
-            anyhow::anyhow!(
-                "seeding {sensor_id}: {}: {}",
-                code_name(s.code()),
-                s.message()
-            )
-        })?;
+        result.map_err(|s| anyhow::anyhow!("seeding {sensor_id}: {}", CallError::describe(&s)))?;
     }
     if !quiet {
         eprintln!(

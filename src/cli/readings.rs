@@ -7,7 +7,7 @@ use clap::Args;
 use futures_util::StreamExt;
 use sensorhub_proto::SensorRequest;
 
-use super::ConnectArgs;
+use super::{ConnectArgs, call_error::CallError};
 use crate::time_arg::{format_time, parse_time};
 
 #[derive(Debug, Args)]
@@ -44,7 +44,11 @@ pub async fn run(args: ReadingsArgs) -> anyhow::Result<ExitCode> {
         limit: args.limit.unwrap_or(0),
         follow: args.follow,
     };
-    let mut stream = client.get_sensor_readings(request).await?.into_inner();
+    let mut stream = client
+        .get_sensor_readings(request)
+        .await
+        .map_err(CallError::from)?
+        .into_inner();
     let mut out = std::io::stdout().lock();
     if !args.json {
         writeln!(
@@ -55,7 +59,7 @@ pub async fn run(args: ReadingsArgs) -> anyhow::Result<ExitCode> {
     }
     let print = async {
         while let Some(reading) = stream.next().await {
-            let r = reading?;
+            let r = reading.map_err(CallError::from)?;
             if args.json {
                 let line = serde_json::json!({"sensor_id": r.sensor_id, "temperature": r.temperature, "timestamp": r.timestamp});
                 writeln!(out, "{line}")?;

@@ -5,7 +5,7 @@ use std::{io::Write, process::ExitCode};
 use clap::Args;
 use sensorhub_proto::{SensorStats, StatsRequest};
 
-use super::ConnectArgs;
+use super::{ConnectArgs, call_error::CallError};
 use crate::time_arg::format_time;
 
 #[derive(Debug, Args)]
@@ -34,7 +34,11 @@ pub async fn run(args: StatsArgs) -> anyhow::Result<ExitCode> {
             limit: PAGE,
             cursor: std::mem::take(&mut cursor),
         };
-        let reply = client.get_sensor_stats(request).await?.into_inner();
+        let reply = client
+            .get_sensor_stats(request)
+            .await
+            .map_err(CallError::from)?
+            .into_inner();
         sensors.extend(reply.sensors);
         if reply.next_cursor.is_empty() {
             break;

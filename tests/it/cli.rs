@@ -185,9 +185,41 @@ fn serve_sensor_readings_stats_then_sigterm_stops_cleanly() {
     assert_eq!(stats["sensor_id"], "cli-1");
     assert_eq!(stats["count"], 21);
 
-    let out = server.client(dir.path(), "wrong-token", &["stats"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Invalid token"));
+    // A refused call is reported by its canonical code and the server's
+    // message, by every client command, never in tonic's debugging form,
+    // and the command fails. (`load` says it in its report, per code, and
+    // when seeding; the demo runs its own server with its own token.)
+    for args in [
+        &["stats"][..],
+        &["readings", "--sensor-id", "cli-1"],
+        &[
+            "sensor",
+            "--sensor-id",
+            "cli-2",
+            "--mode",
+            "unary",
+            "--count",
+            "1",
+        ],
+        &["load", "--mode", "unary", "--count", "3", "--quiet"],
+        &["load", "--seed", "5", "--count", "1", "--quiet"],
+    ] {
+        let out = server.client(dir.path(), "wrong-token", args);
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{args:?} succeeded:\n{said}");
+        assert!(
+            said.contains("UNAUTHENTICATED: Invalid token"),
+            "{args:?}:\n{said}"
+        );
+        assert!(
+            !said.contains("authentication credentials") && !said.contains("code: '"),
+            "{args:?}:\n{said}"
+        );
+    }
 
     // SIGTERM: graceful stop, exit 0, and the token never reached the logs.
     let (out, _) = server.server.terminate(Duration::from_secs(20));

@@ -2,7 +2,8 @@
 //!
 //! - in every mode, what its JSON report says was sent is what the server
 //!   stored (its own statistics), and a history read-back reads what was seeded;
-//! - errors are counted by status name: a wrong token gives UNAUTHENTICATED
+//! - errors are counted by status name, with the first message of each: a
+//!   wrong token gives UNAUTHENTICATED ("Invalid token")
 //!   for every call and a non-zero exit, unless `--max-error-rate` allows it;
 //! - an open loop sends exactly the calls its schedule holds, at its rate.
 
@@ -163,6 +164,12 @@ fn errors_are_counted_by_status_and_fail_the_run() {
         assert_eq!(u(&report, "ok"), 0, "{report}");
         assert_eq!(u(&report, "failed"), 10, "{report}");
         assert_eq!(report["errors"]["UNAUTHENTICATED"], 10, "{report}");
+        assert!(
+            report["error_messages"]["UNAUTHENTICATED"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Invalid token")),
+            "{report}"
+        );
         assert_eq!(report["error_rate"], 1.0);
     }
 

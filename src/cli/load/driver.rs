@@ -278,7 +278,9 @@ fn record(plan: &Plan, tally: &mut Tally, live: &Live, done: Done) {
         Err(status) => {
             live.add(false, 0);
             if counted {
-                tally.kind(done.kind).failed(status.code());
+                tally
+                    .kind(done.kind)
+                    .failed(status.code(), status.message());
             }
         }
     }
@@ -366,14 +368,14 @@ impl Chats {
     }
 
     /// Every reading a failed stream still owed a reply for failed with `code`.
-    fn failed(&mut self, i: usize, code: Code) {
+    fn failed(&mut self, i: usize, code: Code, message: &str) {
         let session = &mut self.sessions[i];
         session.outbound = None;
         for due in session.waiting.drain(..) {
             self.waiting -= 1;
             self.live.add(false, 0);
             if due >= self.plan.measure_from {
-                self.tally.kind(Kind::Chat).failed(code);
+                self.tally.kind(Kind::Chat).failed(code, message);
                 self.tally.last_done = Some(Instant::now());
             }
         }
@@ -493,9 +495,9 @@ pub async fn chat(
                     match reply {
                         Some(Ok(ChatReply::Received)) => chats.received(i),
                         Some(Ok(ChatReply::Alert)) => chats.tally.kind(Kind::Chat).alerts += 1,
-                        Some(Err(status)) => chats.failed(i, status.code()),
+                        Some(Err(status)) => chats.failed(i, status.code(), status.message()),
                         // The server ended the chat: normal once everything is answered.
-                        None => chats.failed(i, Code::DataLoss),
+                        None => chats.failed(i, Code::DataLoss, "the server ended the chat before replying to every reading"),
                     }
                 }
             }
@@ -503,7 +505,7 @@ pub async fn chat(
                 Ok(stream) => chats.replies.push(stream),
                 Err(((i, generation), status)) => {
                     if chats.sessions[i].generation == generation {
-                        chats.failed(i, status.code());
+                        chats.failed(i, status.code(), status.message());
                     }
                 }
             },

@@ -10,7 +10,7 @@ use super::{
     LoadArgs, LoadMode,
     tally::{CODES, KindTally, Tally},
 };
-use crate::simulator::Kind;
+use crate::{cli::CallError, simulator::Kind};
 
 /// The canonical name of a status code, as gRPC's own metrics spell it.
 pub(super) fn code_name(code: tonic::Code) -> &'static str {
@@ -79,6 +79,8 @@ struct KindJson {
     readings_per_s: f64,
     alerts: u64,
     errors: BTreeMap<&'static str, u64>,
+    /// The server's message in the first failure of each code.
+    error_messages: BTreeMap<&'static str, String>,
     latency_ms: Option<Percentiles>,
 }
 
@@ -117,11 +119,28 @@ struct ReportJson<'a> {
     kinds: Option<BTreeMap<&'static str, KindJson>>,
 }
 
+/// The codes `kind` failed with, each with its count and first message.
+fn failures(kind: &KindTally) -> impl Iterator<Item = (tonic::Code, u64, &str)> {
+    (0..CODES).filter(|c| kind.failed[*c] > 0).map(|c| {
+        (
+            tonic::Code::from_i32(c as i32),
+            kind.failed[c],
+            kind.first_message[c].as_deref().unwrap_or(""),
+        )
+    })
+}
+
 /// Failed calls by status name.
 fn errors(kind: &KindTally) -> BTreeMap<&'static str, u64> {
-    (0..CODES)
-        .filter(|c| kind.failed[*c] > 0)
-        .map(|c| (code_name(tonic::Code::from_i32(c as i32)), kind.failed[c]))
+    failures(kind)
+        .map(|(code, n, _)| (code_name(code), n))
+        .collect()
+}
+
+/// The first message of each status name.
+fn error_messages(kind: &KindTally) -> BTreeMap<&'static str, String> {
+    failures(kind)
+        .map(|(code, _, message)| (code_name(code), message.to_owned()))
         .collect()
 }
 
@@ -161,6 +180,7 @@ impl Report<'_> {
             readings_per_s: self.per_s(kind.readings_sent + kind.readings_received),
             alerts: kind.alerts,
             errors: errors(kind),
+            error_messages: error_messages(kind),
             latency_ms: kind.latency().map(Percentiles::of),
         }
     }
@@ -292,19 +312,20 @@ impl Report<'_> {
                 self.tally.max_send_lag.as_secs_f64() * 1000.0
             );
         }
-        let errs = errors(&total);
-        let _ = writeln!(
-            out,
-            "  errors      {}",
-            if errs.is_empty() {
-                "none".to_owned()
-            } else {
-                errs.iter()
-                    .map(|(k, v)| format!("{k} {v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        );
+        // One line per code: how often, and what the first such call said.
+        let mut failed = failures(&total).peekable();
+        if failed.peek().is_none() {
+            let _ = writeln!(out, "  errors      none");
+        }
+        for (i, (code, n, message)) in failed.enumerate() {
+            let _ = writeln!(
+                out,
+                "  {:<11} {} × {}",
+                if i == 0 { "errors" } else { "" },
+                thousands(n as f64),
+                CallError::words(code, message)
+            );
+        }
         if args.mode == LoadMode::Mix {
             let _ = writeln!(out, "  by kind");
             for kind in Kind::ALL {

@@ -24,6 +24,9 @@ pub struct KindTally {
     pub ok: u64,
     /// Failed calls by status code.
     pub failed: [u64; CODES],
+    /// The first failure's message for each code, so that the report can say
+    /// why (`UNAUTHENTICATED: Invalid token`), not only how often.
+    pub first_message: [Option<Box<str>>; CODES],
     /// Calls still unanswered when the drain time ran out.
     pub unfinished: u64,
     /// Readings sent in calls that succeeded (unary, client stream, chat).
@@ -50,10 +53,15 @@ impl KindTally {
             .saturating_record(us);
     }
 
+    /// A failed call. Only the first failure of each code copies its
+    /// message, so a run that fails every call allocates once per code.
     #[inline]
-    pub fn failed(&mut self, code: tonic::Code) {
+    pub fn failed(&mut self, code: tonic::Code, message: &str) {
         let code = (code as usize).min(CODES - 1);
         self.failed[code] += 1;
+        if self.first_message[code].is_none() {
+            self.first_message[code] = Some(message.into());
+        }
     }
 
     pub fn failed_total(&self) -> u64 {
@@ -68,6 +76,11 @@ impl KindTally {
         self.ok += other.ok;
         for (mine, theirs) in self.failed.iter_mut().zip(other.failed) {
             *mine += theirs;
+        }
+        for (mine, theirs) in self.first_message.iter_mut().zip(&other.first_message) {
+            if mine.is_none() {
+                mine.clone_from(theirs);
+            }
         }
         self.unfinished += other.unfinished;
         self.readings_sent += other.readings_sent;
