@@ -254,21 +254,7 @@ async fn serve(listener: TcpListener, limits: HttpLimits, app: Router, stop: Can
         .header_read_timeout(limits.header_timeout)
         // The smallest hyper allows: a request head is a few hundred bytes.
         .max_buf_size(8 * 1024);
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(accepted) => {
-                backoff.accepted();
-                accepted
-            }
-            Err(e) => {
-                backoff.failed(e).await;
-                continue;
-            }
-        };
+    while let Some((tcp, peer)) = backoff.accept(&listener, &stop).await {
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::debug!(%peer, limit = limits.max_connections, "HTTP connection refused: limit reached");
             continue;

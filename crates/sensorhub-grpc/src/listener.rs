@@ -35,7 +35,7 @@
 use std::{
     collections::HashMap,
     io,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::{Arc, Mutex, RwLock},
     task::{Context, Poll},
@@ -418,13 +418,31 @@ impl AcceptBackoff {
         }
     }
 
-    /// A connection was accepted: the next failure starts from the shortest wait.
-    pub(crate) fn accepted(&mut self) {
-        self.delay = Self::FIRST;
+    /// The next connection `listener` accepts, after as many failures (each
+    /// counted and waited out) as it takes; `None` once `stop` is cancelled.
+    pub(crate) async fn accept(
+        &mut self,
+        listener: &TcpListener,
+        stop: &CancellationToken,
+    ) -> Option<(TcpStream, SocketAddr)> {
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => return None,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok(accepted) => {
+                    // The next failure starts from the shortest wait.
+                    self.delay = Self::FIRST;
+                    return Some(accepted);
+                }
+                Err(error) => self.failed(error).await,
+            }
+        }
     }
 
     /// Counts `error` and waits as long as it calls for.
-    pub(crate) async fn failed(&mut self, error: io::Error) {
+    async fn failed(&mut self, error: io::Error) {
         let kind = match error.raw_os_error() {
             Some(24) => "EMFILE",
             Some(23) => "ENFILE",
@@ -506,21 +524,7 @@ pub(crate) fn accept<S: ServeConnection>(
     let per_ip = Arc::new(PerIp::default());
     let mut backoff = AcceptBackoff::new("grpc", metrics.clone());
     tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                _ = stop.cancelled() => return,
-                accepted = listener.accept() => accepted,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(accepted) => {
-                    backoff.accepted();
-                    accepted
-                }
-                Err(e) => {
-                    backoff.failed(e).await;
-                    continue;
-                }
-            };
+        while let Some((tcp, peer)) = backoff.accept(&listener, &stop).await {
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 metrics.refused(REFUSED_LIMIT);
                 tracing::debug!(%peer, limit = limits.max_connections, "connection refused: limit reached");
