@@ -1,6 +1,6 @@
 #!/bin/sh
-# One-shot init of the compose stack: a CA, server and client certificates
-# and a random token, written into the certificates volume (default /certs).
+# One-shot init of the compose stack: a CA, server and client certificates,
+# a random token for the sensors and one for the profiler, written into the certificates volume (default /certs).
 #
 # Idempotent: certificates and token are made once and kept across
 # `docker compose up` runs (remove the volume, `down -v`, to renew them).
@@ -33,11 +33,22 @@ if [ ! -s "$dir/token" ]; then
     echo "sensorhub-init: new token written to $dir/token"
 fi
 
+# The profiler's own token (Alloy pulls CPU profiles with it): readable by
+# the profiler alone; the server's file holds only its SHA-256.
+if [ ! -s "$dir/profiler-token" ]; then
+    umask 077
+    od -An -N24 -tx1 /dev/urandom | tr -d ' \n' > "$dir/profiler-token.tmp"
+    mv "$dir/profiler-token.tmp" "$dir/profiler-token"
+    echo "sensorhub-init: new profiler token written to $dir/profiler-token"
+fi
+
 umask 077
 {
     echo "# Written by sensorhub-init; rewritten on every start."
     cat "$dir/token"
     echo
+    echo "# The profiler (Alloy), for /debug/pprof/profile"
+    echo "sha256:$(tr -d '\n' < "$dir/profiler-token" | sha256sum | cut -d' ' -f1) name=profiler"
     if [ -n "${PYTHON_CLIENT_TOKEN:-}" ]; then
         echo "# PYTHON_CLIENT_TOKEN, for the original Python clients"
         echo "$PYTHON_CLIENT_TOKEN"

@@ -400,7 +400,8 @@ fn listening() -> BTreeMap<String, BTreeSet<u16>> {
     let port_at = alert_log.iter().position(|w| w == "--port").unwrap() + 1;
     add("alert-log", alert_log[port_at].parse().unwrap());
 
-    // Images' defaults (Jaeger v2 all-in-one: OTLP 4317, UI 16686, health 13133).
+    // Images' defaults (Jaeger v2 all-in-one: OTLP 4317, UI 16686, health
+    // 13133; Pyroscope's single binary: 4040).
     for (service, port) in [
         ("jaeger", 4317),
         ("jaeger", 16686),
@@ -408,6 +409,7 @@ fn listening() -> BTreeMap<String, BTreeSet<u16>> {
         ("prometheus", 9090),
         ("alertmanager", 9093),
         ("grafana", 3000),
+        ("pyroscope", 4040),
     ] {
         add(service, port);
     }
@@ -730,6 +732,7 @@ fn grafana_provisions_the_datasources_the_dashboards_use() {
         ("jaeger", "jaeger"),
         ("tempo", "tempo"),
         ("loki", "loki"),
+        ("pyroscope", "grafana-pyroscope-datasource"),
     ] {
         assert_eq!(uids.get(uid).map(String::as_str), Some(kind), "{uids:?}");
     }

@@ -1,12 +1,14 @@
 //! The scripts the compose stack runs, run here for real (no container):
 //!
 //! - `sensorhub-init` (deploy/sensorhub/init.sh) makes a CA, certificates, a
-//!   token and the server's tokens file; a second run keeps them; with
+//!   token, the profiler's token and the server's tokens file (the
+//!   profiler's line as a SHA-256 only); a second run keeps them; with
 //!   PYTHON_CLIENT_TOKEN that token is accepted too;
 //! - a TLS server started as compose starts it (certificates and tokens
-//!   file from the init) answers `sensorhub-healthcheck`
-//!   (deploy/sensorhub/healthcheck.sh); the check fails where nothing
-//!   listens;
+//!   file from the init, profiles on) answers `sensorhub-healthcheck`
+//!   (deploy/sensorhub/healthcheck.sh), the check fails where nothing
+//!   listens, and Alloy's request (deploy/alloy/config.alloy: its path, its
+//!   `seconds`, the profiler's token) gets a CPU profile;
 //! - `sensorhub-entrypoint sensor ...` (deploy/sensorhub/entrypoint.sh)
 //!   reads the token file and its readings are stored over TLS;
 //! - the alert log (deploy/alert-log/alert_log.py) prints and lists what an
@@ -77,7 +79,14 @@ fn init_serve_healthcheck_and_a_sensor_through_the_entrypoint() {
 
     let out = init(&certs, None);
     assert!(out.status.success(), "init:\n{}", output_text(&out));
-    for file in ["ca.pem", "server.pem", "server.key", "token", "tokens"] {
+    for file in [
+        "ca.pem",
+        "server.pem",
+        "server.key",
+        "token",
+        "profiler-token",
+        "tokens",
+    ] {
         let len = std::fs::metadata(certs.join(file))
             .unwrap_or_else(|e| panic!("{file}: {e}"))
             .len();
@@ -91,6 +100,17 @@ fn init_serve_healthcheck_and_a_sensor_through_the_entrypoint() {
     let tokens = std::fs::read_to_string(certs.join("tokens")).unwrap();
     assert!(tokens.lines().any(|l| l == token), "{tokens}");
     assert!(!tokens.contains("sensor_token_abc"), "{tokens}");
+    let profiler = std::fs::read_to_string(certs.join("profiler-token")).unwrap();
+    assert!(
+        profiler.len() >= 32 && profiler != token,
+        "{profiler:?} against {token:?}"
+    );
+    assert!(
+        !tokens.contains(&profiler),
+        "a plain profiler token: {tokens}"
+    );
+    let profiler_line = format!("sha256:{} name=profiler", sha256_hex(&profiler));
+    assert!(tokens.lines().any(|l| l == profiler_line), "{tokens}");
 
     // A second run keeps the certificates and the token; the Python
     // clients' token is added when asked for.
@@ -103,8 +123,13 @@ fn init_serve_healthcheck_and_a_sensor_through_the_entrypoint() {
         "the CA was remade"
     );
     assert_eq!(std::fs::read_to_string(certs.join("token")).unwrap(), token);
+    assert_eq!(
+        std::fs::read_to_string(certs.join("profiler-token")).unwrap(),
+        profiler
+    );
     let tokens = std::fs::read_to_string(certs.join("tokens")).unwrap();
     assert!(tokens.lines().any(|l| l == token), "{tokens}");
+    assert!(tokens.lines().any(|l| l == profiler_line), "{tokens}");
     assert!(tokens.lines().any(|l| l == "sensor_token_abc"), "{tokens}");
 
     // The server as compose runs it: TLS and the tokens file from the init.
@@ -118,6 +143,7 @@ fn init_serve_healthcheck_and_a_sensor_through_the_entrypoint() {
         .env("SENSORHUB_TOKENS_FILE", certs.join("tokens"))
         .env("SENSORHUB_DATA", dir.path().join("data"))
         .env("SENSORHUB_LOG_FORMAT", "json")
+        .env("SENSORHUB_PPROF", "true")
         .env_remove("SENSORHUB_TOKENS");
     let server = serve.start();
     let (grpc, http) = (server.grpc, server.http);
@@ -146,6 +172,22 @@ fn init_serve_healthcheck_and_a_sensor_through_the_entrypoint() {
         !out.status.success(),
         "the health check passed with --http off"
     );
+
+    // Alloy's scrape, as deploy/alloy/config.alloy asks for it.
+    let scrape = alloy_scrape();
+    let url = format!(
+        "http://127.0.0.1:{http}{}?seconds={}",
+        scrape.path, scrape.seconds
+    );
+    let profile = reqwest::blocking::Client::new()
+        .get(&url)
+        .bearer_auth(&profiler)
+        .timeout(Duration::from_secs(scrape.seconds + 20))
+        .send()
+        .unwrap();
+    assert_eq!(profile.status(), 200, "{url}");
+    let body = profile.bytes().unwrap();
+    assert_eq!(body[..2], [0x1f, 0x8b], "not a gzipped pprof profile");
 
     // A sensor through the entrypoint: token from the file, TLS with the CA.
     let mut sensor = Command::new("sh");
@@ -193,6 +235,73 @@ fn init_serve_healthcheck_and_a_sensor_through_the_entrypoint() {
     let out = run(&mut bad);
     assert_eq!(out.status.code(), Some(64), "{}", output_text(&out));
     drop(server);
+}
+
+/// The digest the server's tokens file compares, as `sha256:` lines hold it.
+fn sha256_hex(text: &str) -> String {
+    use sensorhub_grpc::auth::tokens_file;
+    tokens_file::hex(&tokens_file::digest(text.as_bytes()))
+}
+
+/// What deploy/alloy/config.alloy's `pyroscope.scrape` asks the server for.
+struct AlloyScrape {
+    path: String,
+    seconds: u64,
+}
+
+/// Reads the few settings of deploy/alloy/config.alloy that must agree with
+/// the server and compose: its target is the server's HTTP listener, its
+/// token the profiler's file (mounted from the certificates volume), and
+/// the profile it asks for one the server serves. No crate reads Alloy's
+/// configuration language; the settings read here are `key = "value"` lines.
+fn alloy_scrape() -> AlloyScrape {
+    let config = std::fs::read_to_string(deploy().join("alloy/config.alloy")).unwrap();
+    let value = |key: &str| -> String {
+        let found: Vec<&str> = config
+            .lines()
+            .map(str::trim)
+            .filter_map(|line| line.strip_prefix(key))
+            .filter_map(|rest| rest.trim_start().strip_prefix('='))
+            .map(|rest| rest.trim().trim_matches('"'))
+            .collect();
+        assert_eq!(found.len(), 1, "{key} in config.alloy: {found:?}");
+        found[0].to_owned()
+    };
+    let compose = deploy_stack::compose();
+    let server = deploy_stack::environment_of(&compose, "sensorhub");
+    let http_port = server["SENSORHUB_HTTP"]
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(
+        config.contains(&format!("\"__address__\" = \"sensorhub:{http_port}\"")),
+        "Alloy does not scrape the server's HTTP listener (port {http_port})"
+    );
+    assert_eq!(
+        server.get("SENSORHUB_PPROF").map(String::as_str),
+        Some("true")
+    );
+    let token_file = value("bearer_token_file");
+    let mounts: Vec<String> = compose["services"]["alloy"]["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(token_file, "/certs/profiler-token");
+    assert!(mounts.contains(&"certs:/certs:ro".to_owned()), "{mounts:?}");
+    assert!(
+        config.contains("url = \"http://pyroscope:4040\""),
+        "Alloy writes elsewhere than the stack's Pyroscope"
+    );
+    let seconds = value("delta_profiling_duration");
+    let seconds: u64 = seconds.trim_end_matches('s').parse().unwrap();
+    assert!((1..=60).contains(&seconds), "the server serves 1 to 60 s");
+    AlloyScrape {
+        path: value("path"),
+        seconds,
+    }
 }
 
 /// The alert log, started on port 0: the child, the port it reported and a

@@ -319,6 +319,46 @@ mod tests {
     }
 
     #[test]
+    fn label_values_and_help_are_escaped_as_openmetrics_says() {
+        // A backslash, a double quote and a line feed are the three characters
+        // an OpenMetrics label value and HELP text escape; anything else
+        // (here a tab, a brace, a comma and non-ASCII) stays as it is.
+        let registry = Registry::new();
+        let gauge = prometheus::GaugeVec::new(
+            prometheus::Opts::new(
+                "sensorhub_sensor_temperature",
+                "Last \\ \"reading\"\nper sensor",
+            ),
+            &["sensor_id"],
+        )
+        .unwrap();
+        gauge
+            .with_label_values(&["hall \"north\"\\wall\nb\t{x},é"])
+            .set(21.5);
+        registry.register(Box::new(gauge)).unwrap();
+        let text = render(&registry.gather(), &[]);
+        assert!(
+            text.contains(
+                "# HELP sensorhub_sensor_temperature Last \\\\ \\\"reading\\\"\\nper sensor\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "sensorhub_sensor_temperature{sensor_id=\"hall \\\"north\\\"\\\\wall\\nb\t{x},é\"} 21.5\n"
+            ),
+            "{text}"
+        );
+        // Every line is one sample or one comment: no raw line feed leaked.
+        for line in text.lines() {
+            assert!(
+                line.starts_with('#') || line.starts_with("sensorhub_sensor_temperature{"),
+                "{line:?} in {text}"
+            );
+        }
+    }
+
+    #[test]
     fn an_exemplar_sits_on_its_series_and_bucket_only() {
         // 4 ms: bucket 1 (le=0.005) of the OK series.
         let text = render(&registry().gather(), &[exemplar(1, "OK")]);
