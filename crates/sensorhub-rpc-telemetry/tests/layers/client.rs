@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use http::{HeaderValue, Response};
+use http::Response;
 use http_body_util::{BodyExt, Empty, channel::Channel};
 use opentelemetry::{Value, trace::SpanKind};
 use sensorhub_rpc_telemetry::{
@@ -15,7 +15,8 @@ use sensorhub_rpc_telemetry::{
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 use crate::recorded::{
-    Recorded, attributes_of, message, request, span_attribute, trailers, trailers_only_call,
+    Recorded, answers_once_with, answers_trailers_only, attributes_of, call, message, request,
+    span_attribute, trailers, trailers_only_call,
 };
 
 const METHOD: &str = "Test/Stream";
@@ -46,18 +47,8 @@ fn attempt(status: &str) -> BTreeMap<String, String> {
 async fn a_streaming_call_ends_on_its_trailers_with_their_status() {
     let recorded = Recorded::new();
     let (mut sender, body) = Channel::<Bytes>::new(4);
-    let mut body = Some(body);
-    let mut service = layer(&recorded).layer(service_fn(move |_request| {
-        let body = body.take().expect("one call");
-        async move { Ok::<_, std::convert::Infallible>(Response::new(body)) }
-    }));
-    let response = service
-        .ready()
-        .await
-        .unwrap()
-        .call(request(&format!("/{METHOD}")))
-        .await
-        .unwrap();
+    let mut service = layer(&recorded).layer(answers_once_with(body));
+    let response = call(&mut service, &format!("/{METHOD}")).await;
     assert_eq!(
         recorded.points(a66::CLIENT_ATTEMPT_STARTED),
         [(
@@ -125,20 +116,8 @@ async fn a_streaming_call_ends_on_its_trailers_with_their_status() {
 #[tokio::test]
 async fn a_trailers_only_answer_ends_with_the_head() {
     let recorded = Recorded::new();
-    let mut service = layer(&recorded).layer(service_fn(|_request| async {
-        let mut response = Response::new(Empty::<Bytes>::new());
-        response
-            .headers_mut()
-            .insert("grpc-status", HeaderValue::from(16u16));
-        Ok::<_, std::convert::Infallible>(response)
-    }));
-    let response = service
-        .ready()
-        .await
-        .unwrap()
-        .call(request(&format!("/{METHOD}")))
-        .await
-        .unwrap();
+    let mut service = layer(&recorded).layer(answers_trailers_only(16));
+    let response = call(&mut service, &format!("/{METHOD}")).await;
     let spans = recorded.spans();
     assert_eq!(spans.len(), 1, "{spans:?}");
     assert_eq!(
@@ -167,18 +146,8 @@ async fn a_trailers_only_answer_ends_with_the_head() {
 async fn a_dropped_body_is_cancelled() {
     let recorded = Recorded::new();
     let (mut sender, body) = Channel::<Bytes>::new(4);
-    let mut body = Some(body);
-    let mut service = layer(&recorded).layer(service_fn(move |_request| {
-        let body = body.take().expect("one call");
-        async move { Ok::<_, std::convert::Infallible>(Response::new(body)) }
-    }));
-    let response = service
-        .ready()
-        .await
-        .unwrap()
-        .call(request(&format!("/{METHOD}")))
-        .await
-        .unwrap();
+    let mut service = layer(&recorded).layer(answers_once_with(body));
+    let response = call(&mut service, &format!("/{METHOD}")).await;
     let mut body = response.into_body();
     sender.send_data(message(b"partial")).await.unwrap();
     body.frame().await.unwrap().unwrap();
@@ -234,13 +203,7 @@ async fn the_client_emits_the_semconv_mode_it_is_given() {
         let recorded = Recorded::new();
         let layer =
             GrpcClientLayer::with_providers(TARGET, &recorded.tracers, &recorded.meters, stability);
-        let mut service = layer.layer(service_fn(|_request| async {
-            let mut response = Response::new(Empty::<Bytes>::new());
-            response
-                .headers_mut()
-                .insert("grpc-status", HeaderValue::from(5u16));
-            Ok::<_, std::convert::Infallible>(response)
-        }));
+        let mut service = layer.layer(answers_trailers_only(5));
         trailers_only_call(&mut service, &format!("/{METHOD}")).await;
 
         let spans = recorded.spans();

@@ -2,10 +2,11 @@
 //! readers of what they received, and hand-built gRPC requests, messages and
 //! trailers.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, convert::Infallible};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request};
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body_util::{Empty, channel::Channel};
 use opentelemetry::Value;
 use opentelemetry_sdk::{
     metrics::{
@@ -14,7 +15,7 @@ use opentelemetry_sdk::{
     },
     trace::{InMemorySpanExporter, SdkTracerProvider, SpanData},
 };
-use tower::{Service, ServiceExt};
+use tower::{Service, ServiceExt, service_fn};
 
 /// The providers a layer records into, and what they received.
 pub struct Recorded {
@@ -36,20 +37,64 @@ pub fn attributes_of(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// One call of `path` through `service`: its response.
+pub async fn call<S>(service: &mut S, path: &str) -> S::Response
+where
+    S: Service<Request<tonic::body::Body>>,
+    S::Error: std::fmt::Debug,
+{
+    service
+        .ready()
+        .await
+        .unwrap()
+        .call(request(path))
+        .await
+        .unwrap()
+}
+
 /// One call through `service`, whose answer is a trailers-only head.
 pub async fn trailers_only_call<S>(service: &mut S, path: &str)
 where
     S: Service<Request<tonic::body::Body>>,
     S::Error: std::fmt::Debug,
 {
-    let response = service
-        .ready()
-        .await
-        .unwrap()
-        .call(request(path))
-        .await
-        .unwrap();
-    drop(response);
+    drop(call(service, path).await);
+}
+
+/// A service answering every call with a trailers-only head of gRPC status
+/// `code`, as a refused call is answered.
+pub fn answers_trailers_only(
+    code: u16,
+) -> impl Service<
+    Request<tonic::body::Body>,
+    Response = Response<Empty<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    service_fn(move |_request| async move {
+        let mut response = Response::new(Empty::<Bytes>::new());
+        response
+            .headers_mut()
+            .insert("grpc-status", HeaderValue::from(code));
+        Ok::<_, Infallible>(response)
+    })
+}
+
+/// A service answering its one call with `body`, whose sender the test
+/// holds: the test decides when each frame and the trailers come.
+pub fn answers_once_with(
+    body: Channel<Bytes>,
+) -> impl Service<
+    Request<tonic::body::Body>,
+    Response = Response<Channel<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> {
+    let mut body = Some(body);
+    service_fn(move |_request| {
+        let body = body.take().expect("one call");
+        async move { Ok::<_, Infallible>(Response::new(body)) }
+    })
 }
 
 impl Recorded {

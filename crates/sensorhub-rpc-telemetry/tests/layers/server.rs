@@ -1,8 +1,7 @@
 //! `GrpcServerLayer`: when a server call ends and what it is recorded as.
 
 use bytes::Bytes;
-use http::{HeaderValue, Response};
-use http_body_util::{BodyExt, Empty, channel::Channel};
+use http_body_util::{BodyExt, channel::Channel};
 use opentelemetry::Value;
 use opentelemetry_sdk::{
     metrics::SdkMeterProvider,
@@ -13,10 +12,11 @@ use sensorhub_rpc_telemetry::{
     conventions::{a66, semconv},
     exemplars::ExemplarInstrument,
 };
-use tower::{Layer, Service, ServiceExt, service_fn};
+use tower::Layer;
 
 use crate::recorded::{
-    Recorded, attributes_of, message, request, span_attribute, trailers, trailers_only_call,
+    Recorded, answers_once_with, answers_trailers_only, attributes_of, call, message,
+    span_attribute, trailers, trailers_only_call,
 };
 
 const METHOD: &str = "Test/Stream";
@@ -52,18 +52,8 @@ fn a66_calls(recorded: &Recorded) -> Vec<(String, String, u64)> {
 async fn a_streaming_call_ends_on_its_trailers() {
     let recorded = Recorded::new();
     let (mut sender, body) = Channel::<Bytes>::new(4);
-    let mut body = Some(body);
-    let mut service = layer(&recorded).layer(service_fn(move |_request| {
-        let body = body.take().expect("one call");
-        async move { Ok::<_, std::convert::Infallible>(Response::new(body)) }
-    }));
-    let response = service
-        .ready()
-        .await
-        .unwrap()
-        .call(request(&format!("/{METHOD}")))
-        .await
-        .unwrap();
+    let mut service = layer(&recorded).layer(answers_once_with(body));
+    let response = call(&mut service, &format!("/{METHOD}")).await;
     let mut body = response.into_body();
     assert!(recorded.spans().is_empty(), "the span ended with the head");
 
@@ -107,20 +97,8 @@ async fn a_streaming_call_ends_on_its_trailers() {
 #[tokio::test]
 async fn a_trailers_only_answer_ends_with_the_head() {
     let recorded = Recorded::new();
-    let mut service = layer(&recorded).layer(service_fn(|_request| async {
-        let mut response = Response::new(Empty::<Bytes>::new());
-        response
-            .headers_mut()
-            .insert("grpc-status", HeaderValue::from(16u16));
-        Ok::<_, std::convert::Infallible>(response)
-    }));
-    let response = service
-        .ready()
-        .await
-        .unwrap()
-        .call(request(&format!("/{METHOD}")))
-        .await
-        .unwrap();
+    let mut service = layer(&recorded).layer(answers_trailers_only(16));
+    let response = call(&mut service, &format!("/{METHOD}")).await;
     let spans = recorded.spans();
     assert_eq!(spans.len(), 1, "{spans:?}");
     assert_eq!(
@@ -141,18 +119,8 @@ async fn a_trailers_only_answer_ends_with_the_head() {
 async fn a_dropped_body_is_cancelled() {
     let recorded = Recorded::new();
     let (mut sender, body) = Channel::<Bytes>::new(4);
-    let mut body = Some(body);
-    let mut service = layer(&recorded).layer(service_fn(move |_request| {
-        let body = body.take().expect("one call");
-        async move { Ok::<_, std::convert::Infallible>(Response::new(body)) }
-    }));
-    let response = service
-        .ready()
-        .await
-        .unwrap()
-        .call(request(&format!("/{METHOD}")))
-        .await
-        .unwrap();
+    let mut service = layer(&recorded).layer(answers_once_with(body));
+    let response = call(&mut service, &format!("/{METHOD}")).await;
     let mut body = response.into_body();
     sender.send_data(message(b"partial")).await.unwrap();
     body.frame().await.unwrap().unwrap();
@@ -175,20 +143,8 @@ async fn a_dropped_body_is_cancelled() {
 #[tokio::test]
 async fn an_unknown_method_is_other() {
     let recorded = Recorded::new();
-    let mut service = layer(&recorded).layer(service_fn(|_request| async {
-        let mut response = Response::new(Empty::<Bytes>::new());
-        response
-            .headers_mut()
-            .insert("grpc-status", HeaderValue::from(12u16));
-        Ok::<_, std::convert::Infallible>(response)
-    }));
-    service
-        .ready()
-        .await
-        .unwrap()
-        .call(request("/Scanner/Probe"))
-        .await
-        .unwrap();
+    let mut service = layer(&recorded).layer(answers_trailers_only(12));
+    call(&mut service, "/Scanner/Probe").await;
     let spans = recorded.spans();
     assert_eq!(spans.len(), 1, "{spans:?}");
     assert_eq!(spans[0].name, semconv::OTHER_METHOD);
@@ -233,13 +189,7 @@ async fn the_server_emits_the_semconv_mode_it_is_given() {
             stability,
             None,
         );
-        let mut service = layer.layer(service_fn(|_request| async {
-            let mut response = Response::new(Empty::<Bytes>::new());
-            response
-                .headers_mut()
-                .insert("grpc-status", HeaderValue::from(14u16));
-            Ok::<_, std::convert::Infallible>(response)
-        }));
+        let mut service = layer.layer(answers_trailers_only(14));
         trailers_only_call(&mut service, &format!("/{METHOD}")).await;
 
         let spans = recorded.spans();
@@ -302,13 +252,7 @@ async fn a_sampled_call_leaves_its_trace_as_an_exemplar() {
             SemconvStability::default(),
             Some(&reservoir),
         );
-        let mut service = layer.layer(service_fn(|_request| async {
-            let mut response = Response::new(Empty::<Bytes>::new());
-            response
-                .headers_mut()
-                .insert("grpc-status", HeaderValue::from(5u16));
-            Ok::<_, std::convert::Infallible>(response)
-        }));
+        let mut service = layer.layer(answers_trailers_only(5));
         trailers_only_call(&mut service, &format!("/{METHOD}")).await;
 
         let entries = reservoir.collect();
