@@ -17,11 +17,16 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::support::http;
+use crate::support::{http, pg_proxy::PgProxy};
 
-/// How soon the server must notice (issue 15: within 2 s; its probe runs
-/// every 0.5 s with a 1 s limit). Generous for a loaded machine.
-const NOTICE: Duration = Duration::from_secs(4);
+/// How soon the server must notice, counted from the moment the database
+/// went away (issue 15: within 2 s). The product's own bound is 1 s (a
+/// probe every 250 ms, given up after 750 ms; a stopped server closes the
+/// listener's connection at once); the other second is for a loaded
+/// machine, where each poll of the test (an HTTP GET and a health call,
+/// every 50 ms) and the server's timers may run late by some hundreds of
+/// milliseconds. A product slower than 2 s fails this, however loaded.
+const NOTICE: Duration = Duration::from_secs(2);
 
 async fn channel(server: &TestServer) -> Channel {
     sensorhub_grpc::client::endpoint(&server.client_config())
@@ -105,21 +110,31 @@ async fn database_faults_an_unreachable_database_is_reported_and_recovered_from(
         ServingStatus::Serving as i32
     );
 
-    {
+    // Counted from before the stop: pg_ctl's fast shutdown ends the
+    // connections first and returns once the server is gone.
+    let stopping = Instant::now();
+    let stopped = {
         let pg = pg.clone();
-        tokio::task::spawn_blocking(move || pg.stop())
-            .await
-            .unwrap();
-    }
+        tokio::task::spawn_blocking(move || {
+            pg.stop();
+            Instant::now()
+        })
+        .await
+        .unwrap()
+    };
     let noticed = wait_for(
         port,
         &mut health_client,
         503,
         ServingStatus::NotServing,
-        NOTICE,
+        NOTICE.saturating_sub(stopping.elapsed()),
     )
     .await;
-    eprintln!("not ready {noticed:?} after PostgreSQL stopped");
+    eprintln!(
+        "not ready {:?} after the stop began ({noticed:?} after pg_ctl returned, which took {:?})",
+        stopping.elapsed(),
+        stopped - stopping
+    );
     let body = readyz(port).await.1;
     assert!(body.contains("the database is unreachable"), "{body}");
 
@@ -176,4 +191,102 @@ async fn database_faults_an_unreachable_database_is_reported_and_recovered_from(
     }
     acked.push(after);
     assert_eq!(read_back(&mut client, "fault").await, acked);
+}
+
+/// A database that stops answering without closing anything (a paused
+/// host, a partition): no error arrives, only silence. The proxy between
+/// the server and PostgreSQL holds every byte; `/readyz` and health must
+/// still turn within 2 s, a call ends by its deadline rather than hang,
+/// and once the database answers again the server serves by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_faults_a_database_that_stops_answering_is_noticed_within_2_s() {
+    let pg = tokio::task::spawn_blocking(TestPostgres::shared)
+        .await
+        .unwrap();
+    let database = pg.fresh_database();
+    let proxy = PgProxy::start(pg.port()).await;
+    let server = TestServer::start_with(TestOptions {
+        database_url: Some(format!(
+            "postgres://postgres:{}@127.0.0.1:{}/{database}?sslmode=disable",
+            sensorhub_store_postgres::testing::PASSWORD,
+            proxy.port()
+        )),
+        http: true,
+        ..TestOptions::default()
+    })
+    .await;
+    let port = server.http_addr.expect("http listener").port();
+    let mut client = server.client().await;
+    let mut health_client = HealthClient::new(channel(&server).await);
+    let base = unix_now() - 100;
+    let before = reading("silent", 21.0, base);
+    client
+        .send_single_reading(before.clone())
+        .await
+        .expect("unary");
+    wait_for(
+        port,
+        &mut health_client,
+        200,
+        ServingStatus::Serving,
+        NOTICE,
+    )
+    .await;
+
+    let frozen = Instant::now();
+    proxy.freeze();
+    wait_for(
+        port,
+        &mut health_client,
+        503,
+        ServingStatus::NotServing,
+        NOTICE,
+    )
+    .await;
+    eprintln!(
+        "not ready {:?} after the database fell silent",
+        frozen.elapsed()
+    );
+    let body = readyz(port).await.1;
+    assert!(body.contains("the database is unreachable"), "{body}");
+    assert!(body.contains("no answer within 750 ms"), "{body}");
+
+    // A read ends at its deadline, never later (tonic's client reports its
+    // own expired timer as CANCELLED "Timeout expired").
+    let mut request = tonic::Request::new(sensorhub_proto::StatsRequest::default());
+    request.set_timeout(Duration::from_secs(1));
+    let asked = Instant::now();
+    let status = client
+        .get_sensor_stats(request)
+        .await
+        .expect_err("no answer from the database");
+    assert!(
+        matches!(
+            status.code(),
+            Code::DeadlineExceeded | Code::Cancelled | Code::Unavailable
+        ),
+        "{status:?}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "the call took {:?}",
+        asked.elapsed()
+    );
+
+    proxy.thaw();
+    let back = wait_for(
+        port,
+        &mut health_client,
+        200,
+        ServingStatus::Serving,
+        Duration::from_secs(10),
+    )
+    .await;
+    eprintln!("ready again {back:?} after the database answered again");
+    let after = reading("silent", 22.0, base + 1);
+    client
+        .send_single_reading(after.clone())
+        .await
+        .expect("a write once the database answers");
+    assert_eq!(read_back(&mut client, "silent").await, vec![before, after]);
 }

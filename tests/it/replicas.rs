@@ -15,7 +15,7 @@ use sensorhub_grpc::{
 use sensorhub_proto::{SensorReading, SensorRequest, StatsRequest};
 use sensorhub_store_postgres::testing::{PASSWORD, TestPostgres};
 
-use crate::support::spawned_server::{Serve, SpawnedServer};
+use crate::support::spawned_server::{Serve, SpawnedServer, refused_at_start};
 
 const TOKEN: &str = "replicas-token";
 
@@ -202,28 +202,6 @@ async fn replicas_follow_across_replicas_without_gap_or_repeat_and_stats_in_comm
     }
 }
 
-/// What a refused start printed, checked for one clear line and no password.
-fn refused(serve: Serve, says: &str, password: &str) -> String {
-    let exited = match serve.start_or_exit() {
-        Ok(_) => panic!("the server started; it should have refused: {says}"),
-        Err(exited) => exited,
-    };
-    assert!(!exited.status.success());
-    let error: Vec<&str> = exited
-        .log
-        .lines()
-        .filter(|l| l.starts_with("error:"))
-        .collect();
-    assert_eq!(error.len(), 1, "one error line:\n{}", exited.log);
-    assert!(error[0].contains(says), "{says:?} in:\n{}", exited.log);
-    assert!(
-        !exited.log.contains(password),
-        "the password reached the log:\n{}",
-        exited.log
-    );
-    error[0].to_owned()
-}
-
 fn tables(pg: &TestPostgres, database: &str) -> String {
     pg.psql(
         database,
@@ -241,7 +219,7 @@ async fn replicas_bad_database_urls_and_databases_are_refused_at_start() {
         .unwrap();
     let port = pg.port();
 
-    let line = refused(
+    let line = refused_at_start(
         Serve::insecure_on_database("mysql://app:pw-scheme-1@127.0.0.1/db", TOKEN),
         "must start with postgres://",
         "pw-scheme-1",
@@ -249,7 +227,7 @@ async fn replicas_bad_database_urls_and_databases_are_refused_at_start() {
     eprintln!("{line}");
 
     // Nothing listens on port 1.
-    let line = refused(
+    let line = refused_at_start(
         Serve::insecure_on_database(
             "postgres://app:pw-unreach-2@127.0.0.1:1/db?sslmode=disable",
             TOKEN,
@@ -259,7 +237,7 @@ async fn replicas_bad_database_urls_and_databases_are_refused_at_start() {
     );
     eprintln!("{line}");
 
-    let line = refused(
+    let line = refused_at_start(
         Serve::insecure_on_database(
             &format!("postgres://postgres:wrong-pw-3@127.0.0.1:{port}/postgres?sslmode=disable"),
             TOKEN,
@@ -277,7 +255,7 @@ async fn replicas_bad_database_urls_and_databases_are_refused_at_start() {
         "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'reader') THEN CREATE ROLE reader LOGIN PASSWORD 'reader-pw-4'; END IF; END $$",
     )
     .expect("create role");
-    let line = refused(
+    let line = refused_at_start(
         Serve::insecure_on_database(
             &format!("postgres://reader:reader-pw-4@127.0.0.1:{port}/{db}?sslmode=disable"),
             TOKEN,
@@ -295,7 +273,7 @@ async fn replicas_bad_database_urls_and_databases_are_refused_at_start() {
         "CREATE TABLE sensorhub_schema (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now()); INSERT INTO sensorhub_schema (version) VALUES (99)",
     )
     .expect("newer schema");
-    let line = refused(
+    let line = refused_at_start(
         Serve::insecure_on_database(&pg.url_for(&db), TOKEN),
         "version 99, made by a newer sensorhub",
         PASSWORD,

@@ -9,6 +9,7 @@ pub mod deploy_traffic;
 pub mod engines;
 pub mod exposition;
 pub mod http;
+pub mod pg_proxy;
 pub mod ports;
 pub mod prometheus_process;
 pub mod promql;

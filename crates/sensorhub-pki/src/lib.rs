@@ -172,6 +172,26 @@ pub fn issue_client(
     )
 }
 
+/// A server certificate and key for exactly `names` (its SANs; the first is
+/// also its CN), signed by the CA whose certificate and key are given (PEM):
+/// for a server whose names [`generate`]'s defaults do not fit, such as a
+/// database server a replica verifies with `sslmode=verify-full`.
+pub fn issue_server(
+    ca_cert: &str,
+    ca_key: &str,
+    names: &[&str],
+) -> Result<(String, String), rcgen::Error> {
+    let key = KeyPair::from_pem(ca_key)?;
+    let ca = Issuer::from_ca_cert_pem(ca_cert, key)?;
+    sign_leaf(
+        &ca,
+        names.iter().map(|n| n.to_string()).collect(),
+        names.first().copied().unwrap_or("server"),
+        ExtendedKeyUsagePurpose::ServerAuth,
+        OffsetDateTime::now_utc(),
+    )
+}
+
 /// Writes a client certificate and key as `NAME.pem` and `NAME.key` in `dir`
 /// (the key mode 0600); returns the two paths.
 pub fn write_client(

@@ -36,6 +36,30 @@ pub(crate) fn is_connection(e: &tokio_postgres::Error) -> bool {
     )
 }
 
+/// What went wrong in the TLS handshake, if that is where `e` failed: the
+/// certificate's refusal in rustls's words, or a server without TLS.
+///
+/// tokio-postgres has no public error kind to ask, so this goes by its
+/// fixed wording for a TLS failure ("error performing TLS handshake"); the
+/// cause is what tokio-rustls reported (an `io::Error` holding rustls's).
+pub(crate) fn tls_failure(e: &tokio_postgres::Error) -> Option<String> {
+    let text = e.to_string();
+    if !text.starts_with("error performing TLS handshake") {
+        return None;
+    }
+    let cause = std::error::Error::source(e).map(|s| {
+        match s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            Some(tls) => tls.to_string(),
+            None => s.to_string(),
+        }
+    });
+    Some(cause.unwrap_or(text))
+}
+
 /// The words of `e`: the server's message, or the driver's (an I/O error).
 pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {

@@ -270,6 +270,17 @@ fn connect_refused(url: &DatabaseUrl, e: &tokio_postgres::Error) -> StoreError {
                 url.database()
             ),
         )
+    } else if let Some(tls) = failure::tls_failure(e) {
+        let fix = match url.ssl_mode {
+            _ if tls.contains("does not support TLS") => {
+                "PostgreSQL there does not offer TLS: turn ssl on in its postgresql.conf, or use sslmode=disable on a network you trust"
+            }
+            SslMode::VerifyFull => {
+                "with sslmode=verify-full the server's certificate must name the URL's host and be signed by a CA of sslrootcert=FILE (else of the system's roots): fix the host or sslrootcert, or give the server a certificate for that name"
+            }
+            _ => "check the server's TLS settings",
+        };
+        refused(url, format!("the TLS handshake failed ({tls}); {fix}"))
     } else if failure::is_connection(e) {
         refused(
             url,

@@ -46,6 +46,8 @@ pub struct TestPostgres {
     dir: PathBuf,
     bin: PathBuf,
     next: AtomicU64,
+    /// `-c name=value` settings beyond the common ones (TLS).
+    extra: String,
     /// The watcher's stdin: the server lives as long as this process.
     _watcher: Mutex<Child>,
 }
@@ -54,7 +56,14 @@ impl TestPostgres {
     /// A server of the caller's own, for a test that stops and starts it
     /// (the shared one serves every other test). Ends with the test process.
     pub fn start_own() -> TestPostgres {
-        start().unwrap_or_else(|why| panic!("{why}"))
+        start(None).unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// A server of the caller's own that also speaks TLS (`ssl=on`) with
+    /// this certificate and key (PEM); plain connections are still taken,
+    /// so `sslmode=disable` works too. Ends with the test process.
+    pub fn start_own_with_tls(cert_pem: &str, key_pem: &str) -> TestPostgres {
+        start(Some((cert_pem, key_pem))).unwrap_or_else(|why| panic!("{why}"))
     }
 
     /// Stops the server (fast shutdown), as an operator or a crash would
@@ -75,9 +84,10 @@ impl TestPostgres {
     /// server's pid file).
     pub fn restart(&self) {
         let options = format!(
-            "-k {} -p {} -c listen_addresses=127.0.0.1 -c max_connections=400 -c shared_buffers=32MB -c fsync=off -c full_page_writes=off",
+            "-k {} -p {} {COMMON_SETTINGS}{}",
             self.dir.display(),
-            self.port
+            self.port,
+            self.extra
         );
         let status = as_server_user(&self.bin.join("pg_ctl"), is_root())
             .args(["start", "-w", "-D"])
@@ -96,7 +106,7 @@ impl TestPostgres {
     /// The server of this test binary, started on first use.
     pub fn shared() -> &'static TestPostgres {
         static SERVER: OnceLock<TestPostgres> = OnceLock::new();
-        SERVER.get_or_init(|| start().unwrap_or_else(|why| panic!("{why}")))
+        SERVER.get_or_init(|| start(None).unwrap_or_else(|why| panic!("{why}")))
     }
 
     pub fn port(&self) -> u16 {
@@ -158,6 +168,9 @@ impl TestPostgres {
     }
 }
 
+/// What every test server runs with (see the module's docs for `fsync`).
+const COMMON_SETTINGS: &str = "-c listen_addresses=127.0.0.1 -c max_connections=400 -c shared_buffers=32MB -c fsync=off -c full_page_writes=off";
+
 /// The newest PostgreSQL server binaries Debian installed.
 fn binaries() -> Result<PathBuf, String> {
     if let Some(dir) = std::env::var_os("SENSORHUB_TEST_PG_BIN") {
@@ -197,7 +210,9 @@ fn as_server_user(program: &Path, root: bool) -> Command {
     }
 }
 
-fn start() -> Result<TestPostgres, String> {
+/// Starts a server; with `tls`, its certificate and key (PEM) are written
+/// beside the data (the key mode 0600, as PostgreSQL demands) and `ssl=on`.
+fn start(tls: Option<(&str, &str)>) -> Result<TestPostgres, String> {
     let bin = binaries()?;
     let root = is_root();
     // Not a 0700 directory of root's: the postgres user must reach it.
@@ -211,6 +226,20 @@ fn start() -> Result<TestPostgres, String> {
     std::fs::create_dir(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let pwfile = dir.join("pwfile");
     std::fs::write(&pwfile, PASSWORD).map_err(|e| e.to_string())?;
+    let mut extra = String::new();
+    if let Some((cert, key)) = tls {
+        use std::os::unix::fs::PermissionsExt;
+        let (cert_file, key_file) = (dir.join("server.crt"), dir.join("server.key"));
+        std::fs::write(&cert_file, cert).map_err(|e| e.to_string())?;
+        std::fs::write(&key_file, key).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| e.to_string())?;
+        extra = format!(
+            " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            cert_file.display(),
+            key_file.display()
+        );
+    }
     if root {
         let chown = Command::new("chown")
             .args(["-R", "postgres:postgres"])
@@ -253,12 +282,13 @@ fn start() -> Result<TestPostgres, String> {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let port = 20_000 + (seed >> 33) as u16 % 40_000;
-        if let Some(watcher) = try_start(&bin, &dir, &data, port, root)? {
+        if let Some(watcher) = try_start(&bin, &dir, &data, port, root, &extra)? {
             return Ok(TestPostgres {
                 port,
                 dir,
                 bin,
                 next: AtomicU64::new(0),
+                extra,
                 _watcher: Mutex::new(watcher),
             });
         }
@@ -273,13 +303,14 @@ fn try_start(
     data: &Path,
     port: u16,
     root: bool,
+    extra: &str,
 ) -> Result<Option<Child>, String> {
     let log = dir.join("server.log");
     let runner = if root { "runuser -u postgres -- " } else { "" };
     // $1 postgres, $2 data, $3 dir, $4 port, $5 log. The server stops
     // when stdin closes, i.e. when the test process is gone.
     let script = format!(
-        r#"{runner}"$1" -D "$2" -k "$3" -p "$4" -c listen_addresses=127.0.0.1 -c max_connections=400 -c shared_buffers=32MB -c fsync=off -c full_page_writes=off >"$5" 2>&1 &
+        r#"{runner}"$1" -D "$2" -k "$3" -p "$4" {COMMON_SETTINGS}{extra} >"$5" 2>&1 &
 server=$!
 cat >/dev/null
 pid=$(head -n 1 "$2/postmaster.pid" 2>/dev/null) && kill -QUIT "$pid" 2>/dev/null

@@ -166,6 +166,29 @@ impl Serve {
     }
 }
 
+/// Starts `serve`, which must refuse to start: checks that it printed one
+/// `error:` line containing `says` and never `password`; returns the line.
+pub fn refused_at_start(serve: Serve, says: &str, password: &str) -> String {
+    let exited = match serve.start_or_exit() {
+        Ok(_) => panic!("the server started; it should have refused: {says}"),
+        Err(exited) => exited,
+    };
+    assert!(!exited.status.success());
+    let error: Vec<&str> = exited
+        .log
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(error.len(), 1, "one error line:\n{}", exited.log);
+    assert!(error[0].contains(says), "{says:?} in:\n{}", exited.log);
+    assert!(
+        !exited.log.contains(password),
+        "the password reached the log:\n{}",
+        exited.log
+    );
+    error[0].to_owned()
+}
+
 /// A server that exited before it was ready.
 #[derive(Debug)]
 pub struct Exited {
