@@ -80,7 +80,24 @@ async fn every_metric_the_dashboards_and_rules_use_exists() {
     let dir = tempfile::tempdir().unwrap();
     let (server, _collector) = deploy_traffic::start_server(&dir.path().join("data"));
     deploy_traffic::drive(&server).await;
-    let (page, live) = deploy_traffic::scrape_until(&server, deploy_traffic::AFTER_TRAFFIC).await;
+    let (page, mut live) =
+        deploy_traffic::scrape_until(&server, deploy_traffic::AFTER_TRAFFIC).await;
+    // The PostgreSQL panels read a replica's series: a server configured
+    // the same, on a fresh database, after a write (its pool is in use from
+    // the start: the readiness probe borrows a connection every 250 ms).
+    let database = sensorhub_grpc::testing::fresh_database_url().await;
+    let (replica, _replica_collector) =
+        deploy_traffic::start_server_storing(deploy_traffic::Storage::Database(&database));
+    deploy_traffic::write_one(&replica).await;
+    let (replica_page, replica_live) =
+        deploy_traffic::scrape_until(&replica, deploy_traffic::ON_A_REPLICA).await;
+    for (metric, labels) in replica_live {
+        let merged = live.entry(metric).or_default();
+        for (label, values) in labels {
+            merged.entry(label).or_default().extend(values);
+        }
+    }
+    let page = format!("{page}\n# the replica's page\n{replica_page}");
 
     let mut problems = Vec::new();
     let mut server_metrics = BTreeSet::new();
@@ -183,6 +200,10 @@ async fn every_metric_the_dashboards_and_rules_use_exists() {
         "sensorhub_connections_created_total",
         "sensorhub_connections_closed_total",
         "sensorhub_connection_duration_seconds_bucket",
+        "db_client_connection_count",
+        "db_client_connection_max",
+        "db_client_connection_wait_time_seconds_bucket",
+        "db_client_connection_use_time_seconds_bucket",
     ] {
         assert!(
             server_metrics.contains(expected),
@@ -190,6 +211,12 @@ async fn every_metric_the_dashboards_and_rules_use_exists() {
         );
     }
 
+    let (out, _) = replica.terminate(Duration::from_secs(15));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (out, _) = server.terminate(Duration::from_secs(15));
     assert!(
         out.status.success(),

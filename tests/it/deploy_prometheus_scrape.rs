@@ -1,6 +1,6 @@
 //! The compose stack's Prometheus configuration, exercised for real: a Debian
 //! `prometheus` runs the project's `sensorhub` scrape job (its target moved to
-//! a live server, its intervals shortened) and every rule file of
+//! a live server and a replica on PostgreSQL, its intervals shortened) and every rule file of
 //! deploy/prometheus/rules, while the compose file's sensors feed the server.
 //!
 //! - every rule evaluates without error (many-to-many matches, bad `on()`
@@ -40,9 +40,9 @@ impl Drop for KillOnDrop {
 }
 
 /// The project's Prometheus configuration, reduced to what can run here:
-/// the `sensorhub` job as written (path, settings) with its target replaced,
+/// the `sensorhub` job as written (path, settings) with its targets replaced,
 /// 1 s intervals, and every rule file (absolute paths); no Alertmanager.
-fn test_config(target: &str) -> String {
+fn test_config(targets: &[String]) -> String {
     let mut config = yaml(&deploy().join("prometheus/prometheus.yml"));
     let jobs = config["scrape_configs"].as_sequence().unwrap().clone();
     let mut job = jobs
@@ -54,7 +54,8 @@ fn test_config(target: &str) -> String {
         Some("sensorhub:9464"),
         "the sensorhub job scrapes the compose service's HTTP listener"
     );
-    job["static_configs"][0]["targets"] = Value::Sequence(vec![Value::String(target.to_owned())]);
+    job["static_configs"][0]["targets"] =
+        Value::Sequence(targets.iter().cloned().map(Value::String).collect());
     job["scrape_interval"] = Value::String("1s".to_owned());
     job["scrape_timeout"] = Value::String("1s".to_owned());
     let globals = config["global"].as_mapping_mut().expect("global");
@@ -87,11 +88,21 @@ async fn prometheus_with_the_project_config_serves_every_dashboard_query() {
     let binary = prometheus();
     let dir = tempfile::tempdir().unwrap();
     let (server, _collector) = deploy_traffic::start_server(&dir.path().join("data"));
+    // A replica on PostgreSQL beside it, in the same job, for the PostgreSQL
+    // row of the Sensors dashboard (a fleet runs one kind or the other; the
+    // panels must have data with either).
+    let database = sensorhub_grpc::testing::fresh_database_url().await;
+    let (replica, _replica_collector) =
+        deploy_traffic::start_server_storing(deploy_traffic::Storage::Database(&database));
+    deploy_traffic::write_one(&replica).await;
 
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
         &config,
-        test_config(&format!("127.0.0.1:{}", server.http())),
+        test_config(&[
+            format!("127.0.0.1:{}", server.http()),
+            format!("127.0.0.1:{}", replica.http()),
+        ]),
     )
     .unwrap();
     let mut prometheus = PrometheusProcess::start(&binary, &config, dir.path());
@@ -141,8 +152,8 @@ async fn prometheus_with_the_project_config_serves_every_dashboard_query() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let up = prometheus.query("up{job=\"sensorhub\"}").unwrap();
-    assert_eq!(up.len(), 1, "{up:?}");
-    assert_eq!(up[0]["value"][1], "1", "{up:?}");
+    assert_eq!(up.len(), 2, "{up:?}");
+    assert!(up.iter().all(|u| u["value"][1] == "1"), "{up:?}");
 
     // Every rule loaded and evaluates cleanly (after another evaluation).
     tokio::time::sleep(Duration::from_secs(2)).await;

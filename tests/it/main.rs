@@ -16,6 +16,7 @@ mod commit_lost;
 mod connection_metrics;
 mod crash_durability;
 mod database_faults;
+mod database_telemetry;
 mod database_tls;
 mod deadlines;
 mod deploy_files;

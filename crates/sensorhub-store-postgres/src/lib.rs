@@ -26,6 +26,7 @@ mod database_url;
 mod failure;
 mod follow;
 mod reader;
+mod retention;
 mod schema;
 mod telemetry;
 mod tls;
@@ -59,7 +60,7 @@ const POOL_SIZE: usize = 16;
 const POOL_WAIT: Duration = Duration::from_secs(5);
 /// The longest opening a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often retention runs (and once at start).
+/// How often retention runs (and once at start; `retention.rs`).
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 
 /// How to open a [`PostgresStore`].
@@ -194,7 +195,7 @@ impl PostgresStore {
                 let mut every = tokio::time::interval(RETENTION_EVERY);
                 loop {
                     every.tick().await;
-                    if let Err(e) = apply_retention(&pool, keep, &settings).await {
+                    if let Err(e) = retention::apply(&pool, keep, &settings).await {
                         tracing::warn!(error = %e, "retention did not run; it is tried again later");
                     }
                 }
@@ -218,29 +219,6 @@ impl PostgresStore {
     async fn client(&self) -> Result<telemetry::Pooled<'_>, StoreError> {
         self.inner.telemetry.connection(&self.inner.pool).await
     }
-}
-
-/// Deletes readings older than `keep`, and keys past their window.
-async fn apply_retention(
-    pool: &Pool,
-    keep: Duration,
-    settings: &StoreSettings,
-) -> Result<(), StoreError> {
-    let cutoff = writer::unix_now().saturating_sub(keep.as_secs() as i64);
-    let mut client = pool.get().await.map_err(failure::pool)?;
-    let deleted = client
-        .execute("DELETE FROM readings WHERE ts < $1", &[&cutoff])
-        .await
-        .map_err(failure::write)?;
-    let tx = client.transaction().await.map_err(failure::write)?;
-    writer::forget_keys(&tx, settings)
-        .await
-        .map_err(failure::write)?;
-    tx.commit().await.map_err(failure::write)?;
-    if deleted > 0 {
-        tracing::info!(deleted, cutoff, "retention deleted old readings");
-    }
-    Ok(())
 }
 
 fn refused(url: &DatabaseUrl, why: impl std::fmt::Display) -> StoreError {

@@ -32,6 +32,19 @@ pub const TOKEN: &str = "deploy-test-token-5be1";
 /// the SDK's `otel_sdk_exporter_*` series (with `error_type`) appear as in a
 /// stack whose collector is down.
 pub fn start_server(data: &Path) -> (DeployServer, ClosedPort) {
+    start_server_storing(Storage::Data(data))
+}
+
+/// Where a deploy-configured server keeps its readings.
+pub enum Storage<'a> {
+    /// `--data DIR`, as compose runs it.
+    Data(&'a Path),
+    /// A replica: `SENSORHUB_DATABASE_URL` (the PostgreSQL panels' series).
+    Database(&'a str),
+}
+
+/// [`start_server`], the readings kept where `storage` says.
+pub fn start_server_storing(storage: Storage<'_>) -> (DeployServer, ClosedPort) {
     let collector = ClosedPort::new();
     let compose = compose();
     let service_env = environment_of(&compose, "sensorhub");
@@ -77,10 +90,12 @@ pub fn start_server(data: &Path) -> (DeployServer, ClosedPort) {
         .arg(&certs.server_cert)
         .arg("--tls-key")
         .arg(&certs.server_key)
-        .arg("--data")
-        .arg(data)
         .env("SENSORHUB_TOKENS", TOKEN)
         .envs(owned);
+    match storage {
+        Storage::Data(data) => serve.command().arg("--data").arg(data),
+        Storage::Database(url) => serve.command().env("SENSORHUB_DATABASE_URL", url),
+    };
     let server = serve.start();
     let url = format!("https://localhost:{}", server.grpc);
     let server = DeployServer {
@@ -267,6 +282,25 @@ pub async fn scrape_until(server: &DeployServer, wanted: &[&str]) -> (String, La
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// One reading through `server`: enough for a replica's store series.
+pub async fn write_one(server: &DeployServer) {
+    server
+        .client(TOKEN)
+        .await
+        .send_single_reading(reading("deploy-replica", 21.0, unix_now()))
+        .await
+        .expect("a write through the replica");
+}
+
+/// Series a replica on PostgreSQL has once [`write_one`] was recorded.
+pub const ON_A_REPLICA: &[&str] = &[
+    "db_client_connection_count",
+    "db_client_connection_max",
+    "db_client_connection_wait_time_seconds_bucket",
+    "db_client_connection_use_time_seconds_bucket",
+    "sensorhub_store_commit_duration_seconds_bucket",
+];
 
 /// Series that only appear after [`drive`]'s traffic has been recorded.
 pub const AFTER_TRAFFIC: &[&str] = &[
