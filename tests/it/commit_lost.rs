@@ -8,8 +8,8 @@
 //! idempotency key stores them exactly once. The retry does: the count is
 //! that of one attempt in both cases, the statistics too.
 
-use sensorhub_grpc::testing::{TestOptions, TestServer, read_back, reading, unix_now};
-use sensorhub_proto::{SensorReading, StatsRequest};
+use sensorhub_grpc::testing::{TestOptions, TestServer, read_back, reading, stats_of, unix_now};
+use sensorhub_proto::SensorReading;
 use sensorhub_store_postgres::testing::{PASSWORD, TestPostgres};
 use tonic::{Code, Request};
 
@@ -98,17 +98,8 @@ async fn commit_cut(cut: Cut) {
         );
     }
     assert_eq!(read_back(&mut client, &sensor).await, sent);
-    let stats = client
-        .get_sensor_stats(StatsRequest {
-            sensor_id: sensor.clone(),
-            ..Default::default()
-        })
-        .await
-        .expect("stats")
-        .into_inner()
-        .sensors;
-    assert_eq!(stats.len(), 1);
-    assert_eq!(stats[0].count, 50, "counted once: {:?}", stats[0]);
+    let stats = stats_of(&mut client, &sensor).await.expect("statistics");
+    assert_eq!(stats.count, 50, "counted once: {stats:?}");
     assert_eq!(
         pg.psql(&database, "SELECT count(*) FROM readings").unwrap(),
         "50"

@@ -10,9 +10,9 @@ use std::{collections::HashSet, time::Duration};
 use sensorhub_core::{AlertRules, Reading, SensorStats};
 use sensorhub_grpc::{
     ClientConfig, SensorClient,
-    testing::{fresh_database_url, reading, unix_now},
+    testing::{fresh_database_url, reading, stats_of, unix_now},
 };
-use sensorhub_proto::{SensorReading, SensorRequest, StatsRequest};
+use sensorhub_proto::{SensorReading, SensorRequest};
 use sensorhub_store_postgres::testing::{PASSWORD, TestPostgres};
 
 use crate::support::spawned_server::{Serve, SpawnedServer, refused_at_start};
@@ -170,17 +170,7 @@ async fn replicas_follow_across_replicas_without_gap_or_repeat_and_stats_in_comm
     assert!(expected.alerts > 0, "the readings raise alerts");
     for server in &servers {
         let mut client = connect(server).await;
-        let stats = client
-            .get_sensor_stats(StatsRequest {
-                sensor_id: "shared".into(),
-                ..Default::default()
-            })
-            .await
-            .expect("stats")
-            .into_inner()
-            .sensors;
-        assert_eq!(stats.len(), 1);
-        let s = &stats[0];
+        let s = &stats_of(&mut client, "shared").await.expect("statistics");
         assert_eq!(
             (s.count, s.min, s.max, s.alerts, s.last_timestamp),
             (

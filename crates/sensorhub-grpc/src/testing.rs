@@ -258,6 +258,24 @@ pub fn stored_count(status: &tonic::Status) -> Option<u64> {
     Some(text.parse().expect("a numeric stored count"))
 }
 
+/// The statistics of one sensor, through GetSensorStats (`None`: none stored).
+pub async fn stats_of(
+    client: &mut SensorClient,
+    sensor_id: &str,
+) -> Option<sensorhub_proto::SensorStats> {
+    let mut sensors = client
+        .get_sensor_stats(sensorhub_proto::StatsRequest {
+            sensor_id: sensor_id.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("GetSensorStats")
+        .into_inner()
+        .sensors;
+    assert!(sensors.len() <= 1, "one sensor asked for: {sensors:?}");
+    sensors.pop()
+}
+
 /// Every stored reading of `sensor_id`, through GetSensorReadings, within [`CALL_TIMEOUT`].
 pub async fn read_back(
     client: &mut SensorClient,
