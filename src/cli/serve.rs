@@ -144,6 +144,18 @@ pub struct ServeArgs {
     /// A connection that has served calls and has none open for this long is closed (GOAWAY).
     #[arg(long, env = "SENSORHUB_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
+    /// Send a connection GOAWAY once it is this old (± 10 %, so connections
+    /// made at once do not all reconnect at once): its client reconnects
+    /// and its new connection can land on another replica. Off by default:
+    /// one server gains nothing from it; set it (minutes, not seconds) when
+    /// several replicas sit behind a DNS name or a TCP balancer.
+    #[arg(long, env = "SENSORHUB_MAX_CONNECTION_AGE", value_parser = humantime::parse_duration)]
+    pub max_connection_age: Option<Duration>,
+    /// After --max-connection-age, how long calls still open (a chat, a
+    /// follow) may go on before the connection is closed under them; by
+    /// default they run until they end.
+    #[arg(long, env = "SENSORHUB_MAX_CONNECTION_AGE_GRACE", value_parser = humantime::parse_duration, requires = "max_connection_age")]
+    pub max_connection_age_grace: Option<Duration>,
     /// Longest the TLS handshake, the HTTP/2 preface and the client's first
     /// SETTINGS may take together before the connection is closed.
     #[arg(long, env = "SENSORHUB_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -238,6 +250,8 @@ impl ServeArgs {
             handshake_timeout: self.handshake_timeout,
             first_call_timeout: self.first_call_timeout,
             idle_timeout: self.idle_timeout,
+            max_age: self.max_connection_age,
+            max_age_grace: self.max_connection_age_grace,
         };
         config.rate_limit =
             NonZeroU32::new(self.rate_limit).map(|calls_per_second| RateLimit { calls_per_second });

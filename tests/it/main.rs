@@ -13,6 +13,7 @@ mod bad_input;
 mod cert_identities;
 mod cli;
 mod commit_lost;
+mod connection_age;
 mod connection_metrics;
 mod crash_durability;
 mod database_faults;

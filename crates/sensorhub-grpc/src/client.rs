@@ -1,9 +1,12 @@
 //! Connecting to a sensorhub server: TLS from PEM files, and the token
 //! attached to every call the way the original clients sent it (bare value in
 //! `authorization`). A connection that fails says why in plain words
-//! (`client/diagnosis.rs`).
+//! (`client/diagnosis.rs`). A call that never left the client (its
+//! connection was closing, its replica gone) is sent again
+//! (`client/unsent_retry.rs`).
 
 mod diagnosis;
+pub mod unsent_retry;
 
 use std::time::Duration;
 
@@ -19,6 +22,7 @@ use sensorhub_rpc_telemetry::{GrpcClientLayer, GrpcClientService};
 use tower::Layer as _;
 
 use crate::{auth::AUTHORIZATION, tls::ClientTlsFiles};
+use unsent_retry::UnsentRetry;
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
@@ -42,8 +46,9 @@ impl ClientConfig {
 }
 
 /// A channel whose calls are traced and measured (client spans, A66 client
-/// metrics, `traceparent` sent to the server).
-pub type ObservedChannel = GrpcClientService<Channel>;
+/// metrics, `traceparent` sent to the server), and sent again when they
+/// never left the client.
+pub type ObservedChannel = GrpcClientService<UnsentRetry<Channel>>;
 
 /// A SensorService client that sends the token with every call.
 pub type SensorClient = SensorServiceClient<InterceptedService<ObservedChannel, AttachToken>>;
@@ -143,7 +148,7 @@ pub fn client_for(
     server: &str,
     token: Option<&str>,
 ) -> Result<SensorClient, ConnectError> {
-    let observed = GrpcClientLayer::new(server).layer(channel);
+    let observed = GrpcClientLayer::new(server).layer(UnsentRetry::new(channel));
     Ok(SensorServiceClient::with_interceptor(
         observed,
         AttachToken::new(token)?,

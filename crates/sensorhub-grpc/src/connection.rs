@@ -11,6 +11,14 @@
 //! - it has opened no call within `first_call_timeout` of its handshake, or
 //!   has had none open for at least `idle_timeout` after serving some;
 //! - its caller failed authentication too often in a row (`auth.rs`);
+//! - it has lived for `max_age` (± 10 %, drawn per connection, so a fleet
+//!   that connected at once does not reconnect at once): its client opens
+//!   a new connection for its next call, which a DNS name, a client-side
+//!   balancer or an L4 proxy may place on another replica. gRPC keeps one
+//!   connection per client for as long as it works, so without this a
+//!   replica added later would get no client that was already connected.
+//!   Calls still open then have `max_age_grace` to finish before the
+//!   connection is closed under them (none: as long as they take);
 //! - the server shuts down (the staged drain in `server.rs`).
 //!
 //! A closing connection that has had no call open for a whole
@@ -49,8 +57,8 @@ use tower::{ServiceExt, util::BoxCloneSyncService, util::Oneshot};
 
 use crate::{
     connection_metrics::{
-        CLOSED_AUTH_FAILURES, CLOSED_IDLE, CLOSED_NEVER_USED, CLOSED_PEER, CLOSED_SHUTDOWN,
-        ConnectionMetrics, REFUSED_PREFACE, served_error_reason,
+        CLOSED_AUTH_FAILURES, CLOSED_IDLE, CLOSED_MAX_AGE, CLOSED_NEVER_USED, CLOSED_PEER,
+        CLOSED_SHUTDOWN, ConnectionMetrics, REFUSED_PREFACE, served_error_reason,
     },
     listener::{Admitted, ConnectionLimits, ServeConnection},
 };
@@ -59,6 +67,17 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long a closing connection with no call open may take to go.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// How far a connection's maximum age is drawn from `--max-connection-age`,
+/// either way, as a fraction of it.
+const MAX_AGE_JITTER: f64 = 0.1;
+
+/// `max_age` moved by a random fraction of itself, up to [`MAX_AGE_JITTER`]
+/// either way.
+fn jittered(max_age: Duration) -> Duration {
+    use rand::Rng as _;
+    max_age.mul_f64(rand::rng().random_range(1.0 - MAX_AGE_JITTER..=1.0 + MAX_AGE_JITTER))
+}
 
 /// The server's whole call stack (telemetry, policy, budget, router), as
 /// every connection shares it.
@@ -147,6 +166,13 @@ impl Http2Server {
         let mut quiet = false;
         let give_up = tokio::time::sleep(Duration::MAX);
         tokio::pin!(give_up);
+        let max_age = inner.limits.max_age;
+        let aged = tokio::time::sleep(max_age.map_or(Duration::MAX, jittered));
+        tokio::pin!(aged);
+        // Armed when the connection reached its age, with a grace to end.
+        let mut age_grace_armed = false;
+        let age_grace = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(age_grace);
         loop {
             tokio::select! {
                 served = conn.as_mut() => {
@@ -174,6 +200,24 @@ impl Http2Server {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                     give_up.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
+                }
+                _ = &mut aged, if !closing && max_age.is_some() => {
+                    tracing::debug!("connection reached --max-connection-age: GOAWAY");
+                    reason.set(CLOSED_MAX_AGE);
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                    give_up.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
+                    if let Some(grace) = inner.limits.max_age_grace {
+                        age_grace.as_mut().reset(tokio::time::Instant::now() + grace);
+                        age_grace_armed = true;
+                    }
+                }
+                _ = &mut age_grace, if age_grace_armed => {
+                    tracing::debug!(
+                        open_calls = state.open_calls.load(Ordering::Acquire),
+                        "connection past --max-connection-age-grace: closed under its calls"
+                    );
+                    return;
                 }
                 _ = &mut give_up, if closing => {
                     // Dropped only after a whole CLOSE_GRACE with no call

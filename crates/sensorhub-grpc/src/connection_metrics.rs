@@ -85,6 +85,9 @@ pub(crate) const CLOSED_NEVER_USED: &str = "no_call";
 pub(crate) const CLOSED_IDLE: &str = "idle";
 pub(crate) const CLOSED_AUTH_FAILURES: &str = "auth_failures";
 pub(crate) const CLOSED_SHUTDOWN: &str = "shutdown";
+/// `--max-connection-age` reached: GOAWAY, so the client reconnects,
+/// perhaps to another replica.
+pub(crate) const CLOSED_MAX_AGE: &str = "max_age";
 /// The client closed it (after a GOAWAY of ours or not).
 pub(crate) const CLOSED_PEER: &str = "peer_closed";
 pub(crate) const CLOSED_RESET: &str = "connection_reset";
@@ -93,13 +96,14 @@ pub(crate) const CLOSED_KEEPALIVE: &str = "keepalive_timeout";
 /// Any other HTTP/2 or socket error.
 pub(crate) const CLOSED_ERROR: &str = "error";
 
-const CLOSE_REASONS: [&str; 10] = [
+const CLOSE_REASONS: [&str; 11] = [
     REFUSED_HANDSHAKE,
     REFUSED_PREFACE,
     CLOSED_NEVER_USED,
     CLOSED_IDLE,
     CLOSED_AUTH_FAILURES,
     CLOSED_SHUTDOWN,
+    CLOSED_MAX_AGE,
     CLOSED_PEER,
     CLOSED_RESET,
     CLOSED_KEEPALIVE,
@@ -156,7 +160,7 @@ impl ConnectionMetrics {
             .u64_counter("sensorhub.connections.closed")
             .with_unit("{connection}")
             .with_description(
-                "Admitted connections that have ended, by the first reason seen: a failed handshake, a GOAWAY of the server's (unused, idle, failed authentications, shutdown), the client closing, or an error",
+                "Admitted connections that have ended, by the first reason seen: a failed handshake, a GOAWAY of the server's (unused, idle, failed authentications, shutdown, max age), the client closing, or an error",
             )
             .build();
         for reason in CLOSE_REASONS {

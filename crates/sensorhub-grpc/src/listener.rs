@@ -73,6 +73,12 @@ pub struct ConnectionLimits {
     /// A connection that has served calls and has none open is closed
     /// (GOAWAY) after at least this.
     pub idle_timeout: Duration,
+    /// A connection older than this (± 10 %) is sent GOAWAY, so its client
+    /// reconnects and a load balancer can place it again; `None`: no limit.
+    pub max_age: Option<Duration>,
+    /// How long calls still open on a connection that reached `max_age`
+    /// may run before it is closed under them; `None`: until they end.
+    pub max_age_grace: Option<Duration>,
 }
 
 impl Default for ConnectionLimits {
@@ -83,6 +89,8 @@ impl Default for ConnectionLimits {
             handshake_timeout: Duration::from_secs(10),
             first_call_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(300),
+            max_age: None,
+            max_age_grace: None,
         }
     }
 }
