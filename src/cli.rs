@@ -19,7 +19,9 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use sensorhub_grpc::{ClientConfig, SensorClient, tls::ClientTlsFiles};
-use sensorhub_telemetry::pipeline::{ConsoleFormat, PipelineOptions, SpanRecorder, Telemetry};
+use sensorhub_telemetry::pipeline::{
+    ConsoleFormat, PipelineOptions, SpanRecorder, Telemetry, TraceRing,
+};
 
 /// Console log format (`RUST_LOG` sets the level).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -91,6 +93,12 @@ impl Cli {
             export_level: "info",
             prometheus_served,
             recorder,
+            // The live view's trace ring, fed by the pipeline when the view is on.
+            trace_ring: match &self.command {
+                Command::Serve(args) => args.view_enabled().then(TraceRing::new),
+                Command::Demo(_) => Some(TraceRing::new()),
+                _ => None,
+            },
         }
     }
 }

@@ -66,6 +66,10 @@ pub async fn run(args: DemoArgs, telemetry: &Telemetry) -> anyhow::Result<ExitCo
     server_config.shutdown_grace = Duration::from_secs(3);
     server_config.exemplars = telemetry.prometheus().and_then(|p| p.exemplars());
     server_config.metrics = telemetry.prometheus().map(super::serve::metrics_endpoint);
+    server_config.live = Some(sensorhub_grpc::LiveSettings {
+        traces: telemetry.trace_ring(),
+        jaeger_url: None,
+    });
     let store = std::sync::Arc::new(EmbeddedStore::open(EmbeddedConfig::new(
         StoreLocation::Directory(dir.path().join("data")),
     ))?);
@@ -80,6 +84,11 @@ pub async fn run(args: DemoArgs, telemetry: &Telemetry) -> anyhow::Result<ExitCo
     client_config.token = Some(token.clone());
 
     println!("sensorhub demo");
+    if let Some(http) = server.http_addr() {
+        // First, so a person can open it: the page, and what to log in with.
+        println!("  open     http://{http}/  (the live view; log in with the token)");
+        println!("  token    {token}");
+    }
     println!(
         "  server   {url}  (TLS, token required; health and /metrics on http://{})",
         server

@@ -13,7 +13,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use sensorhub_core::{AlertRules, ReadingLimits, SharedStore, StoreSettings};
 use sensorhub_grpc::{
-    MetricsEndpoint, MetricsFormat, Reload, RunningServer, ServerConfig, ServiceConfig,
+    LiveSettings, MetricsEndpoint, MetricsFormat, Reload, RunningServer, ServerConfig,
+    ServiceConfig,
     auth::{RateLimit, TokenSet},
     connection_metrics::OptionalMetrics,
     debug_pprof::{ProfileError, ProfileFormat, ProfileOutput, Profiler},
@@ -28,6 +29,13 @@ use sensorhub_telemetry::pipeline::{
     OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE, PrometheusText, Telemetry,
 };
 use sensorhub_telemetry::profiling::{self, ProfilingError};
+
+/// A feature that is on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -81,9 +89,16 @@ pub struct ServeArgs {
     /// Delete readings older than this (e.g. 30d). Default: keep everything.
     #[arg(long, env = "SENSORHUB_RETENTION", value_parser = humantime::parse_duration)]
     pub retention: Option<Duration>,
-    /// HTTP listener for /healthz, /readyz and /metrics (Prometheus); `off` to disable.
+    /// HTTP listener for /healthz, /readyz, /metrics (Prometheus) and the live view; `off` to disable.
     #[arg(long, env = "SENSORHUB_HTTP", default_value = "127.0.0.1:9464")]
     pub http: String,
+    /// The live web view on the HTTP listener, and the recorders behind it
+    /// (calls in flight, per-method rates, recent traces); off with `--http off` too.
+    #[arg(long, env = "SENSORHUB_VIEW", value_enum, default_value = "on")]
+    pub view: Switch,
+    /// Jaeger's address (e.g. http://localhost:16686): the live view links each trace to it.
+    #[arg(long, env = "SENSORHUB_JAEGER_URL")]
+    pub jaeger_url: Option<String>,
     /// Connections the HTTP listener holds at once; one more is closed at once.
     #[arg(long, env = "SENSORHUB_HTTP_MAX_CONNECTIONS", default_value_t = HttpLimits::default().max_connections)]
     pub http_max_connections: usize,
@@ -203,6 +218,11 @@ impl ServeArgs {
         !matches!(self.http.as_str(), "off" | "")
     }
 
+    /// Whether the live view (and its recorders) run: `--view on` and an HTTP listener.
+    pub fn view_enabled(&self) -> bool {
+        self.view == Switch::On && self.http_enabled()
+    }
+
     /// The server and store configuration these flags describe, or what to pass instead.
     pub fn configs(&self) -> anyhow::Result<(ServerConfig, StoreChoice)> {
         let tls = match (&self.tls_cert, &self.tls_key, self.insecure) {
@@ -306,6 +326,10 @@ pub async fn run(args: ServeArgs, telemetry: &Telemetry) -> anyhow::Result<ExitC
     let (mut config, store_config) = args.configs()?;
     config.exemplars = telemetry.prometheus().and_then(|p| p.exemplars());
     config.metrics = telemetry.prometheus().map(metrics_endpoint);
+    config.live = args.view_enabled().then(|| LiveSettings {
+        traces: telemetry.trace_ring(),
+        jaeger_url: args.jaeger_url.clone(),
+    });
     if config.tls.is_none() {
         tracing::warn!(
             "serving plaintext (--insecure): tokens and readings cross the network unencrypted"

@@ -246,6 +246,20 @@ fn demo_runs_four_sensors_and_stops_by_itself() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The live view's address and the token to log in with come first.
+    let mut lines = stdout.lines().skip(1);
+    let open = lines.next().unwrap_or_default();
+    assert!(
+        open.starts_with("  open     http://127.0.0.1:") && open.contains("/  (the live view"),
+        "{stdout}"
+    );
+    assert!(
+        lines
+            .next()
+            .unwrap_or_default()
+            .starts_with("  token    demo-"),
+        "{stdout}"
+    );
     for sensor in ["sensor-unary", "sensor-client-stream", "sensor-chat"] {
         assert!(stdout.contains(sensor), "{sensor} missing from:\n{stdout}");
     }

@@ -34,6 +34,7 @@ mod health_http;
 mod idempotency;
 mod journal_replay;
 mod limits;
+mod live_view;
 mod load;
 mod overload;
 mod profiling;

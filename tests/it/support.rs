@@ -17,3 +17,4 @@ pub mod python;
 pub mod raw_grpc;
 pub mod spawned_server;
 pub mod system_tools;
+pub mod view_client;

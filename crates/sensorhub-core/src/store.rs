@@ -26,6 +26,7 @@
 //! Invariant: the trait is object-safe (methods return boxed futures), so
 //! the transport holds one `Arc<dyn Store>` chosen at start.
 
+pub mod activity;
 pub mod metrics;
 
 use std::{future::Future, path::PathBuf, pin::Pin, sync::Arc, time::Duration};
@@ -271,6 +272,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Whether calls can be served now, announced as it changes.
     fn readiness(&self) -> watch::Receiver<Readiness>;
+
+    /// Its commits' totals and recent alerts (`activity.rs`), for a live view.
+    fn activity(&self) -> Arc<activity::StoreActivity>;
+
+    /// Its write queue and index lag now; a few atomic loads, never a wait.
+    fn backlog(&self) -> activity::StoreBacklog;
 
     /// Commits everything queued so far and stops. Later writes fail with
     /// [`StoreError::Closed`].

@@ -248,14 +248,21 @@ impl TokenSet {
     /// not depend on which token it was or how much of one matched.
     fn accepted(&self, presented: &[u8]) -> Option<([u8; 32], &Arc<Identity>)> {
         let presented = tokens_file::digest(presented);
+        self.by_digest(&presented)
+            .map(|identity| (presented, identity))
+    }
+
+    /// The identity of the token whose digest is `digest`, comparing every
+    /// digest (constant time, as [`Self::accepted`]).
+    fn by_digest(&self, presented: &[u8; 32]) -> Option<&Arc<Identity>> {
         let mut matched = subtle::Choice::from(0);
         let mut index = 0u32;
         for (i, accepted) in self.tokens.iter().enumerate() {
-            let equal = accepted.digest.ct_eq(&presented);
+            let equal = accepted.digest.ct_eq(presented);
             index.conditional_assign(&(i as u32), equal);
             matched |= equal;
         }
-        bool::from(matched).then(|| (presented, &self.tokens[index as usize].identity))
+        bool::from(matched).then(|| &self.tokens[index as usize].identity)
     }
 
     /// The rate-limit key and identity a client certificate's name stands
@@ -286,6 +293,17 @@ impl TokenSet {
     /// its `sha256:` digest (the server warns once at start).
     pub fn plain_in_file(&self) -> usize {
         self.plain_in_file
+    }
+}
+
+/// What a live-view session keeps of the token it logged in with: its
+/// SHA-256 digest, never the token, never sent anywhere. `Debug` is redacted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct TokenDigest([u8; 32]);
+
+impl fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenDigest(redacted)")
     }
 }
 
@@ -395,6 +413,35 @@ impl TokenCheck {
                 .unwrap_or_else(|e| e.into_inner())
                 .identity_of(presented)
         })
+    }
+
+    /// A login to the live view: the digest of `presented` (what its
+    /// session keeps instead of the token) and its identity, if it is a
+    /// token of the current set. Always `None` without a set.
+    pub fn login(&self, presented: &[u8]) -> Option<(TokenDigest, Arc<Identity>)> {
+        let tokens = self.tokens.as_ref()?;
+        tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .accepted(presented)
+            .map(|(digest, identity)| (TokenDigest(digest), identity.clone()))
+    }
+
+    /// The current identity of the token a session logged in with: `None`
+    /// once the token has left the set (a SIGHUP removed it); a changed
+    /// scope applies at once.
+    pub fn identity_of_login(&self, digest: &TokenDigest) -> Option<Arc<Identity>> {
+        let tokens = self.tokens.as_ref()?;
+        tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_digest(&digest.0)
+            .cloned()
+    }
+
+    /// The identity of every caller under `--no-auth`.
+    pub fn anonymous(&self) -> Arc<Identity> {
+        self.anonymous.clone()
     }
 
     /// Replaces the accepted tokens for every call from now on. `false`:

@@ -15,6 +15,9 @@
 //! - **a header-read timeout**: a request's head must arrive within
 //!   `header_timeout`, and an idle keep-alive connection is closed after as
 //!   long. A half-sent request holds its slot for that long only.
+//! - **the live view** (`GET /`, `/login`, `/view/...`) when the server's
+//!   recorders are on: a session from a token of the server's set
+//!   (`live_view.rs`).
 //! - **`/debug/pprof/profile`** when the binary supplies a profiler: a token
 //!   of the server's set, rate-limited, one at a time (`debug_pprof.rs`).
 //! - **`/metrics` rendered at most once per [`METRICS_CACHE`]** and format,
@@ -43,11 +46,10 @@ use sensorhub_core::Readiness;
 use tokio::sync::watch;
 use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower::ServiceExt as _;
 
 use crate::{
-    auth::TokenCheck,
     connection_metrics::{ConnectionMetrics, OptionalMetrics},
-    debug_pprof::{self, Profiler},
     listener::AcceptBackoff,
     server::ServeError,
 };
@@ -154,7 +156,7 @@ pub(crate) async fn start(
     store: watch::Receiver<Readiness>,
     stop: CancellationToken,
     metrics: Option<MetricsEndpoint>,
-    profiler: Option<(Arc<dyn Profiler>, TokenCheck)>,
+    extra: Vec<Router>,
 ) -> Result<(SocketAddr, JoinHandle<()>), ServeError> {
     let listener = TcpListener::bind(addr)
         .await
@@ -163,8 +165,9 @@ pub(crate) async fn start(
         .local_addr()
         .map_err(|source| ServeError::Bind { addr, source })?;
     let mut app = routes(draining.clone(), store, metrics);
-    if let Some((profiler, tokens)) = profiler {
-        app = app.merge(debug_pprof::routes(profiler, tokens, draining));
+    // What else the server serves here: the profiler, the live view.
+    for routes in extra {
+        app = app.merge(routes);
     }
     let task = tokio::spawn(serve(listener, limits, app, stop));
     Ok((bound, task))
@@ -259,7 +262,15 @@ async fn serve(listener: TcpListener, limits: HttpLimits, app: Router, stop: Can
             tracing::debug!(%peer, limit = limits.max_connections, "HTTP connection refused: limit reached");
             continue;
         };
-        let service = TowerToHyperService::new(app.clone());
+        // The peer's address, for what limits per peer (the view's logins).
+        let service = TowerToHyperService::new(app.clone().map_request(
+            move |mut request: http::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                request
+            },
+        ));
         let conn = builder.serve_connection(TokioIo::new(tcp), service);
         let stop = stop.clone();
         connections.spawn(async move {

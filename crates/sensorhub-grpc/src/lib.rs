@@ -27,6 +27,7 @@ pub mod descriptor_limit;
 pub mod health_http;
 pub mod idempotency_key;
 pub mod listener;
+pub mod live_view;
 pub mod request_budget;
 pub mod server;
 pub mod service;
@@ -39,5 +40,5 @@ pub mod tls;
 
 pub use client::{ClientConfig, SensorClient, connect};
 pub use health_http::{MetricsEndpoint, MetricsFormat};
-pub use server::{Reload, RunningServer, ServeError, ServerConfig, start};
+pub use server::{LiveSettings, Reload, RunningServer, ServeError, ServerConfig, start};
 pub use service::ServiceConfig;

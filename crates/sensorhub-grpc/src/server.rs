@@ -22,7 +22,7 @@ use sensorhub_core::{Readiness, SharedStore};
 use sensorhub_proto::{
     FILE_DESCRIPTOR_SET, SERVICE_NAME, sensor_service_server::SensorServiceServer,
 };
-use sensorhub_rpc_telemetry::{ExemplarReservoir, GrpcServerLayer};
+use sensorhub_rpc_telemetry::{ExemplarReservoir, GrpcServerLayer, LiveRecorders, live::TraceRing};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::{
@@ -39,9 +39,10 @@ use crate::{
     connection::{Http2Server, Http2Settings},
     connection_metrics::{ConnectionMetrics, OptionalMetrics},
     deadline::HeadDeadline,
-    debug_pprof::Profiler,
+    debug_pprof::{self, Profiler},
     health_http::{self, HttpLimits, MetricsEndpoint},
     listener::{self, ConnectionLimits, Connections, ServerTls},
+    live_view,
     request_budget::{MethodShape, RequestBudgetLayer, RequestLimits},
     service::{Lifecycle, SensorHub, ServiceConfig},
     tls::{ServerTlsFiles, TlsFileError},
@@ -83,6 +84,19 @@ pub struct ServerConfig {
     /// Serves `/debug/pprof/profile` on the HTTP listener (`--pprof`).
     /// `None`: no such route.
     pub profiler: Option<Arc<dyn Profiler>>,
+    /// The live view's recorders (calls in flight, rpcz, recent traces).
+    /// `None`: off, and the telemetry layer records only metrics and spans.
+    pub live: Option<LiveSettings>,
+}
+
+/// What the live view is built from.
+#[derive(Debug, Clone, Default)]
+pub struct LiveSettings {
+    /// The trace ring the telemetry pipeline feeds (`None`: tracing is off;
+    /// the ring then holds only the failed calls the server layer saw).
+    pub traces: Option<TraceRing>,
+    /// Jaeger's base URL (`http://localhost:16686`): each trace links there.
+    pub jaeger_url: Option<String>,
 }
 
 /// The decode limit of health and reflection: their requests are a service
@@ -122,6 +136,7 @@ impl ServerConfig {
             requests: RequestLimits::default(),
             optional_metrics: OptionalMetrics::default(),
             profiler: None,
+            live: None,
         }
     }
 }
@@ -150,6 +165,7 @@ pub struct RunningServer {
     stop: CancellationToken,
     task: JoinHandle<Result<(), ServeError>>,
     reload: Reload,
+    live: Option<LiveRecorders>,
 }
 
 /// What can be replaced while the server runs.
@@ -185,6 +201,11 @@ impl RunningServer {
     /// The address the gRPC listener is bound to (useful with port 0).
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    /// The live view's recorders, when they are on.
+    pub fn live(&self) -> Option<&LiveRecorders> {
+        self.live.as_ref()
     }
 
     /// The address of the HTTP health listener, if any.
@@ -306,6 +327,19 @@ pub async fn start(config: ServerConfig, store: SharedStore) -> Result<RunningSe
     let sensors = InterceptedService::new(sensors, token_check.clone());
 
     let methods = registered_methods(max_message_bytes);
+    let live = config.live.as_ref().map(|settings| {
+        LiveRecorders::new(
+            methods.iter().map(|m| &m.path),
+            settings.traces.clone().unwrap_or_default(),
+        )
+    });
+    let mut telemetry = GrpcServerLayer::new(
+        methods.iter().map(|m| m.path.clone()),
+        config.exemplars.as_deref(),
+    );
+    if let Some(live) = &live {
+        telemetry = telemetry.with_live(live.clone());
+    }
     let routes = Routes::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -323,10 +357,7 @@ pub async fn start(config: ServerConfig, store: SharedStore) -> Result<RunningSe
         .layer_fn(HeadDeadline::new)
         // Outermost of ours: it sees every call, also those refused by the
         // token check or by the call policy, with their final status.
-        .layer(GrpcServerLayer::new(
-            methods.iter().map(|m| m.path.clone()),
-            config.exemplars.as_deref(),
-        ))
+        .layer(telemetry)
         // Right around the router: 415 for a non-gRPC content-type, and
         // clear statuses for too much metadata, a missing or second unary
         // message, an unknown path or an over-size message (see call_policy.rs).
@@ -347,6 +378,21 @@ pub async fn start(config: ServerConfig, store: SharedStore) -> Result<RunningSe
     // The HTTP listener outlives the drain: `/readyz` answers 503 while
     // calls finish, and `/metrics` shows the drain.
     let http_stop = CancellationToken::new();
+    let view = match (&live, &config.live) {
+        (Some(recorders), Some(settings)) => Some(
+            Arc::new(live_view::LiveView::new(
+                live_view::Sources {
+                    store: store.clone(),
+                    recorders: recorders.clone(),
+                    jaeger: settings.jaeger_url.clone(),
+                },
+                token_check.clone(),
+                life.draining.clone(),
+            ))
+            .routes(),
+        ),
+        _ => None,
+    };
     let (http_addr, http_task) = match config.http {
         Some(addr) => {
             let (addr, task) = health_http::start(
@@ -359,7 +405,12 @@ pub async fn start(config: ServerConfig, store: SharedStore) -> Result<RunningSe
                 config
                     .profiler
                     .clone()
-                    .map(|profiler| (profiler, token_check.clone())),
+                    .map(|profiler| {
+                        debug_pprof::routes(profiler, token_check.clone(), life.draining.clone())
+                    })
+                    .into_iter()
+                    .chain(view)
+                    .collect(),
             )
             .await?;
             (Some(addr), Some(task))
@@ -447,6 +498,7 @@ pub async fn start(config: ServerConfig, store: SharedStore) -> Result<RunningSe
             tls: reload_tls,
             tokens: token_check,
         },
+        live,
     })
 }
 

@@ -7,6 +7,8 @@
 //! set on a single one), so its size is our own `sensorhub.store.readings`;
 //! a page's size is the rows it returned, `db.response.returned_rows`.
 //!
+//! A call whose own span is not recorded gets none: see `around`.
+//!
 //! They are made with the OpenTelemetry tracing API, not with `tracing`
 //! spans bridged by `tracing-opentelemetry`: a unary call pays for its commit
 //! span at every call, and the bridge (registry slot, console field
@@ -90,6 +92,17 @@ impl StoreSpans {
         work: impl Future<Output = Result<T, E>>,
     ) -> Result<T, E> {
         let parent = Context::current();
+        // The child of a call whose span is not sampled would not be either
+        // (every sampler the binary configures decides a trace once, by its
+        // root or its trace id): skip making it. What a live view's tracer
+        // costs per unsampled call is then the call's span alone.
+        {
+            let parent_span = parent.span();
+            let context = parent_span.span_context();
+            if context.is_valid() && !context.is_remote() && !parent_span.is_recording() {
+                return work.await;
+            }
+        }
         let span = self
             .tracer
             .span_builder(Cow::Borrowed(name))

@@ -31,6 +31,10 @@ pub(crate) const UNAVAILABLE: i32 = 14;
 pub trait CallEnd {
     /// `status`: the gRPC code; `response`: messages and bytes of the response body.
     fn finish(self, status: i32, response: (u64, u64));
+
+    /// Response messages (and their bytes) have just been sent, for a
+    /// recorder that shows a call's progress while it runs.
+    fn sent(&self, _messages: (u64, u64)) {}
 }
 
 pin_project! {
@@ -161,6 +165,11 @@ where
                     let (messages, bytes) = this.parser.feed(data);
                     *this.messages += messages;
                     *this.bytes += bytes;
+                    if messages > 0
+                        && let Some(call) = this.call.as_ref()
+                    {
+                        call.sent((messages, bytes));
+                    }
                 } else if let Some(trailers) = frame.trailers_ref()
                     && let Some(call) = this.call.take()
                 {

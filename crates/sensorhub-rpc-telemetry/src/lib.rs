@@ -8,13 +8,15 @@
 //!
 //! Invariant: nothing here knows sensors, exporters or the SDK (the SDK is a
 //! dev-dependency, for the tests' in-memory exporters). The layers record
-//! through the global providers, or through providers they are given.
+//! through the global providers, or through providers they are given, and,
+//! when given them, into the live view's recorders (`live`).
 
 mod body;
 mod client;
 pub mod conventions;
 pub mod exemplars;
 mod frames;
+pub mod live;
 mod outcome;
 mod propagation;
 mod server;
@@ -24,6 +26,7 @@ pub use body::ObservedBody;
 pub use client::{ClientCall, ClientFuture, GrpcClientLayer, GrpcClientService};
 pub use exemplars::ExemplarReservoir;
 pub use frames::FrameParser;
+pub use live::LiveRecorders;
 pub use server::{GrpcServerLayer, GrpcServerService, ServerCall, ServerFuture};
 pub use stability::{OPT_IN_VARIABLE, SemconvStability};
 

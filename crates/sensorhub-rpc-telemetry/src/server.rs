@@ -13,7 +13,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context as TaskContext, Poll},
-    time::Instant,
+    time::{Instant, SystemTime},
 };
 
 use http::{Request, Response};
@@ -34,9 +34,13 @@ use crate::{
     exemplars::{ExemplarReservoir, MethodExemplars},
     frames::Tally,
     instrumentation_scope,
+    live::{LiveRecorders, in_flight::Registration},
     outcome::{end_span, latency_histogram, semconv_attributes, size_histogram, status_in_head},
     propagation::HeaderExtractor,
 };
+
+/// The rpcz row of a method before `with_live` (never read without it).
+const NO_RPCZ_ROW: u16 = u16::MAX;
 
 /// Instruments the calls of a tonic server. Put it outermost
 /// (`Server::builder().layer(..)`), so it sees every call, also the ones an
@@ -104,7 +108,7 @@ impl GrpcServerLayer {
                 let m: String = m.into();
                 let value = Value::from(Arc::<str>::from(m.as_str()));
                 let exemplars = exemplars.map(|reservoir| reservoir.method(&m, &m));
-                (m, (value, exemplars))
+                (m, (value, exemplars, NO_RPCZ_ROW))
             })
             .collect();
         let other_exemplars =
@@ -113,6 +117,7 @@ impl GrpcServerLayer {
             shared: Arc::new(ServerShared {
                 methods,
                 other_exemplars,
+                other_rpcz_row: NO_RPCZ_ROW,
                 tracer,
                 stability,
                 started: meter
@@ -142,8 +147,27 @@ impl GrpcServerLayer {
                     "Duration of server calls (RPC semantic conventions)",
                     semconv::DURATION_BUCKETS,
                 ),
+                live: None,
             }),
         }
+    }
+
+    /// Also feeds the live view's recorders: every call is listed in flight
+    /// while it runs, counted in the rpcz table when it ends, and, when it
+    /// fails without a recorded span, kept among the trace ring's errors.
+    ///
+    /// # Panics
+    /// When the layer was cloned before (call it on a new layer).
+    pub fn with_live(mut self, live: LiveRecorders) -> Self {
+        let shared =
+            Arc::get_mut(&mut self.shared).expect("with_live is called on a layer not yet cloned");
+        // Each method's rpcz row, found once here rather than per call.
+        for (path, (_, _, row)) in shared.methods.iter_mut() {
+            *row = live.rpcz.method_index(path);
+        }
+        shared.other_rpcz_row = live.rpcz.method_index("");
+        shared.live = Some(live);
+        self
     }
 }
 
@@ -159,8 +183,10 @@ impl<S> Layer<S> for GrpcServerLayer {
 }
 
 struct ServerShared {
-    /// Each registered method's attribute value and exemplar rows.
-    methods: HashMap<String, (Value, Option<Arc<MethodExemplars>>)>,
+    /// Each registered method's attribute value, exemplar rows and rpcz row.
+    methods: HashMap<String, (Value, Option<Arc<MethodExemplars>>, u16)>,
+    /// The rpcz row of every other path.
+    other_rpcz_row: u16,
     /// The exemplar rows of every other path.
     other_exemplars: Option<Arc<MethodExemplars>>,
     tracer: BoxedTracer,
@@ -170,6 +196,7 @@ struct ServerShared {
     sent: Histogram<u64>,
     rcvd: Histogram<u64>,
     semconv_duration: Histogram<f64>,
+    live: Option<LiveRecorders>,
 }
 
 impl std::fmt::Debug for ServerShared {
@@ -204,9 +231,9 @@ where
         let start = Instant::now();
         let shared = &self.shared;
         let path = request.uri().path().trim_start_matches('/');
-        let (known, exemplars) = match shared.methods.get(path) {
-            Some((value, exemplars)) => (Some(value.clone()), exemplars.clone()),
-            None => (None, shared.other_exemplars.clone()),
+        let (known, exemplars, rpcz_row) = match shared.methods.get(path) {
+            Some((value, exemplars, row)) => (Some(value.clone()), exemplars.clone(), *row),
+            None => (None, shared.other_exemplars.clone(), shared.other_rpcz_row),
         };
         let a66_method = known.clone().unwrap_or(Value::from(a66::OTHER_METHOD));
         let semconv_method = known.clone().unwrap_or(Value::from(semconv::OTHER_METHOD));
@@ -227,7 +254,8 @@ where
         if let Some(port) = request.uri().port_u16() {
             attributes.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
         }
-        if let Some(peer) = peer_address(&request) {
+        let peer = peer_address(&request);
+        if let Some(peer) = peer {
             attributes.push(KeyValue::new(
                 semconv::NETWORK_PEER_ADDRESS,
                 peer.ip().to_string(),
@@ -249,6 +277,17 @@ where
             .started
             .add(1, &[KeyValue::new(a66::METHOD, a66_method.clone())]);
         let received = Arc::new(Tally::default());
+        let live = shared.live.as_ref().map(|live| CallLive {
+            method: rpcz_row,
+            peer,
+            registration: live.calls.register(
+                a66_method.clone(),
+                peer,
+                start,
+                otel.span().span_context().trace_id(),
+                received.clone(),
+            ),
+        });
         let request =
             request.map(|body| tonic::body::Body::new(CountedBody::new(body, received.clone())));
         let inner = {
@@ -265,6 +304,7 @@ where
                 otel,
                 received,
                 exemplars,
+                live,
             }),
         }
     }
@@ -349,14 +389,48 @@ pub struct ServerCall {
     otel: Context,
     received: Arc<Tally>,
     exemplars: Option<Arc<MethodExemplars>>,
+    live: Option<CallLive>,
+}
+
+/// What the live view's recorders hold of one call.
+#[derive(Debug)]
+struct CallLive {
+    /// The method's row in the rpcz table.
+    method: u16,
+    peer: Option<SocketAddr>,
+    /// `None` when the in-flight registry was full; dropping it (when the
+    /// call ends, with this `ServerCall`) removes the call from the registry.
+    registration: Option<Registration>,
 }
 
 impl CallEnd for ServerCall {
+    fn sent(&self, messages: (u64, u64)) {
+        if let Some(registration) = self.live.as_ref().and_then(|l| l.registration.as_ref()) {
+            registration.state.sent.add(messages);
+        }
+    }
+
     fn finish(self, status: i32, (sent_messages, sent_bytes): (u64, u64)) {
-        let elapsed = self.start.elapsed().as_secs_f64();
+        let now = Instant::now();
+        let took = now.saturating_duration_since(self.start);
+        let elapsed = took.as_secs_f64();
         let received = self.received.get();
         let name = status_name(status);
         let shared = &self.shared;
+        if let (Some(recorders), Some(call)) = (&shared.live, &self.live) {
+            recorders.rpcz.record(call.method, status, took, now);
+            if status != 0 && !self.otel.span().is_recording() {
+                recorders.traces.keep_unrecorded_call(
+                    self.otel.span().span_context().trace_id(),
+                    &self.a66_method.as_str(),
+                    name,
+                    SystemTime::now() - took,
+                    took,
+                    call.peer,
+                    (received.0, sent_messages),
+                );
+            }
+        }
 
         let a66 = [
             KeyValue::new(a66::METHOD, self.a66_method),

@@ -46,7 +46,12 @@ use std::{
 
 use sensorhub_core::{
     HistoryCursor, HistoryQuery, PendingWrite, Readiness, Reading, SensorStats, Store, StoreError,
-    StoreSettings, StoredReading, idempotency::KeyedPart, store::StoreFuture,
+    StoreSettings, StoredReading,
+    idempotency::KeyedPart,
+    store::{
+        StoreFuture,
+        activity::{StoreActivity, StoreBacklog},
+    },
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -122,6 +127,8 @@ struct Inner {
     /// watch never reports its sender gone.
     readiness: watch::Sender<Readiness>,
     threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// The writer's commit totals and recent alerts.
+    activity: Arc<StoreActivity>,
 }
 
 impl EmbeddedStore {
@@ -138,6 +145,7 @@ impl EmbeddedStore {
             "store opened"
         );
         let mut writer = Writer::new(loaded, &config.settings);
+        let activity = writer.activity();
         let backlog = Arc::new(Backlog::new(INDEX_BACKLOG));
         let checkpoints = Arc::new(Checkpoints::default());
         let mut indexer = Indexer::new(
@@ -233,6 +241,7 @@ impl EmbeddedStore {
                 readers,
                 readiness: watch::Sender::new(Readiness::Ready),
                 threads: std::sync::Mutex::new(threads),
+                activity,
             }),
         })
     }
@@ -368,6 +377,23 @@ impl Store for EmbeddedStore {
 
     fn readiness(&self) -> watch::Receiver<Readiness> {
         self.inner.readiness.subscribe()
+    }
+
+    fn activity(&self) -> Arc<StoreActivity> {
+        self.inner.activity.clone()
+    }
+
+    fn backlog(&self) -> StoreBacklog {
+        let capacity = self.inner.commands.max_capacity();
+        StoreBacklog {
+            queued_writes: capacity - self.inner.commands.capacity(),
+            queue_capacity: capacity,
+            index_lag: self
+                .inner
+                .acknowledged
+                .load(Ordering::Acquire)
+                .saturating_sub(*self.inner.visible.borrow()),
+        }
     }
 
     /// Commits everything queued so far, has it indexed, checkpoints the

@@ -183,6 +183,13 @@ impl Writer {
         }
     }
 
+    /// The commit totals and recent alerts this writer records.
+    pub(super) fn activity(
+        &self,
+    ) -> std::sync::Arc<sensorhub_core::store::activity::StoreActivity> {
+        self.metrics.activity()
+    }
+
     pub(super) fn last_seq(&self) -> u64 {
         self.last_seq
     }

@@ -42,7 +42,11 @@ use sensorhub_core::{
     HistoryCursor, HistoryQuery, PendingWrite, Readiness, Reading, SensorStats, Store, StoreError,
     StoreSettings, StoredReading,
     idempotency::KeyedPart,
-    store::{StoreFuture, metrics::StoreMetrics},
+    store::{
+        StoreFuture,
+        activity::{StoreActivity, StoreBacklog},
+        metrics::StoreMetrics,
+    },
 };
 use tokio::{
     sync::{mpsc, oneshot, watch},
@@ -95,6 +99,8 @@ struct Inner {
     readiness: watch::Sender<Readiness>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     writer: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// The writer's commit totals and recent alerts.
+    activity: Arc<StoreActivity>,
 }
 
 impl PostgresStore {
@@ -177,6 +183,7 @@ impl PostgresStore {
             committed: committed.clone(),
             telemetry: telemetry.clone(),
         };
+        let activity = writer.metrics.activity();
         let writer = tokio::spawn(writer.run(commands_rx));
         let listener = tokio::spawn(
             follow::Listener {
@@ -212,6 +219,7 @@ impl PostgresStore {
                     [Some(listener), retention].into_iter().flatten().collect(),
                 ),
                 writer: std::sync::Mutex::new(Some(writer)),
+                activity,
             }),
         })
     }
@@ -381,6 +389,20 @@ impl Store for PostgresStore {
 
     fn readiness(&self) -> watch::Receiver<Readiness> {
         self.inner.readiness.subscribe()
+    }
+
+    fn activity(&self) -> Arc<StoreActivity> {
+        self.inner.activity.clone()
+    }
+
+    /// The write queue; no index lag (a commit is its own index).
+    fn backlog(&self) -> StoreBacklog {
+        let capacity = self.inner.commands.max_capacity();
+        StoreBacklog {
+            queued_writes: capacity - self.inner.commands.capacity(),
+            queue_capacity: capacity,
+            index_lag: 0,
+        }
     }
 
     /// Commits everything queued so far and stops; the pool's connections close.

@@ -9,6 +9,7 @@
 //! `OTEL_SDK_DISABLED=true` those calls are no-ops.
 
 mod accounting;
+mod live_spans;
 mod openmetrics;
 pub mod settings;
 mod span_tree;
@@ -34,6 +35,7 @@ use tracing_subscriber::{
 
 pub use openmetrics::OPENMETRICS_CONTENT_TYPE;
 pub use sensorhub_rpc_telemetry::ExemplarReservoir;
+pub use sensorhub_rpc_telemetry::live::TraceRing;
 pub use settings::{Exporter, Protocol, Settings, SettingsError};
 pub use span_tree::SpanRecorder;
 
@@ -60,6 +62,9 @@ pub struct PipelineOptions {
     pub prometheus_served: bool,
     /// Keep finished spans in memory too (the demo prints a trace tree).
     pub recorder: Option<SpanRecorder>,
+    /// Feed the live view's trace ring. Tracing is then on even without an
+    /// exporter, recording only what the ring admits (`pipeline/live_spans.rs`).
+    pub trace_ring: Option<TraceRing>,
 }
 
 /// Why telemetry could not start. Each names what to fix.
@@ -86,6 +91,7 @@ pub struct Telemetry {
     logger: Option<SdkLoggerProvider>,
     prometheus: Option<PrometheusText>,
     recorder: Option<SpanRecorder>,
+    trace_ring: Option<TraceRing>,
 }
 
 /// Renders the current metrics for `/metrics`: in the Prometheus text
@@ -218,10 +224,9 @@ impl Telemetry {
             None
         };
 
-        let tracer = if enabled && (!settings.traces.is_empty() || options.recorder.is_some()) {
-            let mut builder = SdkTracerProvider::builder()
-                .with_resource(resource.clone())
-                .with_sampler(sampler(&settings));
+        let exported = !settings.traces.is_empty() || options.recorder.is_some();
+        let tracer = if enabled && (exported || options.trace_ring.is_some()) {
+            let mut processors: Vec<Box<dyn sdktrace::SpanProcessor>> = Vec::new();
             let account = accounting::ExportAccount::new(
                 "traces",
                 "otel.sdk.exporter.span.exported",
@@ -232,24 +237,49 @@ impl Telemetry {
                 },
             );
             for exporter in &settings.traces {
-                builder = match exporter {
-                    Exporter::Otlp => builder.with_batch_exporter(accounting::Accounted {
-                        inner: otlp_exporter!(
-                            opentelemetry_otlp::SpanExporter,
-                            "traces",
-                            settings.traces_protocol
-                        )?,
-                        account: account.clone(),
-                    }),
-                    Exporter::Console => {
-                        builder.with_batch_exporter(opentelemetry_stdout::SpanExporter::default())
-                    }
-                    Exporter::Prometheus => builder,
-                };
+                match exporter {
+                    Exporter::Otlp => processors.push(Box::new(
+                        sdktrace::BatchSpanProcessor::builder(accounting::Accounted {
+                            inner: otlp_exporter!(
+                                opentelemetry_otlp::SpanExporter,
+                                "traces",
+                                settings.traces_protocol
+                            )?,
+                            account: account.clone(),
+                        })
+                        .build(),
+                    )),
+                    Exporter::Console => processors.push(Box::new(
+                        sdktrace::BatchSpanProcessor::builder(
+                            opentelemetry_stdout::SpanExporter::default(),
+                        )
+                        .build(),
+                    )),
+                    Exporter::Prometheus => {}
+                }
             }
             if let Some(recorder) = &options.recorder {
-                builder = builder.with_simple_exporter(recorder.clone());
+                processors.push(Box::new(sdktrace::SimpleSpanProcessor::new(
+                    recorder.clone(),
+                )));
             }
+            let builder = SdkTracerProvider::builder().with_resource(resource.clone());
+            let builder = match &options.trace_ring {
+                // The ring's processor is the only one and hands spans on.
+                Some(ring) => builder
+                    .with_sampler(live_spans::LiveSampler::new(
+                        exported.then(|| sampler(&settings)),
+                        ring.clone(),
+                    ))
+                    .with_span_processor(live_spans::LiveSpanProcessor::new(
+                        ring.clone(),
+                        processors,
+                    )),
+                None => processors.into_iter().fold(
+                    builder.with_sampler(sampler(&settings)),
+                    |builder, processor| builder.with_span_processor(BoxedProcessor(processor)),
+                ),
+            };
             let provider = builder.build();
             global::set_tracer_provider(provider.clone());
             Some(provider)
@@ -309,6 +339,7 @@ impl Telemetry {
         install_subscriber(&options, tracer.as_ref(), logger.as_ref())?;
         Ok(Telemetry {
             recorder: options.recorder.filter(|_| tracer.is_some()),
+            trace_ring: options.trace_ring.filter(|_| tracer.is_some()),
             tracer,
             meter,
             logger,
@@ -319,6 +350,12 @@ impl Telemetry {
     /// The `/metrics` renderer, when metrics go to Prometheus.
     pub fn prometheus(&self) -> Option<PrometheusText> {
         self.prometheus.clone()
+    }
+
+    /// The live view's trace ring, if one was asked for and tracing is on
+    /// (not with `OTEL_SDK_DISABLED=true`).
+    pub fn trace_ring(&self) -> Option<TraceRing> {
+        self.trace_ring.clone()
     }
 
     /// The in-memory span recorder, if one was asked for and tracing is on.
@@ -357,6 +394,28 @@ impl Telemetry {
                 "telemetry was not flushed in time; exiting without it"
             );
         }
+    }
+}
+
+/// A boxed processor as one the builder takes (it wants a concrete type).
+#[derive(Debug)]
+struct BoxedProcessor(Box<dyn sdktrace::SpanProcessor>);
+
+impl sdktrace::SpanProcessor for BoxedProcessor {
+    fn on_start(&self, span: &mut sdktrace::Span, cx: &opentelemetry::Context) {
+        self.0.on_start(span, cx)
+    }
+    fn on_end(&self, span: sdktrace::SpanData) {
+        self.0.on_end(span)
+    }
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.force_flush()
+    }
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+    fn set_resource(&mut self, resource: &Resource) {
+        self.0.set_resource(resource)
     }
 }
 

@@ -8,6 +8,9 @@
 //! - `sensorhub.sensor.temperature` (Cel): the last temperature per sensor,
 //!   as a gauge with `sensor.id`, for at most `max_tracked_sensors` sensors
 //!   (the first ones seen) so that a flood of ids cannot blow up cardinality.
+//!
+//! The same commits also feed the store's [`StoreActivity`] (commit totals
+//! and recent alerts, for the live view), which needs no SDK either.
 
 use std::{
     collections::HashMap,
@@ -20,6 +23,7 @@ use opentelemetry::{
     metrics::{Counter, Histogram},
 };
 
+use super::activity::StoreActivity;
 use crate::{Alert, AlertRule};
 
 /// Commit durations, seconds: from 50 µs (an fsync-free memory commit) to 5 s.
@@ -38,6 +42,7 @@ pub struct StoreMetrics {
     commit_size: Histogram<u64>,
     alerts: Counter<u64>,
     last: Arc<LastTemperatures>,
+    activity: Arc<StoreActivity>,
 }
 
 #[derive(Debug)]
@@ -91,7 +96,14 @@ impl StoreMetrics {
                 .build(),
             alerts,
             last,
+            activity: Arc::default(),
         }
+    }
+
+    /// What the engine hands a live view: the totals and alerts of the
+    /// commits recorded here.
+    pub fn activity(&self) -> Arc<StoreActivity> {
+        self.activity.clone()
     }
 
     /// One successful group commit.
@@ -99,9 +111,10 @@ impl StoreMetrics {
         &self,
         elapsed: Duration,
         readings: usize,
-        alerts: impl Iterator<Item = &'a Alert>,
+        alerts: impl Iterator<Item = &'a Alert> + Clone,
         last: impl Iterator<Item = (&'a str, f64)>,
     ) {
+        self.activity.committed(elapsed, readings, alerts.clone());
         self.commit_duration.record(elapsed.as_secs_f64(), &[]);
         self.commit_size.record(readings as u64, &[]);
         for alert in alerts {
