@@ -35,6 +35,7 @@ mod idempotency;
 mod journal_replay;
 mod limits;
 mod live_view;
+mod live_view_browser;
 mod load;
 mod overload;
 mod profiling;
