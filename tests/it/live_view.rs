@@ -130,7 +130,18 @@ async fn the_login_form_its_refusals_and_the_session_cookie() {
 #[tokio::test]
 async fn stored_readings_reach_the_series_and_alerts_the_feed() {
     let dir = tempfile::tempdir().unwrap();
-    let server = serve(&dir);
+    readings_and_alerts(serve(&dir)).await;
+}
+
+/// The same on the PostgreSQL engine: rows, series, tail and alerts come
+/// through the `Store` trait.
+#[tokio::test]
+async fn on_postgresql_stored_readings_reach_the_series_and_alerts_the_feed() {
+    let url = sensorhub_grpc::testing::fresh_database_url().await;
+    readings_and_alerts(Serve::insecure_on_database(&url, TOKEN).start()).await;
+}
+
+async fn readings_and_alerts(server: SpawnedServer) {
     let mut sensors = client(&server.url(), TOKEN).await;
     let now = unix_now();
     sensors
