@@ -3,7 +3,9 @@
 //! `sensorhub serve`. It opens the page, logs in through the form, sees every
 //! sensor's row and chart, sees a reading sent after the page loaded reach
 //! the table and the chart within 2 s, and saves a screenshot to
-//! `target/live-view.png` (the README's `docs/live-view.png` is a copy).
+//! `target/live-view.png` (the README's `docs/live-view.png` is a copy);
+//! then, at a phone's width, checks that the page is no wider than the
+//! window and saves `target/live-view-phone.png`.
 //!
 //! It fails, never skips, when Chromium or chromedriver is missing:
 //! `cargo xtask test` installs both (xtask/src/packages.rs).
@@ -323,6 +325,26 @@ async fn chromium_logs_in_and_watches_a_reading_arrive() {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, &png).unwrap();
     eprintln!("screenshot: {}", path.display());
+
+    // At a phone's width the page is one column and never wider than the
+    // screen (wide tables scroll inside their own box).
+    browser.set_window_size(390, 1400).await.expect("a phone-sized window");
+    let (width, client) = until(Duration::from_secs(5), "the page at phone width", async || {
+        let sizes = browser
+            .execute(
+                "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]",
+                vec![],
+            )
+            .await
+            .ok()?;
+        let (scroll, client) = (sizes[0].as_u64()?, sizes[1].as_u64()?);
+        (client < 500).then_some((scroll, client))
+    })
+    .await
+    .0;
+    assert!(width <= client, "the page is {width} px wide in a {client} px window");
+    let phone = path.with_file_name("live-view-phone.png");
+    std::fs::write(&phone, browser.screenshot().await.expect("a screenshot")).unwrap();
 
     browser.close().await.expect("end the session");
     let _ = stop_chat.send(());
