@@ -328,7 +328,10 @@ async fn chromium_logs_in_and_watches_a_reading_arrive() {
 
     // At a phone's width the page is one column and never wider than the
     // screen (wide tables scroll inside their own box).
-    browser.set_window_size(390, 1400).await.expect("a phone-sized window");
+    browser
+        .set_window_size(390, 1400)
+        .await
+        .expect("a phone-sized window");
     let (width, client) = until(Duration::from_secs(5), "the page at phone width", async || {
         let sizes = browser
             .execute(
@@ -342,7 +345,10 @@ async fn chromium_logs_in_and_watches_a_reading_arrive() {
     })
     .await
     .0;
-    assert!(width <= client, "the page is {width} px wide in a {client} px window");
+    assert!(
+        width <= client,
+        "the page is {width} px wide in a {client} px window"
+    );
     let phone = path.with_file_name("live-view-phone.png");
     std::fs::write(&phone, browser.screenshot().await.expect("a screenshot")).unwrap();
 
