@@ -1,6 +1,6 @@
 //! What the PostgreSQL engine exports from a live replica (issue 15),
 //! received by the in-process OTLP receiver and scraped from `/metrics`:
-//! - a client span per group commit, `INSERT readings` of the engine's own
+//! - a client span per group commit, `COPY readings` of the engine's own
 //!   scope, with `db.system.name=postgresql`, `db.operation.name`,
 //!   `db.collection.name`, `db.namespace`, `server.address`/`server.port`
 //!   and the group's size (rows and calls), the sizes adding up to what was
@@ -64,7 +64,7 @@ async fn database_telemetry_commit_spans_and_pool_metrics_are_exported_and_scrap
             let commits: Vec<_> = r
                 .spans()
                 .into_iter()
-                .filter(|s| s.scope == SCOPE && s.name() == "INSERT readings")
+                .filter(|s| s.scope == SCOPE && s.name() == "COPY readings")
                 .collect();
             let rows: i64 = commits
                 .iter()
@@ -95,7 +95,7 @@ async fn database_telemetry_commit_spans_and_pool_metrics_are_exported_and_scrap
         );
         for (key, value) in [
             ("db.system.name", "postgresql"),
-            ("db.operation.name", "INSERT"),
+            ("db.operation.name", "COPY"),
             ("db.collection.name", "readings"),
             ("db.namespace", database.as_str()),
             ("server.address", "127.0.0.1"),

@@ -1,15 +1,16 @@
 //! The PostgreSQL engine's own telemetry, through the OpenTelemetry API only
 //! (with no SDK installed, no-ops):
 //!
-//! - a client span per group commit, `INSERT readings`, with the database
-//!   conventions' attributes (`db.system.name=postgresql`, `db.namespace`,
-//!   `db.operation.name`, `db.collection.name`, `server.address`,
-//!   `server.port`) and the group's size: `sensorhub.store.readings` (rows)
-//!   and `sensorhub.store.writes` (the calls it holds). One INSERT of many
-//!   rows is one operation, so `db.operation.batch.size` is not set (as in
-//!   the transport's spans). The span has no parent: one commit serves many
-//!   calls, whose own `INSERT readings` spans (made by the transport) cover
-//!   their wait for it.
+//! - a client span per group commit, `COPY readings` (the rows go by
+//!   binary `COPY`, `writer.rs`), with the database conventions' attributes
+//!   (`db.system.name=postgresql`, `db.namespace`, `db.operation.name=COPY`,
+//!   `db.collection.name`, `server.address`, `server.port`) and the group's
+//!   size: `sensorhub.store.readings` (rows) and `sensorhub.store.writes`
+//!   (the calls it holds). One COPY of many rows is one operation, so
+//!   `db.operation.batch.size` is not set (as in the transport's spans). The
+//!   span has no parent: one commit serves many calls, whose own `INSERT
+//!   readings` spans (made by the transport, in the engine-neutral words of
+//!   what the call asked for) cover their wait for it.
 //! - the connection-pool metrics of the conventions:
 //!   `db.client.connection.count` by `db.client.connection.state`
 //!   (`idle`, `used`), `db.client.connection.max`,
@@ -100,7 +101,7 @@ impl DbTelemetry {
             span_attributes: vec![
                 KeyValue::new("db.system.name", "postgresql"),
                 KeyValue::new("db.namespace", url.database().to_owned()),
-                KeyValue::new("db.operation.name", "INSERT"),
+                KeyValue::new("db.operation.name", "COPY"),
                 KeyValue::new("db.collection.name", "readings"),
                 KeyValue::new("server.address", host),
                 KeyValue::new("server.port", i64::from(port)),
@@ -137,7 +138,7 @@ impl DbTelemetry {
     /// The span of one group commit of `readings` rows from `writes` calls.
     pub(crate) fn commit_span(&self, readings: usize, writes: usize) -> global::BoxedSpan {
         self.tracer
-            .span_builder(Cow::Borrowed("INSERT readings"))
+            .span_builder(Cow::Borrowed("COPY readings"))
             .with_kind(SpanKind::Client)
             .with_attributes(self.span_attributes.iter().cloned().chain([
                 KeyValue::new("sensorhub.store.readings", readings as i64),
