@@ -230,6 +230,7 @@ function renderSensors() {
     el('td', { class: 'num', text: fixed(row.rolling_mean) }),
     el('td', { class: row.alerts ? 'num alerting' : 'num', text: String(row.alerts) }),
   )));
+  if (!rows.length) body.replaceChildren(el('tr', {}, el('td', { colspan: '9', class: 'note', text: 'No readings stored yet: start a sensor (sensorhub sensor) or sensorhub demo.' })));
   document.getElementById('more-sensors').hidden = !state.moreSensors;
 }
 
