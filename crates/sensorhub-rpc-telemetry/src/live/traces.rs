@@ -35,7 +35,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant, SystemTime},
 };
@@ -219,6 +219,9 @@ struct Inner {
     /// Before this (nanoseconds since `epoch`) no known name may be admitted.
     quiet_until: AtomicU64,
     epoch: Instant,
+    /// How many traces are being assembled (`State::pending.len()`, written
+    /// under the lock).
+    pending_traces: AtomicUsize,
 }
 
 impl Default for Inner {
@@ -228,6 +231,7 @@ impl Default for Inner {
             generation: AtomicU64::new(0),
             quiet_until: AtomicU64::new(0),
             epoch: Instant::now(),
+            pending_traces: AtomicUsize::new(0),
         }
     }
 }
@@ -333,6 +337,9 @@ impl TraceRing {
                     if now.saturating_duration_since(admitted) >= PENDING_REPLACEABLE_AFTER =>
                 {
                     state.forget_pending(&id);
+                    self.inner
+                        .pending_traces
+                        .store(state.pending.len(), Ordering::Relaxed);
                 }
                 _ => return false,
             }
@@ -362,11 +369,19 @@ impl TraceRing {
             },
         );
         state.stats.admitted += 1;
+        self.inner
+            .pending_traces
+            .store(state.pending.len(), Ordering::Relaxed);
         true
     }
 
-    /// Whether the trace is being assembled (its spans are wanted).
+    /// Whether the trace is being assembled (its spans are wanted). While
+    /// none is, one atomic load answers, without the lock: a server that
+    /// exports every span asks this at the end of each.
     pub fn is_pending(&self, trace_id: TraceId) -> bool {
+        if self.inner.pending_traces.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
         self.lock().pending.contains_key(&trace_id)
     }
 
@@ -382,6 +397,9 @@ impl TraceRing {
         }
         if local_root {
             let mut pending = state.forget_pending(&trace_id).expect("pending");
+            self.inner
+                .pending_traces
+                .store(state.pending.len(), Ordering::Relaxed);
             pending.spans.push(span);
             let trace = state.finish(Some(trace_id), pending);
             state.keep(trace);

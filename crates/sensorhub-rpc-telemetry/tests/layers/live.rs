@@ -8,21 +8,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response};
-use http_body_util::{BodyExt, Empty, channel::Channel};
+use http_body_util::{BodyExt, channel::Channel};
 use opentelemetry::{global::ObjectSafeTracerProvider, trace::noop::NoopTracerProvider};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use sensorhub_rpc_telemetry::{GrpcServerLayer, LiveRecorders, SemconvStability, live::TraceRing};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
+use crate::recorded::{
+    answers_once_with, answers_trailers_only, call, message, trailers_only_call,
+};
+
 const CHAT: &str = "Test/Chat";
 const UNARY: &str = "Test/Unary";
-
-fn message(payload: &[u8]) -> Bytes {
-    let mut frame = vec![0];
-    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    frame.extend_from_slice(payload);
-    Bytes::from(frame)
-}
 
 fn trailers(code: u16) -> HeaderMap {
     let mut trailers = HeaderMap::new();
@@ -108,19 +105,8 @@ async fn a_streaming_call_is_in_flight_with_growing_counts_until_its_trailers() 
 #[tokio::test]
 async fn a_failed_call_without_a_recorded_span_is_kept_among_the_errors() {
     let live = LiveRecorders::new([CHAT, UNARY], TraceRing::new());
-    let mut service = layer(&live).layer(service_fn(|_request| async {
-        let mut response = Response::new(Empty::<Bytes>::new());
-        response
-            .headers_mut()
-            .insert("grpc-status", HeaderValue::from(3u16));
-        Ok::<_, std::convert::Infallible>(response)
-    }));
-    let request = Request::builder()
-        .uri(format!("http://localhost/{UNARY}"))
-        .header("content-type", "application/grpc")
-        .body(tonic::body::Body::empty())
-        .unwrap();
-    service.ready().await.unwrap().call(request).await.unwrap();
+    let mut service = layer(&live).layer(answers_trailers_only(3));
+    trailers_only_call(&mut service, &format!("/{UNARY}")).await;
 
     assert!(live.calls.is_empty());
     let rows = live.rpcz.snapshot(Instant::now()).rows;
@@ -142,17 +128,8 @@ async fn a_failed_call_without_a_recorded_span_is_kept_among_the_errors() {
 async fn a_cancelled_call_leaves_the_registry() {
     let live = LiveRecorders::new([CHAT, UNARY], TraceRing::new());
     let (_responses, response_body) = Channel::<Bytes>::new(4);
-    let mut response_body = Some(response_body);
-    let mut service = layer(&live).layer(service_fn(move |_request| {
-        let body = response_body.take().expect("one call");
-        async move { Ok::<_, std::convert::Infallible>(Response::new(body)) }
-    }));
-    let request = Request::builder()
-        .uri(format!("http://localhost/{CHAT}"))
-        .header("content-type", "application/grpc")
-        .body(tonic::body::Body::empty())
-        .unwrap();
-    let response = service.ready().await.unwrap().call(request).await.unwrap();
+    let mut service = layer(&live).layer(answers_once_with(response_body));
+    let response = call(&mut service, &format!("/{CHAT}")).await;
     assert_eq!(live.calls.len(), 1);
     drop(response);
     assert!(live.calls.is_empty());
