@@ -83,8 +83,14 @@ pub fn run(command: &mut Command) -> Result<(), String> {
     }
 }
 
+/// The checkout this run is for. `cargo run` (the `cargo xtask` alias) sets
+/// `CARGO_MANIFEST_DIR` for the binary it starts, so a binary built in
+/// another checkout (a `target/` copied from it, whose build cargo kept)
+/// still works on this one; the path compiled in is the fallback.
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .parent()
         .expect("xtask/ lies in the workspace root")
         .to_owned()
