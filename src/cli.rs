@@ -121,13 +121,17 @@ impl Command {
 /// How client commands reach the server.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
-    /// Server URL: https://HOST:PORT, or http://HOST:PORT for a server run with --insecure.
+    /// Server URL: https://HOST:PORT, or http://HOST:PORT for a server run
+    /// with --insecure. Repeat it (or give a name with several addresses)
+    /// for replicas: calls are balanced over every address, and one that
+    /// fails its health checks gets none until it recovers.
     #[arg(
-        long,
+        long = "server",
         env = "SENSORHUB_SERVER",
+        value_delimiter = ',',
         default_value = "https://localhost:50051"
     )]
-    pub server: String,
+    pub servers: Vec<String>,
     /// CA certificate to trust (PEM). Default: the system's roots.
     #[arg(long, env = "SENSORHUB_CA")]
     pub ca: Option<PathBuf>,
@@ -146,9 +150,15 @@ pub struct ConnectArgs {
 }
 
 impl ConnectArgs {
+    /// The servers as one name, for messages.
+    pub fn target(&self) -> String {
+        self.servers.join(",")
+    }
+
     pub fn config(&self) -> ClientConfig {
         ClientConfig {
-            server: self.server.clone(),
+            server: self.servers.first().cloned().unwrap_or_default(),
+            replicas: self.servers.iter().skip(1).cloned().collect(),
             tls: ClientTlsFiles {
                 ca: self.ca.clone(),
                 cert: self.client_cert.clone(),

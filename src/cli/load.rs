@@ -29,7 +29,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use sensorhub_grpc::ClientConfig;
+use sensorhub_grpc::client::replicas::ReplicaSet;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -183,6 +183,10 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
     }
 
     let config = args.connect.config();
+    // Health checks run on this runtime; each load thread makes its own
+    // balancers (and connections) over the same endpoints and counters.
+    let replicas = ReplicaSet::connect(&config, &config.servers()).await?;
+    let token = config.token.clone();
     let timestamp = unix_now();
     let fleet = Fleet::numbered(&args.sensor_prefix, args.sensors, timestamp);
     let query_sensor = args
@@ -191,7 +195,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| fleet.ids[0].clone());
     if args.seed > 0 {
         // On connections of its own: the run's belong to the load threads.
-        let conns = wire::connect(&config, args.connections.min(4)).await?;
+        let conns = wire::connect(&replicas, token.as_deref(), args.connections.min(4)).await?;
         seed(&conns, &query_sensor, args.seed, timestamp, args.quiet).await?;
     }
     let query_limit = args
@@ -223,7 +227,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
             .collect();
         loaders.push(Loader::spawn(
             t,
-            config.clone(),
+            replicas.clone(),
+            token.clone(),
             jobs,
             args.mode == LoadMode::Chat,
             stop.clone(),
@@ -313,6 +318,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_default(),
         interrupted: stop.is_cancelled(),
         tally,
+        endpoints: replicas.endpoints(),
     };
     if args.json {
         println!("{}", report.json());
@@ -356,7 +362,8 @@ struct Loader {
 impl Loader {
     fn spawn(
         t: usize,
-        config: ClientConfig,
+        replicas: ReplicaSet,
+        token: Option<String>,
         jobs: Vec<JobSpec>,
         chat: bool,
         stop: CancellationToken,
@@ -376,7 +383,7 @@ impl Loader {
                 }
             };
             runtime.block_on(async move {
-                let conns = match wire::connect(&config, jobs.len()).await {
+                let conns = match wire::connect(&replicas, token.as_deref(), jobs.len()).await {
                     Ok(conns) => conns,
                     Err(e) => {
                         let _ = connected_tx.send(Err(e.into()));

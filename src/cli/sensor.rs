@@ -45,7 +45,7 @@ pub async fn run(args: SensorArgs) -> anyhow::Result<ExitCode> {
     let sensor_id = args
         .sensor_id
         .unwrap_or_else(|| format!("sensor-{:04x}", rand::random::<u16>()));
-    tracing::info!(sensor = %sensor_id, mode = ?args.mode, server = %args.connect.server, "sensor started");
+    tracing::info!(sensor = %sensor_id, mode = ?args.mode, server = %args.connect.target(), "sensor started");
     // Ctrl-C or SIGTERM cancels a call in progress; a chat open between
     // calls is ended cleanly.
     let stop = Stop::new();

@@ -10,6 +10,7 @@ mod support;
 
 mod auth;
 mod bad_input;
+mod balancing;
 mod cert_identities;
 mod cli;
 mod commit_lost;

@@ -6,6 +6,7 @@
 //! (`client/unsent_retry.rs`).
 
 mod diagnosis;
+pub mod replicas;
 pub mod unsent_retry;
 
 use std::time::Duration;
@@ -22,6 +23,7 @@ use sensorhub_rpc_telemetry::{GrpcClientLayer, GrpcClientService};
 use tower::Layer as _;
 
 use crate::{auth::AUTHORIZATION, tls::ClientTlsFiles};
+use replicas::{Balanced, ReplicaSet};
 use unsent_retry::UnsentRetry;
 
 /// Where and how to connect.
@@ -29,6 +31,9 @@ use unsent_retry::UnsentRetry;
 pub struct ClientConfig {
     /// `https://host:port` (TLS) or `http://host:port` (plaintext).
     pub server: String,
+    /// More servers (replicas of one service) to spread calls over along
+    /// with `server` (`client/replicas.rs`).
+    pub replicas: Vec<String>,
     pub tls: ClientTlsFiles,
     pub token: Option<String>,
     pub connect_timeout: Duration,
@@ -38,17 +43,30 @@ impl ClientConfig {
     pub fn new(server: impl Into<String>) -> Self {
         Self {
             server: server.into(),
+            replicas: Vec::new(),
             tls: ClientTlsFiles::default(),
             token: None,
             connect_timeout: Duration::from_secs(5),
         }
+    }
+
+    /// `server` and the `replicas`, in order.
+    pub fn servers(&self) -> Vec<String> {
+        std::iter::once(self.server.clone())
+            .chain(self.replicas.iter().cloned())
+            .collect()
+    }
+
+    /// The servers as one name, for messages and `grpc.target`.
+    pub fn target(&self) -> String {
+        self.servers().join(",")
     }
 }
 
 /// A channel whose calls are traced and measured (client spans, A66 client
 /// metrics, `traceparent` sent to the server), and sent again when they
 /// never left the client.
-pub type ObservedChannel = GrpcClientService<UnsentRetry<Channel>>;
+pub type ObservedChannel = GrpcClientService<UnsentRetry<Balanced>>;
 
 /// A SensorService client that sends the token with every call.
 pub type SensorClient = SensorServiceClient<InterceptedService<ObservedChannel, AttachToken>>;
@@ -133,13 +151,12 @@ pub fn endpoint(config: &ClientConfig) -> Result<Endpoint, ConnectError> {
     Ok(endpoint)
 }
 
-/// Connects (eagerly, so a wrong address or certificate shows up here).
+/// Connects (eagerly, so a wrong address or certificate shows up here) to
+/// every address of every server, and balances calls over them.
 pub async fn connect(config: &ClientConfig) -> Result<SensorClient, ConnectError> {
-    let channel = endpoint(config)?
-        .connect()
-        .await
-        .map_err(|e| ConnectError::connect(config, &e))?;
-    client_for(channel, &config.server, config.token.as_deref())
+    let replicas = ReplicaSet::connect(config, &config.servers()).await?;
+    let channel = replicas.channel().await?;
+    client_over(channel, &config.target(), config.token.as_deref())
 }
 
 /// Wraps an existing channel to `server` with telemetry and the token interceptor.
@@ -148,7 +165,16 @@ pub fn client_for(
     server: &str,
     token: Option<&str>,
 ) -> Result<SensorClient, ConnectError> {
-    let observed = GrpcClientLayer::new(server).layer(UnsentRetry::new(channel));
+    client_over(Balanced::direct(channel, server), server, token)
+}
+
+/// Wraps a balancer over `target` with telemetry and the token interceptor.
+pub fn client_over(
+    channel: Balanced,
+    target: &str,
+    token: Option<&str>,
+) -> Result<SensorClient, ConnectError> {
+    let observed = GrpcClientLayer::new(target).layer(UnsentRetry::new(channel));
     Ok(SensorServiceClient::with_interceptor(
         observed,
         AttachToken::new(token)?,

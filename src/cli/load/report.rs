@@ -11,6 +11,7 @@ use super::{
     tally::{CODES, KindTally, Tally},
 };
 use crate::{cli::CallError, simulator::Kind};
+use sensorhub_grpc::client::replicas::EndpointStats;
 
 /// The canonical name of a status code, as gRPC's own metrics spell it.
 pub(super) fn code_name(code: tonic::Code) -> &'static str {
@@ -39,6 +40,18 @@ pub(super) struct Report<'a> {
     pub elapsed: Duration,
     pub interrupted: bool,
     pub tally: Tally,
+    /// The endpoints calls went to (`--server`s and their addresses).
+    pub endpoints: &'a [std::sync::Arc<EndpointStats>],
+}
+
+/// What one endpoint got, over the whole run (seeding and warm-up included).
+#[derive(Serialize)]
+struct EndpointJson {
+    address: String,
+    url: String,
+    calls: u64,
+    failures: u64,
+    ejections: u64,
 }
 
 /// Latency percentiles in milliseconds.
@@ -98,7 +111,7 @@ struct ReportJson<'a> {
     mode: &'static str,
     #[serde(rename = "loop")]
     loop_kind: &'static str,
-    server: &'a str,
+    server: String,
     connections: usize,
     concurrency: usize,
     sensors: usize,
@@ -117,6 +130,7 @@ struct ReportJson<'a> {
     query_sensor: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     kinds: Option<BTreeMap<&'static str, KindJson>>,
+    endpoints: Vec<EndpointJson>,
 }
 
 /// The codes `kind` failed with, each with its count and first message.
@@ -194,7 +208,7 @@ impl Report<'_> {
             total: self.kind_json(&total),
             mode: mode.name(),
             loop_kind: self.loop_name(),
-            server: &args.connect.server,
+            server: args.connect.target(),
             connections: args.connections,
             concurrency: self.concurrency,
             sensors: args.sensors,
@@ -223,6 +237,17 @@ impl Report<'_> {
                     .map(|k| (k.name(), self.kind_json(&self.tally.kinds[k as usize])))
                     .collect()
             }),
+            endpoints: self
+                .endpoints
+                .iter()
+                .map(|e| EndpointJson {
+                    address: e.target.address.to_string(),
+                    url: e.target.url.clone(),
+                    calls: e.calls(),
+                    failures: e.failures(),
+                    ejections: e.ejections(),
+                })
+                .collect(),
         };
         serde_json::to_string(&report).expect("a report serializes")
     }
@@ -247,7 +272,7 @@ impl Report<'_> {
             out,
             "sensorhub load: {} against {}\n  {shape}, {} connections, {} sensors{}",
             args.mode.name(),
-            args.connect.server,
+            args.connect.target(),
             args.connections,
             args.sensors,
             if self.interrupted {
@@ -325,6 +350,21 @@ impl Report<'_> {
                 thousands(n as f64),
                 CallError::words(code, message)
             );
+        }
+        if self.endpoints.len() > 1 {
+            let all: u64 = self.endpoints.iter().map(|e| e.calls()).sum();
+            let _ = writeln!(out, "  by endpoint (calls, whole run)");
+            for e in self.endpoints {
+                let _ = writeln!(
+                    out,
+                    "    {:<22} {:>12} calls {:>5.1} %  {} failed, ejected {}×",
+                    e.target.address.to_string(),
+                    thousands(e.calls() as f64),
+                    100.0 * e.calls() as f64 / all.max(1) as f64,
+                    thousands(e.failures() as f64),
+                    e.ejections(),
+                );
+            }
         }
         if args.mode == LoadMode::Mix {
             let _ = writeln!(out, "  by kind");

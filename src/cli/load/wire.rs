@@ -13,9 +13,9 @@ use bytes::{BufMut as _, Bytes};
 use futures_util::{Stream, StreamExt as _};
 use http::uri::PathAndQuery;
 use prost::Message;
-use sensorhub_grpc::{
-    ClientConfig,
-    client::{AttachToken, ConnectError, endpoint},
+use sensorhub_grpc::client::{
+    AttachToken, ConnectError,
+    replicas::{Balanced, ReplicaSet},
 };
 use sensorhub_proto as pb;
 use tokio::sync::mpsc;
@@ -24,23 +24,25 @@ use tonic::{
     Request, Status, Streaming,
     codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
     service::interceptor::InterceptedService,
-    transport::Channel,
 };
 
-/// One HTTP/2 connection with the token attached to every call.
-pub type Conn = tonic::client::Grpc<InterceptedService<Channel, AttachToken>>;
+/// One HTTP/2 connection to each replica (balanced over them), with the
+/// token attached to every call.
+pub type Conn = tonic::client::Grpc<InterceptedService<Balanced, AttachToken>>;
 
-/// Opens `n` separate connections (each `Endpoint::connect` makes its own),
-/// driven by the current runtime.
-pub async fn connect(config: &ClientConfig, n: usize) -> Result<Vec<Conn>, ConnectError> {
-    let endpoint = endpoint(config)?;
-    let token = AttachToken::new(config.token.as_deref())?;
-    let opening = (0..n).map(|_| endpoint.connect());
+/// Opens `n` separate balancers over `replicas` (each with its own
+/// connection to every replica), driven by the current runtime.
+pub async fn connect(
+    replicas: &ReplicaSet,
+    token: Option<&str>,
+    n: usize,
+) -> Result<Vec<Conn>, ConnectError> {
+    let token = AttachToken::new(token)?;
+    let opening = (0..n).map(|_| replicas.channel());
     let mut conns = Vec::with_capacity(n);
     for channel in futures_util::future::join_all(opening).await {
-        let channel = channel.map_err(|e| ConnectError::connect(config, &e))?;
         conns.push(tonic::client::Grpc::new(InterceptedService::new(
-            channel,
+            channel?,
             token.clone(),
         )));
     }
