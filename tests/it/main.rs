@@ -38,6 +38,7 @@ mod limits;
 mod live_view;
 mod live_view_browser;
 mod load;
+mod nginx;
 mod overload;
 mod profiling;
 mod python_interop;
