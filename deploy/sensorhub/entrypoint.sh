@@ -23,4 +23,15 @@ if [ -z "${SENSORHUB_TOKEN:-}" ] && [ -n "${SENSORHUB_TOKEN_FILE:-}" ]; then
     export SENSORHUB_TOKEN
 fi
 
+# The `scale` profile's replicas: the database URL (with its password) is a
+# file sensorhub-init wrote, so it stays out of compose.yaml and `ps`.
+if [ -z "${SENSORHUB_DATABASE_URL:-}" ] && [ -n "${SENSORHUB_DATABASE_URL_FILE:-}" ]; then
+    if [ ! -r "$SENSORHUB_DATABASE_URL_FILE" ]; then
+        echo "sensorhub-entrypoint: cannot read SENSORHUB_DATABASE_URL_FILE=$SENSORHUB_DATABASE_URL_FILE" >&2
+        exit 64
+    fi
+    SENSORHUB_DATABASE_URL=$(head -n 1 "$SENSORHUB_DATABASE_URL_FILE" | tr -d '[:space:]')
+    export SENSORHUB_DATABASE_URL
+fi
+
 exec sensorhub "$@"

@@ -42,6 +42,19 @@ if [ ! -s "$dir/profiler-token" ]; then
     echo "sensorhub-init: new profiler token written to $dir/profiler-token"
 fi
 
+# The `scale` profile's database password, and the URL the replicas use.
+# The password file is read by the postgres image's own user (uid 999).
+if [ ! -s "$dir/postgres-password" ]; then
+    umask 077
+    od -An -N24 -tx1 /dev/urandom | tr -d ' \n' > "$dir/postgres-password.tmp"
+    chown 999:999 "$dir/postgres-password.tmp" 2>/dev/null || chmod 0644 "$dir/postgres-password.tmp"
+    mv "$dir/postgres-password.tmp" "$dir/postgres-password"
+    echo "sensorhub-init: new database password written to $dir/postgres-password"
+fi
+umask 077
+echo "postgres://sensorhub:$(cat "$dir/postgres-password")@postgres:5432/sensorhub?sslmode=disable" > "$dir/database-url.tmp"
+mv "$dir/database-url.tmp" "$dir/database-url"
+
 umask 077
 {
     echo "# Written by sensorhub-init; rewritten on every start."

@@ -350,6 +350,15 @@ fn listening() -> BTreeMap<String, BTreeSet<u16>> {
     let server = environment_of(&compose, "sensorhub");
     add("sensorhub", host_port(&server["SENSORHUB_LISTEN"]).1);
     add("sensorhub", host_port(&server["SENSORHUB_HTTP"]).1);
+    // The `scale` profile's replicas, and the proxy before them.
+    for replica in SCALE_REPLICAS {
+        let env = environment_of(&compose, replica);
+        add(replica, host_port(&env["SENSORHUB_LISTEN"]).1);
+        add(replica, host_port(&env["SENSORHUB_HTTP"]).1);
+    }
+    for port in nginx_listen_ports() {
+        add("nginx", port);
+    }
 
     let collector = yaml(&deploy().join("otel-collector/config.yaml"));
     for protocol in ["grpc", "http"] {
@@ -410,10 +419,35 @@ fn listening() -> BTreeMap<String, BTreeSet<u16>> {
         ("alertmanager", 9093),
         ("grafana", 3000),
         ("pyroscope", 4040),
+        ("postgres", 5432),
     ] {
         add(service, port);
     }
     ports
+}
+
+/// The `scale` profile's replicas.
+const SCALE_REPLICAS: [&str; 3] = ["sensorhub-1", "sensorhub-2", "sensorhub-3"];
+
+/// deploy/nginx/sensorhub.conf's directives (`name args;`), comments dropped.
+fn nginx_directives(name: &str) -> Vec<String> {
+    std::fs::read_to_string(deploy().join("nginx/sensorhub.conf"))
+        .unwrap()
+        .lines()
+        .map(|l| l.split('#').next().unwrap().trim())
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        // `server {` opens a block; `server host:port;` is a directive.
+        .filter(|args| args.ends_with(';'))
+        .map(|args| args.trim_end_matches(';').trim().to_owned())
+        .collect()
+}
+
+/// The ports nginx's `listen` directives open.
+fn nginx_listen_ports() -> Vec<u16> {
+    nginx_directives("listen")
+        .iter()
+        .map(|args| args.split_whitespace().next().unwrap().parse().unwrap())
+        .collect()
 }
 
 fn assert_reaches(origin: &str, address: &str, ports: &BTreeMap<String, BTreeSet<u16>>) {
@@ -515,6 +549,66 @@ fn every_address_points_at_a_service_that_listens_there() {
     let server = environment_of(&compose, "sensorhub");
     assert_eq!(server["SENSORHUB_TLS_CERT"], "/certs/server.pem");
     assert_eq!(server["SENSORHUB_TOKENS_FILE"], "/certs/tokens");
+
+    // The `scale` profile: nginx proxies to exactly the three replicas, on
+    // their gRPC port, over TLS with the stack's certificates (which carry
+    // the name it verifies), and the replicas use the database URL the init
+    // writes, which points at the postgres service.
+    let upstreams: BTreeSet<String> = nginx_directives("server")
+        .iter()
+        .map(|args| args.split_whitespace().next().unwrap().to_owned())
+        .collect();
+    let expected: BTreeSet<String> = SCALE_REPLICAS
+        .iter()
+        .map(|r| {
+            format!(
+                "{r}:{}",
+                host_port(&environment_of(&compose, r)["SENSORHUB_LISTEN"]).1
+            )
+        })
+        .collect();
+    assert_eq!(upstreams, expected);
+    for upstream in &upstreams {
+        assert_reaches("nginx upstream", upstream, &ports);
+    }
+    assert_eq!(nginx_directives("grpc_pass"), ["grpcs://sensorhub_grpc"]);
+    assert_eq!(nginx_directives("ssl_certificate"), ["/certs/server.pem"]);
+    assert_eq!(
+        nginx_directives("ssl_certificate_key"),
+        ["/certs/server.key"]
+    );
+    assert_eq!(
+        nginx_directives("grpc_ssl_trusted_certificate"),
+        ["/certs/ca.pem"]
+    );
+    let init = environment_of(&compose, "sensorhub-init");
+    for name in nginx_directives("grpc_ssl_name") {
+        assert!(
+            init["CERT_NAMES"].split_whitespace().any(|n| n == name),
+            "{name}"
+        );
+    }
+    assert!(
+        strings(&services["nginx"]["volumes"])
+            .contains(&"./nginx/sensorhub.conf:/etc/nginx/conf.d/sensorhub.conf:ro".to_owned())
+    );
+    let init_script = std::fs::read_to_string(deploy().join("sensorhub/init.sh")).unwrap();
+    assert!(
+        init_script.contains("@postgres:5432/sensorhub"),
+        "the init's database URL"
+    );
+    for replica in SCALE_REPLICAS {
+        let env = environment_of(&compose, replica);
+        assert_eq!(
+            env["SENSORHUB_DATABASE_URL_FILE"], "/certs/database-url",
+            "{replica}"
+        );
+        assert_eq!(
+            strings(&services[replica]["profiles"]),
+            ["scale"],
+            "{replica}"
+        );
+    }
     // The collector's health sidecar probes the health_check extension.
     let probe = strings(&services["otel-collector-health"]["healthcheck"]["test"]).join(" ");
     let endpoint = collector["extensions"]["health_check"]["endpoint"]

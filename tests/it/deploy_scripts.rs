@@ -105,6 +105,18 @@ fn init_serve_healthcheck_and_a_sensor_through_the_entrypoint() {
         profiler.len() >= 32 && profiler != token,
         "{profiler:?} against {token:?}"
     );
+    // The `scale` profile's database: a random password, and the URL the
+    // replicas read through the entrypoint.
+    let password = std::fs::read_to_string(certs.join("postgres-password")).unwrap();
+    assert!(
+        password.len() >= 32 && password.chars().all(|c| c.is_ascii_hexdigit()),
+        "{password:?}"
+    );
+    let database_url = std::fs::read_to_string(certs.join("database-url")).unwrap();
+    assert_eq!(
+        database_url.trim(),
+        format!("postgres://sensorhub:{password}@postgres:5432/sensorhub?sslmode=disable")
+    );
     assert!(
         !tokens.contains(&profiler),
         "a plain profiler token: {tokens}"
@@ -234,6 +246,20 @@ fn init_serve_healthcheck_and_a_sensor_through_the_entrypoint() {
         .env_remove("SENSORHUB_TOKEN");
     let out = run(&mut bad);
     assert_eq!(out.status.code(), Some(64), "{}", output_text(&out));
+    // Nor without a readable database URL file.
+    let mut bad = Command::new("sh");
+    bad.arg(script("entrypoint.sh"))
+        .arg("serve")
+        .env("PATH", path_with_binary())
+        .env("SENSORHUB_DATABASE_URL_FILE", dir.path().join("missing"))
+        .env_remove("SENSORHUB_DATABASE_URL");
+    let out = run(&mut bad);
+    assert_eq!(out.status.code(), Some(64), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("SENSORHUB_DATABASE_URL_FILE"),
+        "{}",
+        output_text(&out)
+    );
     drop(server);
 }
 
