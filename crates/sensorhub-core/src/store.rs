@@ -27,6 +27,7 @@
 //! the transport holds one `Arc<dyn Store>` chosen at start.
 
 pub mod activity;
+pub mod group_commit;
 pub mod metrics;
 
 use std::{future::Future, path::PathBuf, pin::Pin, sync::Arc, time::Duration};

@@ -25,29 +25,34 @@ use std::{
 };
 
 use rusqlite::Connection;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::{
     indexer::{Backlog, Checkpoints, IndexBatch, IndexCommand, Row},
     journal::{Journal, KeyEntry},
 };
+use sensorhub_core::store::group_commit::{QueuedWrite, WriterCommand, take_group};
 use sensorhub_core::{
     AlertRules, Reading, SensorStats, StoreError, StoreSettings, WriteReceipt,
     idempotency::{self, Decision, Fingerprint, KeyRegistry, KeyState, KeyedPart},
     store::{CommitReply, metrics::StoreMetrics},
 };
 
-pub(super) enum Command {
-    Write(WriteRequest),
-    /// Commit what is queued before this, have it indexed, stop; then answer.
-    Close(oneshot::Sender<()>),
-}
+/// What the store sends the writer; a `Close` also has everything before
+/// it indexed before it is answered.
+pub(super) type Command = WriterCommand<WriteRequest>;
 
 pub(super) struct WriteRequest {
     pub(super) readings: Vec<Reading>,
     /// Set for a write with an idempotency key (boxed: most writes have none).
     pub(super) keyed: Option<Box<KeyedPart>>,
     pub(super) reply: CommitReply,
+}
+
+impl QueuedWrite for WriteRequest {
+    fn readings(&self) -> usize {
+        self.readings.len()
+    }
 }
 
 #[derive(Clone)]
@@ -216,30 +221,11 @@ impl Writer {
     /// The writer thread's body: runs until `Close` or until every sender is gone.
     pub(super) fn run(mut self, mut commands: mpsc::Receiver<Command>, outlets: Outlets) {
         while let Some(first) = commands.blocking_recv() {
-            let mut batch = Vec::new();
-            let mut queued = 0;
-            let mut close = None;
-            match first {
-                Command::Write(w) => {
-                    queued += w.readings.len();
-                    batch.push(w);
-                }
-                Command::Close(done) => close = Some(done),
+            let group = take_group(first, &mut commands, self.max_batch);
+            if !group.writes.is_empty() {
+                self.commit(group.writes, &outlets);
             }
-            while close.is_none() && queued < self.max_batch {
-                match commands.try_recv() {
-                    Ok(Command::Write(w)) => {
-                        queued += w.readings.len();
-                        batch.push(w);
-                    }
-                    Ok(Command::Close(done)) => close = Some(done),
-                    Err(_) => break,
-                }
-            }
-            if !batch.is_empty() {
-                self.commit(batch, &outlets);
-            }
-            if let Some(done) = close {
+            if let Some(done) = group.close {
                 self.close(outlets);
                 let _ = done.send(());
                 return;

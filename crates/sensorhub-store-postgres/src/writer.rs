@@ -25,12 +25,13 @@ use std::{
 };
 
 use deadpool_postgres::Pool;
+use sensorhub_core::store::group_commit::{QueuedWrite, WriterCommand, take_group};
 use sensorhub_core::{
     Reading, SensorStats, StoreError, StoreSettings, WriteReceipt,
     idempotency::{self, Decision, Fingerprint, KeyState, KeyedPart},
     store::{CommitReply, metrics::StoreMetrics},
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_postgres::{
     Transaction,
     binary_copy::BinaryCopyInWriter,
@@ -48,10 +49,13 @@ pub(crate) struct WriteRequest {
     pub(crate) reply: CommitReply,
 }
 
-pub(crate) enum Command {
-    Write(WriteRequest),
-    Close(oneshot::Sender<()>),
+impl QueuedWrite for WriteRequest {
+    fn readings(&self) -> usize {
+        self.readings.len()
+    }
 }
+
+pub(crate) type Command = WriterCommand<WriteRequest>;
 
 pub(crate) struct Writer {
     pub(crate) pool: Pool,
@@ -80,30 +84,11 @@ impl Writer {
     pub(crate) async fn run(self, mut commands: mpsc::Receiver<Command>) {
         let max_batch = self.settings.max_batch.max(1);
         while let Some(first) = commands.recv().await {
-            let mut batch = Vec::new();
-            let mut queued = 0;
-            let mut close = None;
-            match first {
-                Command::Write(w) => {
-                    queued += w.readings.len();
-                    batch.push(w);
-                }
-                Command::Close(done) => close = Some(done),
+            let group = take_group(first, &mut commands, max_batch);
+            if !group.writes.is_empty() {
+                self.commit(group.writes).await;
             }
-            while close.is_none() && queued < max_batch {
-                match commands.try_recv() {
-                    Ok(Command::Write(w)) => {
-                        queued += w.readings.len();
-                        batch.push(w);
-                    }
-                    Ok(Command::Close(done)) => close = Some(done),
-                    Err(_) => break,
-                }
-            }
-            if !batch.is_empty() {
-                self.commit(batch).await;
-            }
-            if let Some(done) = close {
+            if let Some(done) = group.close {
                 let _ = done.send(());
                 return;
             }
