@@ -99,6 +99,43 @@ impl Progress {
     }
 }
 
+impl Progress {
+    /// Waits until `at_least` readings are acknowledged in all; fails after `limit`.
+    async fn wait_for_acks(&self, at_least: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.acked.load(Ordering::SeqCst) < at_least {
+            assert!(Instant::now() < deadline, "no ingest progress");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Starts the writers of `mix` (each kind, how many of it) on `server`, each
+/// on its own connection, writing sensor `{prefix}-{kind:?}-{n}`.
+async fn start_writers(
+    server: &SpawnedServer,
+    mix: &[(Kind, usize)],
+    prefix: &str,
+    base: i64,
+    progress: &Arc<Progress>,
+) -> Vec<tokio::task::JoinHandle<WriterLog>> {
+    let mut writers = Vec::new();
+    for &(kind, count) in mix {
+        for w in 0..count {
+            let sensor = format!("{prefix}-{kind:?}-{w}");
+            let client = connect(server).await;
+            writers.push(tokio::spawn(write(
+                client,
+                kind,
+                sensor,
+                base,
+                progress.clone(),
+            )));
+        }
+    }
+    writers
+}
+
 async fn write(
     mut client: SensorClient,
     kind: Kind,
@@ -266,27 +303,19 @@ async fn crash_durability_every_acknowledged_reading_survives_sigkill() {
     for (trial, delay) in kill_after.iter().enumerate() {
         let server = SpawnedServer::start(data.path(), TOKEN, &[]);
         let progress = Arc::new(Progress::default());
-        let mut writers = Vec::new();
-        for (kind, count) in [(Kind::ClientStream, 3), (Kind::Unary, 2), (Kind::Chat, 1)] {
-            for w in 0..count {
-                let sensor = format!("crash-t{trial}-{kind:?}-{w}");
-                let client = connect(&server).await;
-                writers.push(tokio::spawn(write(
-                    client,
-                    kind,
-                    sensor,
-                    base,
-                    progress.clone(),
-                )));
-            }
-        }
+        let writers = start_writers(
+            &server,
+            &[(Kind::ClientStream, 3), (Kind::Unary, 2), (Kind::Chat, 1)],
+            &format!("crash-t{trial}"),
+            base,
+            &progress,
+        )
+        .await;
 
         // Mid-ingest: every kind has had acknowledgements, and more are coming.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while progress.acked.load(Ordering::SeqCst) < 3 * BATCH {
-            assert!(Instant::now() < deadline, "no ingest progress");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        progress
+            .wait_for_acks(3 * BATCH, Duration::from_secs(30))
+            .await;
         tokio::time::sleep(*delay).await;
         let acked_at_kill = progress.acked.load(Ordering::SeqCst);
         progress.killed.store(true, Ordering::SeqCst);
@@ -619,24 +648,17 @@ async fn crash_durability_a_damaged_frame_the_tables_lack_is_refused_after_sigki
     for attempt in 0..10 {
         let server = SpawnedServer::start(data.path(), TOKEN, &[]);
         let progress = Arc::new(Progress::default());
-        let mut writers = Vec::new();
-        for (kind, count) in [(Kind::ClientStream, 1), (Kind::Unary, 3)] {
-            for w in 0..count {
-                let sensor = format!("lack-a{attempt}-{kind:?}-{w}");
-                writers.push(tokio::spawn(write(
-                    connect(&server).await,
-                    kind,
-                    sensor,
-                    base,
-                    progress.clone(),
-                )));
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while progress.acked.load(Ordering::SeqCst) < BATCH + 200 {
-            assert!(Instant::now() < deadline, "no ingest progress");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let writers = start_writers(
+            &server,
+            &[(Kind::ClientStream, 1), (Kind::Unary, 3)],
+            &format!("lack-a{attempt}"),
+            base,
+            &progress,
+        )
+        .await;
+        progress
+            .wait_for_acks(BATCH + 200, Duration::from_secs(30))
+            .await;
         progress.killed.store(true, Ordering::SeqCst);
         tokio::task::spawn_blocking(move || drop(server))
             .await
@@ -747,25 +769,17 @@ async fn crash_durability_a_damaged_frame_the_tables_lack_is_refused_after_sigki
 async fn ingest_then_kill(data: &Path, tag: &str, at_least: usize, base: i64) -> Vec<WriterLog> {
     let server = SpawnedServer::start(data, TOKEN, &[]);
     let progress = Arc::new(Progress::default());
-    let mut writers = Vec::new();
-    for (kind, count) in [(Kind::ClientStream, 1), (Kind::Unary, 2)] {
-        for w in 0..count {
-            let sensor = format!("wal-{tag}-{kind:?}-{w}");
-            let client = connect(&server).await;
-            writers.push(tokio::spawn(write(
-                client,
-                kind,
-                sensor,
-                base,
-                progress.clone(),
-            )));
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while progress.acked.load(Ordering::SeqCst) < at_least {
-        assert!(Instant::now() < deadline, "no ingest progress");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let writers = start_writers(
+        &server,
+        &[(Kind::ClientStream, 1), (Kind::Unary, 2)],
+        &format!("wal-{tag}"),
+        base,
+        &progress,
+    )
+    .await;
+    progress
+        .wait_for_acks(at_least, Duration::from_secs(30))
+        .await;
     progress.killed.store(true, Ordering::SeqCst);
     tokio::task::spawn_blocking(move || drop(server))
         .await
@@ -879,25 +893,17 @@ async fn crash_durability_a_replica_killed_mid_ingest_loses_nothing_another_repl
     let survivor = SpawnedServer::start_on_database(&url, TOKEN, &[]);
     let victim = SpawnedServer::start_on_database(&url, TOKEN, &[]);
     let progress = Arc::new(Progress::default());
-    let mut writers = Vec::new();
-    for (kind, count) in [(Kind::ClientStream, 2), (Kind::Unary, 2), (Kind::Chat, 1)] {
-        for w in 0..count {
-            let sensor = format!("replica-{kind:?}-{w}");
-            let client = connect(&victim).await;
-            writers.push(tokio::spawn(write(
-                client,
-                kind,
-                sensor,
-                base,
-                progress.clone(),
-            )));
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while progress.acked.load(Ordering::SeqCst) < 2 * BATCH {
-        assert!(Instant::now() < deadline, "no ingest progress");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let writers = start_writers(
+        &victim,
+        &[(Kind::ClientStream, 2), (Kind::Unary, 2), (Kind::Chat, 1)],
+        "replica",
+        base,
+        &progress,
+    )
+    .await;
+    progress
+        .wait_for_acks(2 * BATCH, Duration::from_secs(60))
+        .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     progress.killed.store(true, Ordering::SeqCst);
     tokio::task::spawn_blocking(move || drop(victim))
