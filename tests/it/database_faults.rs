@@ -290,3 +290,83 @@ async fn database_faults_a_database_that_stops_answering_is_noticed_within_2_s()
         .expect("a write once the database answers");
     assert_eq!(read_back(&mut client, "silent").await, vec![before, after]);
 }
+
+/// A database that stays silent, and calls that set no deadline: neither a
+/// write nor a read may wait for as long as the silence lasts. Each ends
+/// after the engine's answer limit (10 s) with `UNAVAILABLE`; the write's
+/// message says that nothing of it was stored (no `COMMIT` had been sent),
+/// and once the database answers again the read-back shows exactly that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_faults_calls_without_a_deadline_end_when_the_database_stays_silent() {
+    let pg = tokio::task::spawn_blocking(TestPostgres::shared)
+        .await
+        .unwrap();
+    let database = pg.fresh_database();
+    let proxy = PgProxy::start(pg.port()).await;
+    let server = TestServer::start_with(TestOptions {
+        database_url: Some(format!(
+            "postgres://postgres:{}@127.0.0.1:{}/{database}?sslmode=disable",
+            sensorhub_store_postgres::testing::PASSWORD,
+            proxy.port()
+        )),
+        ..TestOptions::default()
+    })
+    .await;
+    let mut client = server.client().await;
+    let base = unix_now() - 100;
+    let before = reading("unanswered", 21.0, base);
+    client
+        .send_single_reading(before.clone())
+        .await
+        .expect("unary");
+
+    proxy.freeze();
+    let asked = Instant::now();
+    let (mut writer, mut reader) = (client.clone(), client.clone());
+    let (write, read) = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(
+            writer.send_single_reading(reading("unanswered", 99.0, base + 1)),
+            reader.get_sensor_stats(sensorhub_proto::StatsRequest::default()),
+        )
+    })
+    .await
+    .expect("calls with no deadline must end while the database is silent");
+    let waited = asked.elapsed();
+    let write = write.expect_err("no answer from the database");
+    let read = read.expect_err("no answer from the database");
+    eprintln!("the calls ended {waited:?} after the database fell silent");
+    for status in [&write, &read] {
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            status.message().contains("no answer within 10 s"),
+            "{status:?}"
+        );
+    }
+    assert!(
+        write.message().contains("nothing of this write was stored"),
+        "{write:?}"
+    );
+    // The limit, not something else, ended them; and not much later.
+    assert!(
+        (Duration::from_secs(9)..Duration::from_secs(25)).contains(&waited),
+        "the calls took {waited:?}"
+    );
+
+    proxy.thaw();
+    let after = reading("unanswered", 22.0, base + 2);
+    let answered = Instant::now();
+    loop {
+        match client.send_single_reading(after.clone()).await {
+            Ok(_) => break,
+            Err(status) if answered.elapsed() < Duration::from_secs(10) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("still failing 10 s after the database answered: {status:?}"),
+        }
+    }
+    assert_eq!(
+        read_back(&mut client, "unanswered").await,
+        vec![before, after]
+    );
+}

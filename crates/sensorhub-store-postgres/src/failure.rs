@@ -12,6 +12,8 @@
 use deadpool_postgres::PoolError;
 use sensorhub_core::StoreError;
 
+use crate::answer_limit::ANSWER_LIMIT;
+
 /// What every "cannot reach it" message starts with (the transport and the
 /// tests look for it).
 pub const UNREACHABLE: &str = "the database is unreachable";
@@ -105,6 +107,26 @@ pub(crate) fn read(e: tokio_postgres::Error) -> StoreError {
     } else {
         StoreError::Read(describe(&e))
     }
+}
+
+/// A read (or the clock's) with no answer within the limit.
+pub(crate) fn silent() -> StoreError {
+    unreachable(format!("no answer within {} s", ANSWER_LIMIT.as_secs()))
+}
+
+/// A group commit with no answer within the limit: before `COMMIT` was
+/// sent nothing can be stored; after, the outcome is unknown.
+pub(crate) fn silent_write(commit_sent: bool) -> StoreError {
+    let limit = ANSWER_LIMIT.as_secs();
+    StoreError::Unavailable(if commit_sent {
+        format!(
+            "{UNREACHABLE}: no answer to COMMIT within {limit} s, so the readings may or may not be stored; retry with the same idempotency key to store them exactly once"
+        )
+    } else {
+        format!(
+            "{UNREACHABLE} (no answer within {limit} s); nothing of this write was stored; the server reconnects by itself, retry"
+        )
+    })
 }
 
 /// A failed `COMMIT`. Lost with the connection, the outcome is unknown:

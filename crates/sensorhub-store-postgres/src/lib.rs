@@ -22,6 +22,7 @@
 //!   makes calls fail UNAVAILABLE, readiness `Unavailable`, and the pool
 //!   reconnects by itself (`failure.rs`, `follow.rs`).
 
+mod answer_limit;
 mod database_url;
 mod failure;
 mod follow;
@@ -52,7 +53,7 @@ use tokio::{
     sync::{mpsc, oneshot, watch},
     task::JoinHandle,
 };
-use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, error::SqlState};
 
 pub use self::database_url::{DatabaseUrl, SslMode, UrlError};
 pub use self::failure::UNREACHABLE;
@@ -112,8 +113,15 @@ impl PostgresStore {
         let tls = tls::connector(url).map_err(|why| refused(url, why))?;
         let mut driver = url.driver_config().clone();
         driver.connect_timeout(CONNECT_TIMEOUT);
+        // A host that vanishes is noticed by TCP: an idle connection after
+        // 10 + 3 × 2 s of unanswered keepalive probes, a busy one once sent
+        // bytes go unacknowledged for the answer limit. A database that is
+        // there but silent is noticed by the answer limit (`answer_limit.rs`).
         driver.keepalives(true);
         driver.keepalives_idle(Duration::from_secs(10));
+        driver.keepalives_interval(Duration::from_secs(2));
+        driver.keepalives_retries(3);
+        driver.tcp_user_timeout(answer_limit::ANSWER_LIMIT);
         let manager = Manager::from_config(
             driver.clone(),
             tls.clone(),
@@ -224,8 +232,17 @@ impl PostgresStore {
         })
     }
 
-    async fn client(&self) -> Result<telemetry::Pooled<'_>, StoreError> {
-        self.inner.telemetry.connection(&self.inner.pool).await
+    /// Runs one read on a pooled connection, for at most the answer limit.
+    async fn read<T>(
+        &self,
+        operation: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, StoreError> {
+        let client = self.inner.telemetry.connection(&self.inner.pool).await?;
+        answer_limit::answered(client, async |client| {
+            operation(client).await.map_err(failure::read)
+        })
+        .await
+        .unwrap_or_else(|answer_limit::Silent| Err(failure::silent()))
     }
 }
 
@@ -308,11 +325,13 @@ impl Store for PostgresStore {
     /// replica) is at or below it, and readable.
     fn caught_up_seq(&self) -> StoreFuture<'_, u64> {
         Box::pin(async move {
-            let client = self.client().await?;
-            let last: i64 = client
-                .query_one("SELECT last_seq FROM store_clock", &[])
-                .await
-                .map_err(failure::read)?
+            let last: i64 = self
+                .read(async |client| {
+                    client
+                        .query_one("SELECT last_seq FROM store_clock", &[])
+                        .await
+                })
+                .await?
                 .get(0);
             let last = last as u64;
             self.inner.committed.send_if_modified(|seen| {
@@ -335,10 +354,8 @@ impl Store for PostgresStore {
         page_size: usize,
     ) -> StoreFuture<'a, Vec<StoredReading>> {
         Box::pin(async move {
-            let client = self.client().await?;
-            reader::history_page(&client, query, cursor, page_size)
+            self.read(async |client| reader::history_page(client, query, cursor, page_size).await)
                 .await
-                .map_err(failure::read)
         })
     }
 
@@ -348,10 +365,8 @@ impl Store for PostgresStore {
         n: u64,
     ) -> StoreFuture<'a, HistoryCursor> {
         Box::pin(async move {
-            let client = self.client().await?;
-            reader::history_last(&client, query, n)
+            self.read(async |client| reader::history_last(client, query, n).await)
                 .await
-                .map_err(failure::read)
         })
     }
 
@@ -362,28 +377,24 @@ impl Store for PostgresStore {
         page_size: usize,
     ) -> StoreFuture<'a, Vec<StoredReading>> {
         Box::pin(async move {
-            let client = self.client().await?;
-            reader::tail_page(&client, sensor_id, after_seq, page_size)
-                .await
-                .map_err(failure::read)
+            self.read(async |client| {
+                reader::tail_page(client, sensor_id, after_seq, page_size).await
+            })
+            .await
         })
     }
 
     fn stats<'a>(&'a self, sensor_id: Option<&'a str>) -> StoreFuture<'a, Vec<SensorStats>> {
         Box::pin(async move {
-            let client = self.client().await?;
-            reader::stats(&client, sensor_id)
+            self.read(async |client| reader::stats(client, sensor_id).await)
                 .await
-                .map_err(failure::read)
         })
     }
 
     fn stats_page<'a>(&'a self, after: &'a str, limit: usize) -> StoreFuture<'a, Vec<SensorStats>> {
         Box::pin(async move {
-            let client = self.client().await?;
-            reader::stats_page(&client, after, limit)
+            self.read(async |client| reader::stats_page(client, after, limit).await)
                 .await
-                .map_err(failure::read)
         })
     }
 

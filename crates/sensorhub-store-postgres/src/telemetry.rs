@@ -129,7 +129,7 @@ impl DbTelemetry {
         self.wait_time
             .record(asked.elapsed().as_secs_f64(), &self.pool_attribute);
         Ok(Pooled {
-            object: object.map_err(failure::pool)?,
+            object: Some(object.map_err(failure::pool)?),
             since: Instant::now(),
             telemetry: self,
         })
@@ -163,7 +163,8 @@ pub(crate) fn end_commit_span(mut span: global::BoxedSpan, outcome: Result<(), &
 
 /// A pooled connection whose use time is recorded when it goes back.
 pub(crate) struct Pooled<'a> {
-    object: Object,
+    /// Always `Some` but in `discard`, which takes it out of the pool.
+    object: Option<Object>,
     since: Instant,
     telemetry: &'a DbTelemetry,
 }
@@ -172,13 +173,23 @@ impl Deref for Pooled<'_> {
     type Target = Object;
 
     fn deref(&self) -> &Object {
-        &self.object
+        self.object.as_ref().expect("a connection until discarded")
     }
 }
 
 impl DerefMut for Pooled<'_> {
     fn deref_mut(&mut self) -> &mut Object {
-        &mut self.object
+        self.object.as_mut().expect("a connection until discarded")
+    }
+}
+
+impl Pooled<'_> {
+    /// Closes the connection instead of giving it back to the pool (which
+    /// opens a new one when it needs one).
+    pub(crate) fn discard(mut self) {
+        if let Some(object) = self.object.take() {
+            drop(Object::take(object));
+        }
     }
 }
 

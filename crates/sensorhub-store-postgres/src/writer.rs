@@ -38,7 +38,7 @@ use tokio_postgres::{
     types::{ToSql, Type},
 };
 
-use crate::failure;
+use crate::{answer_limit, failure};
 
 /// The channel NOTIFY announces a new `store_clock.last_seq` on.
 pub(crate) const CHANNEL: &str = "sensorhub_committed";
@@ -128,26 +128,33 @@ impl Writer {
         }
     }
 
-    /// The transaction: clock lock, plan, write, commit.
+    /// The transaction: clock lock, plan, write, commit, within the answer
+    /// limit (`answer_limit.rs`).
     async fn transact(&self, batch: &[WriteRequest]) -> Result<Planned, StoreError> {
-        let mut client = self.telemetry.connection(&self.pool).await?;
-        let tx = client.transaction().await.map_err(failure::write)?;
-        let last: i64 = tx
-            .query_one(
-                "UPDATE store_clock SET last_seq = last_seq WHERE id RETURNING last_seq",
-                &[],
-            )
-            .await
-            .map_err(failure::write)?
-            .get(0);
-        let keys = load_keys(&tx, batch).await?;
-        let stats = load_stats(&tx, batch).await?;
-        let planned = plan(batch, last as u64, stats, &keys, &self.settings);
-        write(&tx, &planned, &self.settings).await?;
-        // The one ambiguous step: a connection lost here may or may not
-        // have committed (failure::commit says what the caller sees).
-        tx.commit().await.map_err(failure::commit)?;
-        Ok(planned)
+        let client = self.telemetry.connection(&self.pool).await?;
+        let mut commit_sent = false;
+        let answer = answer_limit::answered(client, async |client| {
+            let tx = client.transaction().await.map_err(failure::write)?;
+            let last: i64 = tx
+                .query_one(
+                    "UPDATE store_clock SET last_seq = last_seq WHERE id RETURNING last_seq",
+                    &[],
+                )
+                .await
+                .map_err(failure::write)?
+                .get(0);
+            let keys = load_keys(&tx, batch).await?;
+            let stats = load_stats(&tx, batch).await?;
+            let planned = plan(batch, last as u64, stats, &keys, &self.settings);
+            write(&tx, &planned, &self.settings).await?;
+            // The one ambiguous step: a connection lost here may or may not
+            // have committed (failure::commit says what the caller sees).
+            commit_sent = true;
+            tx.commit().await.map_err(failure::commit)?;
+            Ok(planned)
+        })
+        .await;
+        answer.unwrap_or_else(|answer_limit::Silent| Err(failure::silent_write(commit_sent)))
     }
 }
 
