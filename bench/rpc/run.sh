@@ -9,23 +9,31 @@
 #   full          sensorhub, everything on: TLS, token, durable store (temp dir),
 #                 full telemetry exported over OTLP/gRPC to a local receiver
 #                 (otlp_sink), Prometheus /metrics served
+#   sampled       full with traces sampled at 10 % (parentbased_traceidratio,
+#                 the documented production setting); metrics and logs as full
 #   notel         the same with OTEL_SDK_DISABLED=true
 #   memory        the same as notel, with --memory instead of the durable store
 #   python        the Python original re-expressed with grpcio
 #                 (bench/python-original/server.py), plaintext, token checked
 #
 # Scenarios:
-#   unary     SendSingleReading, closed loop: peak calls/s (and server CPU per call)
+#   unary     SendSingleReading, closed loop: peak calls/s, server CPU per call, and
+#             that CPU per thread (bench/rpc/tasks.sh); one case per fleet (--fleets:
+#             distinct sensor ids the load reports for, spread over its connections)
 #   ingest    StreamSensorReadings, 4 streams: readings/s
 #   readback  GetSensorReadings of one sensor's history (seeded first): readings/s
 #   open      SendSingleReading, open loop at half of each peer's unary peak
-#             measured in this run: p99 latency from the schedule
+#             measured in this run (the first fleet's): p99 latency from the schedule
 #   chat      10,000 concurrent SensorChat streams at a low rate: server RSS
 #   soak      (only when named in --scenarios) mixed open-loop load: RSS over time,
 #             with the OTLP receiver black-holed (SIGSTOP) for the middle third
 #
 #   bench/rpc/run.sh [--quick] [--reps N] [--duration S] [--peers a,b] [--scenarios x,y]
+#                    [--fleets N,M] [--previous FILE.jsonl]
 #
+# --fleets: the unary sensor fleets, 1000,10000 by default (100 was the only
+# one before issue 19). --previous: an earlier run's raw results, whose medians
+# the summary shows beside this run's (the previous round's column).
 # --quick: one repetition of 3 s per case, smaller seeds: proves the script
 # end to end. Prints medians and ratios; raw results (one JSON object per run)
 # go to bench/rpc/results/latest[-quick].jsonl, the summary to latest[-quick].md.
@@ -33,12 +41,15 @@
 # Everything (servers, load, OTLP receiver) shares this machine's cores.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. bench/rpc/tasks.sh
 
 quick=0
 reps=3
 duration=10
-peers="bare,bare-tls,full,notel,memory,python"
+peers="bare,bare-tls,full,sampled,notel,memory,python"
 scenarios="unary,ingest,readback,open,chat"
+fleets="1000,10000"
+previous=""
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) quick=1 ;;
@@ -46,6 +57,8 @@ while [ $# -gt 0 ]; do
     --duration) duration=$2; shift ;;
     --peers) peers=$2; shift ;;
     --scenarios) scenarios=$2; shift ;;
+    --fleets) fleets=$2; shift ;;
+    --previous) previous=$2; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
@@ -135,6 +148,10 @@ start_server() {
     full) env -u RUST_LOG OTEL_EXPORTER_OTLP_ENDPOINT="$otlp" OTEL_METRIC_EXPORT_INTERVAL=5000 \
             "$bin" serve "${tls[@]}" --token "$token" --listen "127.0.0.1:$port" "${serve_opts[@]}" \
             --http "127.0.0.1:$(free_port)" --data "$work/data-$RANDOM$RANDOM" >/dev/null 2>&1 & ;;
+    sampled) env -u RUST_LOG OTEL_EXPORTER_OTLP_ENDPOINT="$otlp" OTEL_METRIC_EXPORT_INTERVAL=5000 \
+            OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.1 \
+            "$bin" serve "${tls[@]}" --token "$token" --listen "127.0.0.1:$port" "${serve_opts[@]}" \
+            --http "127.0.0.1:$(free_port)" --data "$work/data-$RANDOM$RANDOM" >/dev/null 2>&1 & ;;
     notel) env -u RUST_LOG OTEL_SDK_DISABLED=true \
             "$bin" serve "${tls[@]}" --token "$token" --listen "127.0.0.1:$port" "${serve_opts[@]}" \
             --http off --data "$work/data-$RANDOM$RANDOM" >/dev/null 2>&1 & ;;
@@ -183,19 +200,39 @@ PY
   python3 bench/rpc/summary.py --last "$results" >&2
 }
 
-# run_case SCENARIO PEER REP: one server, one measurement.
+# cpu_extra LOAD-JSON TICKS EXTRA-JSON: EXTRA-JSON with the server's CPU per
+# call (the process, /proc/PID/stat) and per thread (tasks.sh, from the
+# snapshots $work/tasks.before and $work/tasks.after). Calls counted are the
+# load's measured ones (after the warm-up) and those left unfinished.
+cpu_extra() {
+  local n
+  n=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["calls"]+d["unfinished"])' "$1" 2>/dev/null || echo 0)
+  if [ "$n" -eq 0 ]; then echo "$3"; return; fi
+  task_us_per_call "$work/tasks.before" "$work/tasks.after" "$n" >"$work/tasks.us"
+  python3 - "$3" "$2" "$n" "$work/tasks.us" <<'PY'
+import json, sys
+extra, ticks, n = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+threads = dict((name, float(us)) for name, us in (l.split() for l in open(sys.argv[4]) if l.strip()))
+threads.pop("total", None)
+extra.update({"server_cpu_s": ticks / 100, "server_cpu_us_per_call": ticks * 1e4 / n,
+              "threads_us_per_call": threads})
+print(json.dumps(extra))
+PY
+}
+
+# run_case SCENARIO PEER REP [SENSORS]: one server, one measurement.
 run_case() {
-  local scenario=$1 peer=$2 rep=$3 out extra="{}" t0 t1
+  local scenario=$1 peer=$2 rep=$3 sensors=${4:-${fleet_list[0]}} out extra="{}" t0 t1
   start_server "$peer"
   t0=$(cpu_ticks "$server_pid")
+  task_ticks "$server_pid" >"$work/tasks.before"
   case $scenario in
     unary)
-      out=$(load "$peer" --mode unary --connections "$UNARY_CONNECTIONS" \
+      out=$(load "$peer" --mode unary --connections "$UNARY_CONNECTIONS" --sensors "$sensors" \
             --concurrency "$UNARY_CONCURRENCY" --duration "${duration}s" --warmup 1s)
       t1=$(cpu_ticks "$server_pid")
-      extra=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); n=d["calls"]+d["unfinished"]
-print(json.dumps({"server_cpu_s": int(sys.argv[2])/100, "server_cpu_us_per_call": (int(sys.argv[2])*1e4/n) if n else None}))' \
-            "$out" "$((t1 - t0))" 2>/dev/null || echo '{}') ;;
+      task_ticks "$server_pid" >"$work/tasks.after"
+      extra=$(cpu_extra "$out" "$((t1 - t0))" "{\"sensors\": $sensors}") ;;
     ingest)
       out=$(load "$peer" --mode client-stream --connections "$INGEST_STREAMS" \
             --concurrency "$INGEST_STREAMS" --batch "$INGEST_BATCH" --duration "${duration}s" --drain 60s) ;;
@@ -204,10 +241,11 @@ print(json.dumps({"server_cpu_s": int(sys.argv[2])/100, "server_cpu_us_per_call"
             --concurrency "$READBACK_STREAMS" --seed "$READBACK_SEED" --duration "${duration}s" --drain 60s) ;;
     open)
       local peak rate
-      peak=$(python3 - "$results" "$peer" <<'PY'
+      peak=$(python3 - "$results" "$peer" "$sensors" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-v = [r["load"].get("calls_per_s", 0) for r in rows if r["scenario"] == "unary" and r["peer"] == sys.argv[2]]
+v = [r["load"].get("calls_per_s", 0) for r in rows if r["scenario"] == "unary" and r["peer"] == sys.argv[2]
+     and r.get("sensors", 100) == int(sys.argv[3])]
 print(statistics.median(v) if v else 0)
 PY
 )
@@ -217,8 +255,10 @@ PY
         rate=1000
       fi
       out=$(load "$peer" --mode unary --connections "$UNARY_CONNECTIONS" --rate "$rate" \
-            --concurrency 10000 --duration "${duration}s" --warmup 1s)
-      extra="{\"rate\": $rate}" ;;
+            --sensors "$sensors" --concurrency 10000 --duration "${duration}s" --warmup 1s)
+      t1=$(cpu_ticks "$server_pid")
+      task_ticks "$server_pid" >"$work/tasks.after"
+      extra=$(cpu_extra "$out" "$((t1 - t0))" "{\"rate\": $rate, \"sensors\": $sensors}") ;;
     chat)
       # Streams are opened at once and held; RSS is read near the end of the run.
       local secs=$((duration < 6 ? 6 : duration)) idle
@@ -272,14 +312,21 @@ PY
 
 IFS=, read -r -a peer_list <<<"$peers"
 IFS=, read -r -a scenario_list <<<"$scenarios"
-echo "peers: ${peer_list[*]}; scenarios: ${scenario_list[*]}; $reps reps of ${duration}s" >&2
+IFS=, read -r -a fleet_list <<<"$fleets"
+echo "peers: ${peer_list[*]}; scenarios: ${scenario_list[*]}; unary fleets: ${fleet_list[*]} sensors;" \
+     "$reps reps of ${duration}s" >&2
 for scenario in "${scenario_list[@]}"; do
-  for rep in $(seq "$reps"); do
-    for peer in "${peer_list[@]}"; do
-      if [ "$scenario" = soak ] && [ "$peer" != full ]; then continue; fi
-      run_case "$scenario" "$peer" "$rep"
+  # Unary runs once per fleet; the others with the first fleet.
+  cases=("${fleet_list[0]}")
+  [ "$scenario" = unary ] && cases=("${fleet_list[@]}")
+  for sensors in "${cases[@]}"; do
+    for rep in $(seq "$reps"); do
+      for peer in "${peer_list[@]}"; do
+        if [ "$scenario" = soak ] && [ "$peer" != full ]; then continue; fi
+        run_case "$scenario" "$peer" "$rep" "$sensors"
+      done
     done
   done
 done
 
-python3 bench/rpc/summary.py "$results" | tee "bench/rpc/results/latest$suffix.md"
+python3 bench/rpc/summary.py ${previous:+--previous "$previous"} "$results" | tee "bench/rpc/results/latest$suffix.md"

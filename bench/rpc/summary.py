@@ -1,8 +1,14 @@
 #!/usr/bin/env python3
-"""Summarise bench/rpc/run.sh results: medians per scenario and peer, ratios,
-and the issue-5 targets. Input: one JSON object per run (results/*.jsonl).
+"""Summarise bench/rpc/run.sh results: medians per scenario (unary: per sensor
+fleet) and peer, ratios, the server's CPU per call split by thread, and the
+issue-19 targets. Input: one JSON object per run (results/*.jsonl).
 
-    python3 bench/rpc/summary.py bench/rpc/results/latest.jsonl
+    python3 bench/rpc/summary.py [--previous EARLIER.jsonl] bench/rpc/results/latest.jsonl
+
+--previous adds a column with an earlier run's median for the same scenario and
+peer (the same fleet if it has one, else its own, which the cell names), so a
+round's change shows beside the round before. Rows from before issue 19 have no
+fleet: their load reported for 100 sensors.
 """
 
 import json
@@ -20,7 +26,35 @@ METRICS = {
     "chat": ("server RSS holding the chat streams", lambda r: r.get("rss_mib"), "MiB", False),
     "soak": ("server RSS, mixed soak (max)", lambda r: r.get("rss_mib"), "MiB", False),
 }
-PEERS = ["bare", "bare-tls", "full", "notel", "memory", "python"]
+PEERS = ["bare", "bare-tls", "full", "sampled", "notel", "memory", "python"]
+# The load's default fleet, which rows from before the fleets were recorded used.
+DEFAULT_SENSORS = 100
+# Thread names (comm, 15 characters) shown under a clearer one.
+THREAD_NAMES = {"tokio-runtime-w": "tokio workers", "tokio-rt-worker": "tokio workers", "OpenTelemetry.T": "OTel traces batch",
+                "OpenTelemetry.L": "OTel logs batch", "OpenTelemetry.M": "OTel metrics reader"}
+# Threads below this many us/call in every peer are summed into "other".
+THREAD_FLOOR = 0.1
+
+
+def sensors(row):
+    return row.get("sensors", DEFAULT_SENSORS)
+
+
+def groups(rows):
+    """(scenario, fleet or None) in METRICS order: unary and open per fleet."""
+    seen = []
+    for scenario in METRICS:
+        mine = [r for r in rows if r["scenario"] == scenario]
+        if scenario in ("unary", "open"):
+            for n in sorted({sensors(r) for r in mine}):
+                seen.append((scenario, n))
+        elif mine:
+            seen.append((scenario, None))
+    return seen
+
+
+def select(rows, scenario, fleet):
+    return [r for r in rows if r["scenario"] == scenario and (fleet is None or sensors(r) == fleet)]
 
 
 def median(values):
@@ -36,15 +70,57 @@ def fmt(v, unit):
     return f"{v:,.0f}"
 
 
-def main(path):
+def previous_median(previous, scenario, fleet, peer):
+    """An earlier run's median for the same case, and the fleet it had if another."""
+    if not previous:
+        return None, None
+    _title, get, _unit, _higher = METRICS[scenario]
+    same = [r for r in select(previous, scenario, fleet) if r["peer"] == peer]
+    if same or fleet is None:
+        return median(get(r) for r in same), None
+    other = [r for r in previous if r["scenario"] == scenario and r["peer"] == peer]
+    fleets = sorted({sensors(r) for r in other})
+    if not fleets:
+        return None, None
+    n = fleets[0]
+    return median(get(r) for r in other if sensors(r) == n), n
+
+
+def thread_table(mine):
+    """Per-peer medians of each thread's CPU us/call, as table lines."""
+    per_peer = {}
+    for peer in PEERS:
+        runs = [r.get("threads_us_per_call") for r in mine if r["peer"] == peer]
+        runs = [t for t in runs if t]
+        if not runs:
+            continue
+        named = [{THREAD_NAMES.get(k, k): v for k, v in t.items()} for t in runs]
+        names = {k for t in named for k in t}
+        per_peer[peer] = ({k: median(t.get(k, 0.0) for t in named) for k in names},
+                          median(r.get("server_cpu_us_per_call") for r in mine if r["peer"] == peer))
+    if not per_peer:
+        return []
+    shown = sorted({k for m, _ in per_peer.values() for k, v in m.items() if v >= THREAD_FLOOR},
+                   key=lambda k: -max(m.get(k, 0.0) for m, _ in per_peer.values()))
+    lines = ["| peer | " + " | ".join(shown) + " | other | process |", "|" + "---|" * (len(shown) + 3)]
+    for peer, (m, process) in per_peer.items():
+        other = sum(v for k, v in m.items() if k not in shown)
+        cells = [fmt(m.get(k), "us/call") if k in m else "" for k in shown]
+        lines.append(f"| {peer} | " + " | ".join(cells) + f" | {fmt(other, 'us/call')} | {fmt(process, 'us/call')} |")
+    return lines
+
+
+def main(path, previous_path=None):
     rows = [json.loads(line) for line in open(path) if line.strip()]
+    previous = [json.loads(line) for line in open(previous_path) if line.strip()] if previous_path else None
     out = []
     medians = {}
-    for scenario, (title, get, unit, _higher) in METRICS.items():
-        mine = [r for r in rows if r["scenario"] == scenario]
-        if not mine:
-            continue
-        out.append(f"### {scenario}: {title} ({unit})\n")
+    cpu = {}
+    for scenario, fleet in groups(rows):
+        title, get, unit, _higher = METRICS[scenario]
+        mine = select(rows, scenario, fleet)
+        fleet_title = f", {fleet:,} sensors" if fleet is not None else ""
+        out.append(f"### {scenario}{fleet_title}: {title} ({unit})\n")
         header = "| peer | runs | median | vs bare-tls | vs python | errors / unfinished |"
         extra_cols = []
         if scenario == "unary":
@@ -60,31 +136,50 @@ def main(path):
             extra_cols = [("RSS early MiB", lambda r: r.get("rss_first_mib"), "MiB"),
                           ("RSS late MiB", lambda r: r.get("rss_last_mib"), "MiB")]
         header += "".join(f" {name} |" for name, _, _ in extra_cols)
+        if scenario == "unary":
+            header += " CPU vs bare-tls |"
+        if previous is not None:
+            header += " previous round |"
         out.append(header)
-        out.append("|" + "---|" * (6 + len(extra_cols)))
+        out.append("|" + "---|" * (header.count("|") - 1))
         for peer in PEERS:
             runs = [r for r in mine if r["peer"] == peer]
             if not runs:
                 continue
             values = [get(r) for r in runs]
             m = median(values)
-            medians[(scenario, peer)] = m
+            medians[(scenario, fleet, peer)] = m
             bad = sum(sum((r["load"].get("errors") or {}).values()) for r in runs)
             unfinished = sum(r["load"].get("unfinished", 0) for r in runs)
             cells = [peer, " · ".join(fmt(v, unit) for v in values), f"**{fmt(m, unit)}**"]
             for base in ("bare-tls", "python"):
-                b = medians.get((scenario, base))
+                b = medians.get((scenario, fleet, base))
                 if b is None:
                     b = median(get(r) for r in mine if r["peer"] == base)
                 cells.append(f"{m / b:.2f}" if m is not None and b else "")
             cells.append(f"{bad} / {unfinished}")
             for _, extra_get, extra_unit in extra_cols:
                 cells.append(fmt(median(extra_get(r) for r in runs), extra_unit))
+            if scenario == "unary":
+                c = median(r.get("server_cpu_us_per_call") for r in runs)
+                cpu[(fleet, peer)] = c
+                b = median(r.get("server_cpu_us_per_call") for r in mine if r["peer"] == "bare-tls")
+                cells.append(f"{c / b:.2f}" if c is not None and b else "")
+            if previous is not None:
+                p, other_fleet = previous_median(previous, scenario, fleet, peer)
+                cells.append("" if p is None else fmt(p, unit) + (f" ({other_fleet:,} sensors)" if other_fleet else ""))
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
+        threads = thread_table(mine)
+        if threads:
+            out.append(f"Server CPU per call by thread, us (medians; threads under {THREAD_FLOOR} in every "
+                       "peer are in \"other\"; \"process\" is /proc/PID/stat, which also counts threads "
+                       "that ended):\n")
+            out.extend(threads)
+            out.append("")
 
-    def m(scenario, peer):
-        return medians.get((scenario, peer))
+    def m(scenario, peer, fleet=None):
+        return medians.get((scenario, fleet, peer))
 
     checks = []
 
@@ -92,20 +187,36 @@ def main(path):
         if value is not None:
             checks.append(f"- {'met' if ok else 'NOT met'}: {what} (measured {value})")
 
-    full_u, tls_u, py_u = m("unary", "full"), m("unary", "bare-tls"), m("unary", "python")
-    if full_u and tls_u:
-        target("unary, full >= 0.75 x bare tonic under TLS", f"{full_u / tls_u:.2f}", full_u / tls_u >= 0.75)
-    if full_u and py_u:
-        target("unary, full >= 20 x the Python original", f"{full_u / py_u:.1f}", full_u / py_u >= 20)
+    for scenario, fleet in groups(rows):
+        if scenario != "unary":
+            continue
+        tls_u = m("unary", "bare-tls", fleet)
+        for peer, floor in (("full", 0.6), ("sampled", 0.75)):
+            v = m("unary", peer, fleet)
+            if v and tls_u:
+                target(f"unary, {fleet:,} sensors, {peer} >= {floor} x bare tonic TLS calls/s",
+                       f"{v / tls_u:.2f}", v / tls_u >= floor)
+        c, b = cpu.get((fleet, "full")), cpu.get((fleet, "bare-tls"))
+        if c and b:
+            target(f"unary, {fleet:,} sensors, full server CPU per call <= 2.2 x bare tonic TLS's",
+                   f"{c / b:.2f} x: {c:.1f} against {b:.1f} us", c / b <= 2.2)
     v = m("ingest", "full")
     if v:
-        target("client-stream ingest into the durable store >= 1,000,000 readings/s", f"{v:,.0f}", v >= 1e6)
+        target("client-stream ingest into the durable store, 4 streams, >= 1,500,000 readings/s",
+               f"{v:,.0f}", v >= 1.5e6)
     v = m("readback", "full")
     if v:
         target("server-stream read-back >= 2,000,000 readings/s", f"{v:,.0f}", v >= 2e6)
-    v = m("open", "full")
-    if v is not None:
-        target("unary p99 at half the peak (open loop) <= 5 ms", f"{v:.2f} ms", v <= 5)
+    for scenario, fleet in groups(rows):
+        if scenario != "open":
+            continue
+        p99 = [METRICS["open"][1](r) for r in select(rows, "open", fleet) if r["peer"] == "full"]
+        p99 = [v for v in p99 if v is not None]
+        if p99:
+            under = sum(v <= 5 for v in p99)
+            runs = " · ".join(f"{v:.2f}" for v in p99)
+            target(f"unary p99 at half of full's own peak (open loop, {fleet:,} sensors) <= 5 ms, five runs of five",
+                   f"{under} of {len(p99)} runs under 5 ms: {runs}", len(p99) >= 5 and under == len(p99))
     v = m("chat", "full")
     if v is not None:
         target("RSS <= 150 MiB holding the chat streams", f"{v:.1f} MiB", v <= 150)
@@ -139,7 +250,11 @@ def last(path):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 2 and sys.argv[1] == "--last":
-        last(sys.argv[2])
+    args = sys.argv[1:]
+    if len(args) > 1 and args[0] == "--last":
+        last(args[1])
     else:
-        main(sys.argv[1] if len(sys.argv) > 1 else "bench/rpc/results/latest.jsonl")
+        earlier = None
+        if len(args) > 1 and args[0] == "--previous":
+            earlier, args = args[1], args[2:]
+        main(args[0] if args else "bench/rpc/results/latest.jsonl", earlier)

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Server CPU per unary call, split by thread: which part of sensorhub a call costs.
 #
-#   bench/rpc/threads.sh [full|notel|memory] [SECONDS]
+#   bench/rpc/threads.sh [full|sampled|notel|memory] [SECONDS]
 #
 # Starts `sensorhub serve` (TLS, token; the durable store in a temporary
 # directory, or --memory; telemetry off, or for `full` traces and metrics
-# exported to a local OTLP receiver, the otlp_sink example), drives it with `sensorhub load --mode unary`
-# (closed loop, CONNECTIONS x CONCURRENCY, 4 x 100 by default), and prints each
-# thread group's CPU time (user + system, /proc/PID/task/*/stat) divided by the calls.
+# exported to a local OTLP receiver, the otlp_sink example; `sampled` is `full`
+# with traces sampled at 10 %), drives it with `sensorhub load --mode unary`
+# (closed loop, CONNECTIONS x CONCURRENCY, 4 x 100 by default, SENSORS distinct
+# sensor ids, 100 by default), and prints each thread group's CPU time
+# (user + system, /proc/PID/task/*/stat, bench/rpc/tasks.sh) divided by the calls.
 # BIN=path/to/sensorhub measures another build (an A/B against an older commit).
 # RATE=N runs an open loop at N calls/s instead and also prints the p99 latency.
 # TOKENS_FILE=FILE serves with --tokens-file FILE instead of --token bench (its
@@ -16,6 +18,7 @@
 # FILE for the duration of the load (then `perf report -i FILE --no-children`).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. bench/rpc/tasks.sh
 mode=${1:-notel}
 secs=${2:-8}
 bin=${BIN:-target/release/sensorhub}
@@ -29,13 +32,14 @@ sink_pid=""
 trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; [ -n "$sink_pid" ] && kill "$sink_pid" 2>/dev/null; rm -rf "$work"' EXIT
 "$load_bin" certs --out "$work/certs" >/dev/null
 telemetry=(OTEL_SDK_DISABLED=true)
-if [ "$mode" = full ]; then
+if [ "$mode" = full ] || [ "$mode" = sampled ]; then
     sink=target/release/examples/otlp_sink
     [ -x "$sink" ] || cargo build --release --quiet -p sensorhub-telemetry --features test-util --example otlp_sink
     "$sink" >"$work/sink.out" 2>/dev/null &
     sink_pid=$!
     for _ in $(seq 100); do grep -q '^grpc ' "$work/sink.out" 2>/dev/null && break; sleep 0.1; done
     telemetry=(OTEL_EXPORTER_OTLP_ENDPOINT="$(awk '/^grpc /{print $2}' "$work/sink.out")" OTEL_METRIC_EXPORT_INTERVAL=5000)
+    [ "$mode" = sampled ] && telemetry+=(OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.1)
 fi
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 store=(--data "$work/data")
@@ -48,13 +52,7 @@ env -u RUST_LOG "${telemetry[@]}" "$bin" serve --tls-cert "$work/certs/server.pe
 pid=$!
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
 
-# Thread name and CPU ticks, summed per name (tokio's workers share one).
-snapshot() {
-    for task in /proc/"$pid"/task/*; do
-        echo "$(cat "$task/comm") $(awk '{print $14 + $15}' "$task/stat")"
-    done | awk '{ticks[$1] += $2} END {for (name in ticks) print name, ticks[name]}' | sort
-}
-snapshot >"$work/before"
+task_ticks "$pid" >"$work/before"
 perf_pid=""
 if [ -n "${PERF:-}" ]; then
     perf record -q --call-graph dwarf,16384 -F 499 -p "$pid" -o "$PERF" -- sleep "$secs" 2>/dev/null &
@@ -64,12 +62,10 @@ loop=(--concurrency "${CONCURRENCY:-100}")
 [ -n "${RATE:-}" ] && loop=(--rate "$RATE" --concurrency 10000 --warmup 1s)
 out=$(env -u RUST_LOG "$load_bin" load --server "https://127.0.0.1:$port" --ca "$work/certs/ca.pem" \
     --token bench --quiet --json --mode unary --connections "${CONNECTIONS:-4}" \
-    "${loop[@]}" --duration "${secs}s")
-snapshot >"$work/after"
+    --sensors "${SENSORS:-100}" "${loop[@]}" --duration "${secs}s")
+task_ticks "$pid" >"$work/after"
 [ -n "$perf_pid" ] && wait "$perf_pid"
 calls=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["calls"])' "$out")
 p99=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["latency_ms"]["p99"])' "$out")
 echo "$mode: $calls calls, $((calls / secs)) calls/s, p99 $p99 ms"
-join "$work/before" "$work/after" | awk -v calls="$calls" '
-    { d = $3 - $2; total += d; if (d > 0) printf "  %-20s %6.2f us/call\n", $1, d * 1e4 / calls }
-    END { printf "  %-20s %6.2f us/call\n", "total", total * 1e4 / calls }'
+task_us_per_call "$work/before" "$work/after" "$calls" | awk '{ printf "  %-20s %6.2f us/call\n", $1, $2 }'
