@@ -147,6 +147,12 @@ pub struct ConnectArgs {
     /// Token sent as `authorization` metadata.
     #[arg(long, env = "SENSORHUB_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// How often the host names of --server are looked up again, so that
+    /// calls follow a name's addresses as they change; `0s`: never on a
+    /// timer. A name is also looked up again at once when every address it
+    /// has fails its health check, or the call to its only address fails.
+    #[arg(long, env = "SENSORHUB_DNS_REFRESH", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub dns_refresh: Duration,
 }
 
 impl ConnectArgs {
@@ -157,7 +163,6 @@ impl ConnectArgs {
 
     pub fn config(&self) -> ClientConfig {
         ClientConfig {
-            server: self.servers.first().cloned().unwrap_or_default(),
             replicas: self.servers.iter().skip(1).cloned().collect(),
             tls: ClientTlsFiles {
                 ca: self.ca.clone(),
@@ -166,7 +171,8 @@ impl ConnectArgs {
                 domain: self.tls_server_name.clone(),
             },
             token: self.token.clone(),
-            connect_timeout: Duration::from_secs(5),
+            dns_refresh: self.dns_refresh,
+            ..ClientConfig::new(self.servers.first().cloned().unwrap_or_default())
         }
     }
 

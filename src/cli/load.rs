@@ -318,7 +318,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_default(),
         interrupted: stop.is_cancelled(),
         tally,
-        endpoints: replicas.endpoints(),
+        // Those present at the end: names may have gained or lost addresses.
+        endpoints: &replicas.endpoints(),
     };
     if args.json {
         println!("{}", report.json());

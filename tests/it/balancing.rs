@@ -21,7 +21,6 @@ use sensorhub_telemetry::otlp_receiver::OtlpReceiver;
 use serde_json::Value;
 
 use crate::support::{
-    http,
     ports::ClosedPort,
     spawned_server::{Serve, SpawnedServer, command, sensorhub},
 };
@@ -118,19 +117,6 @@ fn stored(server: &SpawnedServer, prefix: &str) -> u64 {
         .sum()
 }
 
-/// Unary calls a replica has started, from its own `/metrics`.
-fn calls_started(server: &SpawnedServer) -> f64 {
-    let (status, page) = http::get(server.http, "/metrics");
-    assert_eq!(status, 200, "{page}");
-    page.lines()
-        .filter(|l| {
-            l.starts_with("grpc_server_call_started_total{")
-                && l.contains("SensorService/SendSingleReading")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn balancing_load_over_three_replicas_spreads_its_calls_evenly() {
     let url = fresh_database_url().await;
@@ -168,7 +154,12 @@ async fn balancing_load_over_three_replicas_spreads_its_calls_evenly() {
     // Each replica served what the client counted for it.
     for server in &servers {
         let (_, calls) = by_port.iter().find(|(p, _)| *p == server.grpc).unwrap();
-        assert_eq!(calls_started(server), *calls as f64, "port {}", server.grpc);
+        assert_eq!(
+            server.unary_calls_started(),
+            *calls as f64,
+            "port {}",
+            server.grpc
+        );
     }
     assert_eq!(report["failed"].as_u64(), Some(0), "{report}");
 }
@@ -211,7 +202,7 @@ async fn balancing_a_replica_killed_mid_run_loses_no_acknowledged_reading_and_ge
     // after it started.
     let mut back_within = None;
     while back_at.elapsed() < Duration::from_secs(10) {
-        if calls_started(&restarted) > 0.0 {
+        if restarted.unary_calls_started() > 0.0 {
             back_within = Some(back_at.elapsed());
             break;
         }

@@ -26,6 +26,7 @@ mod deploy_metric_names;
 mod deploy_prometheus_scrape;
 mod deploy_rules;
 mod deploy_scripts;
+mod dns_refresh;
 mod durability;
 mod exhaustion;
 mod follow;

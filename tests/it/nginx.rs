@@ -24,10 +24,7 @@ use sensorhub_proto::{SensorReading, SensorRequest};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::support::{
-    http,
-    spawned_server::{Serve, SpawnedServer},
-};
+use crate::support::spawned_server::{Serve, SpawnedServer};
 
 const TOKEN: &str = "nginx-token-7c2a";
 /// What the test puts at nginx's `http` level for every timeout a long
@@ -176,19 +173,6 @@ http {{
     }
 }
 
-/// Unary calls a replica has started, from its own `/metrics`.
-fn unary_calls(server: &SpawnedServer) -> f64 {
-    let (status, page) = http::get(server.http, "/metrics");
-    assert_eq!(status, 200, "{page}");
-    page.lines()
-        .filter(|l| {
-            l.starts_with("grpc_server_call_started_total{")
-                && l.contains("SensorService/SendSingleReading")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 async fn client(nginx: &Nginx, certs: &BundleFiles, token: &str) -> sensorhub_grpc::SensorClient {
     let mut config = ClientConfig::new(format!("https://localhost:{}", nginx.port));
     config.tls = ClientTlsFiles {
@@ -233,7 +217,7 @@ async fn nginx_passes_the_four_rpc_kinds_with_tls_and_the_token_to_three_replica
     }
     for replica in &replicas {
         assert!(
-            unary_calls(replica) >= 1.0,
+            replica.unary_calls_started() >= 1.0,
             "replica on port {} got no call",
             replica.grpc
         );

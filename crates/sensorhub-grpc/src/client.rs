@@ -3,13 +3,16 @@
 //! `authorization`). A connection that fails says why in plain words
 //! (`client/diagnosis.rs`). A call that never left the client (its
 //! connection was closing, its replica gone) is sent again
-//! (`client/unsent_retry.rs`).
+//! (`client/unsent_retry.rs`). Calls are spread over every address of every
+//! server, which follow the names' answers (`client/replicas.rs`,
+//! `client/resolve.rs`).
 
 mod diagnosis;
 pub mod replicas;
+pub mod resolve;
 pub mod unsent_retry;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use sensorhub_proto::sensor_service_client::SensorServiceClient;
 use tonic::{
@@ -24,6 +27,7 @@ use tower::Layer as _;
 
 use crate::{auth::AUTHORIZATION, tls::ClientTlsFiles};
 use replicas::{Balanced, ReplicaSet};
+use resolve::Resolve;
 use unsent_retry::UnsentRetry;
 
 /// Where and how to connect.
@@ -37,6 +41,12 @@ pub struct ClientConfig {
     pub tls: ClientTlsFiles,
     pub token: Option<String>,
     pub connect_timeout: Duration,
+    /// How often the servers' host names are looked up again (zero: only
+    /// when their addresses fail; `client/replicas/refresh.rs`).
+    pub dns_refresh: Duration,
+    /// Where names become addresses (the system's resolver, unless a test
+    /// hands in its own).
+    pub resolver: Arc<dyn Resolve>,
 }
 
 impl ClientConfig {
@@ -47,8 +57,13 @@ impl ClientConfig {
             tls: ClientTlsFiles::default(),
             token: None,
             connect_timeout: Duration::from_secs(5),
+            dns_refresh: Self::DNS_REFRESH,
+            resolver: resolve::system(),
         }
     }
+
+    /// How often names are looked up again unless told otherwise.
+    pub const DNS_REFRESH: Duration = Duration::from_secs(30);
 
     /// `server` and the `replicas`, in order.
     pub fn servers(&self) -> Vec<String> {
@@ -152,7 +167,8 @@ pub fn endpoint(config: &ClientConfig) -> Result<Endpoint, ConnectError> {
 }
 
 /// Connects (eagerly, so a wrong address or certificate shows up here) to
-/// every address of every server, and balances calls over them.
+/// every address of every server, and balances calls over them, following
+/// the names' addresses as they change.
 pub async fn connect(config: &ClientConfig) -> Result<SensorClient, ConnectError> {
     let replicas = ReplicaSet::connect(config, &config.servers()).await?;
     let channel = replicas.channel().await?;

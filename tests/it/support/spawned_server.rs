@@ -328,6 +328,20 @@ impl SpawnedServer {
         format!("http://127.0.0.1:{}", self.grpc)
     }
 
+    /// Unary calls (`SendSingleReading`) the server has started, from its
+    /// own `/metrics`: the calls a balancing client sent it.
+    pub fn unary_calls_started(&self) -> f64 {
+        let (status, page) = super::http::get(self.http, "/metrics");
+        assert_eq!(status, 200, "{page}");
+        page.lines()
+            .filter(|l| {
+                l.starts_with("grpc_server_call_started_total{")
+                    && l.contains("SensorService/SendSingleReading")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// SIGTERM, then waits (at most `limit`) for the exit: its status and
     /// log (as `stderr`), and how long it took.
     pub fn terminate(mut self, limit: Duration) -> (Output, Duration) {

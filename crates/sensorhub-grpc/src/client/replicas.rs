@@ -1,18 +1,26 @@
-//! Clients that spread their calls over several replicas, and follow them
-//! as they fail and recover.
+//! Clients that spread their calls over several replicas, follow them as
+//! they fail and recover, and follow a name whose addresses change.
 //!
 //! Why: gRPC keeps one HTTP/2 connection for as long as it works, so a
 //! client given one address (or a DNS name that it resolved once) sends
 //! every call to the replica it met first. Here every `--server` is resolved
-//! to all of its addresses (A and AAAA), each address is an endpoint, and
-//! calls go through tower's power-of-two-choices balancer (`tower::balance`,
-//! the one inside tonic's `Channel::balance_channel`), which sends each call
-//! to the less busy of two endpoints drawn at random.
+//! to all of its addresses (A and AAAA, through `client/resolve.rs`), each
+//! address is an endpoint, and calls go through tower's power-of-two-choices
+//! balancer (`tower::balance`, the one inside tonic's
+//! `Channel::balance_channel`), which sends each call to the less busy of
+//! two endpoints drawn at random.
 //!
 //! tonic's own balanced channel takes only `Endpoint`s, so nothing could be
 //! counted per endpoint; this builds the same balancer over tonic channels
 //! wrapped in [`EndpointService`], which counts each endpoint's calls and
 //! failures.
+//!
+//! The set of endpoints is live: names are looked up again
+//! (`replicas/refresh.rs`) and each balancer follows the members as they
+//! come and go, as it follows their health (tower's `Change::Insert` and
+//! `Change::Remove`). A name is dialled by its addresses, with the name kept
+//! for the certificate and the calls' `:authority`; a name goes through a
+//! balancer even while it has one address, since it may gain more.
 //!
 //! Health: one checker per endpoint (per process, whatever the number of
 //! balancers) calls `grpc.health.v1.Health/Check` for `SensorService` every
@@ -27,13 +35,17 @@
 //! none is healthy; never none.
 //! Invariant: with one endpoint there is no checker and no ejection: there is
 //! nowhere else to send the calls.
+//! Invariant: the set never becomes empty: a lookup that fails keeps the
+//! name's last addresses, and a refresh never removes the last endpoint.
+
+mod refresh;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     convert::Infallible,
     net::SocketAddr,
     sync::{
-        Arc,
+        Arc, Mutex, Weak,
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
@@ -45,7 +57,10 @@ use http::{Request, Response};
 use opentelemetry::{KeyValue, global};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::{body::Body, transport::Channel};
+use tonic::{
+    body::Body,
+    transport::{Channel, Endpoint},
+};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -58,7 +73,7 @@ use tower::{
     util::BoxService,
 };
 
-use super::{ClientConfig, ConnectError, endpoint};
+use super::{ClientConfig, ConnectError, endpoint, resolve::Server};
 use sensorhub_proto::SERVICE_NAME;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -69,70 +84,36 @@ const BUFFER: usize = 1024;
 /// One address to send calls to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    /// What the endpoint dials: the `--server` URL as given when it has one
-    /// address (so errors name it as the user wrote it), else
-    /// `https://ADDR:PORT` (or `http://`).
+    /// What the endpoint dials: the `--server` URL as given when its host is
+    /// an address, else `https://ADDR:PORT` (or `http://`), an address of
+    /// the name.
     pub url: String,
-    /// The name its certificate must carry, when `url` is an address the
-    /// user did not write: the host of the `--server` it came from.
+    /// The `--server` it came from, as given: messages name it, and calls
+    /// to an address of a name carry it as their `:authority`.
+    pub server_url: String,
+    /// The name its certificate must carry, when `url` is an address of a
+    /// name: that name.
     pub tls_name: Option<String>,
     pub address: SocketAddr,
     /// Which `--server` it came from (an index into the list).
     server: usize,
 }
 
-/// Every address of every server URL, in order, without repeats. A host
-/// name is resolved to all its addresses (the system resolver: A and AAAA
-/// records, `/etc/hosts`).
-pub async fn resolve(servers: &[String]) -> Result<Vec<Target>, ConnectError> {
-    let mut targets: Vec<Target> = Vec::new();
-    for (index, server) in servers.iter().enumerate() {
-        let uri =
-            http::Uri::try_from(server.as_str()).map_err(|_| ConnectError::Url(server.clone()))?;
-        let scheme = match uri.scheme_str() {
-            Some(s @ ("https" | "http")) => s,
-            _ => return Err(ConnectError::Url(server.clone())),
-        };
-        let host = uri
-            .host()
-            .ok_or_else(|| ConnectError::Url(server.clone()))?
-            .trim_matches(['[', ']']);
-        let port = uri
-            .port_u16()
-            .unwrap_or(if scheme == "https" { 443 } else { 80 });
-        let literal = host.parse::<std::net::IpAddr>().ok();
-        let mut addresses: Vec<SocketAddr> = match literal {
-            Some(ip) => vec![SocketAddr::new(ip, port)],
-            None => tokio::net::lookup_host((host, port))
-                .await
-                .map_err(|e| ConnectError::Connect {
-                    server: server.clone(),
-                    reason: format!("cannot resolve `{host}`: {e}"),
-                })?
-                .collect(),
-        };
-        addresses.retain(|a| !targets.iter().any(|t| t.address == *a));
-        let alone = addresses.len() == 1;
-        for address in addresses {
-            targets.push(Target {
-                url: if alone {
-                    server.clone()
-                } else {
-                    format!("{scheme}://{address}")
-                },
-                tls_name: (!alone && literal.is_none()).then(|| host.to_owned()),
-                address,
-                server: index,
-            });
+impl Target {
+    fn new(server: &Server, index: usize, address: SocketAddr) -> Target {
+        let name = server.is_name();
+        Target {
+            url: if name {
+                format!("{}://{address}", server.scheme)
+            } else {
+                server.url.clone()
+            },
+            server_url: server.url.clone(),
+            tls_name: name.then(|| server.host.clone()),
+            address,
+            server: index,
         }
     }
-    if targets.is_empty() {
-        return Err(ConnectError::Connect {
-            server: servers.join(", "),
-            reason: "the names resolve to no address".to_owned(),
-        });
-    }
-    Ok(targets)
 }
 
 /// What the client saw of one endpoint, shared by every balancer sending to it.
@@ -144,16 +125,20 @@ pub struct EndpointStats {
     ejections: AtomicU64,
     /// Notified when a call failed in the transport: check health now.
     suspect: Notify,
+    /// The set it belongs to, told when a call to it failed in the
+    /// transport (which may mean its name has moved).
+    set: Weak<Shared>,
 }
 
 impl EndpointStats {
-    fn new(target: Target) -> Self {
+    fn new(target: Target, set: Weak<Shared>) -> Self {
         Self {
             target,
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
             suspect: Notify::new(),
+            set,
         }
     }
 
@@ -169,22 +154,137 @@ impl EndpointStats {
     }
 
     /// Times it was taken out of the balancers: its health check failed
-    /// (at start, or while it was healthy).
+    /// (when it was added, or while it was healthy).
     pub fn ejections(&self) -> u64 {
         self.ejections.load(Ordering::Relaxed)
+    }
+}
+
+/// One endpoint of the set now, as the balancers see it.
+#[derive(Debug, Clone)]
+struct Member {
+    /// Never reused: an address that leaves and comes back is a new member.
+    id: u64,
+    stats: Arc<EndpointStats>,
+    /// Whether it passed its last check (always, while it is alone).
+    healthy: bool,
+}
+
+/// What the set's clones, its tasks and its endpoints share.
+#[derive(Debug)]
+struct Shared {
+    config: ClientConfig,
+    servers: Vec<Server>,
+    /// The endpoints now: the refresher adds and removes them, the checkers
+    /// set their health, each balancer follows.
+    members: watch::Sender<Vec<Member>>,
+    next_id: AtomicU64,
+    /// The health checker of each member, while there are several.
+    checkers: Mutex<BTreeMap<u64, tokio::task::AbortHandle>>,
+    /// Look the names up again now (at most once a second).
+    resolve_soon: Notify,
+    /// With one endpoint, the connection made by [`ReplicaSet::connect`],
+    /// for the first balancer to use: a sensor makes one connection, not two.
+    spare: Mutex<Option<(u64, Channel)>>,
+    /// One `--server`, an address: nothing to look up, nothing to balance.
+    direct: bool,
+}
+
+impl Shared {
+    /// A new member for `target`; one that starts unhealthy counts an ejection.
+    fn member(self: &Arc<Self>, target: Target, healthy: bool) -> Member {
+        let stats = Arc::new(EndpointStats::new(target, Arc::downgrade(self)));
+        if !healthy {
+            stats.ejections.fetch_add(1, Ordering::Relaxed);
+        }
+        Member {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            stats,
+            healthy,
+        }
+    }
+
+    /// Gives every member a health checker while there are several (on
+    /// `channels`, connections already made to some of them), and none to
+    /// one that is alone, which is then in whatever its last check said.
+    fn check_while_several(self: &Arc<Self>, mut channels: BTreeMap<u64, Channel>) {
+        let members = self.members.borrow().clone();
+        let several = members.len() > 1;
+        let mut checkers = self.checkers.lock().unwrap_or_else(|e| e.into_inner());
+        checkers.retain(|id, checker| {
+            let keep = several && members.iter().any(|m| m.id == *id);
+            if !keep {
+                checker.abort();
+            }
+            keep
+        });
+        if !several {
+            drop(checkers);
+            self.members
+                .send_if_modified(|members| match members.as_mut_slice() {
+                    [alone] if !alone.healthy => {
+                        alone.healthy = true;
+                        true
+                    }
+                    _ => false,
+                });
+            return;
+        }
+        for member in &members {
+            if checkers.contains_key(&member.id) {
+                continue;
+            }
+            let channel = match channels.remove(&member.id) {
+                Some(channel) => channel,
+                None => match target_endpoint(&self.config, &member.stats.target) {
+                    Ok(endpoint) => endpoint.connect_lazy(),
+                    Err(error) => {
+                        tracing::warn!(endpoint = %member.stats.target.address, %error, "cannot check this endpoint's health");
+                        continue;
+                    }
+                },
+            };
+            let checker = tokio::spawn(check_forever(
+                self.clone(),
+                member.id,
+                channel,
+                member.stats.clone(),
+            ));
+            checkers.insert(member.id, checker.abort_handle());
+        }
+    }
+
+    /// The members that came from `--server` number `server`.
+    fn of_server(&self, server: usize) -> Vec<Member> {
+        self.members
+            .borrow()
+            .iter()
+            .filter(|m| m.stats.target.server == server)
+            .cloned()
+            .collect()
+    }
+
+    /// A call to `stats` failed in the transport: if it is its name's only
+    /// address, the name may have moved; look it up now.
+    fn call_failed(&self, stats: &EndpointStats) {
+        let server = stats.target.server;
+        if self.servers[server].is_name() && self.of_server(server).len() == 1 {
+            self.resolve_soon.notify_one();
+        }
+    }
+
+    /// Whether `server` is a name every address of which failed its check.
+    fn name_failing(&self, server: usize) -> bool {
+        self.servers[server].is_name() && self.of_server(server).iter().all(|m| !m.healthy)
     }
 }
 
 /// The replicas one client process sends to: their endpoints, counters and health.
 #[derive(Debug, Clone)]
 pub struct ReplicaSet {
-    config: ClientConfig,
-    stats: Arc<[Arc<EndpointStats>]>,
-    /// Whether each endpoint passed its last check.
-    health: watch::Receiver<Vec<bool>>,
-    /// With one endpoint, the connection made by [`ReplicaSet::connect`],
-    /// for the first balancer to use: a sensor makes one connection, not two.
-    spare: Arc<std::sync::Mutex<Option<Channel>>>,
+    shared: Arc<Shared>,
+    /// Held so the set's tasks go on while the set (or a balancer over it) lives.
+    members: watch::Receiver<Vec<Member>>,
 }
 
 impl ReplicaSet {
@@ -195,18 +295,40 @@ impl ReplicaSet {
 
     /// Resolves `servers`, connects to each endpoint once (so that a wrong
     /// address or certificate shows up here, explained), and starts their
-    /// health checks on the current runtime. Fails only if no endpoint can
-    /// be reached; the others start ejected and come in once they answer.
+    /// health checks and the names' lookups on the current runtime. Fails
+    /// only if no endpoint can be reached; the others start ejected and come
+    /// in once they answer.
     ///
     /// An address of a name that refuses at start while another address of
     /// that name answers is dropped: `localhost` is `127.0.0.1` and `::1`,
     /// and a server usually listens on one of them. A `--server` that is
     /// down is kept, ejected, and checked: a replica that comes back.
     pub async fn connect(config: &ClientConfig, servers: &[String]) -> Result<Self, ConnectError> {
-        let targets = resolve(servers).await?;
+        let servers: Vec<Server> = servers
+            .iter()
+            .map(|s| Server::parse(s))
+            .collect::<Result<_, _>>()?;
+        let mut targets: Vec<Target> = Vec::new();
+        for (index, server) in servers.iter().enumerate() {
+            let addresses = server
+                .addresses(&*config.resolver)
+                .await
+                .map_err(|e| server.lookup_error(&e))?;
+            for address in addresses {
+                if !targets.iter().any(|t| t.address == address) {
+                    targets.push(Target::new(server, index, address));
+                }
+            }
+        }
+        if targets.is_empty() {
+            return Err(ConnectError::Connect {
+                server: config.target(),
+                reason: "the names resolve to no address".to_owned(),
+            });
+        }
         let mut endpoints = Vec::with_capacity(targets.len());
         for target in &targets {
-            endpoints.push(endpoint(&target_config(config, target))?);
+            endpoints.push(target_endpoint(config, target)?);
         }
         let probes = futures_util::future::join_all(endpoints.iter().map(|e| e.connect())).await;
         let answered: BTreeSet<usize> = targets
@@ -221,9 +343,8 @@ impl ReplicaSet {
             match probe {
                 Ok(channel) => kept.push((target, channel)),
                 Err(e) => {
-                    let error = ConnectError::connect(&target_config(config, &target), &e);
-                    let from_name = target.tls_name.is_some();
-                    if from_name && answered.contains(&target.server) {
+                    let error = target_error(config, &target, &e);
+                    if servers[target.server].is_name() && answered.contains(&target.server) {
                         tracing::debug!(endpoint = %target.address, %error, "an address of the name refuses; left out");
                         continue;
                     }
@@ -235,105 +356,120 @@ impl ReplicaSet {
         if answered.is_empty() {
             return Err(first_error.expect("no endpoint answered"));
         }
-        if kept.len() == 1 {
-            let (target, channel) = kept.pop().expect("one endpoint");
-            let stats: Arc<[Arc<EndpointStats>]> = Arc::new([Arc::new(EndpointStats::new(target))]);
-            // No checker: the one endpoint stays in.
-            observe(&stats);
-            let (_, health) = watch::channel(vec![true]);
-            return Ok(Self {
-                config: config.clone(),
-                stats,
-                health,
-                spare: Arc::new(std::sync::Mutex::new(Some(channel))),
-            });
-        }
-        if let Some(error) = &first_error {
-            tracing::warn!(%error, "a replica is unreachable; it gets calls once its health check passes");
-        }
-        let first = kept
-            .iter()
-            .map(|(_, channel)| check(channel.clone()).map(|ok| ok.is_ok()));
-        let healthy = futures_util::future::join_all(first).await;
-        let mut stats = Vec::with_capacity(kept.len());
-        let mut checked = Vec::with_capacity(kept.len());
-        for ((target, channel), healthy) in kept.into_iter().zip(&healthy) {
-            let endpoint = Arc::new(EndpointStats::new(target));
-            if !healthy {
-                // Out of the balancers from the start: an ejection too.
-                endpoint.ejections.fetch_add(1, Ordering::Relaxed);
+        let alone = kept.len() == 1;
+        let healthy = if alone {
+            vec![true]
+        } else {
+            if let Some(error) = &first_error {
+                tracing::warn!(%error, "a replica is unreachable; it gets calls once its health check passes");
             }
-            checked.push((endpoint, channel));
-        }
-        let (report, health) = watch::channel(healthy);
-        let report = Arc::new(report);
-        for (index, (endpoint, channel)) in checked.into_iter().enumerate() {
-            tokio::spawn(check_forever(
-                index,
-                channel,
-                endpoint.clone(),
-                report.clone(),
-            ));
-            stats.push(endpoint);
-        }
-        let stats: Arc<[Arc<EndpointStats>]> = stats.into();
-        observe(&stats);
-        Ok(Self {
+            let first = kept
+                .iter()
+                .map(|(_, channel)| check(channel.clone()).map(|ok| ok.is_ok()));
+            futures_util::future::join_all(first).await
+        };
+        let names = servers.iter().any(Server::is_name);
+        let (members, receiver) = watch::channel(Vec::new());
+        let shared = Arc::new(Shared {
             config: config.clone(),
-            stats,
-            health,
-            spare: Arc::default(),
+            direct: servers.len() == 1 && !names,
+            servers,
+            members,
+            next_id: AtomicU64::new(0),
+            checkers: Mutex::default(),
+            resolve_soon: Notify::new(),
+            spare: Mutex::default(),
+        });
+        let mut channels = BTreeMap::new();
+        let mut list = Vec::with_capacity(kept.len());
+        for ((target, channel), healthy) in kept.into_iter().zip(healthy) {
+            let member = shared.member(target, healthy);
+            channels.insert(member.id, channel);
+            list.push(member);
+        }
+        shared.members.send_replace(list);
+        if alone {
+            *shared.spare.lock().unwrap_or_else(|e| e.into_inner()) = channels.pop_first();
+        } else {
+            shared.check_while_several(channels);
+        }
+        observe(Arc::downgrade(&shared));
+        if names {
+            tokio::spawn(refresh::follow_names(shared.clone()));
+        }
+        Ok(Self {
+            shared,
+            members: receiver,
         })
     }
 
-    /// The endpoints, in the order they were given and resolved.
-    pub fn endpoints(&self) -> &[Arc<EndpointStats>] {
-        &self.stats
+    /// The endpoints now, in the order they were given, resolved and added.
+    pub fn endpoints(&self) -> Vec<Arc<EndpointStats>> {
+        self.members
+            .borrow()
+            .iter()
+            .map(|m| m.stats.clone())
+            .collect()
     }
 
     /// A new balancer over the endpoints: its own connection to each,
-    /// driven by the current runtime, following their health. Connections
-    /// to healthy endpoints are made now; to the others, once they are back.
+    /// driven by the current runtime, following their health and the
+    /// endpoints that come and go. Connections to healthy endpoints are made
+    /// now; to the others, once they are back.
     pub async fn channel(&self) -> Result<Balanced, ConnectError> {
-        if let [stats] = &*self.stats {
-            let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let config = &self.shared.config;
+        let members = self.members.borrow().clone();
+        let mut spare = self
+            .shared
+            .spare
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if self.shared.direct {
+            let stats = members[0].stats.clone();
             let channel = match spare {
-                Some(channel) => channel,
-                None => {
-                    let config = target_config(&self.config, &stats.target);
-                    endpoint(&config)?
-                        .connect()
-                        .await
-                        .map_err(|e| ConnectError::connect(&config, &e))?
+                Some((_, channel)) => channel,
+                None => target_endpoint(config, &stats.target)?
+                    .connect()
+                    .await
+                    .map_err(|e| target_error(config, &stats.target, &e))?,
+            };
+            return Ok(Balanced(Route::Direct(EndpointService { channel, stats })));
+        }
+        let mut opening = Vec::with_capacity(members.len());
+        for member in &members {
+            let made = match spare.take() {
+                Some((id, channel)) if id == member.id => Some(channel),
+                other => {
+                    spare = other;
+                    None
                 }
             };
-            return Ok(Balanced(Route::Direct(EndpointService {
-                channel,
-                stats: stats.clone(),
-            })));
-        }
-        let healthy = self.health.borrow().clone();
-        let opening = self
-            .stats
-            .iter()
-            .zip(healthy)
-            .map(|(stats, healthy)| async move {
-                let endpoint = endpoint(&target_config(&self.config, &stats.target))?;
-                let channel = match healthy {
-                    true => match endpoint.connect().await {
+            let endpoint = target_endpoint(config, &member.stats.target)?;
+            let (id, healthy, stats) = (member.id, member.healthy, member.stats.clone());
+            opening.push(async move {
+                let channel = match made {
+                    Some(channel) => channel,
+                    None if healthy => match endpoint.connect().await {
                         Ok(channel) => channel,
                         Err(_) => endpoint.connect_lazy(),
                     },
-                    false => endpoint.connect_lazy(),
+                    None => endpoint.connect_lazy(),
                 };
-                Ok::<_, ConnectError>(EndpointService {
-                    channel,
-                    stats: stats.clone(),
-                })
+                (id, EndpointService { channel, stats })
             });
-        let services = futures_util::future::try_join_all(opening).await?;
+        }
+        let services = futures_util::future::join_all(opening)
+            .await
+            .into_iter()
+            .collect();
         let (changes, discover) = mpsc::unbounded_channel();
-        tokio::spawn(follow_health(services, self.health.clone(), changes));
+        tokio::spawn(follow_members(
+            services,
+            self.members.clone(),
+            config.clone(),
+            changes,
+        ));
         let balance: Balance<_, Request<Body>> =
             Balance::new(UnboundedReceiverStream::new(discover));
         Ok(Balanced(Route::Balancer(Buffer::new(
@@ -353,6 +489,32 @@ fn target_config(config: &ClientConfig, target: &Target) -> ClientConfig {
     aimed
 }
 
+/// The endpoint that dials `target`; an address of a name keeps the name
+/// as its calls' `:authority`, as gRPC clients send it.
+fn target_endpoint(config: &ClientConfig, target: &Target) -> Result<Endpoint, ConnectError> {
+    let endpoint = endpoint(&target_config(config, target))?;
+    Ok(match http::Uri::try_from(target.server_url.as_str()) {
+        Ok(origin) if target.tls_name.is_some() => endpoint.origin(origin),
+        _ => endpoint,
+    })
+}
+
+/// Why connecting to `target` failed, naming the `--server` as given (and
+/// the address, when it is one of a name's).
+fn target_error(
+    config: &ClientConfig,
+    target: &Target,
+    error: &tonic::transport::Error,
+) -> ConnectError {
+    let mut explained = ConnectError::connect(&target_config(config, target), error);
+    if let ConnectError::Connect { server, .. } = &mut explained
+        && target.url != target.server_url
+    {
+        *server = format!("{} ({})", target.server_url, target.address);
+    }
+    explained
+}
+
 /// One health check: `Ok` if the endpoint says SERVING in time.
 async fn check(channel: Channel) -> Result<(), String> {
     let mut client = HealthClient::new(channel);
@@ -367,25 +529,30 @@ async fn check(channel: Channel) -> Result<(), String> {
     }
 }
 
-/// Checks one endpoint every interval, and at once when a call to it failed.
-async fn check_forever(
-    index: usize,
-    channel: Channel,
-    stats: Arc<EndpointStats>,
-    report: Arc<watch::Sender<Vec<bool>>>,
-) {
+/// Checks member `id` every interval, and at once when a call to it
+/// failed, until it leaves the set (its checker is aborted) or the set is
+/// gone. A name none of whose addresses passes is looked up again.
+async fn check_forever(shared: Arc<Shared>, id: u64, channel: Channel, stats: Arc<EndpointStats>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(ReplicaSet::HEALTH_INTERVAL) => {}
             _ = stats.suspect.notified() => {}
         }
-        if report.is_closed() {
+        if shared.members.is_closed() {
             return;
         }
         let result = check(channel.clone()).await;
         let healthy = result.is_ok();
-        let was = report.borrow()[index];
-        if healthy != was {
+        let changed = shared.members.send_if_modified(|members| {
+            match members.iter_mut().find(|m| m.id == id) {
+                Some(member) if member.healthy != healthy => {
+                    member.healthy = healthy;
+                    true
+                }
+                _ => false,
+            }
+        });
+        if changed {
             match &result {
                 Ok(()) => {
                     tracing::info!(endpoint = %stats.target.address, "endpoint healthy again: it gets calls")
@@ -395,44 +562,69 @@ async fn check_forever(
                     tracing::warn!(endpoint = %stats.target.address, why = %why, "endpoint failed its health check: ejected");
                 }
             }
-            report.send_modify(|h| h[index] = healthy);
+        }
+        if !healthy && shared.name_failing(stats.target.server) {
+            shared.resolve_soon.notify_one();
         }
     }
 }
 
-/// Keeps one balancer's endpoints those that are healthy (all of them when none is).
-async fn follow_health(
-    services: Vec<EndpointService>,
-    mut health: watch::Receiver<Vec<bool>>,
-    changes: mpsc::UnboundedSender<Result<Change<usize, Weighed>, Infallible>>,
+/// Keeps one balancer's endpoints the members that are healthy (all of
+/// them when none is), with a connection of its own to each: made when a
+/// member comes, dropped when it goes.
+async fn follow_members(
+    mut services: BTreeMap<u64, EndpointService>,
+    mut members: watch::Receiver<Vec<Member>>,
+    config: ClientConfig,
+    changes: mpsc::UnboundedSender<Result<Change<u64, Weighed>, Infallible>>,
 ) {
     let mut inside = BTreeSet::new();
     loop {
-        let wanted: BTreeSet<usize> = {
-            let healthy = health.borrow_and_update();
-            let up: BTreeSet<usize> = (0..services.len()).filter(|i| healthy[*i]).collect();
-            if up.is_empty() {
-                (0..services.len()).collect()
-            } else {
-                up
+        let now = members.borrow_and_update().clone();
+        services.retain(|id, _| now.iter().any(|m| m.id == *id));
+        for member in &now {
+            if services.contains_key(&member.id) {
+                continue;
             }
+            match target_endpoint(&config, &member.stats.target) {
+                Ok(endpoint) => {
+                    let service = EndpointService {
+                        channel: endpoint.connect_lazy(),
+                        stats: member.stats.clone(),
+                    };
+                    services.insert(member.id, service);
+                }
+                Err(error) => {
+                    tracing::warn!(endpoint = %member.stats.target.address, %error, "cannot open a connection to a new endpoint")
+                }
+            }
+        }
+        let up: BTreeSet<u64> = now
+            .iter()
+            .filter(|m| m.healthy && services.contains_key(&m.id))
+            .map(|m| m.id)
+            .collect();
+        let wanted = if up.is_empty() {
+            services.keys().copied().collect()
+        } else {
+            up
         };
-        for &index in wanted.difference(&inside) {
+        for &id in wanted.difference(&inside) {
             let service =
-                PendingRequests::new(services[index].clone(), CompleteOnResponse::default());
-            if changes.send(Ok(Change::Insert(index, service))).is_err() {
+                PendingRequests::new(services[&id].clone(), CompleteOnResponse::default());
+            if changes.send(Ok(Change::Insert(id, service))).is_err() {
                 return;
             }
         }
-        for &index in inside.difference(&wanted) {
-            if changes.send(Ok(Change::Remove(index))).is_err() {
+        for &id in inside.difference(&wanted) {
+            if changes.send(Ok(Change::Remove(id))).is_err() {
                 return;
             }
         }
         inside = wanted;
         tokio::select! {
-            changed = health.changed() => if changed.is_err() {
-                // Nobody reports health any more (one endpoint): keep what is in.
+            changed = members.changed() => if changed.is_err() {
+                // The set is gone: keep what is in.
                 changes.closed().await;
                 return;
             },
@@ -444,9 +636,10 @@ async fn follow_health(
 /// An endpoint as a balancer holds it: its channel, weighed by calls in flight.
 type Weighed = PendingRequests<EndpointService>;
 
-/// The OpenTelemetry view of the endpoints' counters, read at each export
-/// (nothing is recorded per call but two atomic additions).
-fn observe(stats: &Arc<[Arc<EndpointStats>]>) {
+/// The OpenTelemetry view of the members' counters, read at each export
+/// (nothing is recorded per call but two atomic additions). An endpoint
+/// that left the set is no longer reported.
+fn observe(set: Weak<Shared>) {
     let meter = global::meter("sensorhub-client");
     let attributes = |s: &EndpointStats| {
         [
@@ -456,14 +649,15 @@ fn observe(stats: &Arc<[Arc<EndpointStats>]>) {
     };
     let counter =
         |name: &'static str, description: &'static str, read: fn(&EndpointStats) -> u64| {
-            let stats = stats.clone();
+            let set = set.clone();
             meter
                 .u64_observable_counter(name)
                 .with_unit("{call}")
                 .with_description(description)
                 .with_callback(move |observer| {
-                    for s in stats.iter() {
-                        observer.observe(read(s), &attributes(s));
+                    let Some(set) = set.upgrade() else { return };
+                    for member in set.members.borrow().iter() {
+                        observer.observe(read(&member.stats), &attributes(&member.stats));
                     }
                 })
                 .build()
@@ -521,6 +715,9 @@ impl Service<Request<Body>> for EndpointService {
                 Err(error) => {
                     stats.failures.fetch_add(1, Ordering::Relaxed);
                     stats.suspect.notify_one();
+                    if let Some(set) = stats.set.upgrade() {
+                        set.call_failed(&stats);
+                    }
                     Err(error.into())
                 }
             }
@@ -534,9 +731,10 @@ pub struct Balanced(Route);
 
 #[derive(Clone)]
 enum Route {
-    /// One endpoint, or a channel made elsewhere: nothing to choose.
+    /// One address, or a channel made elsewhere: nothing to choose.
     Direct(EndpointService),
-    /// Several: tower's p2c balancer, behind a buffer so that clones share it.
+    /// Names or several addresses: tower's p2c balancer, behind a buffer
+    /// so that clones share it.
     Balancer(Buffer<Request<Body>, BoxFuture<'static, Result<Response<Body>, BoxError>>>),
 }
 
@@ -546,12 +744,16 @@ impl Balanced {
         let address = SocketAddr::from(([0, 0, 0, 0], 0));
         Balanced(Route::Direct(EndpointService {
             channel,
-            stats: Arc::new(EndpointStats::new(Target {
-                url: url.to_owned(),
-                tls_name: None,
-                address,
-                server: 0,
-            })),
+            stats: Arc::new(EndpointStats::new(
+                Target {
+                    url: url.to_owned(),
+                    server_url: url.to_owned(),
+                    tls_name: None,
+                    address,
+                    server: 0,
+                },
+                Weak::new(),
+            )),
         }))
     }
 }
