@@ -9,7 +9,8 @@
 //! - a replica removed from the answer gets no more calls, the others keep
 //!   their counters, and no call fails in the whole test;
 //! - when the name's only replica dies and the name now points elsewhere,
-//!   calls move there within 5 s, with the refresh at 600 s;
+//!   calls move there within 5 s, with the refresh at 600 s; so do they
+//!   when every address of a name with two fails its health check;
 //! - an answer whose only address does not answer leaves the last endpoint
 //!   in place.
 
@@ -379,4 +380,31 @@ async fn dns_refresh_an_answer_where_nothing_listens_keeps_the_last_endpoint() {
     assert!(calls.ok() > ok, "the calls go on");
     let failed = calls.stop().await;
     assert!(failed.is_empty(), "failed calls: {failed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_refresh_calls_move_within_5s_when_every_address_of_the_name_fails_its_check() {
+    let servers = replicas(3);
+    let resolver = TestResolver::answering(&[1, 2]);
+    // Two addresses: no call is to a name's only address, so the failed
+    // health checks are what looks again.
+    let (set, client) = client(&resolver, servers[0].grpc, Duration::from_secs(600)).await;
+    let calls = Calls::start(client);
+    within(Duration::from_secs(5), "calls to .1 and .2", || {
+        sent(&set) == [true, true]
+    })
+    .await;
+    resolver.answer(&[3]);
+    servers[0].signal("KILL");
+    servers[1].signal("KILL");
+    let took = within(Duration::from_secs(5), "calls on .3", || {
+        servers[2].unary_calls_started() > 0.0
+    })
+    .await;
+    assert_eq!(hosts(&set), [3]);
+    let failed = calls.stop().await;
+    eprintln!(
+        "calls moved {took:?} after both died; {} failed meanwhile",
+        failed.len()
+    );
 }
