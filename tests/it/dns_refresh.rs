@@ -4,8 +4,9 @@
 //! resolver answers for one name what the test says.
 //!
 //! - two replicas added to the answer get calls within a refresh;
-//! - a lookup that fails keeps the set and the calls going, and the next
-//!   answer that works is followed;
+//! - a lookup that fails keeps the set and the calls going, says so once
+//!   (and once when lookups work again), and the next answer that works is
+//!   followed;
 //! - a replica removed from the answer gets no more calls, the others keep
 //!   their counters, and no call fails in the whole test;
 //! - when the name's only replica dies and the name now points elsewhere,
@@ -241,8 +242,51 @@ async fn dns_refresh_replicas_added_to_the_answer_get_calls_within_a_refresh() {
     eprintln!("the added replicas got calls {took:?} after the answer changed");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// What the client logs on this thread (a current-thread test: its tasks too).
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<u8>>>);
+
+impl Log {
+    fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(self.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    /// The lines that contain `needle`.
+    fn lines(&self, needle: &str) -> usize {
+        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
+        text.lines().filter(|l| l.contains(needle)).count()
+    }
+}
+
+impl io::Write for Log {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
+    type Writer = Log;
+
+    fn make_writer(&'a self) -> Log {
+        self.clone()
+    }
+}
+
+/// On one thread, so that the client's tasks log where the test listens.
+#[tokio::test(flavor = "current_thread")]
 async fn dns_refresh_a_failing_lookup_keeps_the_set_and_the_calls_go_on() {
+    let log = Log::default();
+    let _capture = log.capture();
     let servers = replicas(3);
     let resolver = TestResolver::answering(&[1, 2]);
     let refresh = Duration::from_millis(500);
@@ -265,6 +309,8 @@ async fn dns_refresh_a_failing_lookup_keeps_the_set_and_the_calls_go_on() {
     assert!(calls.ok() > ok + 20, "the calls went on");
     assert!(servers[0].unary_calls_started() > one);
     assert!(servers[1].unary_calls_started() > two);
+    // Said once, not at every lookup.
+    assert_eq!(log.lines("cannot look the name up again"), 1);
 
     // The lookups go on, and the first that works again is followed.
     resolver.answer(&[1, 2, 3]);
@@ -275,6 +321,8 @@ async fn dns_refresh_a_failing_lookup_keeps_the_set_and_the_calls_go_on() {
     assert_eq!(hosts(&set), [1, 2, 3]);
     tokio::time::sleep(PAGE_AGE).await;
     assert!(servers[2].unary_calls_started() > 0.0);
+    assert_eq!(log.lines("the name resolves again"), 1);
+    assert_eq!(log.lines("cannot look the name up again"), 1);
     let failed = calls.stop().await;
     assert!(failed.is_empty(), "failed calls: {failed:?}");
 }
