@@ -13,7 +13,8 @@
 //!   calls move there within 5 s, with the refresh at 600 s; so do they
 //!   when every address of a name with two fails its health check;
 //! - an answer whose only address does not answer leaves the last endpoint
-//!   in place.
+//!   in place;
+//! - the client commands take `--dns-refresh`.
 
 use std::{
     future::Future,
@@ -33,7 +34,7 @@ use sensorhub_grpc::{
     testing::{CALL_TIMEOUT, reading, unix_now},
 };
 
-use crate::support::spawned_server::{Serve, SpawnedServer};
+use crate::support::spawned_server::{Serve, SpawnedServer, command};
 
 const NAME: &str = "replicas.sensorhub.test";
 const TOKEN: &str = "dns-refresh-token-5e81";
@@ -455,4 +456,51 @@ async fn dns_refresh_calls_move_within_5s_when_every_address_of_the_name_fails_i
         "calls moved {took:?} after both died; {} failed meanwhile",
         failed.len()
     );
+}
+
+/// The command line: `--dns-refresh` on a client command, a name with one
+/// address through the balancer (`load` over `localhost`, looked up every
+/// 200 ms), and a value that is no duration refused.
+#[test]
+fn dns_refresh_the_client_commands_take_the_flag() {
+    let servers = replicas(1);
+    let out = command()
+        .args([
+            "load",
+            "--server",
+            &format!("http://localhost:{}", servers[0].grpc),
+        ])
+        .args(["--token", TOKEN, "--json", "--quiet", "--mode", "unary"])
+        .args(["--duration", "1s", "--connections", "2"])
+        .args(["--dns-refresh", "200ms"])
+        .output()
+        .expect("run sensorhub load");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    let endpoints = report["endpoints"].as_array().expect("endpoints");
+    assert_eq!(endpoints.len(), 1, "{report}");
+    assert_eq!(
+        endpoints[0]["address"].as_str(),
+        Some(format!("127.0.0.1:{}", servers[0].grpc).as_str())
+    );
+    assert_eq!(report["failed"].as_u64(), Some(0), "{report}");
+    assert!(report["ok"].as_u64().unwrap() > 0, "{report}");
+
+    let out = command()
+        .args([
+            "stats",
+            "--server",
+            "http://localhost:1",
+            "--dns-refresh",
+            "soon",
+        ])
+        .output()
+        .expect("run sensorhub stats");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--dns-refresh"), "{stderr}");
 }
