@@ -229,6 +229,12 @@ async fn balancing_a_replica_killed_mid_run_loses_no_acknowledged_reading_and_ge
         failed <= 50,
         "{failed} calls failed, more than those in flight at the kill: {report}"
     );
+    // None failed for want of a connection: a call the killed replica
+    // refused never reached it, and went to another one.
+    assert!(
+        !report["error_messages"].to_string().contains("connect"),
+        "calls failed because the killed replica refused them: {report}"
+    );
     let by_port = calls_by_port(&report);
     let killed = report["endpoints"]
         .as_array()

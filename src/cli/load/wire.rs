@@ -5,7 +5,11 @@
 //! every message once, before the run), so sending one is a copy into
 //! tonic's buffer. History pages coming back are counted, not decoded. Acks
 //! and chat replies are small and decoded with prost. There is no telemetry
-//! layer on these channels: a load tool must not make a span per call.
+//! layer on these channels: a load tool must not make a span per call. The
+//! transparent retry of calls that never left the client is there, as on
+//! every client of sensorhub's: without it, a replica that dies mid-run
+//! fails the calls queued for it, and those the balancer sends it before
+//! its health check ejects it, although none of them reached it.
 
 use std::{marker::PhantomData, pin::Pin};
 
@@ -16,6 +20,7 @@ use prost::Message;
 use sensorhub_grpc::client::{
     AttachToken, ConnectError,
     replicas::{Balanced, ReplicaSet},
+    unsent_retry::UnsentRetry,
 };
 use sensorhub_proto as pb;
 use tokio::sync::mpsc;
@@ -28,7 +33,7 @@ use tonic::{
 
 /// One HTTP/2 connection to each replica (balanced over them), with the
 /// token attached to every call.
-pub type Conn = tonic::client::Grpc<InterceptedService<Balanced, AttachToken>>;
+pub type Conn = tonic::client::Grpc<InterceptedService<UnsentRetry<Balanced>, AttachToken>>;
 
 /// Opens `n` separate balancers over `replicas` (each with its own
 /// connection to every replica), driven by the current runtime.
@@ -42,7 +47,7 @@ pub async fn connect(
     let mut conns = Vec::with_capacity(n);
     for channel in futures_util::future::join_all(opening).await {
         conns.push(tonic::client::Grpc::new(InterceptedService::new(
-            channel?,
+            UnsentRetry::new(channel?),
             token.clone(),
         )));
     }

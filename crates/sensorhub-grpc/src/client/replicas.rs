@@ -46,7 +46,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex, Weak,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -69,7 +69,7 @@ use tower::{
     balance::p2c::Balance,
     buffer::Buffer,
     discover::Change,
-    load::{CompleteOnResponse, PendingRequests},
+    load::{CompleteOnResponse, Load, PendingRequests, pending_requests::Count},
     util::BoxService,
 };
 
@@ -125,6 +125,10 @@ pub struct EndpointStats {
     ejections: AtomicU64,
     /// Notified when a call failed in the transport: check health now.
     suspect: Notify,
+    /// Its last connection attempt was refused (or found no route), and
+    /// neither a check nor a call has passed since: the balancers weigh it
+    /// heavier than any other endpoint ([`Weighed`]).
+    refused: AtomicBool,
     /// The set it belongs to, told when a call to it failed in the
     /// transport (which may mean its name has moved).
     set: Weak<Shared>,
@@ -138,6 +142,7 @@ impl EndpointStats {
             failures: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
             suspect: Notify::new(),
+            refused: AtomicBool::new(false),
             set,
         }
     }
@@ -543,6 +548,9 @@ async fn check_forever(shared: Arc<Shared>, id: u64, channel: Channel, stats: Ar
         }
         let result = check(channel.clone()).await;
         let healthy = result.is_ok();
+        if healthy {
+            stats.refused.store(false, Ordering::Relaxed);
+        }
         let changed = shared.members.send_if_modified(|members| {
             match members.iter_mut().find(|m| m.id == id) {
                 Some(member) if member.healthy != healthy => {
@@ -610,8 +618,7 @@ async fn follow_members(
             up
         };
         for &id in wanted.difference(&inside) {
-            let service =
-                PendingRequests::new(services[&id].clone(), CompleteOnResponse::default());
+            let service = Weighed::new(services[&id].clone());
             if changes.send(Ok(Change::Insert(id, service))).is_err() {
                 return;
             }
@@ -633,8 +640,54 @@ async fn follow_members(
     }
 }
 
-/// An endpoint as a balancer holds it: its channel, weighed by calls in flight.
-type Weighed = PendingRequests<EndpointService>;
+/// An endpoint as a balancer holds it: its channel, weighed by calls in
+/// flight, and heavier than every endpoint that is not refusing
+/// connections while it is.
+///
+/// Why: a call to a replica that has just died fails at once ("connection
+/// refused"), so by calls in flight alone the dead replica is the least
+/// busy: the balancer would send it the next calls, and the transparent
+/// retries of those it just refused, until its health check ejects it. Both
+/// of p2c's two draws are endpoints, so a refusing one is picked only when
+/// the other refuses too.
+struct Weighed {
+    calls: PendingRequests<EndpointService>,
+    stats: Arc<EndpointStats>,
+}
+
+impl Weighed {
+    fn new(service: EndpointService) -> Self {
+        Self {
+            stats: service.stats.clone(),
+            calls: PendingRequests::new(service, CompleteOnResponse::default()),
+        }
+    }
+}
+
+impl Load for Weighed {
+    type Metric = (bool, Count);
+
+    fn load(&self) -> (bool, Count) {
+        (
+            self.stats.refused.load(Ordering::Relaxed),
+            self.calls.load(),
+        )
+    }
+}
+
+impl Service<Request<Body>> for Weighed {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = <PendingRequests<EndpointService> as Service<Request<Body>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.calls.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        self.calls.call(request)
+    }
+}
 
 /// The OpenTelemetry view of the members' counters, read at each export
 /// (nothing is recorded per call but two atomic additions). An endpoint
@@ -703,6 +756,7 @@ impl Service<Request<Body>> for EndpointService {
         Box::pin(async move {
             match call.await {
                 Ok(response) => {
+                    stats.refused.store(false, Ordering::Relaxed);
                     let refused = response
                         .headers()
                         .get("grpc-status")
@@ -714,6 +768,9 @@ impl Service<Request<Body>> for EndpointService {
                 }
                 Err(error) => {
                     stats.failures.fetch_add(1, Ordering::Relaxed);
+                    if no_connection(&error) {
+                        stats.refused.store(true, Ordering::Relaxed);
+                    }
                     stats.suspect.notify_one();
                     if let Some(set) = stats.set.upgrade() {
                         set.call_failed(&stats);
@@ -723,6 +780,20 @@ impl Service<Request<Body>> for EndpointService {
             }
         })
     }
+}
+
+/// Whether `error` says no connection could be made to the endpoint
+/// (refused, no route to it): the call never reached it.
+fn no_connection(error: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::{ConnectionRefused, HostUnreachable, NetworkUnreachable};
+    std::iter::successors(Some(error), |e| e.source()).any(|e| {
+        e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                ConnectionRefused | HostUnreachable | NetworkUnreachable
+            )
+        })
+    })
 }
 
 /// A balancer over a [`ReplicaSet`]'s endpoints; clones share it.
@@ -781,5 +852,33 @@ impl Service<Request<Body>> for Balanced {
             Route::Direct(service) => service.call(request),
             Route::Balancer(balancer) => Box::pin(balancer.call(request)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refused_connection_is_told_apart_from_other_transport_errors() {
+        // A port nobody listens on: bound, read back, and closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut channel =
+            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+                .unwrap()
+                .connect_lazy();
+        let error = tower::ServiceExt::ready(&mut channel)
+            .await
+            .unwrap()
+            .call(Request::new(Body::empty()))
+            .await
+            .expect_err("nothing listens");
+        assert!(no_connection(&error), "{error:?}");
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert!(!no_connection(&reset));
     }
 }
