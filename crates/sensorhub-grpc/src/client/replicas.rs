@@ -26,8 +26,8 @@
 //! balancers) calls `grpc.health.v1.Health/Check` for `SensorService` every
 //! [`ReplicaSet::HEALTH_INTERVAL`], and at once when a call to the endpoint
 //! failed in the transport. An endpoint that answers anything but SERVING,
-//! or does not answer in time, is ejected from every balancer; it is
-//! inserted again once a check passes. When no endpoint is healthy, all are
+//! cannot be connected to, or does not answer in time twice in a row, is
+//! ejected from every balancer; it is inserted again once a check passes. When no endpoint is healthy, all are
 //! kept (Envoy's "panic routing"): calls then fail fast with the transport's
 //! error instead of waiting for a replica that may never come.
 //!
@@ -520,6 +520,17 @@ fn target_error(
     explained
 }
 
+/// What a check says when the endpoint did not answer within
+/// [`ReplicaSet::HEALTH_TIMEOUT`].
+const NO_ANSWER: &str = "no answer in time";
+
+/// Checks in a row that must go unanswered before a healthy endpoint is
+/// ejected for that alone. A late answer says less than a refusal or a
+/// NOT_SERVING: on a loaded client or server a healthy replica's answer can
+/// miss the second now and then, and ejecting it for one late answer
+/// skews the spread over the others.
+const LATE_CHECKS_TO_EJECT: u32 = 2;
+
 /// One health check: `Ok` if the endpoint says SERVING in time.
 async fn check(channel: Channel) -> Result<(), String> {
     let mut client = HealthClient::new(channel);
@@ -527,7 +538,7 @@ async fn check(channel: Channel) -> Result<(), String> {
         service: SERVICE_NAME.to_owned(),
     };
     match tokio::time::timeout(ReplicaSet::HEALTH_TIMEOUT, client.check(request)).await {
-        Err(_) => Err("no answer in time".to_owned()),
+        Err(_) => Err(NO_ANSWER.to_owned()),
         Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
         Ok(Ok(reply)) if reply.get_ref().status == ServingStatus::Serving as i32 => Ok(()),
         Ok(Ok(reply)) => Err(format!("{:?}", reply.get_ref().status())),
@@ -538,6 +549,7 @@ async fn check(channel: Channel) -> Result<(), String> {
 /// failed, until it leaves the set (its checker is aborted) or the set is
 /// gone. A name none of whose addresses passes is looked up again.
 async fn check_forever(shared: Arc<Shared>, id: u64, channel: Channel, stats: Arc<EndpointStats>) {
+    let mut late_in_a_row = 0;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(ReplicaSet::HEALTH_INTERVAL) => {}
@@ -547,6 +559,12 @@ async fn check_forever(shared: Arc<Shared>, id: u64, channel: Channel, stats: Ar
             return;
         }
         let result = check(channel.clone()).await;
+        let late = matches!(&result, Err(why) if why == NO_ANSWER);
+        late_in_a_row = if late { late_in_a_row + 1 } else { 0 };
+        if late && late_in_a_row < LATE_CHECKS_TO_EJECT {
+            // Neither in nor out on this alone: the endpoint stays as it was.
+            continue;
+        }
         let healthy = result.is_ok();
         if healthy {
             stats.refused.store(false, Ordering::Relaxed);
