@@ -75,6 +75,28 @@ async fn wait_for(
     }
 }
 
+/// A server on a fresh database of the shared PostgreSQL, reached through a
+/// proxy the test can freeze (with the HTTP listener when `http`). The proxy
+/// comes first, so that it outlives the server when both are dropped.
+async fn server_behind_proxy(http: bool) -> (PgProxy, TestServer) {
+    let pg = tokio::task::spawn_blocking(TestPostgres::shared)
+        .await
+        .unwrap();
+    let database = pg.fresh_database();
+    let proxy = PgProxy::start(pg.port()).await;
+    let server = TestServer::start_with(TestOptions {
+        database_url: Some(format!(
+            "postgres://postgres:{}@127.0.0.1:{}/{database}?sslmode=disable",
+            sensorhub_store_postgres::testing::PASSWORD,
+            proxy.port()
+        )),
+        http,
+        ..TestOptions::default()
+    })
+    .await;
+    (proxy, server)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_faults_an_unreachable_database_is_reported_and_recovered_from() {
     let pg = Arc::new(
@@ -200,21 +222,7 @@ async fn database_faults_an_unreachable_database_is_reported_and_recovered_from(
 /// and once the database answers again the server serves by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_faults_a_database_that_stops_answering_is_noticed_within_2_s() {
-    let pg = tokio::task::spawn_blocking(TestPostgres::shared)
-        .await
-        .unwrap();
-    let database = pg.fresh_database();
-    let proxy = PgProxy::start(pg.port()).await;
-    let server = TestServer::start_with(TestOptions {
-        database_url: Some(format!(
-            "postgres://postgres:{}@127.0.0.1:{}/{database}?sslmode=disable",
-            sensorhub_store_postgres::testing::PASSWORD,
-            proxy.port()
-        )),
-        http: true,
-        ..TestOptions::default()
-    })
-    .await;
+    let (proxy, server) = server_behind_proxy(true).await;
     let port = server.http_addr.expect("http listener").port();
     let mut client = server.client().await;
     let mut health_client = HealthClient::new(channel(&server).await);
@@ -298,20 +306,7 @@ async fn database_faults_a_database_that_stops_answering_is_noticed_within_2_s()
 /// and once the database answers again the read-back shows exactly that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_faults_calls_without_a_deadline_end_when_the_database_stays_silent() {
-    let pg = tokio::task::spawn_blocking(TestPostgres::shared)
-        .await
-        .unwrap();
-    let database = pg.fresh_database();
-    let proxy = PgProxy::start(pg.port()).await;
-    let server = TestServer::start_with(TestOptions {
-        database_url: Some(format!(
-            "postgres://postgres:{}@127.0.0.1:{}/{database}?sslmode=disable",
-            sensorhub_store_postgres::testing::PASSWORD,
-            proxy.port()
-        )),
-        ..TestOptions::default()
-    })
-    .await;
+    let (proxy, server) = server_behind_proxy(false).await;
     let mut client = server.client().await;
     let base = unix_now() - 100;
     let before = reading("unanswered", 21.0, base);
