@@ -1,7 +1,9 @@
 //! The command line: one subcommand per job. Every `serve` flag can also be
 //! set from a `SENSORHUB_*` environment variable, so containers are
 //! configured by env; client commands read `SENSORHUB_SERVER`,
-//! `SENSORHUB_CA` and `SENSORHUB_TOKEN`.
+//! `SENSORHUB_CA`, `SENSORHUB_TOKEN` and `SENSORHUB_CLIENT_ENABLE_METRICS`
+//! (not `SENSORHUB_ENABLE_METRICS`, which names the server's in its
+//! container).
 
 mod call_error;
 mod certs;
@@ -18,7 +20,11 @@ pub use call_error::CallError;
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use sensorhub_grpc::{ClientConfig, SensorClient, tls::ClientTlsFiles};
+use sensorhub_grpc::{
+    ClientConfig, SensorClient,
+    optional_metrics::{OptionalMetrics, Side},
+    tls::ClientTlsFiles,
+};
 use sensorhub_telemetry::pipeline::{
     ConsoleFormat, PipelineOptions, SpanRecorder, Telemetry, TraceRing,
 };
@@ -176,8 +182,32 @@ impl ConnectArgs {
         }
     }
 
-    pub async fn connect(&self) -> anyhow::Result<SensorClient> {
-        Ok(sensorhub_grpc::connect(&self.config()).await?)
+    /// Connects, recording the optional metrics `metrics` names.
+    pub async fn connect(&self, metrics: &ClientMetricsArgs) -> anyhow::Result<SensorClient> {
+        let mut config = self.config();
+        config.retry_metrics = metrics.enabled()?.retry;
+        Ok(sensorhub_grpc::connect(&config).await?)
+    }
+}
+
+/// The optional metrics of a client command whose calls are measured
+/// (`sensor`, `readings`, `stats`; `load` makes no metric per call).
+#[derive(Debug, Clone, Args)]
+pub struct ClientMetricsArgs {
+    /// Optional metrics to switch on (comma-separated; off by default, as
+    /// gRFC A79 has experimental metrics): gRFC A96's
+    /// grpc.client.call.transparent_retries (calls sent again because no
+    /// attempt had sent them) and grpc.client.call.retry_delay (time between
+    /// their attempts). grpc.client.call.retries and .hedges are accepted
+    /// and never recorded: there is no retry policy and no hedging.
+    #[arg(long, env = "SENSORHUB_CLIENT_ENABLE_METRICS", value_delimiter = ',')]
+    pub enable_metrics: Vec<String>,
+}
+
+impl ClientMetricsArgs {
+    /// The metrics named, checked (`serve`'s parser, for a client).
+    pub fn enabled(&self) -> anyhow::Result<OptionalMetrics> {
+        Ok(OptionalMetrics::enable(&self.enable_metrics, Side::Client)?)
     }
 }
 

@@ -7,13 +7,15 @@ use clap::Args;
 use futures_util::StreamExt;
 use sensorhub_proto::SensorRequest;
 
-use super::{ConnectArgs, call_error::CallError};
+use super::{ClientMetricsArgs, ConnectArgs, call_error::CallError};
 use crate::time_arg::{format_time, parse_time};
 
 #[derive(Debug, Args)]
 pub struct ReadingsArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
+    #[command(flatten)]
+    pub metrics: ClientMetricsArgs,
     /// The sensor whose readings to print.
     #[arg(long)]
     pub sensor_id: String,
@@ -36,7 +38,7 @@ pub struct ReadingsArgs {
 }
 
 pub async fn run(args: ReadingsArgs) -> anyhow::Result<ExitCode> {
-    let mut client = args.connect.connect().await?;
+    let mut client = args.connect.connect(&args.metrics).await?;
     let request = SensorRequest {
         sensor_id: args.sensor_id,
         since: args.since.unwrap_or(0),

@@ -4,13 +4,15 @@ use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use clap::Args;
 
-use super::ConnectArgs;
+use super::{ClientMetricsArgs, ConnectArgs};
 use crate::simulator::{self, Counters, Mode, SensorConfig, Stop};
 
 #[derive(Debug, Args)]
 pub struct SensorArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
+    #[command(flatten)]
+    pub metrics: ClientMetricsArgs,
     /// Which RPC to use; `random` picks one per cycle, as the original clients did.
     #[arg(long, value_enum, default_value = "random")]
     pub mode: Mode,
@@ -41,7 +43,7 @@ pub struct SensorArgs {
 }
 
 pub async fn run(args: SensorArgs) -> anyhow::Result<ExitCode> {
-    let client = args.connect.connect().await?;
+    let client = args.connect.connect(&args.metrics).await?;
     let sensor_id = args
         .sensor_id
         .unwrap_or_else(|| format!("sensor-{:04x}", rand::random::<u16>()));

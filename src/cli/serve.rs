@@ -16,10 +16,10 @@ use sensorhub_grpc::{
     LiveSettings, MetricsEndpoint, MetricsFormat, Reload, RunningServer, ServerConfig,
     ServiceConfig,
     auth::{RateLimit, TokenSet},
-    connection_metrics::OptionalMetrics,
     debug_pprof::{ProfileError, ProfileFormat, ProfileOutput, Profiler},
     health_http::HttpLimits,
     listener::ConnectionLimits,
+    optional_metrics::{OptionalMetrics, Side},
     request_budget::RequestLimits,
     tls::ServerTlsFiles,
 };
@@ -275,7 +275,7 @@ impl ServeArgs {
         };
         config.rate_limit =
             NonZeroU32::new(self.rate_limit).map(|calls_per_second| RateLimit { calls_per_second });
-        config.optional_metrics = OptionalMetrics::enable(&self.enable_metrics)?;
+        config.optional_metrics = OptionalMetrics::enable(&self.enable_metrics, Side::Server)?;
         if self.pprof {
             if config.http.is_none() {
                 bail!("--pprof serves profiles on the HTTP listener: drop --http off, or --pprof");

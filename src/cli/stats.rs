@@ -5,13 +5,15 @@ use std::{io::Write, process::ExitCode};
 use clap::Args;
 use sensorhub_proto::{SensorStats, StatsRequest};
 
-use super::{ConnectArgs, call_error::CallError};
+use super::{ClientMetricsArgs, ConnectArgs, call_error::CallError};
 use crate::time_arg::format_time;
 
 #[derive(Debug, Args)]
 pub struct StatsArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
+    #[command(flatten)]
+    pub metrics: ClientMetricsArgs,
     /// Only this sensor. Default: every sensor.
     #[arg(long)]
     pub sensor_id: Option<String>,
@@ -24,7 +26,7 @@ pub struct StatsArgs {
 const PAGE: u32 = sensorhub_grpc::stats_paging::MAX_STATS_PER_REPLY as u32;
 
 pub async fn run(args: StatsArgs) -> anyhow::Result<ExitCode> {
-    let mut client = args.connect.connect().await?;
+    let mut client = args.connect.connect(&args.metrics).await?;
     // Every sensor: page by page, each reply's next_cursor asking for the next.
     let mut sensors = Vec::new();
     let mut cursor = String::new();

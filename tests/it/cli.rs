@@ -6,45 +6,39 @@ use std::{path::Path, process::Output, time::Duration};
 
 use crate::support::spawned_server::{Serve, SpawnedServer, command, sensorhub};
 
-#[test]
-fn serve_refuses_to_start_insecure_or_open_unless_told_by_name() {
+/// `sensorhub serve` on port 0, without the HTTP listener, on a fresh data
+/// directory, with `args`: for a refusal at startup.
+fn serve_refusal(args: &[&str]) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let data = data.to_str().unwrap();
-    let out = sensorhub(&[
+    let base = [
         "serve",
         "--listen",
         "127.0.0.1:0",
         "--http",
         "off",
         "--data",
-        data,
-        "--token",
-        "t",
-    ]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("--tls-cert") && stderr.contains("--insecure"),
-        "{stderr}"
-    );
+        data.to_str().unwrap(),
+    ];
+    sensorhub(&[&base[..], args].concat())
+}
 
-    let out = sensorhub(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--http",
-        "off",
-        "--data",
-        data,
-        "--insecure",
-    ]);
+/// The command failed, and its stderr says each of `says`.
+fn refused_saying(out: Output, says: &[&str]) {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("--token") && stderr.contains("--no-auth"),
-        "{stderr}"
+    for said in says {
+        assert!(stderr.contains(said), "{said:?} not in: {stderr}");
+    }
+}
+
+#[test]
+fn serve_refuses_to_start_insecure_or_open_unless_told_by_name() {
+    refused_saying(
+        serve_refusal(&["--token", "t"]),
+        &["--tls-cert", "--insecure"],
     );
+    refused_saying(serve_refusal(&["--insecure"]), &["--token", "--no-auth"]);
 }
 
 #[cfg(unix)]
@@ -295,4 +289,53 @@ fn demo_runs_four_sensors_and_stops_by_itself() {
         "a cancelled call in the last table:\n{rpcs}"
     );
     assert!(stdout.contains("demo stopped cleanly"));
+}
+
+/// `--enable-metrics`, one parser for `serve` and the clients: a name
+/// nobody records, or the other side's, stops the command at once, saying
+/// which names it takes.
+#[test]
+fn enable_metrics_refuses_a_name_it_does_not_record_and_lists_those_it_does() {
+    let client = ["--server", "https://127.0.0.1:9", "--enable-metrics"];
+    refused_saying(
+        sensorhub(
+            &[
+                &["stats"],
+                &client[..],
+                &["grpc.client.call.transparent_retry"],
+            ]
+            .concat(),
+        ),
+        &[
+            "unknown metric `grpc.client.call.transparent_retry`",
+            "grpc.client.call.transparent_retries",
+            "grpc.client.call.retry_delay",
+        ],
+    );
+    refused_saying(
+        command()
+            .args(["sensor", "--server", "https://127.0.0.1:9", "--count", "1"])
+            .env(
+                "SENSORHUB_CLIENT_ENABLE_METRICS",
+                "grpc.server.tls.handshakes",
+            )
+            .output()
+            .expect("run sensorhub"),
+        &[
+            "`grpc.server.tls.handshakes` is the server's",
+            "grpc.client.call.transparent_retries",
+        ],
+    );
+    refused_saying(
+        serve_refusal(&[
+            "--insecure",
+            "--no-auth",
+            "--enable-metrics",
+            "grpc.server.tls.handshakes,grpc.client.call.retries",
+        ]),
+        &[
+            "`grpc.client.call.retries` is a client's",
+            "sensorhub.connection.duration",
+        ],
+    );
 }

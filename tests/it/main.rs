@@ -47,6 +47,7 @@ mod python_original;
 mod reflection;
 mod reload;
 mod replicas;
+mod retry_metrics;
 mod scopes;
 mod slow_consumers;
 mod stats_pages;

@@ -3,9 +3,9 @@
 //! `authorization`). A connection that fails says why in plain words
 //! (`client/diagnosis.rs`). A call that never left the client (its
 //! connection was closing, its replica gone) is sent again
-//! (`client/unsent_retry.rs`). Calls are spread over every address of every
-//! server, which follow the names' answers (`client/replicas.rs`,
-//! `client/resolve.rs`).
+//! (`client/unsent_retry.rs`), each attempt measured by the telemetry layer
+//! above it. Calls are spread over every address of every server, which
+//! follow the names' answers (`client/replicas.rs`, `client/resolve.rs`).
 
 mod diagnosis;
 pub mod replicas;
@@ -22,7 +22,7 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
-use sensorhub_rpc_telemetry::{GrpcClientLayer, GrpcClientService};
+use sensorhub_rpc_telemetry::{GrpcClientLayer, GrpcClientService, RetryMetrics};
 use tower::Layer as _;
 
 use crate::{auth::AUTHORIZATION, tls::ClientTlsFiles};
@@ -47,6 +47,8 @@ pub struct ClientConfig {
     /// Where names become addresses (the system's resolver, unless a test
     /// hands in its own).
     pub resolver: Arc<dyn Resolve>,
+    /// gRFC A96's retry metrics switched on (`--enable-metrics`; all off by default).
+    pub retry_metrics: RetryMetrics,
 }
 
 impl ClientConfig {
@@ -59,6 +61,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(5),
             dns_refresh: Self::DNS_REFRESH,
             resolver: resolve::system(),
+            retry_metrics: RetryMetrics::default(),
         }
     }
 
@@ -79,8 +82,8 @@ impl ClientConfig {
 }
 
 /// A channel whose calls are traced and measured (client spans, A66 client
-/// metrics, `traceparent` sent to the server), and sent again when they
-/// never left the client.
+/// metrics, A96's when switched on, `traceparent` sent to the server), and
+/// sent again when they never left the client.
 pub type ObservedChannel = GrpcClientService<UnsentRetry<Balanced>>;
 
 /// A SensorService client that sends the token with every call.
@@ -170,9 +173,19 @@ pub fn endpoint(config: &ClientConfig) -> Result<Endpoint, ConnectError> {
 /// every address of every server, and balances calls over them, following
 /// the names' addresses as they change.
 pub async fn connect(config: &ClientConfig) -> Result<SensorClient, ConnectError> {
+    connect_with(config, GrpcClientLayer::new(&config.target())).await
+}
+
+/// [`connect`], recording through `telemetry` (a layer over the providers
+/// the caller chose), with the retry metrics `config` switches on.
+pub async fn connect_with(
+    config: &ClientConfig,
+    telemetry: GrpcClientLayer,
+) -> Result<SensorClient, ConnectError> {
     let replicas = ReplicaSet::connect(config, &config.servers()).await?;
     let channel = replicas.channel().await?;
-    client_over(channel, &config.target(), config.token.as_deref())
+    let telemetry = telemetry.with_retry_metrics(config.retry_metrics);
+    client_with(channel, telemetry, config.token.as_deref())
 }
 
 /// Wraps an existing channel to `server` with telemetry and the token interceptor.
@@ -190,7 +203,18 @@ pub fn client_over(
     target: &str,
     token: Option<&str>,
 ) -> Result<SensorClient, ConnectError> {
-    let observed = GrpcClientLayer::new(target).layer(UnsentRetry::new(channel));
+    client_with(channel, GrpcClientLayer::new(target), token)
+}
+
+/// Wraps a balancer with the retry of unsent calls, `telemetry` above it
+/// (whose providers and retry metrics the caller chose), and the token
+/// interceptor.
+pub fn client_with(
+    channel: Balanced,
+    telemetry: GrpcClientLayer,
+    token: Option<&str>,
+) -> Result<SensorClient, ConnectError> {
+    let observed = telemetry.layer(UnsentRetry::new(channel));
     Ok(SensorServiceClient::with_interceptor(
         observed,
         AttachToken::new(token)?,

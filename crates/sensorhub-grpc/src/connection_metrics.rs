@@ -16,8 +16,8 @@
 //!   a failed or slow handshake (admitted, so also counted as closed).
 //! - `sensorhub.connections.accept_errors`: failed accepts (EMFILE).
 //!
-//! Optional, off until named in `--enable-metrics` (A79: experimental
-//! metrics are off by default and switched on by name):
+//! Optional, off until named in `--enable-metrics` (`optional_metrics.rs`;
+//! A79: experimental metrics are off by default and switched on by name):
 //!
 //! - `grpc.server.tls.handshakes` (gRFC A118): every TLS handshake, with
 //!   `grpc.tls.handshake.result` (`SUCCESS` or why it failed, A118's enum)
@@ -33,44 +33,7 @@ use opentelemetry::{
     metrics::{Counter, Histogram, UpDownCounter},
 };
 
-/// `--enable-metrics` name of the A118 handshake counter.
-pub const TLS_HANDSHAKES: &str = "grpc.server.tls.handshakes";
-/// `--enable-metrics` name of the connection lifetime histogram.
-pub const CONNECTION_DURATION: &str = "sensorhub.connection.duration";
-
-/// The optional metrics that are switched on.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct OptionalMetrics {
-    pub tls_handshakes: bool,
-    pub connection_duration: bool,
-}
-
-/// A name `--enable-metrics` does not know.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "unknown metric `{0}` in --enable-metrics: the optional metrics are {TLS_HANDSHAKES} and {CONNECTION_DURATION}"
-)]
-pub struct UnknownMetric(String);
-
-impl OptionalMetrics {
-    /// Every optional metric's name.
-    pub const NAMES: [&'static str; 2] = [TLS_HANDSHAKES, CONNECTION_DURATION];
-
-    /// The metrics `names` switch on; an unknown name is an error, so a
-    /// misspelt one does not silently stay off.
-    pub fn enable<S: AsRef<str>>(names: &[S]) -> Result<Self, UnknownMetric> {
-        let mut enabled = Self::default();
-        for name in names {
-            match name.as_ref().trim() {
-                TLS_HANDSHAKES => enabled.tls_handshakes = true,
-                CONNECTION_DURATION => enabled.connection_duration = true,
-                "" => {}
-                other => return Err(UnknownMetric(other.to_owned())),
-            }
-        }
-        Ok(enabled)
-    }
-}
+use crate::optional_metrics::{CONNECTION_DURATION, OptionalMetrics, TLS_HANDSHAKES};
 
 const REASON: &str = "sensorhub.refusal.reason";
 pub(crate) const REFUSED_LIMIT: &str = "connection_limit";
@@ -460,34 +423,6 @@ mod tests {
         for (error, expected) in cases {
             assert_eq!(handshake_result(&error), expected, "{error:?}");
         }
-    }
-
-    #[test]
-    fn enable_metrics_takes_known_names_only() {
-        assert_eq!(
-            OptionalMetrics::enable::<&str>(&[]).unwrap(),
-            OptionalMetrics::default()
-        );
-        assert_eq!(
-            OptionalMetrics::enable(&[TLS_HANDSHAKES]).unwrap(),
-            OptionalMetrics {
-                tls_handshakes: true,
-                connection_duration: false
-            }
-        );
-        assert_eq!(
-            OptionalMetrics::enable(&OptionalMetrics::NAMES).unwrap(),
-            OptionalMetrics {
-                tls_handshakes: true,
-                connection_duration: true
-            }
-        );
-        let error = OptionalMetrics::enable(&["grpc.server.tls.handshake"]).unwrap_err();
-        let message = error.to_string();
-        assert!(
-            message.contains("`grpc.server.tls.handshake`") && message.contains(TLS_HANDSHAKES),
-            "{message}"
-        );
     }
 
     #[test]

@@ -49,9 +49,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt as _;
 
 use crate::{
-    connection_metrics::{ConnectionMetrics, OptionalMetrics},
-    listener::AcceptBackoff,
-    server::ServeError,
+    connection_metrics::ConnectionMetrics, listener::AcceptBackoff,
+    optional_metrics::OptionalMetrics, server::ServeError,
 };
 
 /// How long a rendered `/metrics` body is served again.

@@ -11,6 +11,7 @@
 //! - [`request_budget`]: what the server holds of request messages still arriving.
 //! - [`server`]: assembling and running the server, health, reflection, shutdown.
 //! - [`client`]: connecting with TLS and the token, for the CLI and tests.
+//! - [`optional_metrics`]: the `--enable-metrics` names of server and clients (gRFC A79).
 //!
 //! Invariant: the domain crate never sees a tonic or protobuf type; this
 //! crate is the only one that knows both. It knows nothing of the CLI.
@@ -28,6 +29,7 @@ pub mod health_http;
 pub mod idempotency_key;
 pub mod listener;
 pub mod live_view;
+pub mod optional_metrics;
 pub mod request_budget;
 pub mod server;
 pub mod service;

@@ -1,6 +1,7 @@
 //! The client layer: a client span per call whose context travels to the
-//! server in `traceparent`, and the A66 client metrics (one attempt per call:
-//! tonic does not retry).
+//! server in `traceparent`, and the A66 client metrics. A call is one
+//! attempt unless a retry layer beneath reports more (`attempts.rs`: each
+//! attempt counted as A66 says, and A96's retry metrics when switched on).
 //!
 //! Invariant: like the server layer, it knows gRPC and the OpenTelemetry API only.
 
@@ -24,6 +25,7 @@ use tower::{Layer, Service};
 
 use crate::{
     SemconvStability,
+    attempts::{CallAttempts, RetryInstruments, RetryMetrics},
     body::{CANCELLED, CallEnd, CountedBody, ObservedBody, status_of_error},
     conventions::{a66, semconv, status_name},
     frames::Tally,
@@ -93,7 +95,7 @@ impl GrpcClientLayer {
             shared: Arc::new(ClientShared {
                 target: Value::from(Arc::<str>::from(target)),
                 server,
-                tracer,
+                tracer: Arc::new(tracer),
                 stability,
                 started: meter
                     .u64_counter(a66::CLIENT_ATTEMPT_STARTED)
@@ -128,8 +130,18 @@ impl GrpcClientLayer {
                     "Duration of client calls (RPC semantic conventions)",
                     semconv::DURATION_BUCKETS,
                 ),
+                retry: RetryInstruments::default(),
+                meter: meter.clone(),
             }),
         }
+    }
+
+    /// Records the A96 retry metrics that `enabled` switches on, from the
+    /// attempts a retry layer beneath reports (`CallAttempts`).
+    pub fn with_retry_metrics(mut self, enabled: RetryMetrics) -> Self {
+        let shared = Arc::make_mut(&mut self.shared);
+        shared.retry = RetryInstruments::new(&shared.meter, enabled);
+        self
     }
 }
 
@@ -144,19 +156,22 @@ impl<S> Layer<S> for GrpcClientLayer {
     }
 }
 
-struct ClientShared {
-    target: Value,
+#[derive(Clone)]
+pub(crate) struct ClientShared {
+    pub(crate) target: Value,
     /// `server.address` and `server.port` from the target, for the span and
     /// the semconv metric.
     server: Vec<KeyValue>,
-    tracer: BoxedTracer,
+    tracer: Arc<BoxedTracer>,
     stability: SemconvStability,
-    started: Counter<u64>,
-    attempt_duration: Histogram<f64>,
+    pub(crate) started: Counter<u64>,
+    pub(crate) attempt_duration: Histogram<f64>,
     call_duration: Histogram<f64>,
-    sent: Histogram<u64>,
-    rcvd: Histogram<u64>,
+    pub(crate) sent: Histogram<u64>,
+    pub(crate) rcvd: Histogram<u64>,
     semconv_duration: Histogram<f64>,
+    pub(crate) retry: RetryInstruments,
+    meter: Meter,
 }
 
 impl std::fmt::Debug for ClientShared {
@@ -202,7 +217,7 @@ where
             .span_builder(method.as_str().into_owned())
             .with_kind(SpanKind::Client)
             .with_attributes(attributes)
-            .start_with_context(&shared.tracer, &parent);
+            .start_with_context(&*shared.tracer, &parent);
         let otel = parent.with_span(span);
         global::get_text_map_propagator(|propagator| {
             propagator.inject_context(&otel, &mut HeaderInjector(request.headers_mut()))
@@ -216,6 +231,8 @@ where
             ],
         );
         let sent = Arc::new(Tally::default());
+        let attempts = CallAttempts::new(shared.clone(), method.clone(), sent.clone(), start);
+        request.extensions_mut().insert(attempts.clone());
         let request =
             request.map(|body| tonic::body::Body::new(CountedBody::new(body, sent.clone())));
         ClientFuture {
@@ -226,6 +243,7 @@ where
                 method,
                 otel,
                 sent,
+                attempts,
             }),
         }
     }
@@ -300,24 +318,24 @@ pub struct ClientCall {
     method: Value,
     otel: Context,
     sent: Arc<Tally>,
+    attempts: CallAttempts,
 }
 
 impl CallEnd for ClientCall {
     fn finish(self, status: i32, (received_messages, received_bytes): (u64, u64)) {
-        let elapsed = self.start.elapsed().as_secs_f64();
+        let now = Instant::now();
+        let elapsed = (now - self.start).as_secs_f64();
         let (sent_messages, sent_bytes) = self.sent.get();
         let name = status_name(status);
         let shared = &self.shared;
 
+        self.attempts.finish(now, name, received_bytes);
         let a66 = [
             KeyValue::new(a66::METHOD, self.method.clone()),
             KeyValue::new(a66::TARGET, shared.target.clone()),
             KeyValue::new(a66::STATUS, name),
         ];
-        shared.attempt_duration.record(elapsed, &a66);
         shared.call_duration.record(elapsed, &a66);
-        shared.sent.record(sent_bytes, &a66);
-        shared.rcvd.record(received_bytes, &a66);
 
         let failed = status != 0;
         shared.semconv_duration.record(

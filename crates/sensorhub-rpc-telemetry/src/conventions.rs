@@ -1,8 +1,8 @@
 //! Names, units and bucket boundaries from the two conventions we emit, kept
-//! here as our own constants: gRFC A66 (gRPC's OpenTelemetry metrics) and the
-//! OpenTelemetry RPC semantic conventions, v1.40.0 and the rename after
-//! v1.44.0 (`crate::stability` chooses between them; the
-//! `opentelemetry-semantic-conventions` crate lags the spec, so its
+//! here as our own constants: gRPC's OpenTelemetry metrics (gRFC A66, and
+//! A96's retry metrics) and the OpenTelemetry RPC semantic conventions,
+//! v1.40.0 and the rename after v1.44.0 (`crate::stability` chooses between
+//! them; the `opentelemetry-semantic-conventions` crate lags the spec, so its
 //! constants would be older names still).
 
 /// gRFC A66 instruments.
@@ -46,6 +46,25 @@ pub mod a66 {
         1073741824.0,
         4294967296.0,
     ];
+}
+
+/// gRFC A96's retry metrics: histograms recorded once per call, at its end,
+/// with A66's `grpc.method` and `grpc.target`. Experimental, so off until
+/// switched on by name (gRFC A79).
+pub mod a96 {
+    /// Retries by a retry policy (the first attempt not counted).
+    pub const CLIENT_CALL_RETRIES: &str = "grpc.client.call.retries";
+    /// Transparent retries (gRFC A6: attempts whose request never left the client).
+    pub const CLIENT_CALL_TRANSPARENT_RETRIES: &str = "grpc.client.call.transparent_retries";
+    /// Hedged attempts.
+    pub const CLIENT_CALL_HEDGES: &str = "grpc.client.call.hedges";
+    /// Total time, seconds, with no attempt under way between the first
+    /// attempt and the call's end.
+    pub const CLIENT_CALL_RETRY_DELAY: &str = "grpc.client.call.retry_delay";
+
+    /// A96's recommended buckets for `grpc.client.call.transparent_retries`
+    /// (`retry_delay` takes A66's latency buckets).
+    pub const TRANSPARENT_RETRY_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 5.0, 10.0];
 }
 
 /// OpenTelemetry RPC semantic conventions (v1.40: `rpc.system.name`, fully

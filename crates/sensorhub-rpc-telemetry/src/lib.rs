@@ -11,6 +11,7 @@
 //! through the global providers, or through providers they are given, and,
 //! when given them, into the live view's recorders (`live`).
 
+mod attempts;
 mod body;
 mod client;
 pub mod conventions;
@@ -22,6 +23,7 @@ mod propagation;
 mod server;
 mod stability;
 
+pub use attempts::{CallAttempts, RetryMetrics};
 pub use body::ObservedBody;
 pub use client::{ClientCall, ClientFuture, GrpcClientLayer, GrpcClientService};
 pub use exemplars::ExemplarReservoir;

@@ -15,6 +15,15 @@
 //! on no call whose body was never read; a call whose body was polled, even
 //! if it then failed, is never retried (it may have been stored).
 //!
+//! Each attempt is reported to the client layer above through the
+//! [`CallAttempts`] handle it puts in the request's extensions: the layer
+//! records each as an A66 attempt and, when switched on, gRFC A96's
+//! `grpc.client.call.transparent_retries` and `.retry_delay` at the call's
+//! end. The time between attempts (A96's retry delay) is only the wait for
+//! the channel's readiness: the retry waits for nothing else, and tonic's
+//! channel is a buffer whose worker connects, so a new connection is made
+//! within the next attempt (as a gRPC attempt includes its pick).
+//!
 //! Invariant: a call is sent again only when its body is untouched, and at
 //! most [`MAX_ATTEMPTS`] times in all.
 
@@ -28,6 +37,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use http_body::{Frame, SizeHint};
+use sensorhub_rpc_telemetry::CallAttempts;
 use tonic::body::Body;
 use tower::{Service, ServiceExt as _};
 
@@ -72,11 +82,12 @@ where
         let mut service = std::mem::replace(&mut self.inner, clone);
         let (parts, body) = request.into_parts();
         let body = SharedBody::new(body);
+        let attempts = parts.extensions.get::<CallAttempts>().cloned();
         Box::pin(async move {
             let mut attempt = 1;
             loop {
                 let request = Request::from_parts(parts.clone(), Body::new(body.clone()));
-                let error = match service.call(request).await {
+                let error: BoxError = match service.call(request).await {
                     Ok(response) => return Ok(response),
                     Err(error) => error.into(),
                 };
@@ -85,7 +96,13 @@ where
                 }
                 attempt += 1;
                 tracing::debug!(%error, attempt, "call never sent; sending it again");
+                if let Some(attempts) = &attempts {
+                    attempts.retrying(&*error);
+                }
                 service.ready().await.map_err(Into::into)?;
+                if let Some(attempts) = &attempts {
+                    attempts.transparent_retry();
+                }
             }
         })
     }

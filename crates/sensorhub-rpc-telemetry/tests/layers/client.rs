@@ -1,6 +1,7 @@
 //! `GrpcClientLayer`: when a client call ends, with which status, and what
 //! it is recorded as (A66's `grpc.client.*` with `grpc.target`, the
-//! semconv client span).
+//! semconv client span); the attempts a retry layer beneath reports (A66
+//! per attempt, A96's retry metrics when switched on).
 
 use std::collections::BTreeMap;
 
@@ -9,8 +10,8 @@ use http::Response;
 use http_body_util::{BodyExt, Empty, channel::Channel};
 use opentelemetry::{Value, trace::SpanKind};
 use sensorhub_rpc_telemetry::{
-    GrpcClientLayer, SemconvStability,
-    conventions::{a66, semconv},
+    CallAttempts, GrpcClientLayer, RetryMetrics, SemconvStability,
+    conventions::{a66, a96, semconv},
 };
 use tower::{Layer, Service, ServiceExt, service_fn};
 
@@ -229,5 +230,130 @@ async fn the_client_emits_the_semconv_mode_it_is_given() {
             [(attributes_of(&expected), 1)],
             "{stability:?}"
         );
+    }
+}
+
+/// How long the retry layer below waits for a connection before each new attempt.
+const BETWEEN_ATTEMPTS: std::time::Duration = std::time::Duration::from_millis(40);
+
+/// Beneath the layer, what `sensorhub-grpc`'s transparent retry does to a
+/// call that two attempts failed to send: reports each failed attempt, waits
+/// for the transport, reports the next; the third is answered OK.
+fn retried_twice() -> impl Service<
+    http::Request<tonic::body::Body>,
+    Response = Response<Empty<Bytes>>,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone {
+    service_fn(|request: http::Request<tonic::body::Body>| async move {
+        let attempts = request
+            .extensions()
+            .get::<CallAttempts>()
+            .cloned()
+            .expect("the layer's handle on the call's attempts");
+        for _ in 0..2 {
+            attempts.retrying(&std::io::Error::other("connection closed"));
+            tokio::time::sleep(BETWEEN_ATTEMPTS).await;
+            attempts.transparent_retry();
+        }
+        let mut response = Response::new(Empty::<Bytes>::new());
+        response
+            .headers_mut()
+            .insert("grpc-status", http::HeaderValue::from(0u16));
+        Ok(response)
+    })
+}
+
+fn by_attributes(points: Vec<crate::recorded::Point>) -> BTreeMap<BTreeMap<String, String>, u64> {
+    points.into_iter().collect()
+}
+
+/// Each attempt is an A66 attempt: three started, two ended UNAVAILABLE
+/// (the transport's error) and one OK, in one call. With A96's metrics on,
+/// the call records 2 transparent retries and, as its retry delay, the
+/// time the retry layer waited between attempts.
+#[tokio::test]
+async fn transparent_retries_are_attempts_and_a96_records_them_once_per_call() {
+    let recorded = Recorded::new();
+    let mut service = layer(&recorded)
+        .with_retry_metrics(RetryMetrics {
+            transparent_retries: true,
+            retry_delay: true,
+        })
+        .layer(retried_twice());
+    trailers_only_call(&mut service, &format!("/{METHOD}")).await;
+
+    let call = attributes_of(&[(a66::METHOD, METHOD), (a66::TARGET, TARGET)]);
+    assert_eq!(
+        recorded.points(a66::CLIENT_ATTEMPT_STARTED),
+        [(call.clone(), 3)]
+    );
+    assert_eq!(
+        by_attributes(recorded.points(a66::CLIENT_ATTEMPT_DURATION)),
+        BTreeMap::from([(attempt("UNAVAILABLE"), 2), (attempt("OK"), 1)])
+    );
+    assert_eq!(
+        by_attributes(recorded.points(a66::CLIENT_SENT_SIZE)),
+        BTreeMap::from([(attempt("UNAVAILABLE"), 2), (attempt("OK"), 1)])
+    );
+    assert_eq!(
+        recorded.points(a66::CLIENT_CALL_DURATION),
+        [(attempt("OK"), 1)],
+        "one call"
+    );
+    assert_eq!(
+        recorded.histogram(a96::CLIENT_CALL_TRANSPARENT_RETRIES),
+        [(call.clone(), 1, 2.0)]
+    );
+    let delay = recorded.histogram(a96::CLIENT_CALL_RETRY_DELAY);
+    assert_eq!(delay.len(), 1, "{delay:?}");
+    let (attributes, count, seconds) = &delay[0];
+    assert_eq!((attributes, *count), (&call, 1));
+    let waited = 2.0 * BETWEEN_ATTEMPTS.as_secs_f64();
+    assert!(
+        (waited..waited + 1.0).contains(seconds),
+        "retry delay {seconds} s for two waits of {BETWEEN_ATTEMPTS:?}"
+    );
+}
+
+/// A96's metrics are off unless switched on (A79), while the attempts are
+/// still counted; and a call with no retry records none of them even when
+/// they are on (A96 reports no 0).
+#[tokio::test]
+async fn a96_records_nothing_when_off_or_when_there_was_no_retry() {
+    let recorded = Recorded::new();
+    let mut service = layer(&recorded).layer(retried_twice());
+    trailers_only_call(&mut service, &format!("/{METHOD}")).await;
+    assert_eq!(
+        recorded.points(a66::CLIENT_ATTEMPT_STARTED),
+        [(
+            attributes_of(&[(a66::METHOD, METHOD), (a66::TARGET, TARGET)]),
+            3
+        )]
+    );
+    for name in [
+        a96::CLIENT_CALL_TRANSPARENT_RETRIES,
+        a96::CLIENT_CALL_RETRY_DELAY,
+    ] {
+        assert!(recorded.histogram(name).is_empty(), "{name} while off");
+    }
+
+    let recorded = Recorded::new();
+    let mut service = layer(&recorded)
+        .with_retry_metrics(RetryMetrics {
+            transparent_retries: true,
+            retry_delay: true,
+        })
+        .layer(answers_trailers_only(0));
+    trailers_only_call(&mut service, &format!("/{METHOD}")).await;
+    assert_eq!(
+        recorded.points(a66::CLIENT_ATTEMPT_DURATION),
+        [(attempt("OK"), 1)]
+    );
+    for name in [
+        a96::CLIENT_CALL_TRANSPARENT_RETRIES,
+        a96::CLIENT_CALL_RETRY_DELAY,
+    ] {
+        assert!(recorded.histogram(name).is_empty(), "{name} with no retry");
     }
 }

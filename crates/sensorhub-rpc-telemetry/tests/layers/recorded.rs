@@ -129,6 +129,33 @@ impl Recorded {
             .collect()
     }
 
+    /// The points of the histogram `name`: attributes, count and sum.
+    pub fn histogram(&self, name: &str) -> Vec<(BTreeMap<String, String>, u64, f64)> {
+        self.meters.force_flush().expect("flush metrics");
+        let mut points = Vec::new();
+        for resource in self.metrics.get_finished_metrics().expect("metrics") {
+            for scope in resource.scope_metrics() {
+                for metric in scope.metrics().filter(|m| m.name() == name) {
+                    match metric.data() {
+                        AggregatedMetrics::F64(MetricData::Histogram(histogram)) => points.extend(
+                            histogram
+                                .data_points()
+                                .map(|p| (attributes(p.attributes()), p.count(), p.sum())),
+                        ),
+                        AggregatedMetrics::U64(MetricData::Histogram(histogram)) => points.extend(
+                            histogram
+                                .data_points()
+                                .map(|p| (attributes(p.attributes()), p.count(), p.sum() as f64)),
+                        ),
+                        _ => panic!("{name}: not a histogram"),
+                    }
+                }
+            }
+        }
+        self.metrics.reset();
+        points
+    }
+
     /// [`points`](Recorded::points), each with its scope's schema URL.
     pub fn scoped_points(&self, name: &str) -> Vec<(Point, Option<String>)> {
         self.meters.force_flush().expect("flush metrics");
