@@ -39,7 +39,7 @@ use crate::{index_metrics::IndexMetrics, journal::KeyEntry};
 use sensorhub_core::SensorStats;
 
 /// Rows per multi-row INSERT: one statement step for this many readings
-/// instead of one each (SQLite allows 32,766 parameters; 4 per row).
+/// instead of one each (SQLite allows 32,766 parameters; 5 per row).
 const ROWS_PER_INSERT: usize = 64;
 /// How long the first batch waiting for a transaction waits for others.
 const LINGER: Duration = Duration::from_millis(20);
@@ -57,12 +57,24 @@ pub(super) struct Row {
     pub(super) ts: i64,
     pub(super) seq: i64,
     pub(super) temperature: f64,
+    /// An earlier reading of the sensor has a later timestamp (`schema.rs`).
+    pub(super) late: bool,
+}
+
+/// One row of `tail_marks`: the tail of `sensor` after any sequence number
+/// from `seq` on starts at or after `(ts, seq)` along the key.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct TailMark {
+    pub(super) sensor: i64,
+    pub(super) seq: i64,
+    pub(super) ts: i64,
 }
 
 /// One group commit's worth of work for the indexer.
 #[derive(Debug)]
 pub(super) struct IndexBatch {
     pub(super) rows: Vec<Row>,
+    pub(super) marks: Vec<TailMark>,
     /// The statistics of each sensor the rows touch, as of the last row
     /// (key: the sensor's integer id).
     pub(super) sensors: Vec<(i64, SensorStats)>,
@@ -295,6 +307,12 @@ impl Indexer {
                 }
             }
             rows.flush(&tx)?;
+            let mut mark = tx.prepare_cached(
+                "INSERT OR REPLACE INTO tail_marks (sensor, seq, ts) VALUES (?1, ?2, ?3)",
+            )?;
+            for m in batches.iter().flat_map(|b| &b.marks) {
+                mark.execute(params![m.sensor, m.seq, m.ts])?;
+            }
             // Each sensor once, as of its latest batch.
             let mut latest: HashMap<i64, &SensorStats> = HashMap::new();
             for batch in batches {
@@ -379,8 +397,13 @@ impl Indexer {
             {
                 let mut delete =
                     tx.prepare_cached("DELETE FROM readings WHERE sensor = ?1 AND ts < ?2")?;
+                // A tail from before the oldest mark left starts at the
+                // sensor's first reading left, which is no earlier.
+                let mut marks =
+                    tx.prepare_cached("DELETE FROM tail_marks WHERE sensor = ?1 AND ts < ?2")?;
                 for sensor in sensors {
                     deleted += delete.execute(params![sensor, cutoff])?;
+                    marks.execute(params![sensor, cutoff])?;
                 }
             }
             tx.commit()?;
@@ -471,19 +494,26 @@ impl RowBuffer {
             static MANY: LazyLock<String> = LazyLock::new(|| insert_statement(ROWS_PER_INSERT));
             let mut insert = tx.prepare_cached(&MANY)?;
             for (i, row) in self.rows.iter().enumerate() {
-                let at = 4 * i + 1;
+                let at = COLUMNS * i + 1;
                 insert.raw_bind_parameter(at, row.sensor)?;
                 insert.raw_bind_parameter(at + 1, row.ts)?;
                 insert.raw_bind_parameter(at + 2, row.seq)?;
                 insert.raw_bind_parameter(at + 3, row.temperature)?;
+                insert.raw_bind_parameter(at + 4, row.late)?;
             }
             insert.raw_execute()?;
         } else if !self.rows.is_empty() {
             let mut insert = tx.prepare_cached(
-                "INSERT OR ROLLBACK INTO readings (sensor, ts, seq, temperature) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT OR ROLLBACK INTO readings (sensor, ts, seq, temperature, late) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             for row in &self.rows {
-                insert.execute(params![row.sensor, row.ts, row.seq, row.temperature])?;
+                insert.execute(params![
+                    row.sensor,
+                    row.ts,
+                    row.seq,
+                    row.temperature,
+                    row.late
+                ])?;
             }
         }
         self.rows.clear();
@@ -491,15 +521,19 @@ impl RowBuffer {
     }
 }
 
-/// `INSERT INTO readings ... VALUES (?,?,?,?), ...` for `rows` rows.
+/// Parameters per row of the multi-row INSERT.
+const COLUMNS: usize = 5;
+
+/// `INSERT INTO readings ... VALUES (?,?,?,?,?), ...` for `rows` rows.
 fn insert_statement(rows: usize) -> String {
-    let mut sql =
-        String::from("INSERT OR ROLLBACK INTO readings (sensor, ts, seq, temperature) VALUES ");
+    let mut sql = String::from(
+        "INSERT OR ROLLBACK INTO readings (sensor, ts, seq, temperature, late) VALUES ",
+    );
     for i in 0..rows {
         if i > 0 {
             sql.push(',');
         }
-        sql.push_str("(?,?,?,?)");
+        sql.push_str("(?,?,?,?,?)");
     }
     sql
 }

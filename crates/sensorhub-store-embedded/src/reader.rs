@@ -108,8 +108,21 @@ const LAST_N_START: &str = "SELECT ts, seq FROM readings
      WHERE sensor = ?1 AND ts >= ?2 AND ts < ?3 AND seq <= ?4
      ORDER BY ts DESC, seq DESC LIMIT 1 OFFSET ?5";
 
-/// One page of a sensor's live tail in arrival order, after a `seq`.
-const TAIL_PAGE: &str = "SELECT ts, seq, temperature FROM readings WHERE sensor = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3";
+/// Where a sensor's live tail after a `seq` can start along the key: its
+/// last tail mark at or before it (`schema.rs`).
+const TAIL_START: &str = "SELECT ts, seq FROM tail_marks WHERE sensor = ?1 AND seq <= ?2
+     ORDER BY seq DESC LIMIT 1";
+
+/// The readings of a sensor's live tail that are not late: in commit order
+/// along the key, from the tail's start (`TAIL_START`, or the sensor's
+/// first reading) on, after a `seq`.
+const TAIL_PAGE_IN_ORDER: &str = "SELECT ts, seq, temperature FROM readings
+     WHERE sensor = ?1 AND (ts, seq) >= (?2, ?3) AND seq > ?4 AND late = 0
+     ORDER BY ts, seq LIMIT ?5";
+
+/// The late readings of a sensor's live tail, after a `seq`, in commit order.
+const TAIL_PAGE_LATE: &str = "SELECT ts, seq, temperature FROM readings
+     WHERE sensor = ?1 AND seq > ?2 AND late = 1 ORDER BY seq LIMIT ?3";
 
 /// One page of every sensor's statistics, by name after a cursor.
 const STATS_PAGE: &str =
@@ -182,11 +195,45 @@ pub(super) fn tail_page(
     let Some(sensor) = sensor_key(conn, sensor_id)? else {
         return Ok(Vec::new());
     };
-    let mut stmt = conn.prepare_cached(TAIL_PAGE)?;
-    let rows = stmt.query_map(params![sensor, after_seq as i64, page_size as i64], |r| {
-        Ok(stored(sensor_id, r.get(0)?, r.get(1)?, r.get(2)?))
-    })?;
-    rows.collect()
+    let after = after_seq as i64;
+    let start: (i64, i64) = conn
+        .prepare_cached(TAIL_START)?
+        .query_row(params![sensor, after], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or((i64::MIN, 0));
+    let row = |r: &rusqlite::Row<'_>| Ok(stored(sensor_id, r.get(0)?, r.get(1)?, r.get(2)?));
+    let limit = page_size as i64;
+    let in_order: Vec<StoredReading> = conn
+        .prepare_cached(TAIL_PAGE_IN_ORDER)?
+        .query_map(params![sensor, start.0, start.1, after, limit], row)?
+        .collect::<rusqlite::Result<_>>()?;
+    let late: Vec<StoredReading> = conn
+        .prepare_cached(TAIL_PAGE_LATE)?
+        .query_map(params![sensor, after, limit], row)?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(merge_by_seq(in_order, late, page_size))
+}
+
+/// The first `n` readings of two lists each in `seq` order, in `seq` order.
+fn merge_by_seq(a: Vec<StoredReading>, b: Vec<StoredReading>, n: usize) -> Vec<StoredReading> {
+    if b.is_empty() {
+        return a;
+    }
+    let mut merged = Vec::with_capacity(n.min(a.len() + b.len()));
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    while merged.len() < n {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if x.seq < y.seq => a.next(),
+            (Some(_), Some(_)) => b.next(),
+            (Some(_), None) => a.next(),
+            (None, _) => b.next(),
+        };
+        match next {
+            Some(r) => merged.push(r),
+            None => break,
+        }
+    }
+    merged
 }
 
 pub(super) fn stats(
@@ -264,29 +311,38 @@ mod tests {
             let rows = stmt.query_map(params, |r| r.get::<_, String>(3)).unwrap();
             rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
         };
-        let history = plan(HISTORY_PAGE);
-        assert!(
-            history.contains("SEARCH readings USING PRIMARY KEY (sensor=? AND"),
-            "{history}"
-        );
-        assert!(!history.contains("TEMP B-TREE"), "{history}");
-        // The start of the last N (follow with a limit): the same key, backwards.
-        let last_n = plan(LAST_N_START);
-        assert!(
-            last_n.contains("SEARCH readings USING PRIMARY KEY (sensor=? AND ts>? AND ts<?)"),
-            "{last_n}"
-        );
-        assert!(!last_n.contains("TEMP B-TREE"), "{last_n}");
-        let tail = plan(TAIL_PAGE);
-        assert!(
-            tail.contains("readings_by_arrival (sensor=? AND seq>?)"),
-            "{tail}"
-        );
-        assert!(!tail.contains("TEMP B-TREE"), "{tail}");
-        // A page of every sensor's statistics reads the name index from the cursor on.
-        let stats = plan(STATS_PAGE);
-        assert!(stats.contains("SEARCH sensors USING INDEX"), "{stats}");
-        assert!(stats.contains("(name>?)"), "{stats}");
-        assert!(!stats.contains("TEMP B-TREE"), "{stats}");
+        let cases = [
+            (
+                HISTORY_PAGE,
+                "SEARCH readings USING PRIMARY KEY (sensor=? AND",
+            ),
+            // The start of the last N (follow with a limit): the same key, backwards.
+            (
+                LAST_N_START,
+                "SEARCH readings USING PRIMARY KEY (sensor=? AND ts>? AND ts<?)",
+            ),
+            // The live tail: a mark, then the key from it on, and the late
+            // readings' partial index.
+            (
+                TAIL_START,
+                "SEARCH tail_marks USING PRIMARY KEY (sensor=? AND seq<?)",
+            ),
+            (
+                TAIL_PAGE_IN_ORDER,
+                "SEARCH readings USING PRIMARY KEY (sensor=? AND",
+            ),
+            (
+                TAIL_PAGE_LATE,
+                "USING INDEX readings_late (sensor=? AND seq>?)",
+            ),
+            // A page of every sensor's statistics reads the name index from the cursor on.
+            (STATS_PAGE, "SEARCH sensors USING INDEX"),
+        ];
+        for (sql, wanted) in cases {
+            let found = plan(sql);
+            assert!(found.contains(wanted), "{sql}\n{found}");
+            assert!(!found.contains("TEMP B-TREE"), "{sql}\n{found}");
+        }
+        assert!(plan(STATS_PAGE).contains("(name>?)"));
     }
 }

@@ -2,10 +2,20 @@
 //! commits durable, and the tables.
 //!
 //! Tables:
-//! - `readings(sensor, ts, seq, temperature)`, clustered on
+//! - `readings(sensor, ts, seq, temperature, late)`, clustered on
 //!   `(sensor, ts, seq)` (`WITHOUT ROWID`) so one sensor's history in time
-//!   order is a sequential range scan, plus `readings_by_arrival(sensor, seq)`
-//!   for the live tail (readings after a sequence number).
+//!   order is a sequential range scan. The live tail (a sensor's readings
+//!   after a sequence number, in commit order) is served from the same key:
+//!   a reading is *late* when its sensor already has one with a later
+//!   timestamp (the writer decides, `writer.rs`), and the readings of a
+//!   sensor that are not late are in commit order along the key too. Only
+//!   the late ones (rare: a clock set back, two senders of one sensor) are
+//!   in the partial index `readings_late(sensor, seq) WHERE late = 1`, so a
+//!   reading in time order costs one b-tree insert, not two (schema 3 kept
+//!   a `(sensor, seq)` index of every reading).
+//! - `tail_marks(sensor, seq, ts)`: one reading in every [`MARK_EVERY`] of a
+//!   sensor that are not late, where a tail after a sequence number can start
+//!   along the key: the last mark at or before it (`reader.rs`).
 //! - `sensors(id, name, …statistics)`: the integer id that keys readings, and
 //!   the running statistics, updated in the same transaction as the readings.
 //! - `meta(key, value)`: `last_seq`, so sequence numbers never repeat, even
@@ -34,7 +44,12 @@ use sensorhub_core::StoreError;
 /// format 2 (`journal/format.rs`), whose files a build of version 1 would
 /// not see, so it must refuse the store rather than start without them.
 /// 3: the `idempotency_keys` table, and journal frames with key entries.
-const SCHEMA_VERSION: i64 = 3;
+/// 4: `readings.late`, `readings_late` and `tail_marks` instead of the index
+/// `readings_by_arrival` ([`upgrade_to_4`]).
+const SCHEMA_VERSION: i64 = 4;
+/// A tail mark every this many readings of a sensor that are not late: a
+/// tail page reads at most about this many rows before its first (`reader.rs`).
+pub(super) const MARK_EVERY: u32 = 256;
 const DB_FILE: &str = "readings.db";
 const LOCK_FILE: &str = "sensorhub.lock";
 const JOURNAL_DIR: &str = "journal";
@@ -67,9 +82,16 @@ CREATE TABLE IF NOT EXISTS readings (
     ts INTEGER NOT NULL,
     seq INTEGER NOT NULL,
     temperature REAL NOT NULL,
+    late INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (sensor, ts, seq)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS readings_by_arrival ON readings (sensor, seq);
+CREATE INDEX IF NOT EXISTS readings_late ON readings (sensor, seq) WHERE late = 1;
+CREATE TABLE IF NOT EXISTS tail_marks (
+    sensor INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    PRIMARY KEY (sensor, seq)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     row INTEGER PRIMARY KEY,
     key TEXT NOT NULL,
@@ -78,6 +100,27 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     first_used INTEGER NOT NULL
 );
 ";
+
+fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+}
+
+/// From a store of schema 1, 2 or 3: every reading already stored counts as
+/// late (the column's default), so the live tail finds all of them through
+/// `readings_late` (which [`SCHEMA`] then builds, once, as schema 3 had
+/// `readings_by_arrival`), and the readings stored from now on are sorted
+/// into late or not as they come. Runs inside the opening transaction.
+fn upgrade_to_4(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "ALTER TABLE readings ADD COLUMN late INTEGER NOT NULL DEFAULT 1;
+         DROP INDEX IF EXISTS readings_by_arrival;",
+    )
+}
 
 /// Where connections go, and the lock that keeps a second process out.
 #[derive(Debug)]
@@ -155,7 +198,8 @@ impl Target {
 
     /// Opens the writer's connection, creating or checking the schema.
     pub(super) fn open_writer(&self) -> Result<Connection, StoreError> {
-        let conn = self.open(OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
+        let mut conn =
+            self.open(OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
         if self.durable {
             // Before anything writes to the file.
             self.check_intact(&conn)?;
@@ -179,9 +223,16 @@ impl Target {
                 ),
             });
         }
-        conn.execute_batch(SCHEMA).map_err(|e| self.classify(e))?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+        // One transaction: a start cut short leaves the store as it was.
+        let tx = conn.transaction().map_err(|e| self.classify(e))?;
+        if version < 4 && has_table(&tx, "readings").map_err(|e| self.classify(e))? {
+            upgrade_to_4(&tx).map_err(|e| self.classify(e))?;
+            tracing::info!(store = %self.display.display(), from = version, "store upgraded to schema 4");
+        }
+        tx.execute_batch(SCHEMA).map_err(|e| self.classify(e))?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(|e| self.classify(e))?;
+        tx.commit().map_err(|e| self.classify(e))?;
         Ok(conn)
     }
 

@@ -4,7 +4,11 @@
 //! reading its sequence number, runs the statistics and alert rules in that
 //! order, appends the whole group to the journal with one fsync, and then
 //! answers each caller. The rows go on to the indexer, which makes them
-//! visible to queries.
+//! visible to queries. It also tells the indexer which rows are *late* (an
+//! earlier reading of the sensor has a later timestamp) and where to put a
+//! tail mark (`schema.rs`): it already looks up each reading's sensor, so
+//! the live tail's bookkeeping costs a comparison here instead of a second
+//! index on the indexer's thread.
 //!
 //! Invariant: this thread alone hands out sequence numbers and sensor ids
 //! and keeps the running statistics, so none of them needs a lock. Each
@@ -28,8 +32,9 @@ use rusqlite::Connection;
 use tokio::sync::mpsc;
 
 use crate::{
-    indexer::{Backlog, Checkpoints, IndexBatch, IndexCommand, Row},
+    indexer::{Backlog, Checkpoints, IndexBatch, IndexCommand, Row, TailMark},
     journal::{Journal, KeyEntry},
+    schema::MARK_EVERY,
 };
 use sensorhub_core::store::group_commit::{QueuedWrite, WriterCommand, take_group};
 use sensorhub_core::{
@@ -59,6 +64,23 @@ impl QueuedWrite for WriteRequest {
 struct SensorEntry {
     id: i64,
     stats: SensorStats,
+    /// The latest timestamp of the sensor's readings (`i64::MIN`: none): a
+    /// reading before it is late. At least that of every reading not late,
+    /// so those stay in commit order along the table's key.
+    max_ts: i64,
+    /// Readings not late since the sensor's last tail mark.
+    since_mark: u32,
+}
+
+impl SensorEntry {
+    fn new(id: i64, stats: SensorStats, max_ts: Option<i64>) -> Self {
+        Self {
+            id,
+            stats,
+            max_ts: max_ts.unwrap_or(i64::MIN),
+            since_mark: 0,
+        }
+    }
 }
 
 /// What the tables hold: the writer's starting point.
@@ -73,18 +95,17 @@ impl Loaded {
     /// Reads the sensors, their statistics and the last sequence number.
     pub(super) fn read(conn: &Connection) -> rusqlite::Result<Loaded> {
         let mut sensors = HashMap::new();
+        // The latest timestamp: one descent of the key per sensor.
         let mut stmt = conn.prepare(
-            "SELECT id, name, count, sum, min, max, last, last_ts, rolling_mean, alerts FROM sensors",
+            "SELECT id, name, count, sum, min, max, last, last_ts, rolling_mean, alerts,
+                    (SELECT max(ts) FROM readings WHERE sensor = sensors.id) FROM sensors",
         )?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
             let stats = super::reader::sensor_stats(row, 1)?;
             sensors.insert(
                 stats.sensor_id.clone(),
-                SensorEntry {
-                    id: row.get(0)?,
-                    stats,
-                },
+                SensorEntry::new(row.get(0)?, stats, row.get(10)?),
             );
         }
         let meta: Option<i64> = conn
@@ -127,6 +148,7 @@ impl Loaded {
 /// to the writer's state only once the journal holds it.
 struct Sequenced {
     rows: Vec<Row>,
+    marks: Vec<TailMark>,
     /// Per write, in order: its receipt, or why it stores nothing (a keyed
     /// write whose key holds other readings).
     receipts: Vec<Result<WriteReceipt, StoreError>>,
@@ -300,6 +322,7 @@ impl Writer {
         let mut next_sensor_id = self.next_sensor_id;
         let mut seq = self.last_seq;
         let mut rows = Vec::new();
+        let mut marks = Vec::new();
         let mut receipts = Vec::new();
         let mut skips = Vec::new();
         let mut now = None;
@@ -335,21 +358,33 @@ impl Writer {
                             .cloned()
                             .unwrap_or_else(|| {
                                 next_sensor_id += 1;
-                                SensorEntry {
-                                    id: next_sensor_id - 1,
-                                    stats: SensorStats::new(reading.sensor_id.clone()),
-                                }
+                                let stats = SensorStats::new(reading.sensor_id.clone());
+                                SensorEntry::new(next_sensor_id - 1, stats, None)
                             });
                         touched.entry(reading.sensor_id.clone()).or_insert(entry)
                     }
                 };
                 seq += 1;
                 alerts.extend(entry.stats.observe(reading, &self.rules));
+                let late = reading.timestamp < entry.max_ts;
+                if !late {
+                    entry.max_ts = reading.timestamp;
+                    entry.since_mark += 1;
+                    if entry.since_mark >= MARK_EVERY {
+                        entry.since_mark = 0;
+                        marks.push(TailMark {
+                            sensor: entry.id,
+                            seq: seq as i64,
+                            ts: reading.timestamp,
+                        });
+                    }
+                }
                 rows.push(Row {
                     sensor: entry.id,
                     ts: reading.timestamp,
                     seq: seq as i64,
                     temperature: reading.temperature,
+                    late,
                 });
             }
             receipts.push(Ok(WriteReceipt {
@@ -362,6 +397,7 @@ impl Writer {
         }
         Sequenced {
             rows,
+            marks,
             receipts,
             skips,
             touched,
@@ -396,6 +432,7 @@ impl Writer {
         }
         IndexBatch {
             rows: sequenced.rows,
+            marks: sequenced.marks,
             sensors,
             keys: sequenced.keys,
             forget_keys: forget,

@@ -88,6 +88,20 @@ fn expected(through: i64) -> Vec<(u64, Reading)> {
 
 async fn assert_holds(store: &EmbeddedStore, through: i64) {
     assert_eq!(stored(store).await, expected(through));
+    // The live tail too, through the upgrade to schema 4 (`late` readings).
+    for (k, sensor) in SENSORS.iter().enumerate() {
+        let tail: Vec<u64> = store
+            .tail_page(sensor, 0, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        let mine: Vec<u64> = (1..=through as u64)
+            .filter(|i| *i as usize % 3 == k)
+            .collect();
+        assert_eq!(tail, mine, "{sensor}");
+    }
     let stats = store.stats(None).await.unwrap();
     for s in &stats {
         let mine: Vec<Reading> = (1..=through)
