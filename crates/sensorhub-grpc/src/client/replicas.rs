@@ -346,7 +346,7 @@ impl ReplicaSet {
         let mut kept = Vec::with_capacity(targets.len());
         for ((probe, endpoint), target) in probes.into_iter().zip(endpoints).zip(targets) {
             match probe {
-                Ok(channel) => kept.push((target, channel)),
+                Ok(channel) => kept.push((target, channel, true)),
                 Err(e) => {
                     let error = target_error(config, &target, &e);
                     if servers[target.server].is_name() && answered.contains(&target.server) {
@@ -354,7 +354,7 @@ impl ReplicaSet {
                         continue;
                     }
                     first_error.get_or_insert(error);
-                    kept.push((target, endpoint.connect_lazy()));
+                    kept.push((target, endpoint.connect_lazy(), false));
                 }
             }
         }
@@ -368,9 +368,9 @@ impl ReplicaSet {
             if let Some(error) = &first_error {
                 tracing::warn!(%error, "a replica is unreachable; it gets calls once its health check passes");
             }
-            let first = kept
-                .iter()
-                .map(|(_, channel)| check(channel.clone()).map(|ok| ok.is_ok()));
+            let first = kept.iter().map(|(_, channel, connected)| {
+                check(channel.clone()).map(move |result| first_check_passed(&result, *connected))
+            });
             futures_util::future::join_all(first).await
         };
         let names = servers.iter().any(Server::is_name);
@@ -387,7 +387,7 @@ impl ReplicaSet {
         });
         let mut channels = BTreeMap::new();
         let mut list = Vec::with_capacity(kept.len());
-        for ((target, channel), healthy) in kept.into_iter().zip(healthy) {
+        for ((target, channel, _), healthy) in kept.into_iter().zip(healthy) {
             let member = shared.member(target, healthy);
             channels.insert(member.id, channel);
             list.push(member);
@@ -530,6 +530,18 @@ const NO_ANSWER: &str = "no answer in time";
 /// miss the second now and then, and ejecting it for one late answer
 /// skews the spread over the others.
 const LATE_CHECKS_TO_EJECT: u32 = 2;
+
+/// Whether an endpoint comes in healthy after its first check, given
+/// whether a connection to it was just made. A late first answer from an
+/// endpoint that accepted a connection admits it: one late check ejects
+/// nothing later on either ([`LATE_CHECKS_TO_EJECT`]), and left out it
+/// would get no calls for a whole interval.
+fn first_check_passed(result: &Result<(), String>, connected: bool) -> bool {
+    match result {
+        Ok(()) => true,
+        Err(why) => connected && why == NO_ANSWER,
+    }
+}
 
 /// One health check: `Ok` if the endpoint says SERVING in time.
 async fn check(channel: Channel) -> Result<(), String> {

@@ -25,7 +25,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use futures_util::FutureExt as _;
 use tokio::time::Instant;
 
-use super::{Shared, Target, check, target_endpoint, target_error};
+use super::{Shared, Target, check, first_check_passed, target_endpoint, target_error};
 
 /// The shortest time between two lookups made at once (after a failure).
 pub(super) const SOONEST: Duration = Duration::from_secs(1);
@@ -127,9 +127,9 @@ async fn refresh(shared: &Arc<Shared>, failing: &mut [bool]) {
     }
     let several = current.len() - leaving.len() + reached.len() > 1;
     let healthy = if several {
-        let checks = reached
-            .iter()
-            .map(|(_, channel)| check(channel.clone()).map(|ok| ok.is_ok()));
+        let checks = reached.iter().map(|(_, channel)| {
+            check(channel.clone()).map(|result| first_check_passed(&result, true))
+        });
         futures_util::future::join_all(checks).await
     } else {
         vec![true; reached.len()]
