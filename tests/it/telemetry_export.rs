@@ -3,6 +3,8 @@
 //! over OTLP/HTTP-protobuf. One server, one traffic script, then assertions
 //! on what arrived:
 //! - the server span is the child of the sensor's client span, in one trace;
+//! - a unary call's commit is on its span; a client stream's is an
+//!   `INSERT readings` span under it;
 //! - a 1.5 s bidirectional stream gives a server span at least that long;
 //! - `UNAUTHENTICATED` (trailers-only) and `INVALID_ARGUMENT` (in trailers,
 //!   after messages) calls carry their status on spans and metrics;
@@ -180,19 +182,62 @@ async fn server_and_sensor_export_traces_metrics_and_logs() {
         Some("127.0.0.1")
     );
     assert!(server_span.attr("error.type").is_none());
-    // The internal commit span is the server span's child.
-    let spans = receiver.spans();
-    let commit = spans
-        .iter()
-        .find(|s| {
-            s.name() == "INSERT readings" && s.parent_span_id_hex() == server_span.span_id_hex()
+    // A unary call's commit is on its own span (issue 19: no child span per
+    // call): the store, the readings and how long the commit took, within
+    // the call.
+    assert_eq!(
+        server_span.attr("sensorhub.store.system").as_deref(),
+        Some("sqlite")
+    );
+    assert_eq!(
+        server_span.attr("sensorhub.store.readings").as_deref(),
+        Some("1")
+    );
+    let commit_took: f64 = server_span
+        .attr("sensorhub.store.commit.duration")
+        .expect("the commit's duration on the unary call's span")
+        .parse()
+        .expect("seconds");
+    assert!(
+        commit_took > 0.0 && commit_took <= server_span.duration().as_secs_f64(),
+        "{commit_took} s within {:?}",
+        server_span.duration()
+    );
+    assert!(server_span.attr("sensorhub.store.error").is_none());
+    assert!(
+        !receiver
+            .spans()
+            .iter()
+            .any(|s| s.parent_span_id_hex() == server_span.span_id_hex()),
+        "a unary call's span has no children"
+    );
+
+    // A client stream's chunk is an INSERT readings span under its call.
+    let mut streamer = client(&server.url(), TOKEN).await;
+    streamer
+        .stream_sensor_readings(tokio_stream::iter(vec![
+            reading("tel-stream", 20.0),
+            reading("tel-stream", 20.5),
+        ]))
+        .await
+        .expect("a client stream");
+    let (stream_span, commit) = receiver
+        .wait_for(WAIT, |r| {
+            let spans = r.spans();
+            let call = find_server_span(&spans, "SensorService/StreamSensorReadings", "OK")?;
+            let commit = spans.iter().find(|s| {
+                s.name() == "INSERT readings" && s.parent_span_id_hex() == call.span_id_hex()
+            })?;
+            Some((call.clone(), commit.clone()))
         })
-        .expect("an INSERT readings span under the server span");
+        .await
+        .expect("an INSERT readings span under the client stream's span");
+    assert_eq!(commit.trace_id_hex(), stream_span.trace_id_hex());
     assert_eq!(commit.attr("db.system.name").as_deref(), Some("sqlite"));
     // One INSERT of many rows is not a batch (db semconv): its size is ours.
     assert_eq!(
         commit.attr("sensorhub.store.readings").as_deref(),
-        Some("1")
+        Some("2")
     );
     assert_eq!(commit.attr("db.operation.batch.size"), None);
     // Resource attributes in semconv's spelling.

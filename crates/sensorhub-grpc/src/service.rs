@@ -198,12 +198,16 @@ impl pb::sensor_service_server::SensorService for SensorHub {
         self.admissible(&identity, &reading)
             .map_err(|refused| refused.alone())?;
         let written = match key {
-            None => self.spans.insert(1, self.store.append(vec![reading])).await,
+            None => {
+                self.spans
+                    .insert_in_call(1, self.store.append(vec![reading]))
+                    .await
+            }
             Some(key) => {
                 let part =
                     KeyedPart::new(key, 0, Fingerprint::EMPTY, std::slice::from_ref(&reading));
                 let write = self.store.append_keyed(vec![reading], part);
-                self.spans.insert(1, write).await
+                self.spans.insert_in_call(1, write).await
             }
         };
         let receipt = written.map_err(|e| store_status(&e))?;

@@ -1,8 +1,10 @@
 //! The internal spans that explain a call's latency: one `INSERT readings`
-//! span per store commit a call waits for (per unary call, per client-stream
-//! chunk) and one `SELECT readings` span per history page, with the database
-//! semantic conventions' attributes (stable since v1.26; checked against
-//! v1.44.0). An `INSERT` of many readings is one operation with many rows,
+//! span per store commit a client stream waits for (per chunk) and one
+//! `SELECT readings` span per history page, with the database semantic
+//! conventions' attributes (stable since v1.26; checked against v1.44.0).
+//! A unary call's one commit is recorded on the call's own span instead
+//! (`insert_in_call`: the store, the readings, the commit's duration), so
+//! each call exports one span, not two. An `INSERT` of many readings is one operation with many rows,
 //! not a batch (`db.operation.batch.size` counts operations and must not be
 //! set on a single one), so its size is our own `sensorhub.store.readings`;
 //! a page's size is the rows it returned, `db.response.returned_rows`.
@@ -17,7 +19,7 @@
 //! server span, which the telemetry layer keeps current while the handler
 //! runs. Without a tracer provider the global tracer is a no-op.
 
-use std::{borrow::Cow, fmt::Display, future::Future, sync::Arc};
+use std::{borrow::Cow, fmt::Display, future::Future, sync::Arc, time::Instant};
 
 use opentelemetry::{
     Context, KeyValue, global,
@@ -30,6 +32,12 @@ const DB_COLLECTION_NAME: &str = "db.collection.name";
 const STORE_READINGS: &str = "sensorhub.store.readings";
 const DB_RETURNED_ROWS: &str = "db.response.returned_rows";
 const ERROR_TYPE: &str = "error.type";
+/// On a unary call's server span (`insert_in_call`): ours, not `db.*`,
+/// which describe a database client span and would make backends draw the
+/// server span as a call to the database.
+const STORE_SYSTEM: &str = "sensorhub.store.system";
+const STORE_COMMIT_DURATION: &str = "sensorhub.store.commit.duration";
+const STORE_ERROR: &str = "sensorhub.store.error";
 
 /// Makes the store's client spans.
 #[derive(Debug, Clone)]
@@ -65,6 +73,44 @@ impl StoreSpans {
             commit,
         )
         .await
+    }
+
+    /// Runs `commit`, the wait for a unary call's durable commit of
+    /// `readings` readings, and records it on the call's own span (the
+    /// server span the telemetry layer keeps current) as attributes
+    /// instead of a child span: the store's system, the readings, how long
+    /// the commit took and, on failure, the store's error. A unary call is
+    /// one reading and one commit, so a child span would say nothing the
+    /// call's span cannot, at the cost of a second span to make, convert,
+    /// encode and send on every call (BENCHMARKS.md, "The cost of one
+    /// reading").
+    pub(crate) async fn insert_in_call<T, E: Display>(
+        &self,
+        readings: usize,
+        commit: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let call = Context::current();
+        if !call.span().is_recording() {
+            return commit.await;
+        }
+        let start = Instant::now();
+        let result = commit.await;
+        let took = start.elapsed().as_secs_f64();
+        let span = call.span();
+        let common = [
+            KeyValue::new(STORE_SYSTEM, self.system),
+            KeyValue::new(STORE_READINGS, readings as i64),
+            KeyValue::new(STORE_COMMIT_DURATION, took),
+        ];
+        match &result {
+            Ok(_) => span.set_attributes(common),
+            Err(error) => span.set_attributes(
+                common
+                    .into_iter()
+                    .chain([KeyValue::new(STORE_ERROR, error.to_string())]),
+            ),
+        }
+        result
     }
 
     /// Runs `read`, one history page, inside a `SELECT readings` span that
