@@ -124,15 +124,18 @@ impl Listener {
             }
         });
         let _driver = AbortOnDrop(driver);
+        // Read like any other read: a connection lost here (the database
+        // stopping between the connect and these) says the database is
+        // unreachable, as every other way of losing it does.
         client
             .batch_execute(&format!("LISTEN {CHANNEL}"))
             .await
-            .map_err(|e| failure::describe(&e))?;
+            .map_err(|e| failure::read(e).to_string())?;
         // Whatever was committed while nobody listened.
         let last: i64 = client
             .query_one("SELECT last_seq FROM store_clock", &[])
             .await
-            .map_err(|e| failure::describe(&e))?
+            .map_err(|e| failure::read(e).to_string())?
             .get(0);
         advance(&self.committed, last as u64);
         while let Some(payload) = notes.recv().await {
