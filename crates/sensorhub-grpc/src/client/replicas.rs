@@ -786,7 +786,11 @@ impl Service<Request<Body>> for EndpointService {
         Box::pin(async move {
             match call.await {
                 Ok(response) => {
-                    stats.refused.store(false, Ordering::Relaxed);
+                    // Read first: a store on every call would bounce the
+                    // line between the threads calling this endpoint.
+                    if stats.refused.load(Ordering::Relaxed) {
+                        stats.refused.store(false, Ordering::Relaxed);
+                    }
                     let refused = response
                         .headers()
                         .get("grpc-status")
