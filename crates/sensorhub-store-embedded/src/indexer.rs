@@ -41,8 +41,19 @@ use sensorhub_core::SensorStats;
 /// Rows per multi-row INSERT: one statement step for this many readings
 /// instead of one each (SQLite allows 32,766 parameters; 5 per row).
 const ROWS_PER_INSERT: usize = 64;
-/// How long the first batch waiting for a transaction waits for others.
-const LINGER: Duration = Duration::from_millis(20);
+/// How long the first batch waiting for a transaction waits for others
+/// while someone follows the live tail (holds a receiver of the indexed
+/// sequence besides the store's own): a follower sees a reading this long
+/// after it was acknowledged, at most.
+const LINGER_FOLLOWED: Duration = Duration::from_millis(20);
+/// The same while nobody follows. A query nudges the indexer and a
+/// follower shortens the wait as soon as it appears, so only the tables'
+/// lag behind the journal grows; the transaction gathers more readings of
+/// each sensor, and a page is written once for all of them (BENCHMARKS.md,
+/// "The indexer's linger").
+const LINGER_UNFOLLOWED: Duration = Duration::from_secs(1);
+/// Receivers of the indexed sequence the store itself holds (`Inner::visible`).
+const STORE_OWN_RECEIVERS: usize = 1;
 /// Readings that start a transaction without lingering.
 const ENOUGH_ROWS: usize = 16_384;
 /// How often retention runs, at most.
@@ -194,11 +205,14 @@ impl Indexer {
 
     /// The indexer thread's body: runs until `Close` or until the writer is gone.
     ///
-    /// A transaction starts [`LINGER`] after the first batch waiting for it,
-    /// or sooner when [`ENOUGH_ROWS`] are waiting, a query is waiting
-    /// (`Nudge`), or the store closes. Lingering is what makes the
-    /// transactions large under a load of small calls: each touched page is
-    /// written once for all the readings on it.
+    /// A transaction starts [`LINGER_FOLLOWED`] or [`LINGER_UNFOLLOWED`]
+    /// after the first batch waiting for it, or sooner when
+    /// [`ENOUGH_ROWS`] are waiting, a query is waiting (`Nudge`), or the
+    /// store closes. Lingering is what makes the transactions large under a
+    /// load of small calls: each touched page is written once for all the
+    /// readings on it. Whether anyone follows is asked again at least every
+    /// [`LINGER_FOLLOWED`], so a follower that appears mid-linger waits no
+    /// longer than that.
     pub(super) fn run(
         mut self,
         commands: mpsc::Receiver<IndexCommand>,
@@ -211,25 +225,31 @@ impl Indexer {
             let mut batches = Vec::new();
             let mut rows = 0;
             let mut close = None;
-            let mut deadline = None;
+            let mut first_at = None;
             while close.is_none() && rows < ENOUGH_ROWS && !(nudged && rows > 0) {
-                let next = match deadline {
+                let next = match first_at {
                     None => commands
                         .recv()
                         .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
-                    Some(deadline) => {
-                        commands.recv_timeout(deadline - Instant::now().min(deadline))
+                    Some(first_at) => {
+                        let until = first_at + linger(&indexed);
+                        let now = Instant::now();
+                        if now >= until {
+                            break;
+                        }
+                        commands.recv_timeout((until - now).min(LINGER_FOLLOWED))
                     }
                 };
                 match next {
                     Ok(IndexCommand::Index(batch)) => {
                         rows += batch.rows.len();
                         batches.push(batch);
-                        deadline.get_or_insert_with(|| Instant::now() + LINGER);
+                        first_at.get_or_insert_with(Instant::now);
                     }
                     Ok(IndexCommand::Nudge) => nudged = true,
                     Ok(IndexCommand::Close(done)) => close = Some(done),
-                    Err(mpsc::RecvTimeoutError::Timeout) => break,
+                    // Asks again whether anyone follows, and whether the linger is over.
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
                     Err(mpsc::RecvTimeoutError::Disconnected) => {
                         open = false;
                         break;
@@ -452,6 +472,16 @@ impl Indexer {
                 tracing::warn!(error = %e, "final WAL checkpoint failed; the journal keeps what the WAL holds")
             }
         }
+    }
+}
+
+/// How long a transaction waits for more batches: short while anyone
+/// follows the live tail, long while nobody does.
+fn linger(indexed: &watch::Sender<u64>) -> Duration {
+    if indexed.receiver_count() > STORE_OWN_RECEIVERS {
+        LINGER_FOLLOWED
+    } else {
+        LINGER_UNFOLLOWED
     }
 }
 

@@ -431,6 +431,7 @@ pub fn default_data_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     fn reading(sensor: &str, i: i64) -> Reading {
         Reading {
@@ -606,6 +607,47 @@ mod tests {
             let stats = store.stats(Some("a")).await.unwrap();
             assert_eq!(stats[0].count, i as u64 + 1);
         }
+    }
+
+    /// A follower of the live tail (a receiver of `committed_seq`) sees a
+    /// reading within the short linger, not the long one the indexer
+    /// keeps while nobody follows.
+    #[tokio::test]
+    async fn a_follower_sees_a_reading_without_the_long_linger() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(config(dir.path())).unwrap();
+        let mut committed = store.committed_seq();
+        for i in 0..3 {
+            let receipt = store.append(vec![reading("a", i)]).await.unwrap();
+            let started = Instant::now();
+            committed
+                .wait_for(|seq| *seq >= receipt.first_seq)
+                .await
+                .unwrap();
+            assert!(
+                started.elapsed() < Duration::from_millis(600),
+                "a follower waited {:?} for an acknowledged reading",
+                started.elapsed()
+            );
+        }
+    }
+
+    /// While nobody follows, the tables lag behind the journal for up to
+    /// the long linger, and a query still sees every acknowledged write.
+    #[tokio::test]
+    async fn unfollowed_the_tables_lag_and_queries_still_see_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(config(dir.path())).unwrap();
+        store.append(vec![reading("a", 0)]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            store.backlog().index_lag,
+            1,
+            "indexed before the linger ended"
+        );
+        let stats = store.stats(Some("a")).await.unwrap();
+        assert_eq!(stats[0].count, 1);
+        assert_eq!(store.backlog().index_lag, 0);
     }
 
     /// Copies what a crash would leave of a store: the journal, the
