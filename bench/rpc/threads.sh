@@ -14,6 +14,9 @@
 # RATE=N runs an open loop at N calls/s instead and also prints the p99 latency.
 # TOKENS_FILE=FILE serves with --tokens-file FILE instead of --token bench (its
 # lines must accept the token `bench`; bench/rpc/scopes.sh uses it).
+# HTTP=1 also serves /metrics, /healthz and the live view on a free port, as
+# run.sh's full and sampled peers do (a second metric reader, the live view's
+# recorders); without it the server runs with --http off.
 # PERF=FILE also records the server with `perf record --call-graph dwarf` into
 # FILE for the duration of the load (then `perf report -i FILE --no-children`).
 set -euo pipefail
@@ -44,11 +47,16 @@ fi
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 store=(--data "$work/data")
 [ "$mode" = memory ] && store=(--memory)
+http=(--http off)
+if [ -n "${HTTP:-}" ]; then
+    http_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    http=(--http "127.0.0.1:$http_port")
+fi
 tokens=(--token bench)
 [ -n "${TOKENS_FILE:-}" ] && tokens=(--tokens-file "$TOKENS_FILE")
 env -u RUST_LOG "${telemetry[@]}" "$bin" serve --tls-cert "$work/certs/server.pem" \
     --tls-key "$work/certs/server.key" "${tokens[@]}" --listen "127.0.0.1:$port" \
-    --rate-limit 0 --http off "${store[@]}" >/dev/null 2>&1 &
+    --rate-limit 0 "${http[@]}" "${store[@]}" >/dev/null 2>&1 &
 pid=$!
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
 

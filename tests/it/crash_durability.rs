@@ -780,6 +780,14 @@ async fn ingest_then_kill(data: &Path, tag: &str, at_least: usize, base: i64) ->
     progress
         .wait_for_acks(at_least, Duration::from_secs(30))
         .await;
+    // A query waits until the tables hold every write acknowledged before
+    // it, so the WAL holds those readings when the kill comes (unfollowed,
+    // the indexer would otherwise linger past it).
+    connect(&server)
+        .await
+        .get_sensor_stats(StatsRequest::default())
+        .await
+        .expect("GetSensorStats before the kill");
     progress.killed.store(true, Ordering::SeqCst);
     tokio::task::spawn_blocking(move || drop(server))
         .await
