@@ -62,7 +62,6 @@ results=bench/rpc/results/latest-ingest.jsonl
 mkdir -p bench/rpc/results
 : >"$results"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 start() { # start PEER: sets pid and port
     local peer=$1 server=$bin

@@ -131,7 +131,6 @@ otlp=$(awk '/^grpc /{print $2}' "$work/sink.out")
 # cost to measure) is off.
 serve_opts=(--rate-limit 0)
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
 

@@ -1,5 +1,8 @@
 # Per-thread CPU of a server process, for the RPC benches (sourced by
-# threads.sh and run.sh, so both split a call's CPU the same way).
+# threads.sh, run.sh and ingest.sh, so they split a call's CPU the same way).
+#
+# free_port: a TCP port on 127.0.0.1 that was free a moment ago.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 #
 # task_ticks PID: one line per thread name, "NAME TICKS", sorted by name:
 # user + system clock ticks (1/100 s) of /proc/PID/task/*/stat, summed over

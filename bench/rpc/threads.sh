@@ -44,12 +44,12 @@ if [ "$mode" = full ] || [ "$mode" = sampled ]; then
     telemetry=(OTEL_EXPORTER_OTLP_ENDPOINT="$(awk '/^grpc /{print $2}' "$work/sink.out")" OTEL_METRIC_EXPORT_INTERVAL=5000)
     [ "$mode" = sampled ] && telemetry+=(OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.1)
 fi
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 store=(--data "$work/data")
 [ "$mode" = memory ] && store=(--memory)
 http=(--http off)
 if [ -n "${HTTP:-}" ]; then
-    http_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    http_port=$(free_port)
     http=(--http "127.0.0.1:$http_port")
 fi
 tokens=(--token bench)
