@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Server CPU per unary call, split by thread: which part of sensorhub a call costs.
 #
-#   bench/rpc/threads.sh [full|sampled|notel|memory] [SECONDS]
+#   bench/rpc/threads.sh [full|sampled|notel|memory|bare] [SECONDS]
 #
 # Starts `sensorhub serve` (TLS, token; the durable store in a temporary
 # directory, or --memory; telemetry off, or for `full` traces and metrics
 # exported to a local OTLP receiver, the otlp_sink example; `sampled` is `full`
-# with traces sampled at 10 %), drives it with `sensorhub load --mode unary`
+# with traces sampled at 10 %; `bare` is run.sh's bare-tls peer instead, bare
+# tonic over TLS, crates/sensorhub-proto/examples/bare_server.rs, the yardstick
+# of issue 19's ratios), drives it with `sensorhub load --mode unary`
 # (closed loop, CONNECTIONS x CONCURRENCY, 4 x 100 by default, SENSORS distinct
 # sensor ids, 100 by default), and prints each thread group's CPU time
 # (user + system, /proc/PID/task/*/stat, bench/rpc/tasks.sh) divided by the calls.
@@ -54,9 +56,16 @@ if [ -n "${HTTP:-}" ]; then
 fi
 tokens=(--token bench)
 [ -n "${TOKENS_FILE:-}" ] && tokens=(--tokens-file "$TOKENS_FILE")
-env -u RUST_LOG "${telemetry[@]}" "$bin" serve --tls-cert "$work/certs/server.pem" \
-    --tls-key "$work/certs/server.key" "${tokens[@]}" --listen "127.0.0.1:$port" \
-    --rate-limit 0 "${http[@]}" "${store[@]}" >/dev/null 2>&1 &
+if [ "$mode" = bare ]; then
+    bare=target/release/examples/bare_server
+    [ -x "$bare" ] || cargo build --release --quiet -p sensorhub-proto --example bare_server
+    "$bare" --listen "127.0.0.1:$port" --tls-cert "$work/certs/server.pem" \
+        --tls-key "$work/certs/server.key" >/dev/null 2>&1 &
+else
+    env -u RUST_LOG "${telemetry[@]}" "$bin" serve --tls-cert "$work/certs/server.pem" \
+        --tls-key "$work/certs/server.key" "${tokens[@]}" --listen "127.0.0.1:$port" \
+        --rate-limit 0 "${http[@]}" "${store[@]}" >/dev/null 2>&1 &
+fi
 pid=$!
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
 

@@ -32,11 +32,12 @@ use rusqlite::Connection;
 use tokio::sync::mpsc;
 
 use crate::{
+    commit_pacing::CommitPacing,
     indexer::{Backlog, Checkpoints, IndexBatch, IndexCommand, Row, TailMark},
     journal::{Journal, KeyEntry},
     schema::MARK_EVERY,
 };
-use sensorhub_core::store::group_commit::{QueuedWrite, WriterCommand, take_group};
+use sensorhub_core::store::group_commit::{QueuedWrite, WriterCommand, take_group, top_up};
 use sensorhub_core::{
     AlertRules, Reading, SensorStats, StoreError, StoreSettings, WriteReceipt,
     idempotency::{self, Decision, Fingerprint, KeyRegistry, KeyState, KeyedPart},
@@ -179,6 +180,8 @@ pub(super) struct Writer {
     journal: Option<Journal>,
     /// The idempotency keys remembered (`crate::idempotency`).
     keys: KeyRegistry,
+    /// Whether a small group waits for more before its fsync.
+    pacing: CommitPacing,
 }
 
 /// Where the writer's results go.
@@ -207,6 +210,7 @@ impl Writer {
             metrics: StoreMetrics::new(config.max_tracked_sensors),
             journal: None,
             keys,
+            pacing: CommitPacing::default(),
         }
     }
 
@@ -243,7 +247,18 @@ impl Writer {
     /// The writer thread's body: runs until `Close` or until every sender is gone.
     pub(super) fn run(mut self, mut commands: mpsc::Receiver<Command>, outlets: Outlets) {
         while let Some(first) = commands.blocking_recv() {
-            let group = take_group(first, &mut commands, self.max_batch);
+            let mut group = take_group(first, &mut commands, self.max_batch);
+            // Without a journal a commit costs no fsync: nothing to share.
+            if self.journal.is_some() && group.close.is_none() {
+                let wait =
+                    self.pacing
+                        .on_group(Instant::now(), group.writes.len(), group.readings());
+                if let Some(wait) = wait {
+                    std::thread::sleep(wait);
+                    let more = top_up(&mut group, &mut commands, self.max_batch);
+                    self.pacing.topped_up(more);
+                }
+            }
             if !group.writes.is_empty() {
                 self.commit(group.writes, &outlets);
             }

@@ -5,10 +5,12 @@
 //! Why here: both engines batch concurrent calls into one transaction the
 //! same way (the embedded writer on a thread, the PostgreSQL writer on a
 //! task), and the rules (a `Close` ends the group and is answered after
-//! it; a group never waits for more) must not drift apart.
+//! it; a group holds at most the limit's worth) must not drift apart.
+//! Whether to wait for more before committing is the engine's decision:
+//! it may [`top_up`] a group after waiting.
 //!
 //! Invariant: a group holds no command queued after a `Close`, and taking
-//! one never waits once the first command is in.
+//! or topping one up never waits once the first command is in.
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -33,6 +35,13 @@ pub struct Group<W> {
     pub close: Option<oneshot::Sender<()>>,
 }
 
+impl<W: QueuedWrite> Group<W> {
+    /// How many readings the group's writes hold.
+    pub fn readings(&self) -> usize {
+        self.writes.iter().map(QueuedWrite::readings).sum()
+    }
+}
+
 /// The group that starts with `first` (the command the writer waited for),
 /// with the writes already queued behind it, until `max_readings` readings
 /// or a `Close`.
@@ -45,8 +54,36 @@ pub fn take_group<W: QueuedWrite>(
         writes: Vec::new(),
         close: None,
     };
-    let mut queued = 0;
-    let mut next = Some(first);
+    fill(&mut group, Some(first), commands, max_readings);
+    group
+}
+
+/// Adds to `group` the writes queued since it was taken, up to
+/// `max_readings` readings in all or a `Close`; returns how many writes it
+/// added. A group a `Close` ended takes nothing more.
+pub fn top_up<W: QueuedWrite>(
+    group: &mut Group<W>,
+    commands: &mut mpsc::Receiver<WriterCommand<W>>,
+    max_readings: usize,
+) -> usize {
+    if group.close.is_some() || group.readings() >= max_readings {
+        return 0;
+    }
+    let before = group.writes.len();
+    let next = commands.try_recv().ok();
+    fill(group, next, commands, max_readings);
+    group.writes.len() - before
+}
+
+/// Takes `next` and what is queued behind it into `group` until the limit
+/// or a `Close`.
+fn fill<W: QueuedWrite>(
+    group: &mut Group<W>,
+    mut next: Option<WriterCommand<W>>,
+    commands: &mut mpsc::Receiver<WriterCommand<W>>,
+    max_readings: usize,
+) {
+    let mut queued = group.readings();
     while let Some(command) = next.take() {
         match command {
             WriterCommand::Write(w) => {
@@ -62,7 +99,6 @@ pub fn take_group<W: QueuedWrite>(
             next = commands.try_recv().ok();
         }
     }
-    group
 }
 
 #[cfg(test)]
@@ -113,5 +149,40 @@ mod tests {
         let group = take_group(WriterCommand::Close(done), &mut rx, 100);
         assert!(group.writes.is_empty());
         assert!(group.close.is_some());
+    }
+
+    #[test]
+    fn topping_up_takes_what_queued_since_up_to_the_limit() {
+        let (tx, mut rx) = mpsc::channel(16);
+        tx.try_send(WriterCommand::Write(W(2))).ok().unwrap();
+        let first = rx.try_recv().unwrap();
+        let mut group = take_group(first, &mut rx, 6);
+        assert_eq!(group.writes.len(), 1);
+        // Nothing queued yet: nothing added, and no wait.
+        assert_eq!(top_up(&mut group, &mut rx, 6), 0);
+        for n in [1, 3, 1] {
+            tx.try_send(WriterCommand::Write(W(n))).ok().unwrap();
+        }
+        // 2 + 1 + 3 reaches 6: the last 1 waits for the next group.
+        assert_eq!(top_up(&mut group, &mut rx, 6), 2);
+        assert_eq!(group.readings(), 6);
+        assert_eq!(top_up(&mut group, &mut rx, 6), 0);
+        assert!(matches!(rx.try_recv(), Ok(WriterCommand::Write(W(1)))));
+    }
+
+    #[test]
+    fn topping_up_stops_at_a_close_and_a_closed_group_takes_nothing() {
+        let (tx, mut rx) = mpsc::channel(16);
+        tx.try_send(WriterCommand::Write(W(1))).ok().unwrap();
+        let first = rx.try_recv().unwrap();
+        let mut group = take_group(first, &mut rx, 100);
+        let (done, _answer) = oneshot::channel();
+        tx.try_send(WriterCommand::Write(W(1))).ok().unwrap();
+        tx.try_send(WriterCommand::Close(done)).ok().unwrap();
+        tx.try_send(WriterCommand::Write(W(1))).ok().unwrap();
+        assert_eq!(top_up(&mut group, &mut rx, 100), 1);
+        assert!(group.close.is_some());
+        assert_eq!(top_up(&mut group, &mut rx, 100), 0);
+        assert!(matches!(rx.try_recv(), Ok(WriterCommand::Write(_))));
     }
 }
