@@ -19,6 +19,8 @@
 # HTTP=1 also serves /metrics, /healthz and the live view on a free port, as
 # run.sh's full and sampled peers do (a second metric reader, the live view's
 # recorders); without it the server runs with --http off.
+# METRICS=FILE (with HTTP=1) saves the server's /metrics after the load into
+# FILE: sensorhub_store_commit_size says how many readings each commit shared.
 # PERF=FILE also records the server with `perf record --call-graph dwarf` into
 # FILE for the duration of the load (then `perf report -i FILE --no-children`).
 set -euo pipefail
@@ -81,6 +83,10 @@ out=$(env -u RUST_LOG "$load_bin" load --server "https://127.0.0.1:$port" --ca "
     --token bench --quiet --json --mode unary --connections "${CONNECTIONS:-4}" \
     --sensors "${SENSORS:-100}" "${loop[@]}" --duration "${secs}s")
 task_ticks "$pid" >"$work/after"
+if [ -n "${METRICS:-}" ] && [ -n "${HTTP:-}" ]; then
+    python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())' \
+        "http://127.0.0.1:$http_port/metrics" >"$METRICS"
+fi
 [ -n "$perf_pid" ] && wait "$perf_pid"
 calls=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["calls"])' "$out")
 p99=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["latency_ms"]["p99"])' "$out")
