@@ -18,7 +18,7 @@
 
 use opentelemetry::{
     KeyValue, global,
-    metrics::{Counter, UpDownCounter},
+    metrics::{BoundCounter, Counter, UpDownCounter},
 };
 use sensorhub_core::Violation;
 
@@ -50,11 +50,36 @@ impl RpcKind {
 
 #[derive(Debug, Clone)]
 pub(crate) struct ServiceMetrics {
-    stored: Counter<u64>,
+    stored: StoredByKind,
     refused: Counter<u64>,
     active: UpDownCounter<i64>,
     shed: Counter<u64>,
     denied: Counter<u64>,
+}
+
+/// `sensorhub.readings.stored` bound to each kind of call that stores
+/// readings: a unary call counts itself without hashing its attribute, and
+/// every kind's series exists from the start, as the other counters' do.
+#[derive(Debug, Clone)]
+struct StoredByKind {
+    unary: BoundCounter<u64>,
+    client_stream: BoundCounter<u64>,
+    chat: BoundCounter<u64>,
+}
+
+impl StoredByKind {
+    fn bind(stored: &Counter<u64>) -> Self {
+        let bound = |kind: RpcKind| {
+            let series = stored.bind(&kind.attribute());
+            series.add(0);
+            series
+        };
+        Self {
+            unary: bound(RpcKind::Unary),
+            client_stream: bound(RpcKind::ClientStream),
+            chat: bound(RpcKind::Chat),
+        }
+    }
 }
 
 impl ServiceMetrics {
@@ -94,13 +119,14 @@ impl ServiceMetrics {
         for rule in [Rule::Write, Rule::Read] {
             denied.add(0, &[denied_rule(rule)]);
         }
+        let stored = meter
+            .u64_counter("sensorhub.readings.stored")
+            .with_unit("{reading}")
+            .with_description("Readings stored durably and acknowledged")
+            .build();
         Self {
             denied,
-            stored: meter
-                .u64_counter("sensorhub.readings.stored")
-                .with_unit("{reading}")
-                .with_description("Readings stored durably and acknowledged")
-                .build(),
+            stored: StoredByKind::bind(&stored),
             refused,
             active,
             shed,
@@ -113,9 +139,19 @@ impl ServiceMetrics {
     }
 
     pub(crate) fn stored(&self, kind: RpcKind, readings: u64) {
-        if readings > 0 {
-            self.stored.add(readings, &kind.attribute());
+        if readings == 0 {
+            return;
         }
+        let series = match kind {
+            RpcKind::Unary => &self.stored.unary,
+            RpcKind::ClientStream => &self.stored.client_stream,
+            RpcKind::Chat => &self.stored.chat,
+            RpcKind::ServerStream => {
+                debug_assert!(false, "a server stream stores nothing");
+                return;
+            }
+        };
+        series.add(readings);
     }
 
     /// Counts a refusal and logs it (inside the call's span, so the log

@@ -11,7 +11,7 @@ use std::{
     future::Future,
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     task::{Context as TaskContext, Poll},
     time::{Instant, SystemTime},
 };
@@ -20,7 +20,7 @@ use http::{Request, Response};
 use opentelemetry::{
     Context, KeyValue, Value,
     global::{self, BoxedTracer, ObjectSafeTracerProvider},
-    metrics::{Counter, Histogram, Meter, MeterProvider},
+    metrics::{BoundCounter, BoundHistogram, Counter, Histogram, Meter, MeterProvider},
     trace::{FutureExt as _, SpanKind, TraceContextExt, Tracer},
 };
 use pin_project_lite::pin_project;
@@ -41,6 +41,11 @@ use crate::{
 
 /// The rpcz row of a method before `with_live` (never read without it).
 const NO_RPCZ_ROW: u16 = u16::MAX;
+
+/// The room a call's span list is made with: the attributes it starts with
+/// and those its end adds (status, message counts, what the service sets,
+/// such as a commit's), so the list is allocated once.
+const SPAN_ATTRIBUTES: usize = 20;
 
 /// Instruments the calls of a tonic server. Put it outermost
 /// (`Server::builder().layer(..)`), so it sees every call, also the ones an
@@ -107,17 +112,19 @@ impl GrpcServerLayer {
             .map(|m| {
                 let m: String = m.into();
                 let value = Value::from(Arc::<str>::from(m.as_str()));
-                let exemplars = exemplars.map(|reservoir| reservoir.method(&m, &m));
-                (m, (value, exemplars, NO_RPCZ_ROW))
+                let method = Method::new(value.clone(), value, exemplars);
+                (m, Arc::new(method))
             })
             .collect();
-        let other_exemplars =
-            exemplars.map(|reservoir| reservoir.method(a66::OTHER_METHOD, semconv::OTHER_METHOD));
+        let other = Method::new(
+            Value::from(a66::OTHER_METHOD),
+            Value::from(semconv::OTHER_METHOD),
+            exemplars,
+        );
         Self {
             shared: Arc::new(ServerShared {
                 methods,
-                other_exemplars,
-                other_rpcz_row: NO_RPCZ_ROW,
+                other: Arc::new(other),
                 tracer,
                 stability,
                 started: meter
@@ -162,10 +169,12 @@ impl GrpcServerLayer {
         let shared =
             Arc::get_mut(&mut self.shared).expect("with_live is called on a layer not yet cloned");
         // Each method's rpcz row, found once here rather than per call.
-        for (path, (_, _, row)) in shared.methods.iter_mut() {
-            *row = live.rpcz.method_index(path);
+        for (path, method) in shared.methods.iter_mut() {
+            Arc::get_mut(method).expect("not shared yet").rpcz_row = live.rpcz.method_index(path);
         }
-        shared.other_rpcz_row = live.rpcz.method_index("");
+        Arc::get_mut(&mut shared.other)
+            .expect("not shared yet")
+            .rpcz_row = live.rpcz.method_index("");
         shared.live = Some(live);
         self
     }
@@ -183,12 +192,10 @@ impl<S> Layer<S> for GrpcServerLayer {
 }
 
 struct ServerShared {
-    /// Each registered method's attribute value, exemplar rows and rpcz row.
-    methods: HashMap<String, (Value, Option<Arc<MethodExemplars>>, u16)>,
-    /// The rpcz row of every other path.
-    other_rpcz_row: u16,
-    /// The exemplar rows of every other path.
-    other_exemplars: Option<Arc<MethodExemplars>>,
+    /// Each registered method, by its path without the leading slash.
+    methods: HashMap<String, Arc<Method>>,
+    /// Every other path, as one method (`other`, `_OTHER`).
+    other: Arc<Method>,
     tracer: BoxedTracer,
     stability: SemconvStability,
     started: Counter<u64>,
@@ -197,6 +204,83 @@ struct ServerShared {
     rcvd: Histogram<u64>,
     semconv_duration: Histogram<f64>,
     live: Option<LiveRecorders>,
+}
+
+/// What the layer records one method as, found once per call.
+#[derive(Debug)]
+struct Method {
+    /// The A66 `grpc.method` value.
+    a66: Value,
+    /// The semconv `rpc.method` value (and the span's name).
+    semconv: Value,
+    exemplars: Option<Arc<MethodExemplars>>,
+    /// Its row in the rpcz table.
+    rpcz_row: u16,
+    /// `grpc.server.call.started` bound to the method, at its first call.
+    started: OnceLock<BoundCounter<u64>>,
+    /// The end-of-call measurements bound to the method and `OK`, at its
+    /// first `OK` call.
+    ok: OnceLock<OkSeries>,
+}
+
+/// The series an `OK` call of one method records into. Bound at the first
+/// such call rather than when the layer is made: binding makes the series,
+/// and a method never called must not export one.
+#[derive(Debug)]
+struct OkSeries {
+    duration: BoundHistogram<f64>,
+    sent: BoundHistogram<u64>,
+    rcvd: BoundHistogram<u64>,
+    semconv_duration: BoundHistogram<f64>,
+}
+
+impl Method {
+    fn new(a66: Value, semconv: Value, exemplars: Option<&ExemplarReservoir>) -> Self {
+        let exemplars =
+            exemplars.map(|reservoir| reservoir.method(&a66.as_str(), &semconv.as_str()));
+        Self {
+            a66,
+            semconv,
+            exemplars,
+            rpcz_row: NO_RPCZ_ROW,
+            started: OnceLock::new(),
+            ok: OnceLock::new(),
+        }
+    }
+
+    fn a66_attributes(&self, status: &'static str) -> [KeyValue; 2] {
+        [
+            KeyValue::new(a66::METHOD, self.a66.clone()),
+            KeyValue::new(a66::STATUS, status),
+        ]
+    }
+
+    fn started(&self, shared: &ServerShared) -> &BoundCounter<u64> {
+        self.started.get_or_init(|| {
+            shared
+                .started
+                .bind(&[KeyValue::new(a66::METHOD, self.a66.clone())])
+        })
+    }
+
+    fn ok(&self, shared: &ServerShared) -> &OkSeries {
+        self.ok.get_or_init(|| {
+            let a66 = self.a66_attributes(status_name(0));
+            let semconv = semconv_attributes(
+                shared.stability,
+                self.semconv.clone(),
+                status_name(0),
+                false,
+                &[],
+            );
+            OkSeries {
+                duration: shared.duration.bind(&a66),
+                sent: shared.sent.bind(&a66),
+                rcvd: shared.rcvd.bind(&a66),
+                semconv_duration: shared.semconv_duration.bind(&semconv),
+            }
+        })
+    }
 }
 
 impl std::fmt::Debug for ServerShared {
@@ -231,20 +315,18 @@ where
         let start = Instant::now();
         let shared = &self.shared;
         let path = request.uri().path().trim_start_matches('/');
-        let (known, exemplars, rpcz_row) = match shared.methods.get(path) {
-            Some((value, exemplars, row)) => (Some(value.clone()), exemplars.clone(), *row),
-            None => (None, shared.other_exemplars.clone(), shared.other_rpcz_row),
+        let (known, method) = match shared.methods.get(path) {
+            Some(method) => (true, method.clone()),
+            None => (false, shared.other.clone()),
         };
-        let a66_method = known.clone().unwrap_or(Value::from(a66::OTHER_METHOD));
-        let semconv_method = known.clone().unwrap_or(Value::from(semconv::OTHER_METHOD));
 
         let parent = global::get_text_map_propagator(|propagator| {
             propagator.extract(&HeaderExtractor(request.headers()))
         });
-        let mut attributes = Vec::with_capacity(7);
+        let mut attributes = Vec::with_capacity(SPAN_ATTRIBUTES);
         attributes.push(KeyValue::new(semconv::RPC_SYSTEM_NAME, "grpc"));
-        attributes.push(KeyValue::new(semconv::RPC_METHOD, semconv_method.clone()));
-        if known.is_none() {
+        attributes.push(KeyValue::new(semconv::RPC_METHOD, method.semconv.clone()));
+        if !known {
             let original: String = path.chars().take(128).collect();
             attributes.push(KeyValue::new(semconv::RPC_METHOD_ORIGINAL, original));
         }
@@ -267,21 +349,18 @@ where
         }
         let span = shared
             .tracer
-            .span_builder(semconv_method.as_str().into_owned())
+            .span_builder(method.semconv.as_str().into_owned())
             .with_kind(SpanKind::Server)
             .with_attributes(attributes)
             .start_with_context(&shared.tracer, &parent);
         let otel = parent.with_span(span);
 
-        shared
-            .started
-            .add(1, &[KeyValue::new(a66::METHOD, a66_method.clone())]);
+        method.started(shared).add(1);
         let received = Arc::new(Tally::default());
         let live = shared.live.as_ref().map(|live| CallLive {
-            method: rpcz_row,
             peer,
             registration: live.calls.register(
-                a66_method.clone(),
+                method.a66.clone(),
                 peer,
                 start,
                 otel.span().span_context().trace_id(),
@@ -299,11 +378,9 @@ where
             call: Some(ServerCall {
                 shared: shared.clone(),
                 start,
-                a66_method,
-                semconv_method,
+                method,
                 otel,
                 received,
-                exemplars,
                 live,
             }),
         }
@@ -384,19 +461,15 @@ where
 pub struct ServerCall {
     shared: Arc<ServerShared>,
     start: Instant,
-    a66_method: Value,
-    semconv_method: Value,
+    method: Arc<Method>,
     otel: Context,
     received: Arc<Tally>,
-    exemplars: Option<Arc<MethodExemplars>>,
     live: Option<CallLive>,
 }
 
 /// What the live view's recorders hold of one call.
 #[derive(Debug)]
 struct CallLive {
-    /// The method's row in the rpcz table.
-    method: u16,
     peer: Option<SocketAddr>,
     /// `None` when the in-flight registry was full; dropping it (when the
     /// call ends, with this `ServerCall`) removes the call from the registry.
@@ -418,11 +491,13 @@ impl CallEnd for ServerCall {
         let name = status_name(status);
         let shared = &self.shared;
         if let (Some(recorders), Some(call)) = (&shared.live, &self.live) {
-            recorders.rpcz.record(call.method, status, took, now);
+            recorders
+                .rpcz
+                .record(self.method.rpcz_row, status, took, now);
             if status != 0 && !self.otel.span().is_recording() {
                 recorders.traces.keep_unrecorded_call(
                     self.otel.span().span_context().trace_id(),
-                    &self.a66_method.as_str(),
+                    &self.method.a66.as_str(),
                     name,
                     SystemTime::now() - took,
                     took,
@@ -432,22 +507,26 @@ impl CallEnd for ServerCall {
             }
         }
 
-        let a66 = [
-            KeyValue::new(a66::METHOD, self.a66_method),
-            KeyValue::new(a66::STATUS, name),
-        ];
-        shared.duration.record(elapsed, &a66);
-        shared.sent.record(sent_bytes, &a66);
-        shared.rcvd.record(received.1, &a66);
-
-        if let Some(exemplars) = &self.exemplars {
+        let method = &self.method;
+        let failed = is_server_error(status);
+        if status == 0 {
+            let series = method.ok(shared);
+            series.duration.record(elapsed);
+            series.sent.record(sent_bytes);
+            series.rcvd.record(received.1);
+            series.semconv_duration.record(elapsed);
+        } else {
+            let a66 = method.a66_attributes(name);
+            shared.duration.record(elapsed, &a66);
+            shared.sent.record(sent_bytes, &a66);
+            shared.rcvd.record(received.1, &a66);
+            let semconv =
+                semconv_attributes(shared.stability, method.semconv.clone(), name, failed, &[]);
+            shared.semconv_duration.record(elapsed, &semconv);
+        }
+        if let Some(exemplars) = &method.exemplars {
             exemplars.record(self.otel.span().span_context(), status, elapsed);
         }
-        let failed = is_server_error(status);
-        shared.semconv_duration.record(
-            elapsed,
-            &semconv_attributes(shared.stability, self.semconv_method, name, failed, &[]),
-        );
         end_span(
             shared.stability,
             &self.otel,
