@@ -7,11 +7,13 @@
 //! a few microseconds inside a call of forty, shared with the load tool on
 //! two cores, and an A/B of one change to it drowns in that noise. Here the
 //! call is the layer and a service that answers at once, so a change to the
-//! layer shows as a change of this figure. The SDK is set up as the binary
-//! sets it up with traces exported and `--http` on: a batch span processor
+//! layer shows as a change of this figure. The SDK stands in for the
+//! binary's with traces exported and `--http` on: a batch span processor
 //! (its exporter drops what it is given: the export's cost is on its own
-//! thread, not the caller's), two metric readers (the OTLP reader and
-//! Prometheus's), exemplars and the live view.
+//! thread, not the caller's), two periodic in-memory metric readers in place
+//! of the OTLP reader and Prometheus's (each measurement goes to both),
+//! exemplars and the live view's recorders (not its trace-ring sampler and
+//! processor, which live in `sensorhub-telemetry`).
 //!
 //! `cargo bench -p sensorhub-rpc-telemetry --bench server_layer`
 
