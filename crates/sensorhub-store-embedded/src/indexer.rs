@@ -22,7 +22,7 @@
 //! loses nothing, since the journal still holds every reading it was given.
 
 use std::{
-    collections::HashMap,
+    collections::BTreeMap,
     path::PathBuf,
     sync::{
         Arc, Condvar, LazyLock, Mutex,
@@ -56,6 +56,10 @@ const LINGER_UNFOLLOWED: Duration = Duration::from_secs(1);
 const STORE_OWN_RECEIVERS: usize = 1;
 /// Readings that start a transaction without lingering.
 const ENOUGH_ROWS: usize = 16_384;
+/// The largest sort buffer kept for the next transaction: a replay at
+/// startup can index a whole journal frame at once, and its buffer is not
+/// worth keeping (rows are 40 bytes; this holds a few ordinary transactions).
+const KEEP_SORT_BUFFER: usize = 4 * ENOUGH_ROWS;
 /// How often retention runs, at most.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
 /// The longest wait between attempts at a transaction that failed.
@@ -182,6 +186,9 @@ pub(super) struct Indexer {
     retention: Option<Duration>,
     last_retention: Option<Instant>,
     metrics: IndexMetrics,
+    /// The rows of one transaction, sorted by key before they are inserted
+    /// (kept between transactions for its allocation).
+    in_key_order: Vec<Row>,
 }
 
 impl Indexer {
@@ -200,6 +207,7 @@ impl Indexer {
             retention,
             last_retention: None,
             metrics: IndexMetrics::new(),
+            in_key_order: Vec::new(),
         }
     }
 
@@ -313,18 +321,44 @@ impl Indexer {
         }
     }
 
-    /// One transaction holding `batches`, in order. Returns the last sequence number.
+    /// One transaction holding `batches`. Returns the last sequence number.
+    ///
+    /// The rows go in in key order, `(sensor, ts, seq)`, not in the order
+    /// they were acknowledged: under unary calls from many sensors,
+    /// consecutive readings belong to different sensors and each insert
+    /// would walk to a different leaf of `readings`, while sorted, the
+    /// readings of one leaf follow one another and SQLite finds that leaf
+    /// in the CPU's cache (BENCHMARKS.md, "The indexer's rows in key
+    /// order"). What the tables end up holding is the same either way:
+    /// the transaction is all or nothing.
     pub(super) fn index(&mut self, batches: &[IndexBatch]) -> rusqlite::Result<u64> {
         let Some(last_seq) = batches.last().map(|b| b.last_seq) else {
             return Ok(0);
         };
+        let mut rows = std::mem::take(&mut self.in_key_order);
+        rows.extend(batches.iter().flat_map(|b| b.rows.iter().copied()));
+        // Stable, so that the runs a client stream's rows already form are kept cheaply.
+        rows.sort_by_key(|r| (r.sensor, r.ts, r.seq));
+        let result = self.index_sorted(batches, &rows, last_seq);
+        rows.clear();
+        if rows.capacity() <= KEEP_SORT_BUFFER {
+            self.in_key_order = rows;
+        }
+        result
+    }
+
+    /// The transaction of [`Indexer::index`], given the rows in key order.
+    fn index_sorted(
+        &mut self,
+        batches: &[IndexBatch],
+        in_key_order: &[Row],
+        last_seq: u64,
+    ) -> rusqlite::Result<u64> {
         let tx = self.conn.transaction()?;
         {
             let mut rows = RowBuffer::new();
-            for batch in batches {
-                for row in &batch.rows {
-                    rows.push(&tx, *row)?;
-                }
+            for row in in_key_order {
+                rows.push(&tx, *row)?;
             }
             rows.flush(&tx)?;
             let mut mark = tx.prepare_cached(
@@ -333,8 +367,9 @@ impl Indexer {
             for m in batches.iter().flat_map(|b| &b.marks) {
                 mark.execute(params![m.sensor, m.seq, m.ts])?;
             }
-            // Each sensor once, as of its latest batch.
-            let mut latest: HashMap<i64, &SensorStats> = HashMap::new();
+            // Each sensor once, as of its latest batch, in id order (the
+            // key of `sensors`, for the reason the rows are sorted).
+            let mut latest: BTreeMap<i64, &SensorStats> = BTreeMap::new();
             for batch in batches {
                 latest.extend(batch.sensors.iter().map(|(id, s)| (*id, s)));
             }

@@ -126,3 +126,90 @@ async fn a_damaged_file_is_reported_not_truncated() {
         garbage
     );
 }
+
+/// The indexer inserts a transaction's rows sorted by key, not in the
+/// order they were acknowledged. Readings of many sensors, interleaved
+/// within each write and across writes, some of them late (older than the
+/// sensor's last), must read back per sensor in `(timestamp, seq)` order,
+/// each once, with statistics that match them, before and after a reopen
+/// (which finds every reading in the tables, not in a replay).
+#[tokio::test]
+async fn interleaved_sensors_are_stored_each_in_key_order() {
+    const SENSORS: usize = 300;
+    const ROUNDS: i64 = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let name = |s: usize| format!("sensor-{s:03}");
+    // Per sensor: (timestamp, seq, temperature) of every reading written.
+    let mut expected: Vec<Vec<(i64, u64, f64)>> = vec![Vec::new(); SENSORS];
+    for round in 0..ROUNDS {
+        // Odd rounds go through the sensors backwards, so that neither the
+        // order of the writes nor of the readings in one follows the key.
+        let order: Vec<usize> = if round % 2 == 0 {
+            (0..SENSORS).collect()
+        } else {
+            (0..SENSORS).rev().collect()
+        };
+        let readings: Vec<Reading> = order
+            .iter()
+            .map(|&s| {
+                // Round 2 is late for every third sensor: older than round 1.
+                let ts = if round == 2 && s % 3 == 0 {
+                    50 + s as i64 % 7
+                } else {
+                    1_000 * round + (s as i64 * 37) % 101
+                };
+                reading(&name(s), 10.0 + s as f64 / 10.0 + round as f64, ts)
+            })
+            .collect();
+        let receipt = store.append(readings.clone()).await.unwrap();
+        assert_eq!(receipt.count, SENSORS);
+        for (i, (&s, r)) in order.iter().zip(&readings).enumerate() {
+            expected[s].push((r.timestamp, receipt.first_seq + i as u64, r.temperature));
+        }
+    }
+    for per_sensor in &mut expected {
+        per_sensor.sort_by_key(|&(ts, seq, _)| (ts, seq));
+    }
+
+    async fn check(store: &EmbeddedStore, expected: &[Vec<(i64, u64, f64)>], when: &str) {
+        for (s, want) in expected.iter().enumerate() {
+            let sensor = format!("sensor-{s:03}");
+            let page = store
+                .history_page(
+                    &HistoryQuery::sensor(&sensor),
+                    HistoryCursor::default(),
+                    100,
+                )
+                .await
+                .unwrap();
+            let got: Vec<(i64, u64, f64)> = page
+                .iter()
+                .map(|r| (r.reading.timestamp, r.seq, r.reading.temperature))
+                .collect();
+            assert_eq!(&got, want, "{sensor}'s history {when}");
+            assert!(page.iter().all(|r| r.reading.sensor_id == sensor));
+            let stats = &store.stats(Some(&sensor)).await.unwrap()[0];
+            let temperatures = want.iter().map(|&(_, _, t)| t);
+            assert_eq!(stats.count, want.len() as u64, "{sensor} {when}");
+            assert_eq!(
+                stats.min,
+                temperatures.clone().fold(f64::INFINITY, f64::min)
+            );
+            assert_eq!(stats.max, temperatures.fold(f64::NEG_INFINITY, f64::max));
+        }
+    }
+    check(&store, &expected, "before the reopen").await;
+    let before = store.stats(None).await.unwrap();
+    store.close().await.unwrap();
+    drop(store);
+
+    let store = open(dir.path());
+    check(&store, &expected, "after the reopen").await;
+    assert_eq!(store.stats(None).await.unwrap(), before);
+    let receipt = store
+        .append(vec![reading("sensor-000", 1.0, 9_999)])
+        .await
+        .unwrap();
+    assert_eq!(receipt.first_seq, (SENSORS as u64) * ROUNDS as u64 + 1);
+}
