@@ -21,6 +21,8 @@
 # recorders); without it the server runs with --http off.
 # METRICS=FILE (with HTTP=1) saves the server's /metrics after the load into
 # FILE: sensorhub_store_commit_size says how many readings each commit shared.
+# With an OTLP receiver (full, sampled), its CPU per call is printed apart, after
+# the server's total: it shares the cores, but a Collector runs elsewhere.
 # PERF=FILE also records the server with `perf record --call-graph dwarf` into
 # FILE for the duration of the load (then `perf report -i FILE --no-children`).
 set -euo pipefail
@@ -72,6 +74,7 @@ pid=$!
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
 
 task_ticks "$pid" >"$work/before"
+[ -n "$sink_pid" ] && task_ticks "$sink_pid" >"$work/sink-before"
 perf_pid=""
 if [ -n "${PERF:-}" ]; then
     perf record -q --call-graph dwarf,16384 -F 499 -p "$pid" -o "$PERF" -- sleep "$secs" 2>/dev/null &
@@ -83,6 +86,7 @@ out=$(env -u RUST_LOG "$load_bin" load --server "https://127.0.0.1:$port" --ca "
     --token bench --quiet --json --mode unary --connections "${CONNECTIONS:-4}" \
     --sensors "${SENSORS:-100}" "${loop[@]}" --duration "${secs}s")
 task_ticks "$pid" >"$work/after"
+[ -n "$sink_pid" ] && task_ticks "$sink_pid" >"$work/sink-after"
 if [ -n "${METRICS:-}" ] && [ -n "${HTTP:-}" ]; then
     python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())' \
         "http://127.0.0.1:$http_port/metrics" >"$METRICS"
@@ -92,3 +96,9 @@ calls=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["calls"])' "
 p99=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["latency_ms"]["p99"])' "$out")
 echo "$mode: $calls calls, $((calls / secs)) calls/s, p99 $p99 ms"
 task_us_per_call "$work/before" "$work/after" "$calls" | awk '{ printf "  %-20s %6.2f us/call\n", $1, $2 }'
+# The receiver shares the two cores but is not the server (a Collector runs
+# elsewhere): shown apart, and not in the total.
+if [ -n "$sink_pid" ]; then
+    task_us_per_call "$work/sink-before" "$work/sink-after" "$calls" |
+        awk '$1 == "total" { printf "  (otlp sink, apart)   %6.2f us/call\n", $2 }'
+fi

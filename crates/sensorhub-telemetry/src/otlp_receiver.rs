@@ -29,7 +29,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use inbox::{Inbox, Store};
-pub use received::{HistogramPoint, ReceivedLog, ReceivedMetric, ReceivedSpan, RequestCounts};
+pub use received::{
+    HistogramPoint, ItemCounts, ReceivedLog, ReceivedMetric, ReceivedSpan, RequestCounts,
+};
 
 /// Largest export request accepted, compressed or not, on either protocol.
 const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
@@ -68,8 +70,29 @@ impl OtlpReceiver {
     ///
     /// Panics when called outside a tokio runtime.
     pub async fn start() -> std::io::Result<OtlpReceiver> {
-        let inbox = Inbox::default();
+        Self::serve(Inbox::keeping()).await
+    }
 
+    /// Like [`OtlpReceiver::start`], for benchmarks: decodes and answers
+    /// every export request as before, but keeps only
+    /// [`requests`](OtlpReceiver::requests) and [`items`](OtlpReceiver::items)
+    /// (spans, metrics, log records and their text are not kept). Keeping
+    /// them is the test receiver's own work, more CPU per span than the
+    /// exporter under test spends, and a benchmark on shared cores would
+    /// charge it to the server it measures.
+    ///
+    /// # Errors
+    ///
+    /// Fails if a loopback port cannot be bound.
+    ///
+    /// # Panics
+    ///
+    /// Panics when called outside a tokio runtime.
+    pub async fn start_counting() -> std::io::Result<OtlpReceiver> {
+        Self::serve(Inbox::counting()).await
+    }
+
+    async fn serve(inbox: Inbox) -> std::io::Result<OtlpReceiver> {
         let grpc_listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let grpc_addr = grpc_listener.local_addr()?;
         let http_listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
@@ -149,6 +172,12 @@ impl OtlpReceiver {
     /// Rejected requests (bad media type, undecodable body) are not counted.
     pub fn requests(&self) -> RequestCounts {
         self.inbox.lock().counts
+    }
+
+    /// How many spans, metrics and log records were accepted, over either
+    /// protocol (also by a counting receiver).
+    pub fn items(&self) -> ItemCounts {
+        self.inbox.lock().items
     }
 
     /// Forgets everything received so far, including the request counts.

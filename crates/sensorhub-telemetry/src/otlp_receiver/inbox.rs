@@ -1,6 +1,7 @@
 //! What both servers write into: the flattened spans, metrics and log
-//! records, the request counts, and every string of every request for
-//! [`OtlpReceiver::all_text`](super::OtlpReceiver::all_text).
+//! records, the request and item counts, and every string of every request
+//! for [`OtlpReceiver::all_text`](super::OtlpReceiver::all_text). A counting
+//! inbox (a benchmark's receiver) keeps the counts only.
 //!
 //! The three signals differ only in how their items nest (resource, then
 //! scope, then items), which [`ExportRequest::file`] says once per signal;
@@ -23,7 +24,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
-use super::received::{ReceivedLog, ReceivedMetric, ReceivedSpan, RequestCounts, service_name};
+use super::received::{
+    ItemCounts, ReceivedLog, ReceivedMetric, ReceivedSpan, RequestCounts, service_name,
+};
 
 /// The transport an export request arrived over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,33 +42,66 @@ pub(super) struct Store {
     pub metrics: Vec<ReceivedMetric>,
     pub logs: Vec<ReceivedLog>,
     pub counts: RequestCounts,
+    pub items: ItemCounts,
     /// Every key and string, number and bool value of every request, one
     /// to a line, strings unescaped.
     pub text: String,
 }
 
 /// The store shared by both servers and the receiver handle.
-#[derive(Debug, Clone, Default)]
-pub(super) struct Inbox(Arc<Mutex<Store>>);
+#[derive(Debug, Clone)]
+pub(super) struct Inbox {
+    store: Arc<Mutex<Store>>,
+    /// Keeps the items and their text, not only their counts.
+    keep: bool,
+}
 
 impl Inbox {
+    /// An inbox for tests: keeps everything received.
+    pub fn keeping() -> Self {
+        Self {
+            store: Arc::default(),
+            keep: true,
+        }
+    }
+
+    /// An inbox for benchmarks: counts requests and items, keeps nothing.
+    /// Rendering every request to text and flattening its items costs the
+    /// receiver more CPU per span than the exporter spends on it, which a
+    /// benchmark's two shared cores would charge to the server under test.
+    pub fn counting() -> Self {
+        Self {
+            store: Arc::default(),
+            keep: false,
+        }
+    }
+
     /// Locks the store; a panic elsewhere while it was held does not hide
     /// what was received.
     pub fn lock(&self) -> MutexGuard<'_, Store> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Keeps what `request` holds, counted as one request over `protocol`.
+    /// Counts `request` as one request over `protocol`, and its items; a
+    /// keeping inbox also keeps them and their text.
     pub fn add<R: ExportRequest>(&self, request: R, protocol: Protocol) {
+        let items = request.items();
         let mut text = String::new();
-        match serde_json::to_value(&request) {
-            Ok(json) => collect_text(&json, &mut text),
-            // The proto's serde form cannot fail for decoded messages; if it
-            // ever did, say so where a test looks.
-            Err(error) => text.push_str(&format!("(not rendered: {error})\n")),
+        if self.keep {
+            match serde_json::to_value(&request) {
+                Ok(json) => collect_text(&json, &mut text),
+                // The proto's serde form cannot fail for decoded messages; if it
+                // ever did, say so where a test looks.
+                Err(error) => text.push_str(&format!("(not rendered: {error})\n")),
+            }
         }
         let mut store = self.lock();
         store.text.push_str(&text);
+        *match R::SIGNAL {
+            Signal::Traces => &mut store.items.spans,
+            Signal::Metrics => &mut store.items.metrics,
+            Signal::Logs => &mut store.items.log_records,
+        } += items;
         let counts = &mut store.counts;
         *match (R::SIGNAL, protocol) {
             (Signal::Traces, Protocol::Grpc) => &mut counts.grpc_traces,
@@ -75,7 +111,9 @@ impl Inbox {
             (Signal::Metrics, Protocol::Http) => &mut counts.http_metrics,
             (Signal::Logs, Protocol::Http) => &mut counts.http_logs,
         } += 1;
-        request.file(&mut store);
+        if self.keep {
+            request.file(&mut store);
+        }
     }
 }
 
@@ -100,6 +138,9 @@ pub(super) trait ExportRequest:
     /// Appends its items to the store's list for the signal, each with its
     /// resource's attributes and its scope's name.
     fn file(self, store: &mut Store);
+
+    /// How many items (spans, metrics or log records) it holds.
+    fn items(&self) -> u64;
 }
 
 /// A resource's attributes (none when the exporter sent no resource).
@@ -110,6 +151,11 @@ fn attributes(resource: Option<Resource>) -> Vec<KeyValue> {
 impl ExportRequest for ExportTraceServiceRequest {
     type Response = ExportTraceServiceResponse;
     const SIGNAL: Signal = Signal::Traces;
+
+    fn items(&self) -> u64 {
+        let scopes = self.resource_spans.iter().flat_map(|r| &r.scope_spans);
+        scopes.map(|s| s.spans.len() as u64).sum()
+    }
 
     fn file(self, store: &mut Store) {
         for resource_spans in self.resource_spans {
@@ -133,6 +179,11 @@ impl ExportRequest for ExportTraceServiceRequest {
 impl ExportRequest for ExportMetricsServiceRequest {
     type Response = ExportMetricsServiceResponse;
     const SIGNAL: Signal = Signal::Metrics;
+
+    fn items(&self) -> u64 {
+        let scopes = self.resource_metrics.iter().flat_map(|r| &r.scope_metrics);
+        scopes.map(|s| s.metrics.len() as u64).sum()
+    }
 
     fn file(self, store: &mut Store) {
         for resource_metrics in self.resource_metrics {
@@ -161,6 +212,11 @@ impl ExportRequest for ExportMetricsServiceRequest {
 impl ExportRequest for ExportLogsServiceRequest {
     type Response = ExportLogsServiceResponse;
     const SIGNAL: Signal = Signal::Logs;
+
+    fn items(&self) -> u64 {
+        let scopes = self.resource_logs.iter().flat_map(|r| &r.scope_logs);
+        scopes.map(|s| s.log_records.len() as u64).sum()
+    }
 
     fn file(self, store: &mut Store) {
         for resource_logs in self.resource_logs {

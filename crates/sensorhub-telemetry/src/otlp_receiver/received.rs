@@ -284,6 +284,17 @@ pub struct RequestCounts {
     pub http_logs: u64,
 }
 
+/// How many items the receiver accepted, per signal, over both protocols.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ItemCounts {
+    /// Spans.
+    pub spans: u64,
+    /// `Metric` messages (a metric exported twice counts twice).
+    pub metrics: u64,
+    /// Log records.
+    pub log_records: u64,
+}
+
 impl RequestCounts {
     /// All export requests over gRPC.
     pub fn grpc_total(&self) -> u64 {

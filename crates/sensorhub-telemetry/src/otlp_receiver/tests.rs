@@ -739,3 +739,51 @@ async fn stop_closes_both_ports() {
             .unwrap_or_else(|_| panic!("{address} still accepts connections"));
     }
 }
+
+/// A benchmark's receiver decodes and answers every request as a test's
+/// does, over both protocols, and keeps only how many requests and items
+/// arrived.
+#[tokio::test]
+async fn a_counting_receiver_answers_and_keeps_only_counts() {
+    let rx = OtlpReceiver::start_counting().await.expect("start");
+    let mut client = TraceServiceClient::connect(rx.grpc_endpoint())
+        .await
+        .expect("connect");
+    let mut three = trace_request("svc", "a", &[]);
+    let scope_spans = &mut three.resource_spans[0].scope_spans[0];
+    let span = scope_spans.spans[0].clone();
+    scope_spans.spans.extend([span.clone(), span]);
+    client.export(three).await.expect("gRPC export");
+    let body = trace_request("svc", "b", &[]).encode_to_vec();
+    let reply = post(&rx.http_endpoint(), "/v1/traces", PROTOBUF_HEADERS, &body).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    // An undecodable body is still refused, and not counted.
+    let reply = post(
+        &rx.http_endpoint(),
+        "/v1/traces",
+        PROTOBUF_HEADERS,
+        b"\xff\xff",
+    )
+    .await;
+    assert_eq!(reply.status, 400, "{reply:?}");
+
+    assert_eq!(
+        rx.requests(),
+        RequestCounts {
+            grpc_traces: 1,
+            http_traces: 1,
+            ..RequestCounts::default()
+        }
+    );
+    assert_eq!(
+        rx.items(),
+        ItemCounts {
+            spans: 4,
+            ..ItemCounts::default()
+        }
+    );
+    assert!(rx.spans().is_empty());
+    assert_eq!(rx.all_text(), "");
+    rx.clear();
+    assert_eq!(rx.items(), ItemCounts::default());
+}
