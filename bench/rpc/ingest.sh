@@ -158,7 +158,8 @@ for c in clients:
         vs_a = "%.2f" % (m / a) if a else ""
         server = med([r["server_us_per_reading"] for r in rs])
         client = med([r["client_us_per_reading"] for r in rs])
-        print(f"| {c} | {p} | {runs} | **{m / 1e6:.3f} M** | {m / bare:.2f} | {vs_a} | {server:.3f} | {client:.3f} |")
+        vs_bare = "%.2f" % (m / bare) if bare else ""  # PEERS without bare-tls
+        print(f"| {c} | {p} | {runs} | **{m / 1e6:.3f} M** | {vs_bare} | {vs_a} | {server:.3f} | {client:.3f} |")
 print()
 print("Server CPU per reading by thread (us, medians):")
 print()
