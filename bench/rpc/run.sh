@@ -19,7 +19,9 @@
 # Scenarios:
 #   unary     SendSingleReading, closed loop: peak calls/s, server CPU per call, and
 #             that CPU per thread (bench/rpc/tasks.sh); one case per fleet (--fleets:
-#             distinct sensor ids the load reports for, spread over its connections)
+#             distinct sensor ids the load reports for, spread over its connections);
+#             the OTLP receiver's CPU per call beside it, apart from the server's (it
+#             shares the two cores, where a Collector would run elsewhere)
 #   ingest    StreamSensorReadings, 4 streams: readings/s
 #   readback  GetSensorReadings of one sensor's history (seeded first): readings/s
 #   open      SendSingleReading, open loop at half of each peer's unary peak
@@ -199,31 +201,34 @@ PY
   python3 bench/rpc/summary.py --last "$results" >&2
 }
 
-# cpu_extra LOAD-JSON TICKS EXTRA-JSON: EXTRA-JSON with the server's CPU per
-# call (the process, /proc/PID/stat) and per thread (tasks.sh, from the
-# snapshots $work/tasks.before and $work/tasks.after). Calls counted are the
-# load's measured ones (after the warm-up) and those left unfinished.
+# cpu_extra LOAD-JSON TICKS RECEIVER-TICKS EXTRA-JSON: EXTRA-JSON with the
+# server's CPU per call (the process, /proc/PID/stat) and per thread (tasks.sh,
+# from the snapshots $work/tasks.before and $work/tasks.after), and the OTLP
+# receiver's over the same time (it shares the cores, a Collector would not: kept
+# apart from the server's). Calls counted are the load's measured ones (after
+# the warm-up) and those left unfinished.
 cpu_extra() {
   local n
   n=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["calls"]+d["unfinished"])' "$1" 2>/dev/null || echo 0)
-  if [ "$n" -eq 0 ]; then echo "$3"; return; fi
+  if [ "$n" -eq 0 ]; then echo "$4"; return; fi
   task_us_per_call "$work/tasks.before" "$work/tasks.after" "$n" >"$work/tasks.us"
-  python3 - "$3" "$2" "$n" "$work/tasks.us" <<'PY'
+  python3 - "$4" "$2" "$n" "$work/tasks.us" "$3" <<'PY'
 import json, sys
 extra, ticks, n = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 threads = dict((name, float(us)) for name, us in (l.split() for l in open(sys.argv[4]) if l.strip()))
 threads.pop("total", None)
 extra.update({"server_cpu_s": ticks / 100, "server_cpu_us_per_call": ticks * 1e4 / n,
-              "threads_us_per_call": threads})
+              "threads_us_per_call": threads, "receiver_cpu_us_per_call": int(sys.argv[5]) * 1e4 / n})
 print(json.dumps(extra))
 PY
 }
 
 # run_case SCENARIO PEER REP [SENSORS]: one server, one measurement.
 run_case() {
-  local scenario=$1 peer=$2 rep=$3 sensors=${4:-${fleet_list[0]}} out extra="{}" t0 t1
+  local scenario=$1 peer=$2 rep=$3 sensors=${4:-${fleet_list[0]}} out extra="{}" t0 t1 r0
   start_server "$peer"
   t0=$(cpu_ticks "$server_pid")
+  r0=$(cpu_ticks "$sink_pid")
   task_ticks "$server_pid" >"$work/tasks.before"
   case $scenario in
     unary)
@@ -231,7 +236,7 @@ run_case() {
             --concurrency "$UNARY_CONCURRENCY" --duration "${duration}s" --warmup 1s)
       t1=$(cpu_ticks "$server_pid")
       task_ticks "$server_pid" >"$work/tasks.after"
-      extra=$(cpu_extra "$out" "$((t1 - t0))" "{\"sensors\": $sensors}") ;;
+      extra=$(cpu_extra "$out" "$((t1 - t0))" "$(($(cpu_ticks "$sink_pid") - r0))" "{\"sensors\": $sensors}") ;;
     ingest)
       out=$(load "$peer" --mode client-stream --connections "$INGEST_STREAMS" \
             --concurrency "$INGEST_STREAMS" --batch "$INGEST_BATCH" --duration "${duration}s" --drain 60s) ;;
@@ -257,7 +262,7 @@ PY
             --sensors "$sensors" --concurrency 10000 --duration "${duration}s" --warmup 1s)
       t1=$(cpu_ticks "$server_pid")
       task_ticks "$server_pid" >"$work/tasks.after"
-      extra=$(cpu_extra "$out" "$((t1 - t0))" "{\"rate\": $rate, \"sensors\": $sensors}") ;;
+      extra=$(cpu_extra "$out" "$((t1 - t0))" "$(($(cpu_ticks "$sink_pid") - r0))" "{\"rate\": $rate, \"sensors\": $sensors}") ;;
     chat)
       # Streams are opened at once and held; RSS is read near the end of the run.
       local secs=$((duration < 6 ? 6 : duration)) idle

@@ -97,16 +97,19 @@ def thread_table(mine):
         named = [{THREAD_NAMES.get(k, k): v for k, v in t.items()} for t in runs]
         names = {k for t in named for k in t}
         per_peer[peer] = ({k: median(t.get(k, 0.0) for t in named) for k in names},
-                          median(r.get("server_cpu_us_per_call") for r in mine if r["peer"] == peer))
+                          median(r.get("server_cpu_us_per_call") for r in mine if r["peer"] == peer),
+                          median(r.get("receiver_cpu_us_per_call") for r in mine if r["peer"] == peer))
     if not per_peer:
         return []
-    shown = sorted({k for m, _ in per_peer.values() for k, v in m.items() if v >= THREAD_FLOOR},
-                   key=lambda k: -max(m.get(k, 0.0) for m, _ in per_peer.values()))
-    lines = ["| peer | " + " | ".join(shown) + " | other | process |", "|" + "---|" * (len(shown) + 3)]
-    for peer, (m, process) in per_peer.items():
+    shown = sorted({k for m, _, _ in per_peer.values() for k, v in m.items() if v >= THREAD_FLOOR},
+                   key=lambda k: -max(m.get(k, 0.0) for m, _, _ in per_peer.values()))
+    lines = ["| peer | " + " | ".join(shown) + " | other | process | OTLP receiver (apart) |",
+             "|" + "---|" * (len(shown) + 4)]
+    for peer, (m, process, receiver) in per_peer.items():
         other = sum(v for k, v in m.items() if k not in shown)
         cells = [fmt(m.get(k), "us/call") if k in m else "" for k in shown]
-        lines.append(f"| {peer} | " + " | ".join(cells) + f" | {fmt(other, 'us/call')} | {fmt(process, 'us/call')} |")
+        lines.append(f"| {peer} | " + " | ".join(cells) + f" | {fmt(other, 'us/call')} | {fmt(process, 'us/call')} "
+                     f"| {fmt(receiver, 'us/call')} |")
     return lines
 
 
@@ -174,7 +177,8 @@ def main(path, previous_path=None):
         if threads:
             out.append(f"Server CPU per call by thread, us (medians; threads under {THREAD_FLOOR} in every "
                        "peer are in \"other\"; \"process\" is /proc/PID/stat, which also counts threads "
-                       "that ended):\n")
+                       "that ended; the OTLP receiver shares the cores but is not the server, and is "
+                       "not in \"process\"):\n")
             out.extend(threads)
             out.append("")
 
