@@ -135,11 +135,13 @@ async fn a_damaged_file_is_reported_not_truncated() {
 /// (which finds every reading in the tables, not in a replay).
 #[tokio::test]
 async fn interleaved_sensors_are_stored_each_in_key_order() {
+    fn sensor_name(s: usize) -> String {
+        format!("sensor-{s:03}")
+    }
     const SENSORS: usize = 300;
     const ROUNDS: i64 = 4;
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let name = |s: usize| format!("sensor-{s:03}");
     // Per sensor: (timestamp, seq, temperature) of every reading written.
     let mut expected: Vec<Vec<(i64, u64, f64)>> = vec![Vec::new(); SENSORS];
     for round in 0..ROUNDS {
@@ -159,7 +161,7 @@ async fn interleaved_sensors_are_stored_each_in_key_order() {
                 } else {
                     1_000 * round + (s as i64 * 37) % 101
                 };
-                reading(&name(s), 10.0 + s as f64 / 10.0 + round as f64, ts)
+                reading(&sensor_name(s), 10.0 + s as f64 / 10.0 + round as f64, ts)
             })
             .collect();
         let receipt = store.append(readings.clone()).await.unwrap();
@@ -174,7 +176,7 @@ async fn interleaved_sensors_are_stored_each_in_key_order() {
 
     async fn check(store: &EmbeddedStore, expected: &[Vec<(i64, u64, f64)>], when: &str) {
         for (s, want) in expected.iter().enumerate() {
-            let sensor = format!("sensor-{s:03}");
+            let sensor = sensor_name(s);
             let page = store
                 .history_page(
                     &HistoryQuery::sensor(&sensor),
